@@ -1,0 +1,77 @@
+package rendezvous
+
+import (
+	"net"
+	"net/netip"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// batchSize is how many datagrams one read or write system call may carry
+// (recvmmsg/sendmmsg). Under load the server's cost is in system calls, so
+// it reads what has queued up in one call and sends the answers in another.
+const batchSize = 64
+
+// batchConn is the part of x/net's ipv4/ipv6 PacketConn the server uses.
+type batchConn interface {
+	ReadBatch(ms []ipv4.Message, flags int) (int, error)
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+func newBatchConn(conn *net.UDPConn) batchConn {
+	if a, ok := conn.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
+		return ipv6.NewPacketConn(conn) // also dual-stack sockets bound to ::
+	}
+	return ipv4.NewPacketConn(conn)
+}
+
+// outBatch collects the answers produced while handling one read batch and
+// sends them with as few system calls as possible.
+type outBatch struct {
+	conn batchConn
+	msgs []ipv4.Message
+	bufs [][]byte
+	n    int
+	// onError counts datagrams the kernel refused.
+	onError func(err error)
+}
+
+func newOutBatch(conn batchConn, onError func(error)) *outBatch {
+	o := &outBatch{conn: conn, msgs: make([]ipv4.Message, batchSize), bufs: make([][]byte, batchSize), onError: onError}
+	for i := range o.bufs {
+		o.bufs[i] = make([]byte, 0, 1500)
+		o.msgs[i].Buffers = [][]byte{nil}
+	}
+	return o
+}
+
+// buffer returns an empty buffer for the next datagram; add queues it.
+func (o *outBatch) buffer() []byte {
+	if o.n == len(o.msgs) {
+		o.flush()
+	}
+	return o.bufs[o.n][:0]
+}
+
+func (o *outBatch) add(b []byte, to netip.AddrPort) {
+	o.bufs[o.n] = b
+	o.msgs[o.n].Buffers[0] = b
+	o.msgs[o.n].Addr = net.UDPAddrFromAddrPort(to)
+	o.n++
+}
+
+func (o *outBatch) flush() {
+	sent := 0
+	for sent < o.n {
+		k, err := o.conn.WriteBatch(o.msgs[sent:o.n], 0)
+		if err != nil {
+			// Skip the datagram the kernel refused (say, an unreachable
+			// address) and go on with the rest.
+			o.onError(err)
+			k = max(k, 1)
+		}
+		sent += k
+	}
+	o.n = 0
+}

@@ -1,0 +1,359 @@
+package rendezvous
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"time"
+
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
+)
+
+// PacketConn is the socket the client talks through. *net.UDPConn
+// satisfies it. The pipe passes the same socket it later punches with, so the
+// address the server observes is the NAT mapping the peer must reach.
+type PacketConn interface {
+	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
+	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
+	SetReadDeadline(t time.Time) error
+}
+
+var _ PacketConn = (*net.UDPConn)(nil)
+
+// Errors a client call can return; the CLI maps them to exit codes.
+var (
+	ErrAuth          = errors.New("authentication failed: wrong password for this registered session")
+	ErrTaken         = errors.New("session taken: it is registered with another password")
+	ErrPeerNotFound  = errors.New("peer did not show up")
+	ErrNoServer      = errors.New("rendezvous server did not answer")
+	ErrServerRefused = errors.New("rendezvous server refused the request")
+)
+
+// Client asks a rendezvous server for pairings and registrations.
+type Client struct {
+	Conn   PacketConn
+	Server netip.AddrPort
+	Logger *slog.Logger // nil discards
+	// Retry is the first re-send interval; it doubles up to MaxRetry
+	// (defaults 250 ms and 2 s). While a find is waiting for its peer it is
+	// re-sent every MaxRetry, which also keeps the NAT mapping alive.
+	Retry, MaxRetry time.Duration
+
+	serverID [16]byte
+	cookie   []byte
+}
+
+func (c *Client) log() *slog.Logger {
+	if c.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.Logger
+}
+
+func (c *Client) retries() (time.Duration, time.Duration) {
+	r, m := c.Retry, c.MaxRetry
+	if r <= 0 {
+		r = 250 * time.Millisecond
+	}
+	if m <= 0 {
+		m = 2 * time.Second
+	}
+	return r, max(r, m)
+}
+
+// ServerError is an Error reply from the server that has no sentinel of its
+// own.
+type ServerError struct {
+	Code    wire.ErrorCode
+	Message string
+}
+
+func (e *ServerError) Error() string {
+	return fmt.Sprintf("rendezvous server: %s", sanitize(e.Message))
+}
+
+func (e *ServerError) Unwrap() error { return ErrServerRefused }
+
+// RegisterResult is a completed registration.
+type RegisterResult struct {
+	Refreshed bool // the session was already ours; its expiry moved
+	Expires   time.Time
+}
+
+// Register reserves session with the credential derived from password.
+func (c *Client) Register(ctx context.Context, session string, password []byte, ttl time.Duration) (RegisterResult, error) {
+	if err := wire.ValidName(session); err != nil {
+		return RegisterResult{}, fmt.Errorf("session name: %w", err)
+	}
+	ex := c.newExchange(ctx)
+	ch, err := ex.challenge(session)
+	if err != nil {
+		return RegisterResult{}, err
+	}
+	cred := Credential(password, ch.ServerID, session)
+	req := &wire.Register{ReqID: ex.reqID, Cookie: ch.Cookie, Session: session, Credential: cred, TTLSeconds: uint32(ttl / time.Second)}
+	for {
+		reply, err := ex.roundTrip(req)
+		if err != nil {
+			return RegisterResult{}, err
+		}
+		switch r := reply.(type) {
+		case *wire.RegisterResp:
+			return RegisterResult{Refreshed: r.Status == wire.RegisterRefreshed, Expires: time.Unix(int64(r.Expires), 0)}, nil
+		case *wire.Challenge: // our cookie went stale: same request, new cookie
+			req.Cookie = r.Cookie
+		}
+	}
+}
+
+// FindRequest says who we are and whom we want.
+type FindRequest struct {
+	Session, Name, Peer string
+	Password            []byte // used only if the session is registered
+	Candidates          []netip.AddrPort
+	// OnWaiting is called once, when the server first confirms that we are
+	// waiting for the peer.
+	OnWaiting func()
+}
+
+// Match is a completed pairing.
+type Match struct {
+	PairingID      [16]byte
+	Role           wire.Role
+	Observed       netip.AddrPort // our address as the server saw it
+	PeerObserved   netip.AddrPort
+	PeerCandidates []netip.AddrPort
+	Server         netip.AddrPort
+}
+
+// Find waits until the server pairs us with the peer or ctx ends. When ctx
+// ends it returns ErrPeerNotFound if the server was answering, ErrNoServer if
+// it never did.
+func (c *Client) Find(ctx context.Context, fr FindRequest) (Match, error) {
+	for _, n := range []string{fr.Session, fr.Name, fr.Peer} {
+		if err := wire.ValidName(n); err != nil {
+			return Match{}, fmt.Errorf("name %q: %w", sanitize(n), err)
+		}
+	}
+	ex := c.newExchange(ctx)
+	ch, err := ex.challenge(fr.Session)
+	if err != nil {
+		return Match{}, err
+	}
+	req := &wire.Find{ReqID: ex.reqID, Session: fr.Session, Name: fr.Name, Peer: fr.Peer, Candidates: fr.Candidates}
+	var cred *[32]byte
+	adopt := func(ch *wire.Challenge) {
+		req.Cookie = ch.Cookie
+		req.Proof = [32]byte{}
+		if ch.Flags&wire.ChallengeRegistered != 0 {
+			if cred == nil {
+				v := Credential(fr.Password, ch.ServerID, fr.Session)
+				cred = &v
+			}
+			req.Proof = FindProof(*cred, ch.Cookie, fr.Session, fr.Name, fr.Peer)
+		}
+	}
+	adopt(ch)
+	waiting := false
+	for {
+		reply, err := ex.roundTrip(req)
+		if err != nil {
+			if errors.Is(err, ErrNoServer) && waiting {
+				return Match{}, ErrPeerNotFound
+			}
+			return Match{}, err
+		}
+		switch r := reply.(type) {
+		case *wire.Challenge:
+			adopt(r)
+		case *wire.FindResp:
+			if r.Status == wire.FindMatched {
+				return Match{
+					PairingID: r.PairingID, Role: r.Role, Observed: r.Observed,
+					PeerObserved: r.PeerObserved, PeerCandidates: r.PeerCandidates, Server: c.Server,
+				}, nil
+			}
+			if !waiting {
+				waiting = true
+				c.log().Debug("waiting for peer", "observed", r.Observed.String())
+				if fr.OnWaiting != nil {
+					fr.OnWaiting()
+				}
+			}
+			// Re-send at the slow pace until the peer arrives; the server
+			// pushes the match to us the moment it does.
+			if err := ex.wait(req); err != nil {
+				return Match{}, ErrPeerNotFound
+			}
+		}
+	}
+}
+
+// exchange is one request/answer conversation with the server, identified by
+// a random request id that every answer echoes (so stray or forged answers
+// from other conversations are ignored).
+type exchange struct {
+	c     *Client
+	ctx   context.Context
+	reqID uint64
+	buf   []byte
+	// pending is an answer read while waiting that belongs to the next round.
+	pending wire.Message
+}
+
+func (c *Client) newExchange(ctx context.Context) *exchange {
+	var b [8]byte
+	rand.Read(b[:])
+	return &exchange{c: c, ctx: ctx, reqID: binary.BigEndian.Uint64(b[:]), buf: make([]byte, 2048)}
+}
+
+func (ex *exchange) challenge(session string) (*wire.Challenge, error) {
+	for {
+		reply, err := ex.roundTrip(&wire.Hello{ReqID: ex.reqID, Session: session})
+		if err != nil {
+			return nil, err
+		}
+		if ch, ok := reply.(*wire.Challenge); ok {
+			return ch, nil
+		}
+	}
+}
+
+func (ex *exchange) send(m wire.Message) error {
+	b := wire.Pad(m.AppendTo(nil))
+	if _, err := ex.c.Conn.WriteToUDPAddrPort(b, ex.c.Server); err != nil {
+		return fmt.Errorf("sending to rendezvous server %s: %w", ex.c.Server, err)
+	}
+	return nil
+}
+
+// roundTrip sends m and returns the first answer to it, re-sending with
+// backoff. Error answers become errors.
+func (ex *exchange) roundTrip(m wire.Message) (wire.Message, error) {
+	if ex.pending != nil {
+		reply := ex.pending
+		ex.pending = nil
+		return ex.answer(reply)
+	}
+	retry, maxRetry := ex.c.retries()
+	for {
+		if err := ex.send(m); err != nil {
+			return nil, err
+		}
+		reply, err := ex.receive(time.Now().Add(retry))
+		if err != nil {
+			return nil, err
+		}
+		if e, ok := reply.(*wire.Error); ok && (e.Code == wire.CodeRateLimited || e.Code == wire.CodeBusy) {
+			// Back off and try again; the server is protecting itself.
+			ex.c.log().Debug("rendezvous server asks to slow down", "code", e.Code.String())
+			if _, err := ex.receive(time.Now().Add(maxRetry)); err != nil {
+				return nil, err
+			}
+			retry = maxRetry
+			continue
+		}
+		if reply != nil {
+			return ex.answer(reply)
+		}
+		retry = min(2*retry, maxRetry)
+	}
+}
+
+// wait re-sends a waiting find every MaxRetry until an answer other than
+// "still waiting" arrives, which it keeps for the next roundTrip.
+func (ex *exchange) wait(m wire.Message) error {
+	_, maxRetry := ex.c.retries()
+	for {
+		reply, err := ex.receive(time.Now().Add(maxRetry))
+		if err != nil {
+			return err
+		}
+		if r, ok := reply.(*wire.FindResp); ok && r.Status == wire.FindWaiting {
+			continue
+		}
+		if reply != nil {
+			ex.pending = reply
+			return nil
+		}
+		if err := ex.send(m); err != nil {
+			return err
+		}
+	}
+}
+
+// receive returns the next answer to this exchange, or nil at the deadline.
+func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
+	if d, ok := ex.ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	stop := context.AfterFunc(ex.ctx, func() { ex.c.Conn.SetReadDeadline(time.Now()) })
+	defer stop()
+	for {
+		if err := ex.ctx.Err(); err != nil {
+			return nil, fmt.Errorf("%w at %s", ErrNoServer, ex.c.Server)
+		}
+		ex.c.Conn.SetReadDeadline(deadline)
+		n, from, err := ex.c.Conn.ReadFromUDPAddrPort(ex.buf)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if ex.ctx.Err() != nil {
+					return nil, fmt.Errorf("%w at %s", ErrNoServer, ex.c.Server)
+				}
+				return nil, nil
+			}
+			// ICMP port unreachable surfaces as a read error on some
+			// systems: the server is not there (yet); keep trying.
+			ex.c.log().Debug("rendezvous read error", "err", err)
+			continue
+		}
+		if unmap(from) != unmap(ex.c.Server) {
+			continue // a peer's early probe, or noise
+		}
+		msg, err := wire.Decode(ex.buf[:n])
+		if err != nil {
+			ex.c.log().Debug("ignoring undecodable answer", "err", err)
+			continue
+		}
+		if id, _ := wire.ReqIDOf(ex.buf[:n]); id != ex.reqID {
+			continue
+		}
+		return msg, nil
+	}
+}
+
+func (ex *exchange) answer(m wire.Message) (wire.Message, error) {
+	e, ok := m.(*wire.Error)
+	if !ok {
+		return m, nil
+	}
+	switch e.Code {
+	case wire.CodeAuthFailed:
+		return nil, ErrAuth
+	case wire.CodeTaken:
+		return nil, ErrTaken
+	}
+	return nil, &ServerError{Code: e.Code, Message: e.Message}
+}
+
+func unmap(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+// sanitize makes server- or user-supplied text safe for a terminal line.
+func sanitize(s string) string {
+	out := make([]rune, 0, len(s))
+	for _, r := range s {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+			r = '?'
+		}
+		out = append(out, r)
+	}
+	return string(out)
+}

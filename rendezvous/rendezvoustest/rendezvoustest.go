@@ -1,0 +1,101 @@
+// Package rendezvoustest starts real rendezvous servers on 127.0.0.1 for
+// tests: an ephemeral port, a temporary data directory, and a clean stop
+// when the test ends.
+package rendezvoustest
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/p2pcat/p2pcat/rendezvous"
+)
+
+// Server is a running test server.
+type Server struct {
+	*rendezvous.Server
+	Addr     netip.AddrPort
+	DataDir  string
+	Registry *prometheus.Registry
+	stop     func()
+}
+
+// Start runs a server on 127.0.0.1:0 until the test ends (or Stop). cfg may
+// be zero; its DataDir defaults to a fresh temporary directory.
+func Start(tb testing.TB, cfg rendezvous.Config) *Server {
+	tb.Helper()
+	if cfg.DataDir == "" {
+		cfg.DataDir = tb.TempDir()
+	}
+	reg := prometheus.NewRegistry()
+	if cfg.Registry == nil {
+		cfg.Registry = reg
+	}
+	srv, err := rendezvous.NewServer(cfg)
+	if err != nil {
+		tb.Fatalf("rendezvoustest: %v", err)
+	}
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		srv.Close()
+		tb.Fatalf("rendezvoustest: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, conn) }()
+	s := &Server{Server: srv, Addr: conn.LocalAddr().(*net.UDPAddr).AddrPort(), DataDir: cfg.DataDir, Registry: reg}
+	var stopped bool
+	s.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("rendezvoustest: Serve: %v", err)
+		}
+		conn.Close()
+		if err := srv.Close(); err != nil {
+			tb.Errorf("rendezvoustest: Close: %v", err)
+		}
+	}
+	tb.Cleanup(s.stop)
+	return s
+}
+
+// Stop shuts the server down now (it is also stopped when the test ends).
+func (s *Server) Stop() { s.stop() }
+
+// Client returns a rendezvous client on a fresh loopback socket, closed when
+// the test ends.
+func (s *Server) Client(tb testing.TB) *rendezvous.Client {
+	tb.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatalf("rendezvoustest: %v", err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	return &rendezvous.Client{Conn: conn, Server: s.Addr}
+}
+
+// Metric returns the value of the named metric, summed over its labels
+// (0 if absent). Only counters and gauges are read.
+func (s *Server) Metric(name string) float64 {
+	families, err := s.Registry.Gather()
+	if err != nil {
+		return 0
+	}
+	var sum float64
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return sum
+}

@@ -1,0 +1,453 @@
+// Package rendezvous is p2pcat's meeting point: the server that pairs two
+// clients who ask for each other (and keeps registered sessions), and the
+// small client that the pipe uses to ask it. The wire format is in
+// rendezvous/wire and PROTOCOL.md.
+package rendezvous
+
+import (
+	"context"
+	"crypto/hmac"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/ipv4"
+
+	"github.com/p2pcat/p2pcat/rendezvous/store"
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
+)
+
+// Config configures a Server. Zero values mean the documented defaults.
+type Config struct {
+	// DataDir holds the registration database. Required.
+	DataDir string
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// Registry receives the server's Prometheus metrics; nil registers none.
+	Registry prometheus.Registerer
+
+	PendingTTL      time.Duration // a find waits this long after its last re-send (default 60 s)
+	MatchTTL        time.Duration // a pairing answer is kept for re-sends this long (default 30 s)
+	CookieTTL       time.Duration // address cookies are valid this long (default 2 min)
+	MaxPending      int           // pending finds in all (default 100,000)
+	MaxPendingPerIP int           // pending and recently matched finds per client IP (default 64)
+	RatePerIP       float64       // find/register requests per second per client IP (default 20; negative disables)
+	BurstPerIP      int           // bucket size of that rate (default 40)
+	MaxRegisterTTL  time.Duration // longest registration a client may ask for (default 30 days)
+	Readers         int           // goroutines reading the socket (default GOMAXPROCS)
+}
+
+func (c *Config) setDefaults() {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.PendingTTL, 60*time.Second)
+	def(&c.MatchTTL, 30*time.Second)
+	def(&c.CookieTTL, 2*time.Minute)
+	def(&c.MaxRegisterTTL, 30*24*time.Hour)
+	if c.MaxPending <= 0 {
+		c.MaxPending = 100_000
+	}
+	if c.MaxPendingPerIP <= 0 {
+		c.MaxPendingPerIP = 64
+	}
+	if c.RatePerIP == 0 {
+		c.RatePerIP = 20
+	}
+	if c.BurstPerIP <= 0 {
+		c.BurstPerIP = 40
+	}
+	if c.Readers <= 0 {
+		c.Readers = runtime.GOMAXPROCS(0)
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// MinRegisterTTL is the shortest registration the server accepts.
+const MinRegisterTTL = time.Minute
+
+// Server is a rendezvous server. Create it with NewServer, run it with
+// Serve, and Close it after Serve has returned.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	store   *store.Store
+	cookies *cookieJar
+	limiter *rateLimiter
+	table   *table
+	metrics *metrics
+	// registers go to one writer goroutine: a bbolt commit waits for fsync,
+	// and no reader may wait for a disk.
+	registers chan registerJob
+	// testOnly holds hooks that tests set while the server runs.
+	testOnly atomic.Pointer[testHooks]
+}
+
+type testHooks struct {
+	now     func() time.Time // moves the clock forward to expire things
+	panicOn string           // a find for this session panics, to test recovery
+}
+
+func (s *Server) now() time.Time {
+	if h := s.testOnly.Load(); h != nil && h.now != nil {
+		return h.now()
+	}
+	return time.Now()
+}
+
+type registerJob struct {
+	req  *wire.Register
+	from netip.AddrPort
+}
+
+// NewServer opens the store in cfg.DataDir.
+func NewServer(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if cfg.DataDir == "" {
+		return nil, errors.New("rendezvous: no data directory given")
+	}
+	st, err := store.Open(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("opening the store in %s: %w", cfg.DataDir, err)
+	}
+	for _, e := range st.SkippedRecords() {
+		cfg.Logger.Warn("skipped an unreadable registration record", "err", e)
+	}
+	s := &Server{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		store:     st,
+		cookies:   newCookieJar(cfg.CookieTTL),
+		limiter:   newRateLimiter(cfg.RatePerIP, cfg.BurstPerIP, 1_000_000),
+		table:     newTable(cfg.PendingTTL, cfg.MatchTTL, cfg.MaxPending, cfg.MaxPendingPerIP),
+		registers: make(chan registerJob, 1024),
+	}
+	s.metrics = newMetrics(cfg.Registry,
+		func() float64 { p, _ := s.table.counts(); return float64(p) },
+		func() float64 { n, _ := s.store.Count(); return float64(n) })
+	return s, nil
+}
+
+// ServerID is the persistent id that clients salt their credentials with.
+func (s *Server) ServerID() [16]byte { return s.store.ServerID() }
+
+// Close closes the store. Call it after Serve has returned.
+func (s *Server) Close() error { return s.store.Close() }
+
+// Serve answers requests on conn until ctx is done, then stops its
+// goroutines, finishes the registrations already accepted and returns. It
+// does not close conn: the caller owns it.
+func (s *Server) Serve(ctx context.Context, conn *net.UDPConn) error {
+	s.log.Info("rendezvous server listening", "addr", conn.LocalAddr().String(), "server_id", fmt.Sprintf("%x", s.ServerID()))
+	var readers, writer, sweeper sync.WaitGroup
+	writer.Go(func() { s.routineRegister(conn) })
+	sweepCtx, stopSweep := context.WithCancel(context.Background())
+	sweeper.Go(func() { s.routineSweep(sweepCtx) })
+	errs := make(chan error, s.cfg.Readers)
+	for range s.cfg.Readers {
+		readers.Go(func() { errs <- s.routineRead(ctx, conn) })
+	}
+	// Wake the readers when ctx ends: a past deadline fails their reads.
+	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
+	readers.Wait()
+	stop()
+	close(s.registers)
+	writer.Wait()
+	stopSweep()
+	sweeper.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	s.log.Info("rendezvous server stopped")
+	return nil
+}
+
+func (s *Server) routineRead(ctx context.Context, conn *net.UDPConn) error {
+	bc := newBatchConn(conn)
+	out := newOutBatch(bc, func(err error) {
+		s.metrics.drop(dropSendError)
+		s.log.Debug("send failed", "err", err)
+	})
+	in := make([]ipv4.Message, batchSize)
+	for i := range in {
+		in[i].Buffers = [][]byte{make([]byte, wire.MaxPacket+1)}
+	}
+	for {
+		n, err := bc.ReadBatch(in, 0)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("rendezvous socket closed: %w", err)
+			}
+			// Transient errors (ICMP unreachable reported on the socket) must
+			// not stop the server.
+			s.log.Debug("read error", "err", err)
+			continue
+		}
+		for i := range in[:n] {
+			ua, ok := in[i].Addr.(*net.UDPAddr)
+			if !ok {
+				continue
+			}
+			s.handle(out, in[i].Buffers[0][:in[i].N], ua.AddrPort())
+		}
+		out.flush()
+	}
+}
+
+// handle processes one datagram. A panic here is a bug; it costs that packet,
+// not the server.
+func (s *Server) handle(batch *outBatch, pkt []byte, from netip.AddrPort) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.metrics.drop(dropPanic)
+			s.log.Error("panic while handling a packet", "from", from.String(), "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	out := &sender{s: s, batch: batch, to: from, reqLen: len(pkt)}
+	msg, err := wire.Decode(pkt)
+	if err != nil {
+		s.refuse(out, pkt, err)
+		return
+	}
+	s.metrics.packet(msg.Type())
+	now := s.now()
+	switch m := msg.(type) {
+	case *wire.Hello:
+		s.handleHello(out, m, now)
+	case *wire.Register:
+		if s.admit(out, m.ReqID, m.Cookie, m.Session, now) {
+			s.handleRegister(out, m)
+		}
+	case *wire.Find:
+		if s.admit(out, m.ReqID, m.Cookie, m.Session, now) {
+			s.handleFind(out, m, now)
+		}
+	default:
+		s.metrics.drop(dropUnexpected)
+	}
+}
+
+// refuse answers a datagram that did not decode, when it is plausibly from a
+// p2pcat client (it has our magic), with an error no larger than itself.
+func (s *Server) refuse(out *sender, pkt []byte, err error) {
+	id, _ := wire.ReqIDOf(pkt)
+	switch {
+	case errors.Is(err, wire.ErrNotRendezvous):
+		s.metrics.drop(dropNotOurs)
+	case errors.Is(err, wire.ErrVersion):
+		s.metrics.drop(dropVersion)
+		out.send(&wire.Error{ReqID: id, Code: wire.CodeVersion, Message: fmt.Sprintf("server speaks protocol version %d", wire.Version)})
+	case errors.Is(err, wire.ErrType):
+		s.metrics.drop(dropUnknownType)
+		out.send(&wire.Error{ReqID: id, Code: wire.CodeUnknownType, Message: "unknown message type"})
+	default:
+		s.metrics.drop(dropMalformed)
+		out.send(&wire.Error{ReqID: id, Code: wire.CodeMalformed, Message: "malformed request"})
+	}
+	s.log.Debug("refused a packet", "from", out.to.String(), "err", err)
+}
+
+func (s *Server) handleHello(out *sender, m *wire.Hello, now time.Time) {
+	ch := &wire.Challenge{ReqID: m.ReqID, Cookie: s.cookies.issue(out.to, now), ServerID: s.ServerID()}
+	if _, err := s.store.Lookup(m.Session, now); err == nil {
+		ch.Flags |= wire.ChallengeRegistered
+	}
+	out.send(ch)
+}
+
+// admit checks the cookie and the rate limit of a stateful request. A
+// missing or stale cookie gets a fresh Challenge (never larger than the
+// request, so an unproven address gains nothing).
+func (s *Server) admit(out *sender, reqID uint64, cookie []byte, session string, now time.Time) bool {
+	switch s.cookies.check(cookie, out.to, now) {
+	case cookieValid:
+	case cookieBad:
+		s.metrics.drop(dropBadCookie)
+		return false
+	case cookieStale:
+		s.metrics.drop(dropStaleCookie)
+		s.handleHello(out, &wire.Hello{ReqID: reqID, Session: session}, now)
+		return false
+	case cookieMissing:
+		s.handleHello(out, &wire.Hello{ReqID: reqID, Session: session}, now)
+		return false
+	}
+	out.proven = true
+	if !s.limiter.allow(out.to.Addr(), now) {
+		s.metrics.drop(dropRateLimited)
+		out.send(&wire.Error{ReqID: reqID, Code: wire.CodeRateLimited, Message: "rate limited: slow down"})
+		return false
+	}
+	return true
+}
+
+func (s *Server) handleRegister(out *sender, m *wire.Register) {
+	ttl := time.Duration(m.TTLSeconds) * time.Second
+	if ttl < MinRegisterTTL || ttl > s.cfg.MaxRegisterTTL {
+		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeBadArgument,
+			Message: fmt.Sprintf("ttl must be between %s and %s", MinRegisterTTL, s.cfg.MaxRegisterTTL)})
+		return
+	}
+	select {
+	case s.registers <- registerJob{req: m, from: out.to}:
+	default:
+		s.metrics.drop(dropQueueFull)
+		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeBusy, Message: "server busy: try again"})
+	}
+}
+
+// routineRegister commits registrations one at a time, in arrival order.
+func (s *Server) routineRegister(conn *net.UDPConn) {
+	for job := range s.registers {
+		s.commitRegister(conn, job)
+	}
+}
+
+func (s *Server) commitRegister(conn *net.UDPConn, job registerJob) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.metrics.drop(dropPanic)
+			s.log.Error("panic while registering", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	m := job.req
+	out := &sender{s: s, conn: conn, to: job.from, proven: true}
+	now := s.now()
+	before, lookupErr := s.store.Lookup(m.Session, now)
+	reg, err := s.store.Register(m.Session, m.Credential, time.Duration(m.TTLSeconds)*time.Second, now)
+	switch {
+	case errors.Is(err, store.ErrTaken):
+		s.metrics.registrations.WithLabelValues("taken").Inc()
+		s.log.Info("register refused: session taken", "session", m.Session, "from", job.from.String())
+		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeTaken, Message: "session taken: registered with another password"})
+	case err != nil:
+		s.metrics.registrations.WithLabelValues("error").Inc()
+		s.log.Error("register failed", "session", m.Session, "err", err)
+		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeInternal, Message: "internal error: registration not stored"})
+	default:
+		status, result := wire.RegisterCreated, "created"
+		if lookupErr == nil && before.Credential == m.Credential {
+			status, result = wire.RegisterRefreshed, "refreshed"
+		}
+		s.metrics.registrations.WithLabelValues(result).Inc()
+		s.log.Info("session registered", "session", m.Session, "result", result, "expires", reg.Expires.Format(time.RFC3339), "from", job.from.String())
+		out.send(&wire.RegisterResp{ReqID: m.ReqID, Status: status, Expires: uint64(reg.Expires.Unix())})
+	}
+}
+
+func (s *Server) handleFind(out *sender, m *wire.Find, now time.Time) {
+	if m.Name == m.Peer {
+		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeBadArgument, Message: "own name and peer name are the same"})
+		return
+	}
+	if h := s.testOnly.Load(); h != nil && h.panicOn == m.Session {
+		panic("test-only panic")
+	}
+	if reg, err := s.store.Lookup(m.Session, now); err == nil {
+		if m.Proof == ([32]byte{}) {
+			// The client did not know the session is registered (or it was
+			// registered since): tell it, with a fresh cookie.
+			s.handleHello(out, &wire.Hello{ReqID: m.ReqID, Session: m.Session}, now)
+			return
+		}
+		want := FindProof(reg.Credential, m.Cookie, m.Session, m.Name, m.Peer)
+		if !hmac.Equal(want[:], m.Proof[:]) {
+			s.metrics.authFailures.Inc()
+			s.log.Info("find refused: wrong credential", "session", m.Session, "name", m.Name, "from", out.to.String())
+			out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeAuthFailed, Message: "authentication failed: wrong password for this registered session"})
+			return
+		}
+	}
+	res, err := s.table.find(m, out.to, now)
+	if err != nil {
+		s.metrics.drop(dropTableFull)
+		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeBusy, Message: "server busy: " + err.Error()})
+		return
+	}
+	out.send(&res.reply)
+	if res.paired {
+		s.metrics.pairings.Inc()
+		s.log.Debug("paired", "session", m.Session, "a", m.Peer, "b", m.Name)
+		// The peer's address was proven by its own cookie when it was stored.
+		push := &sender{s: s, batch: out.batch, to: res.pushAddr, proven: true}
+		push.send(res.push)
+	}
+}
+
+func (s *Server) routineSweep(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	lastPurge := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			if n := s.table.sweep(now); n > 0 {
+				s.metrics.expired.Add(float64(n))
+			}
+			s.limiter.sweep(now)
+			if now.Sub(lastPurge) >= 10*time.Minute {
+				lastPurge = now
+				if n, err := s.store.Purge(now); err != nil {
+					s.log.Error("purging expired registrations", "err", err)
+				} else if n > 0 {
+					s.log.Info("purged expired registrations", "count", n)
+				}
+			}
+		}
+	}
+}
+
+// sender writes answers to one address, enforcing the amplification rule:
+// until the address has proven it receives (a valid cookie), no answer may
+// be larger than the datagram that caused it. It queues into a batch (the
+// readers) or writes directly (the registration writer).
+type sender struct {
+	s      *Server
+	batch  *outBatch
+	conn   *net.UDPConn
+	to     netip.AddrPort
+	reqLen int
+	proven bool
+}
+
+func (o *sender) send(m wire.Message) {
+	var b []byte
+	if o.batch != nil {
+		b = m.AppendTo(o.batch.buffer())
+	} else {
+		b = m.AppendTo(make([]byte, 0, wire.MaxPacket))
+	}
+	if !o.proven && len(b) > o.reqLen {
+		o.s.metrics.drop(dropAmplification)
+		return
+	}
+	if o.batch != nil {
+		o.batch.add(b, o.to)
+		return
+	}
+	if _, err := o.conn.WriteToUDPAddrPort(b, o.to); err != nil {
+		o.s.metrics.drop(dropSendError)
+		o.s.log.Debug("send failed", "to", o.to.String(), "err", err)
+	}
+}

@@ -1,0 +1,175 @@
+package rendezvous
+
+import (
+	"crypto/rand"
+	"errors"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
+)
+
+// table pairs finds. An entry is keyed by (session, name, wanted peer) and is
+// either pending (waiting for the peer's find) or matched (holding the answer
+// for this side, so that a re-sent find after a lost answer gets the same
+// pairing). The request id of a find identifies one attempt of a client: a
+// find with the same key and another request id is a new attempt (the user
+// ran p2pcat again), which replaces whatever the old attempt left.
+type table struct {
+	pendingTTL, matchTTL time.Duration
+	maxTotal, maxPerIP   int
+
+	mu      sync.Mutex
+	entries map[entryKey]*entry
+	perIP   map[netip.Addr]int // entries held per client IP
+	pending int                // entries not yet matched
+}
+
+type entryKey struct{ session, name, peer string }
+
+type entry struct {
+	reqID   uint64
+	addr    netip.AddrPort
+	cands   []netip.AddrPort
+	expires time.Time
+	matched *wire.FindResp // nil while pending
+}
+
+var (
+	errTableFull = errors.New("too many pending finds")
+	errIPFull    = errors.New("too many pending finds from this address")
+)
+
+func newTable(pendingTTL, matchTTL time.Duration, maxTotal, maxPerIP int) *table {
+	return &table{
+		pendingTTL: pendingTTL, matchTTL: matchTTL,
+		maxTotal: maxTotal, maxPerIP: maxPerIP,
+		entries: make(map[entryKey]*entry),
+		perIP:   make(map[netip.Addr]int),
+	}
+}
+
+// findResult is what the server sends after a find: the answer to the
+// requester, and when this find completed a pair, the answer pushed to the
+// peer at its last known address.
+type findResult struct {
+	reply    wire.FindResp
+	push     *wire.FindResp
+	pushAddr netip.AddrPort
+	paired   bool // this find completed a new pair
+}
+
+// find records f from addr and returns what to send.
+func (t *table) find(f *wire.Find, addr netip.AddrPort, now time.Time) (findResult, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	me := entryKey{f.Session, f.Name, f.Peer}
+	if e := t.entries[me]; e != nil && now.Before(e.expires) && e.reqID == f.ReqID && e.matched != nil {
+		// A re-send after the answer was lost: the same answer again.
+		reply := *e.matched
+		reply.Observed = addr
+		return findResult{reply: reply}, nil
+	}
+	other := entryKey{f.Session, f.Peer, f.Name}
+	if p := t.entries[other]; p != nil && p.matched == nil && now.Before(p.expires) && p.addr != addr {
+		return t.pairLocked(me, other, p, f, addr, now), nil
+	}
+	if err := t.putPendingLocked(me, f, addr, now); err != nil {
+		return findResult{}, err
+	}
+	return findResult{reply: wire.FindResp{ReqID: f.ReqID, Status: wire.FindWaiting, Observed: addr}}, nil
+}
+
+// pairLocked matches the new find f with the pending entry p: p arrived first
+// and initiates the handshake.
+func (t *table) pairLocked(me, other entryKey, p *entry, f *wire.Find, addr netip.AddrPort, now time.Time) findResult {
+	var id [16]byte
+	rand.Read(id[:])
+	mine := &wire.FindResp{
+		ReqID: f.ReqID, Status: wire.FindMatched, Observed: addr,
+		PairingID: id, Role: wire.RoleResponder,
+		PeerObserved: p.addr, PeerCandidates: p.cands,
+	}
+	theirs := &wire.FindResp{
+		ReqID: p.reqID, Status: wire.FindMatched, Observed: p.addr,
+		PairingID: id, Role: wire.RoleInitiator,
+		PeerObserved: addr, PeerCandidates: cloneAddrs(f.Candidates),
+	}
+	p.matched = theirs
+	p.expires = now.Add(t.matchTTL)
+	t.pending--
+	t.removeLocked(me)
+	t.addLocked(me, &entry{reqID: f.ReqID, addr: addr, expires: now.Add(t.matchTTL), matched: mine})
+	return findResult{reply: *mine, push: theirs, pushAddr: p.addr, paired: true}
+}
+
+func (t *table) putPendingLocked(k entryKey, f *wire.Find, addr netip.AddrPort, now time.Time) error {
+	if e := t.entries[k]; e != nil && e.matched == nil && e.addr.Addr() == addr.Addr() {
+		// A re-send (or a new attempt from the same host): refresh in place.
+		e.reqID, e.addr, e.expires = f.ReqID, addr, now.Add(t.pendingTTL)
+		e.cands = cloneAddrs(f.Candidates)
+		return nil
+	}
+	t.removeLocked(k)
+	if t.pending >= t.maxTotal {
+		return errTableFull
+	}
+	if t.perIP[addr.Addr()] >= t.maxPerIP {
+		return errIPFull
+	}
+	t.addLocked(k, &entry{reqID: f.ReqID, addr: addr, cands: cloneAddrs(f.Candidates), expires: now.Add(t.pendingTTL)})
+	t.pending++
+	return nil
+}
+
+func (t *table) addLocked(k entryKey, e *entry) {
+	t.entries[k] = e
+	t.perIP[e.addr.Addr()]++
+}
+
+func (t *table) removeLocked(k entryKey) {
+	e := t.entries[k]
+	if e == nil {
+		return
+	}
+	delete(t.entries, k)
+	if e.matched == nil {
+		t.pending--
+	}
+	ip := e.addr.Addr()
+	if t.perIP[ip] <= 1 {
+		delete(t.perIP, ip)
+	} else {
+		t.perIP[ip]--
+	}
+}
+
+// sweep drops expired entries and returns how many pending ones expired.
+func (t *table) sweep(now time.Time) (expired int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for k, e := range t.entries {
+		if !now.Before(e.expires) {
+			if e.matched == nil {
+				expired++
+			}
+			t.removeLocked(k)
+		}
+	}
+	return expired
+}
+
+// counts returns the numbers of pending and matched entries.
+func (t *table) counts() (pending, matched int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.pending, len(t.entries) - t.pending
+}
+
+func cloneAddrs(a []netip.AddrPort) []netip.AddrPort {
+	if len(a) == 0 {
+		return nil
+	}
+	return append([]netip.AddrPort(nil), a...)
+}

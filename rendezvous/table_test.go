@@ -1,0 +1,96 @@
+package rendezvous
+
+import (
+	"fmt"
+	"net/netip"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
+)
+
+// BenchmarkPendingMemory measures heap bytes per pending find, with
+// realistic names and two candidate addresses each.
+//
+//	go test -run XXX -bench PendingMemory ./rendezvous/
+func BenchmarkPendingMemory(b *testing.B) {
+	const n = 100_000
+	for range b.N {
+		tab := newTable(time.Minute, time.Minute, 2*n, 2*n)
+		// Encoded datagrams, as they arrive: decoding happens inside the
+		// measured window, so the strings and candidate slices the table
+		// keeps are counted.
+		packets := make([][]byte, n)
+		addrs := make([]netip.AddrPort, n)
+		for i := range packets {
+			addrs[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 40000)
+			f := &wire.Find{ReqID: uint64(i), Session: "a-typical-session", Name: fmt.Sprintf("user-%06d", i), Peer: fmt.Sprintf("peer-%06d", i),
+				Candidates: []netip.AddrPort{addrs[i], netip.MustParseAddrPort("192.168.1.20:40000")}}
+			packets[i] = f.AppendTo(nil)
+		}
+		now := time.Now()
+		runtime.GC()
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for i, p := range packets {
+			m, err := wire.Decode(p)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := tab.find(m.(*wire.Find), addrs[i], now); err != nil {
+				b.Fatal(err)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if p, _ := tab.counts(); p != n {
+			b.Fatalf("%d pending, want %d", p, n)
+		}
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "bytes/pending")
+		// Upper bound: everything allocated while adding, garbage included.
+		b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/n, "alloc-bytes/pending")
+		runtime.KeepAlive(tab)
+	}
+}
+
+func TestTableMatchesAndExpires(t *testing.T) {
+	tab := newTable(time.Minute, 30*time.Second, 100, 10)
+	now := time.Now()
+	a := netip.MustParseAddrPort("198.51.100.1:1000")
+	b := netip.MustParseAddrPort("198.51.100.2:2000")
+	fa := &wire.Find{ReqID: 1, Session: "s", Name: "alice", Peer: "bob"}
+	fb := &wire.Find{ReqID: 2, Session: "s", Name: "bob", Peer: "alice"}
+	if r, err := tab.find(fa, a, now); err != nil || r.reply.Status != wire.FindWaiting {
+		t.Fatalf("first find: %+v %v", r, err)
+	}
+	r, err := tab.find(fb, b, now)
+	if err != nil || !r.paired || r.pushAddr != a || r.push.Role != wire.RoleInitiator || r.reply.Role != wire.RoleResponder {
+		t.Fatalf("second find: %+v %v", r, err)
+	}
+	// alice re-sends (the push was lost): the same answer again.
+	again, _ := tab.find(fa, a, now.Add(time.Second))
+	if again.reply.PairingID != r.reply.PairingID || again.paired {
+		t.Fatalf("re-send got a different answer")
+	}
+	// alice runs p2pcat again (new request id): a new attempt, pending.
+	fa2 := &wire.Find{ReqID: 3, Session: "s", Name: "alice", Peer: "bob"}
+	if r, _ := tab.find(fa2, a, now.Add(2*time.Second)); r.reply.Status != wire.FindWaiting {
+		t.Fatalf("new attempt: %+v", r.reply)
+	}
+	if n := tab.sweep(now.Add(10 * time.Minute)); n != 1 {
+		t.Fatalf("sweep expired %d pending, want 1", n)
+	}
+	if p, m := tab.counts(); p != 0 || m != 0 {
+		t.Fatalf("after sweep: %d pending %d matched", p, m)
+	}
+	// Per-IP cap.
+	for i := range 10 {
+		if _, err := tab.find(&wire.Find{ReqID: uint64(i), Session: "s", Name: fmt.Sprint("n", i), Peer: "p"}, a, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tab.find(&wire.Find{ReqID: 99, Session: "s", Name: "n99", Peer: "p"}, a, now); err != errIPFull {
+		t.Fatalf("11th pending from one IP: %v, want errIPFull", err)
+	}
+}
