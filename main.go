@@ -1,0 +1,429 @@
+// Command p2pcat links stdin and stdout of two machines that cannot reach
+// each other directly: both ask a rendezvous server for each other, punch a
+// UDP path through their NATs, authenticate with a shared password and
+// stream bytes end-to-end encrypted. `p2pcat serve` runs the rendezvous
+// server.
+//
+// This file is only the command line: flags, environment variables, and the
+// mapping from errors to exit codes. The work is in pipe/ and rendezvous/.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/urfave/cli/v2"
+
+	"github.com/p2pcat/p2pcat/pipe/term"
+	"github.com/p2pcat/p2pcat/rendezvous"
+	"github.com/p2pcat/p2pcat/rendezvous/store"
+)
+
+// version is set at build time with -ldflags "-X main.version=v1.2.3".
+var version = ""
+
+// Exit codes. Scripts depend on them; README.md and --help list them.
+const (
+	exitOK       = 0 // session finished, every byte delivered and acknowledged both ways
+	exitFailure  = 1 // runtime failure (peer lost mid-session, server unreachable, I/O error)
+	exitUsage    = 2 // usage or configuration error
+	exitNoPeer   = 3 // the peer did not show up within --timeout
+	exitAuth     = 4 // authentication failed: wrong password or a man in the middle
+	exitNoPath   = 5 // no path to the peer could be established
+	exitTaken    = 6 // register: the session is registered with another password
+	exitsHelpTxt = `EXIT CODES:
+   0  success: every byte delivered and acknowledged both ways
+   1  runtime failure (peer lost mid-session, server unreachable, I/O error)
+   2  usage or configuration error
+   3  the peer did not show up within --timeout
+   4  authentication failed: wrong password, or someone in the middle
+   5  no path to the peer could be established
+   6  register: the session is registered with another password`
+)
+
+// usageError marks errors in what the user typed or configured.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+func usagef(format string, a ...any) error { return usageError{fmt.Errorf(format, a...)} }
+
+// hinted carries a suggestion printed after the error.
+type hinted struct {
+	err  error
+	hint string
+}
+
+func (e hinted) Error() string { return e.err.Error() }
+func (e hinted) Unwrap() error { return e.err }
+
+func main() {
+	os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr))
+}
+
+// run executes the command line and returns the exit code. All output to
+// the user about failures happens here, once.
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	app := newApp(stdin, stdout, stderr)
+	err := app.RunContext(ctx, interspersed(app, args))
+	if err == nil {
+		return exitOK
+	}
+	code := exitCode(err)
+	fmt.Fprintf(stderr, "p2pcat: error: %s\n", oneLine(err.Error()))
+	var h hinted
+	if errors.As(err, &h) && h.hint != "" {
+		fmt.Fprintf(stderr, "p2pcat: hint: %s\n", h.hint)
+	} else if code == exitUsage {
+		fmt.Fprintln(stderr, "p2pcat: hint: see 'p2pcat --help'")
+	}
+	return code
+}
+
+// interspersed lets flags follow positional arguments of a subcommand
+// (`p2pcat register team --ttl 1h`), which urfave/cli v2 does not do by
+// itself: it moves the subcommand's positionals after its flags.
+func interspersed(app *cli.App, args []string) []string {
+	if len(args) < 2 {
+		return args
+	}
+	cmd := app.Command(args[1])
+	if cmd == nil {
+		return args
+	}
+	takesValue := map[string]bool{}
+	for _, f := range cmd.Flags {
+		_, isBool := f.(*cli.BoolFlag)
+		for _, n := range f.Names() {
+			takesValue[n] = !isBool
+		}
+	}
+	var flags, positional []string
+	rest := args[2:]
+	for i := 0; i < len(rest); i++ {
+		a := rest[i]
+		if a == "--" {
+			positional = append(positional, rest[i+1:]...)
+			break
+		}
+		if len(a) < 2 || a[0] != '-' {
+			positional = append(positional, a)
+			continue
+		}
+		flags = append(flags, a)
+		name := strings.TrimLeft(a, "-")
+		if !strings.Contains(name, "=") && takesValue[name] && i+1 < len(rest) {
+			i++
+			flags = append(flags, rest[i])
+		}
+	}
+	out := append([]string{args[0], args[1]}, flags...)
+	if len(positional) > 0 {
+		out = append(append(out, "--"), positional...)
+	}
+	return out
+}
+
+func exitCode(err error) int {
+	var ue usageError
+	switch {
+	case errors.As(err, &ue), errors.Is(err, term.ErrNoPassword), errors.Is(err, term.ErrPasswordMismatch):
+		return exitUsage
+	case errors.Is(err, rendezvous.ErrAuth):
+		return exitAuth
+	case errors.Is(err, rendezvous.ErrTaken):
+		return exitTaken
+	case errors.Is(err, rendezvous.ErrPeerNotFound):
+		return exitNoPeer
+	}
+	if strings.HasPrefix(err.Error(), "flag provided but not defined") || strings.Contains(err.Error(), "Required flag") {
+		return exitUsage
+	}
+	return exitFailure
+}
+
+func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
+
+func versionString() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "devel"
+}
+
+func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
+	cli.HelpFlag = &cli.BoolFlag{Name: "help", Aliases: []string{"h"}, Usage: "show help"}
+	return &cli.App{
+		Name:    "p2pcat",
+		Usage:   "netcat across NATs: link stdin/stdout of two machines over an encrypted, hole-punched UDP path",
+		Version: versionString(),
+		Description: `  echo hi | p2pcat --server rv.example:3478 --find bob      (on alice's machine)
+  p2pcat --server rv.example:3478 --find alice > out         (on bob's machine)
+
+The password comes from P2PCAT_PASSWORD or a hidden prompt on the terminal;
+there is no password flag, because argv is visible to every user.
+Every flag can also be set from the environment variable shown beside it.
+
+` + exitsHelpTxt,
+		Reader:          stdin,
+		Writer:          stdout,
+		ErrWriter:       stderr,
+		HideHelpCommand: true,
+		ExitErrHandler:  func(*cli.Context, error) {}, // run() reports errors, once
+		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
+			return usageError{err}
+		},
+		Commands: []*cli.Command{serveCommand(), registerCommand()},
+		Action: func(c *cli.Context) error {
+			if c.NArg() > 0 {
+				return usagef("unknown command %q", c.Args().First())
+			}
+			return cli.ShowAppHelp(c)
+		},
+	}
+}
+
+func serverFlag() *cli.StringFlag {
+	return &cli.StringFlag{Name: "server", Aliases: []string{"s"}, EnvVars: []string{"P2PCAT_SERVER"},
+		Usage: "rendezvous server `HOST:PORT` (required)"}
+}
+
+// resolveServer turns --server into an address, with a usage error saying
+// what to do when it is missing or wrong.
+func resolveServer(c *cli.Context) (netip.AddrPort, error) {
+	s := c.String("server")
+	if s == "" {
+		return netip.AddrPort{}, usagef("no rendezvous server: give --server HOST:PORT or set P2PCAT_SERVER")
+	}
+	if !strings.Contains(s, ":") {
+		s = net.JoinHostPort(s, "3478")
+	}
+	ua, err := net.ResolveUDPAddr("udp", s)
+	if err != nil {
+		return netip.AddrPort{}, usagef("--server %q: %v", s, err)
+	}
+	ap := ua.AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil
+}
+
+func newLogger(w io.Writer, format string, level slog.Level) (*slog.Logger, error) {
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text", "":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usagef("--log-format %q: want text or json", format)
+}
+
+func defaultDataDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return d + "/p2pcat"
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return h + "/.local/state/p2pcat"
+	}
+	return "p2pcat-data"
+}
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run the rendezvous server",
+		Description: `Pairs clients that ask for each other and keeps registered sessions in an
+embedded database under --data. One UDP port serves everything.`,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "listen", Aliases: []string{"l"}, Value: ":3478", EnvVars: []string{"P2PCAT_LISTEN"}, Usage: "UDP `ADDR` to listen on"},
+			&cli.StringFlag{Name: "data", Value: defaultDataDir(), EnvVars: []string{"P2PCAT_DATA"}, Usage: "`DIR` for the registration database"},
+			&cli.StringFlag{Name: "metrics", EnvVars: []string{"P2PCAT_METRICS"}, Usage: "serve Prometheus metrics over HTTP on `ADDR` (e.g. 127.0.0.1:9478); off when empty"},
+			&cli.StringFlag{Name: "log-format", Value: "text", EnvVars: []string{"P2PCAT_LOG_FORMAT"}, Usage: "text or json"},
+			&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"P2PCAT_VERBOSE"}, Usage: "debug logging"},
+			&cli.Float64Flag{Name: "rate", Value: 20, EnvVars: []string{"P2PCAT_RATE"}, Usage: "find/register requests per second allowed per client IP (negative: unlimited)"},
+			&cli.IntFlag{Name: "burst", Value: 40, EnvVars: []string{"P2PCAT_BURST"}, Usage: "burst size of --rate"},
+			&cli.IntFlag{Name: "max-pending", Value: 100_000, EnvVars: []string{"P2PCAT_MAX_PENDING"}, Usage: "pending finds kept in all"},
+			&cli.IntFlag{Name: "max-pending-per-ip", Value: 64, EnvVars: []string{"P2PCAT_MAX_PENDING_PER_IP"}, Usage: "pending finds kept per client IP"},
+			&cli.DurationFlag{Name: "pending-ttl", Value: 60 * time.Second, EnvVars: []string{"P2PCAT_PENDING_TTL"}, Usage: "how long a find waits after its last re-send"},
+			&cli.DurationFlag{Name: "max-register-ttl", Value: 30 * 24 * time.Hour, EnvVars: []string{"P2PCAT_MAX_REGISTER_TTL"}, Usage: "longest registration clients may ask for"},
+		},
+		Action: serve,
+	}
+}
+
+func serve(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("serve takes no arguments (got %q)", c.Args().First())
+	}
+	level := slog.LevelInfo
+	if c.Bool("verbose") {
+		level = slog.LevelDebug
+	}
+	log, err := newLogger(c.App.ErrWriter, c.String("log-format"), level)
+	if err != nil {
+		return err
+	}
+	laddr, err := net.ResolveUDPAddr("udp", c.String("listen"))
+	if err != nil {
+		return usagef("--listen %q: %v", c.String("listen"), err)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	srv, err := rendezvous.NewServer(rendezvous.Config{
+		DataDir:         c.String("data"),
+		Logger:          log,
+		Registry:        reg,
+		PendingTTL:      c.Duration("pending-ttl"),
+		MaxPending:      c.Int("max-pending"),
+		MaxPendingPerIP: c.Int("max-pending-per-ip"),
+		RatePerIP:       c.Float64("rate"),
+		BurstPerIP:      c.Int("burst"),
+		MaxRegisterTTL:  c.Duration("max-register-ttl"),
+	})
+	if err != nil {
+		if errors.Is(err, store.ErrInUse) {
+			return hinted{err, "another p2pcat serve uses this --data directory; stop it or give another --data"}
+		}
+		return err
+	}
+	defer srv.Close()
+	conn, err := net.ListenUDP("udp", laddr)
+	if err != nil {
+		return hinted{fmt.Errorf("listening on %s: %w", c.String("listen"), err), "is another server on that port? choose another with --listen"}
+	}
+	defer conn.Close()
+	raiseBuffers(conn, log)
+
+	ctx := c.Context
+	if addr := c.String("metrics"); addr != "" {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return usagef("--metrics %q: %v", addr, err)
+		}
+		hs := &http.Server{Handler: metricsMux(reg), ReadHeaderTimeout: 5 * time.Second}
+		go hs.Serve(ln)
+		defer hs.Close()
+		log.Info("metrics listening", "addr", ln.Addr().String())
+	}
+	return srv.Serve(ctx, conn)
+}
+
+func metricsMux(reg *prometheus.Registry) *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	return mux
+}
+
+// raiseBuffers asks for 4 MiB socket buffers so bursts are not dropped, and
+// says so when the system caps them lower (net.core.rmem_max).
+func raiseBuffers(conn *net.UDPConn, log *slog.Logger) {
+	const want = 4 << 20
+	conn.SetReadBuffer(want)
+	conn.SetWriteBuffer(want)
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return
+	}
+	raw.Control(func(fd uintptr) {
+		got, err := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF)
+		if err == nil && got/2 < want {
+			log.Info("socket receive buffer capped by the system; raise net.core.rmem_max for bursty loads", "bytes", got/2, "wanted", want)
+		}
+	})
+}
+
+func registerCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "register",
+		Usage:     "reserve a session name on the server with a password",
+		ArgsUsage: "SESSION",
+		Description: `Reserves SESSION so that only clients knowing its password can be paired in it.
+The password comes from P2PCAT_PASSWORD, else a hidden prompt (typed twice).
+It never leaves this machine: the server stores an argon2id credential.
+Registering again with the same password extends the registration; another
+password gets "session taken" (exit 6). --generate prints a new random
+passphrase on stdout and registers with it.`,
+		Flags: []cli.Flag{
+			serverFlag(),
+			&cli.DurationFlag{Name: "ttl", Value: 24 * time.Hour, EnvVars: []string{"P2PCAT_TTL"}, Usage: "how long the registration lasts"},
+			&cli.BoolFlag{Name: "generate", Aliases: []string{"g"}, Usage: "generate a strong random passphrase, print it, and register with it"},
+			&cli.DurationFlag{Name: "timeout", Value: 15 * time.Second, EnvVars: []string{"P2PCAT_TIMEOUT"}, Usage: "give up when the server does not answer within this"},
+		},
+		Action: register,
+	}
+}
+
+func register(c *cli.Context) error {
+	if c.NArg() != 1 {
+		return usagef("register takes exactly one argument, the session name")
+	}
+	session := c.Args().First()
+	if err := rendezvous.ValidSession(session); err != nil {
+		return usagef("session name %q: %v", session, err)
+	}
+	ttl := c.Duration("ttl")
+	if ttl < rendezvous.MinRegisterTTL {
+		return usagef("--ttl %s is shorter than the minimum %s", ttl, rendezvous.MinRegisterTTL)
+	}
+	server, err := resolveServer(c)
+	if err != nil {
+		return err
+	}
+	var password []byte
+	if c.Bool("generate") {
+		if os.Getenv(term.PasswordEnv) != "" {
+			return usagef("--generate makes a new password; unset %s or drop --generate", term.PasswordEnv)
+		}
+		password = []byte(rendezvous.GeneratePassphrase())
+	} else if password, err = term.Password("Password for session "+session+": ", true); err != nil {
+		return err
+	}
+	conn, err := net.ListenUDP("udp", nil)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
+	defer cancel()
+	client := &rendezvous.Client{Conn: conn, Server: server}
+	res, err := client.Register(ctx, session, password, ttl)
+	if err != nil {
+		if errors.Is(err, rendezvous.ErrNoServer) {
+			return hinted{err, "is the server running at " + server.String() + "? check --server"}
+		}
+		if errors.Is(err, rendezvous.ErrTaken) {
+			return hinted{err, "pick another session name, or use the password it was registered with"}
+		}
+		return err
+	}
+	if c.Bool("generate") {
+		fmt.Fprintln(c.App.Writer, string(password))
+	}
+	verb := "registered"
+	if res.Refreshed {
+		verb = "refreshed"
+	}
+	fmt.Fprintf(c.App.ErrWriter, "p2pcat: %s session %q on %s until %s\n", verb, session, server, res.Expires.Local().Format(time.RFC3339))
+	return nil
+}

@@ -1,0 +1,78 @@
+// Package term is p2pcat's terminal side: reading secrets from the
+// controlling terminal and drawing the interactive chat.
+package term
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+
+	"golang.org/x/term"
+)
+
+// PasswordEnv is the environment variable that supplies the password
+// non-interactively. There is deliberately no flag: argv is visible to
+// every user on the machine.
+const PasswordEnv = "P2PCAT_PASSWORD"
+
+// ErrNoPassword means there is no password in the environment and no
+// terminal to ask on.
+var ErrNoPassword = errors.New("no password: set " + PasswordEnv + " or run where a terminal can prompt for it")
+
+// ErrPasswordMismatch means the two entries of a confirmed prompt differ.
+var ErrPasswordMismatch = errors.New("the two passwords differ")
+
+// ttyPath is the controlling terminal. Tests point it elsewhere so that a
+// developer's terminal never receives a prompt during `go test`.
+var ttyPath = "/dev/tty"
+
+// SetTestOnlyTTY replaces the terminal device path; tests only.
+func SetTestOnlyTTY(path string) { ttyPath = path }
+
+// Password returns the password from P2PCAT_PASSWORD, or else prompts on the
+// controlling terminal without echo (even when stdin is a pipe, so
+// `cat file | p2pcat ...` still prompts). With confirm it asks twice.
+func Password(prompt string, confirm bool) ([]byte, error) {
+	if v, ok := os.LookupEnv(PasswordEnv); ok {
+		if v == "" {
+			return nil, fmt.Errorf("%s is set but empty", PasswordEnv)
+		}
+		return []byte(v), nil
+	}
+	tty, err := os.OpenFile(ttyPath, os.O_RDWR, 0)
+	if err != nil {
+		return nil, ErrNoPassword
+	}
+	defer tty.Close()
+	fd := int(tty.Fd())
+	if !term.IsTerminal(fd) {
+		return nil, ErrNoPassword
+	}
+	ask := func(p string) ([]byte, error) {
+		fmt.Fprint(tty, p)
+		pw, err := term.ReadPassword(fd)
+		fmt.Fprintln(tty)
+		if err != nil {
+			return nil, fmt.Errorf("reading the password from the terminal: %w", err)
+		}
+		return pw, nil
+	}
+	pw, err := ask(prompt)
+	if err != nil {
+		return nil, err
+	}
+	if len(pw) == 0 {
+		return nil, errors.New("empty password")
+	}
+	if confirm {
+		again, err := ask("Again: ")
+		if err != nil {
+			return nil, err
+		}
+		if !bytes.Equal(pw, again) {
+			return nil, ErrPasswordMismatch
+		}
+	}
+	return pw, nil
+}

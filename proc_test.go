@@ -1,0 +1,143 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// proc is a real p2pcat process started by a test: the test binary copied
+// as "p2pcat" into $PATH by testscript.Main, so it runs exactly main.run.
+type proc struct {
+	t      testing.TB
+	cmd    *exec.Cmd
+	stdout bytes.Buffer
+	mu     sync.Mutex
+	stderr []string
+	lines  chan string // stderr lines as they come
+	done   chan struct{}
+	err    error
+}
+
+// startP2pcat starts p2pcat with args; env adds to the test's environment.
+// The process is killed when the test ends if it is still running.
+func startP2pcat(t testing.TB, stdin io.Reader, env []string, args ...string) *proc {
+	t.Helper()
+	path, err := exec.LookPath("p2pcat")
+	if err != nil {
+		t.Fatalf("p2pcat not in PATH (testscript.Main sets it up): %v", err)
+	}
+	p := &proc{t: t, lines: make(chan string, 1024), done: make(chan struct{})}
+	p.cmd = exec.Command(path, args...)
+	p.cmd.Env = append(append(os.Environ(), "P2PCAT_PASSWORD=", "P2PCAT_SERVER="), env...)
+	p.cmd.Env = dropEmpty(p.cmd.Env)
+	p.cmd.Stdin = stdin
+	p.cmd.Stdout = &p.stdout
+	errPipe, err := p.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(errPipe)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.stderr = append(p.stderr, sc.Text())
+			p.mu.Unlock()
+			select {
+			case p.lines <- sc.Text():
+			default:
+			}
+		}
+		p.err = p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// dropEmpty removes "NAME=" entries so that a variable can be unset for the
+// child by passing it empty.
+func dropEmpty(env []string) []string {
+	last := map[string]string{}
+	var order []string
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		if _, seen := last[k]; !seen {
+			order = append(order, k)
+		}
+		last[k] = v
+	}
+	var out []string
+	for _, k := range order {
+		if last[k] != "" {
+			out = append(out, k+"="+last[k])
+		}
+	}
+	return out
+}
+
+// waitJSONLog waits for a JSON log line on stderr with msg == want and
+// returns its fields.
+func (p *proc) waitJSONLog(ctx context.Context, want string) map[string]any {
+	p.t.Helper()
+	for {
+		select {
+		case line := <-p.lines:
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == want {
+				return m
+			}
+		case <-p.done:
+			p.t.Fatalf("p2pcat exited (%v) before logging %q; stderr:\n%s", p.err, want, p.Stderr())
+		case <-ctx.Done():
+			p.t.Fatalf("no %q log line; stderr:\n%s", want, p.Stderr())
+		}
+	}
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (p *proc) wait(ctx context.Context) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-ctx.Done():
+		p.cmd.Process.Kill()
+		<-p.done
+		p.t.Fatalf("p2pcat did not exit in time; stderr:\n%s", p.Stderr())
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+func (p *proc) signal(sig syscall.Signal) { p.cmd.Process.Signal(sig) }
+
+func (p *proc) Stderr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.stderr, "\n")
+}
+
+func testCtx(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs every test of p2pcat: formatting, go vet, the race-enabled test suite
+# (unit, end-to-end with real processes and sockets, CLI scripts), and a
+# short smoke run of every fuzz target. Installs what it needs on a fresh
+# machine (Go modules; Debian packages for the terminal and NAT tests when
+# running as root).
+#
+#   scripts/test.sh            everything
+#   FUZZTIME=30s scripts/test.sh   longer fuzzing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+FUZZTIME=${FUZZTIME:-3s}
+export GOFLAGS=${GOFLAGS:-}
+
+step() { printf '\n=== %s\n' "$*"; }
+
+step "installing dependencies"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+	need=()
+	command -v tmux >/dev/null || need+=(tmux)
+	if [ ${#need[@]} -gt 0 ]; then
+		apt-get update -qq >/dev/null 2>&1 || true
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || echo "warning: could not install ${need[*]}; the tests that need them will say so"
+	fi
+fi
+go mod download
+
+step "gofmt"
+bad=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$bad" ]; then
+	echo "gofmt wants to change:"; echo "$bad"; exit 1
+fi
+
+step "go vet"
+go vet ./...
+
+step "go test -race"
+go test -race -count=1 -timeout 20m ./...
+
+step "fuzz smoke ($FUZZTIME per target)"
+# Every Fuzz target, found from the source so new ones are never forgotten.
+grep -rl --include='*_test.go' '^func Fuzz' . | sort | while read -r file; do
+	pkg="./$(dirname "${file#./}")"
+	for target in $(grep -o '^func Fuzz[A-Za-z0-9_]*' "$file" | sed 's/^func //'); do
+		echo "fuzz $pkg $target"
+		go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/tmp/p2pcat-fuzz.log 2>&1 || { cat /tmp/p2pcat-fuzz.log; exit 1; }
+	done
+done
+
+echo
+echo "all tests passed"
