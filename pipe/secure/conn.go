@@ -1,0 +1,395 @@
+// Data packet format, version 1:
+//
+//	Data      = 0xD0 | counter (8) | AES-256-GCM(payload) | tag (16)
+//	Keepalive = 0xD1 | counter (8) | tag (16)              (empty payload)
+//
+// The 9-byte header (type and counter) is the GCM additional data, so it
+// cannot be altered or a keepalive turned into data. The GCM nonce is 4 zero
+// bytes followed by the counter. Each direction has its own key and its own
+// counter, which starts at 0, goes up by one per packet, and is never reused:
+// a Conn refuses to send once it reaches rejectAfterMessages. The receiver
+// keeps a replay window (replay.go): a counter is accepted once, and only if
+// it is at most replayWindowSize behind the highest accepted one.
+//
+// Packets that are too short, too long or of an unknown type are counted as
+// malformed; those that fail authentication (forged, corrupted, sealed with
+// another key) as forged; those with a counter already seen or too old as
+// replayed. None of them reaches the caller.
+
+package secure
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	dataHeaderSize = 9
+	gcmTagSize     = 16
+	// rejectAfterMessages is the first counter a Conn will not use. Far
+	// below 2^64, so the counter can never wrap, and far above what any
+	// session sends.
+	rejectAfterMessages = 1 << 60
+)
+
+// ErrCounterExhausted is returned by Send once the packet counter reached
+// its limit; the Conn cannot send again and a new handshake is needed.
+var ErrCounterExhausted = errors.New("secure: packet counter exhausted, start a new session")
+
+// Stats counts a Conn's packets. Dropped packets are split by reason.
+type Stats struct {
+	Sealed    uint64 // data and keepalive packets sealed and handed to the link
+	Opened    uint64 // data and keepalive packets that authenticated
+	Forged    uint64 // dropped: failed authentication (forged, corrupted, wrong key)
+	Replayed  uint64 // dropped: counter already seen or too far behind
+	Malformed uint64 // dropped: too short, too long, unknown type or other pairing
+	Handshake uint64 // late handshake packets received after the handshake
+}
+
+// Conn is an established secure session: the data plane. Send and Recv
+// may be called concurrently with each other; Close unblocks both. Keep a
+// Recv call pending: besides data, it answers the peer's late handshake
+// retransmissions, without which the peer cannot finish its handshake.
+type Conn struct {
+	link      Link
+	pairing   pairingID
+	sendAEAD  cipher.AEAD
+	recvAEAD  cipher.AEAD
+	keepalive time.Duration
+
+	counter  atomic.Uint64 // next send counter
+	lastSend atomic.Int64  // monotonic nanoseconds since start, for keepalives
+	start    time.Time
+	bufs     sync.Pool // *sealBuf
+
+	recvMu    sync.Mutex // guards everything below, up to stats
+	rbuf      [maxDatagram + 1]byte
+	rnonce    [12]byte
+	replay    replayWindow
+	peer      netip.AddrPort // last address confirmed to the link
+	heardPeer bool           // an authentic packet arrived after the handshake
+	early     []byte         // payload that completed the initiator's handshake
+	failure   error          // sticky: set by a matching AuthFailed notice
+	// Responder only: the Finished we sent, and what to answer it to.
+	finished   []byte
+	finishHash [sha256.Size]byte
+	// References to this handshake's messages, to match AuthFailed notices.
+	refs []ref
+
+	stats struct {
+		sealed, opened, forged, replayed, malformed, handshake atomic.Uint64
+	}
+
+	closeOnce sync.Once
+	closed    atomic.Bool
+	done      chan struct{}
+	wg        sync.WaitGroup // the keepalive goroutine
+	closeErr  error
+}
+
+// sealBuf is one outgoing datagram; pooled so Send does not allocate.
+type sealBuf struct {
+	b     [maxDatagram]byte
+	nonce [12]byte
+}
+
+// newConn builds a Conn from the two directions' 32-byte keys. It does not
+// start the keepalive goroutine: see run.
+func newConn(link Link, pairing pairingID, sendKey, recvKey []byte, peer netip.AddrPort, keepalive time.Duration) (*Conn, error) {
+	sendAEAD, err := newGCM(sendKey)
+	if err != nil {
+		return nil, err
+	}
+	recvAEAD, err := newGCM(recvKey)
+	if err != nil {
+		return nil, err
+	}
+	c := &Conn{
+		link:      link,
+		pairing:   pairing,
+		sendAEAD:  sendAEAD,
+		recvAEAD:  recvAEAD,
+		keepalive: keepalive,
+		peer:      peer,
+		start:     time.Now(),
+		done:      make(chan struct{}),
+	}
+	c.bufs.New = func() any { return new(sealBuf) }
+	return c, nil
+}
+
+func newGCM(key []byte) (cipher.AEAD, error) {
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, fmt.Errorf("secure: %w", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("secure: %w", err)
+	}
+	return aead, nil
+}
+
+// run starts the keepalive goroutine, owned by the Conn and stopped by
+// Close. Keepalives keep NAT bindings open while the application is idle.
+func (c *Conn) run() {
+	if c.keepalive <= 0 {
+		return
+	}
+	c.wg.Add(1)
+	go c.routineKeepalive()
+}
+
+func (c *Conn) routineKeepalive() {
+	defer c.wg.Done()
+	// Ticking at half the interval sends a keepalive between 1 and 1.5
+	// intervals after the last packet.
+	t := time.NewTicker(c.keepalive / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+			if time.Duration(c.now()-c.lastSend.Load()) >= c.keepalive {
+				// A failed keepalive is not fatal: the link reports real
+				// trouble to Recv, and the next tick tries again.
+				_ = c.seal(typeKeepalive, nil)
+			}
+		}
+	}
+}
+
+func (c *Conn) now() int64 { return int64(time.Since(c.start)) }
+
+// MaxPayload returns the largest p Send accepts: what fits in a 1200-byte
+// datagram after the header and the GCM tag.
+func (c *Conn) MaxPayload() int { return maxDatagram - dataHeaderSize - gcmTagSize }
+
+// Send seals p into one datagram and sends it. It does not retain p. It is
+// safe to call concurrently with Recv and with itself.
+func (c *Conn) Send(p []byte) error {
+	if len(p) > c.MaxPayload() {
+		return fmt.Errorf("secure: payload of %d bytes exceeds MaxPayload %d", len(p), c.MaxPayload())
+	}
+	return c.seal(typeData, p)
+}
+
+func (c *Conn) seal(typ byte, p []byte) error {
+	if c.closed.Load() {
+		return fmt.Errorf("secure: send: %w", net.ErrClosed)
+	}
+	n, err := c.nextCounter()
+	if err != nil {
+		return err
+	}
+	buf := c.bufs.Get().(*sealBuf)
+	defer c.bufs.Put(buf)
+	hdr := buf.b[:dataHeaderSize]
+	hdr[0] = typ
+	binary.BigEndian.PutUint64(hdr[1:], n)
+	binary.BigEndian.PutUint64(buf.nonce[4:], n)
+	out := c.sendAEAD.Seal(buf.b[dataHeaderSize:dataHeaderSize], buf.nonce[:], p, hdr)
+	c.lastSend.Store(c.now())
+	c.stats.sealed.Add(1)
+	if err := c.link.Send(buf.b[:dataHeaderSize+len(out)]); err != nil {
+		return fmt.Errorf("secure: send: %w", err)
+	}
+	return nil
+}
+
+// nextCounter reserves the next send counter. Every counter is handed out
+// at most once, so no nonce is ever used twice with the send key.
+func (c *Conn) nextCounter() (uint64, error) {
+	for {
+		n := c.counter.Load()
+		if n >= rejectAfterMessages {
+			return 0, ErrCounterExhausted
+		}
+		if c.counter.CompareAndSwap(n, n+1) {
+			return n, nil
+		}
+	}
+}
+
+// Recv blocks until the next authentic data payload, copies it into buf
+// and returns its length. Keepalives, late handshake packets and everything
+// that fails to authenticate are consumed without returning. If buf is
+// shorter than the payload, the packet is lost and the error wraps
+// io.ErrShortBuffer; a buf of MaxPayload bytes always suffices. After Close,
+// Recv returns an error wrapping net.ErrClosed. If the peer reports that it
+// failed to authenticate this session (before any of its packets arrived),
+// Recv returns an error matching ErrAuth.
+func (c *Conn) Recv(buf []byte) (int, error) {
+	c.recvMu.Lock()
+	defer c.recvMu.Unlock()
+	if c.early != nil {
+		p := c.early
+		c.early = nil
+		return c.deliver(buf, p)
+	}
+	for {
+		if c.failure != nil {
+			return 0, c.failure
+		}
+		n, from, err := c.link.Recv(c.rbuf[:])
+		if err != nil {
+			if c.closed.Load() {
+				return 0, fmt.Errorf("secure: recv: %w", net.ErrClosed)
+			}
+			return 0, fmt.Errorf("secure: recv: %w", err)
+		}
+		pkt := c.rbuf[:n]
+		if n == 0 || n > maxDatagram {
+			c.stats.malformed.Add(1)
+			continue
+		}
+		switch pkt[0] {
+		case typeData, typeKeepalive:
+			p, ok := c.openLocked(pkt, from)
+			if ok && pkt[0] == typeData {
+				return c.deliver(buf, p)
+			}
+		case typeHello, typeReply, typeFinish, typeFinished, typeAuthFailed:
+			c.stats.handshake.Add(1)
+			c.lateHandshakeLocked(pkt)
+		default:
+			c.stats.malformed.Add(1)
+		}
+	}
+}
+
+func (c *Conn) deliver(buf, p []byte) (int, error) {
+	if len(buf) < len(p) {
+		return 0, fmt.Errorf("secure: recv: %d-byte payload into %d-byte buffer: %w", len(p), len(buf), io.ErrShortBuffer)
+	}
+	return copy(buf, p), nil
+}
+
+// openLocked authenticates and decrypts a data or keepalive packet in
+// place. On success it records the counter, notes the peer's address (a
+// roaming peer is confirmed to the link) and returns the payload, which
+// aliases pkt.
+func (c *Conn) openLocked(pkt []byte, from netip.AddrPort) ([]byte, bool) {
+	if len(pkt) < dataHeaderSize+gcmTagSize {
+		c.stats.malformed.Add(1)
+		return nil, false
+	}
+	if pkt[0] == typeKeepalive && len(pkt) != dataHeaderSize+gcmTagSize {
+		c.stats.malformed.Add(1)
+		return nil, false
+	}
+	counter := binary.BigEndian.Uint64(pkt[1:dataHeaderSize])
+	if !c.replay.fresh(counter) {
+		c.stats.replayed.Add(1)
+		return nil, false
+	}
+	binary.BigEndian.PutUint64(c.rnonce[4:], counter)
+	ct := pkt[dataHeaderSize:]
+	p, err := c.recvAEAD.Open(ct[:0], c.rnonce[:], ct, pkt[:dataHeaderSize])
+	if err != nil {
+		c.stats.forged.Add(1)
+		return nil, false
+	}
+	c.replay.accept(counter)
+	c.stats.opened.Add(1)
+	c.heardPeer = true
+	if from != c.peer {
+		c.peer = from
+		c.link.Confirm(from)
+	}
+	return p, true
+}
+
+// acceptEarly handles a data or keepalive packet that reaches the initiator
+// before Finished: if it authenticates, the responder holds the keys, which
+// completes the handshake. A data payload is kept for the first Recv.
+func (c *Conn) acceptEarly(pkt []byte, from netip.AddrPort) bool {
+	c.recvMu.Lock()
+	defer c.recvMu.Unlock()
+	p, ok := c.openLocked(pkt, from)
+	if !ok {
+		return false
+	}
+	if pkt[0] == typeData {
+		c.early = bytes.Clone(p)
+	}
+	return true
+}
+
+// confirmPeer records from as the peer's authenticated address.
+func (c *Conn) confirmPeer(from netip.AddrPort) {
+	c.recvMu.Lock()
+	defer c.recvMu.Unlock()
+	if from != c.peer {
+		c.peer = from
+		c.link.Confirm(from)
+	}
+}
+
+// lateHandshakeLocked answers handshake packets that arrive after the
+// handshake: a repeated Finish means our Finished was lost, so the
+// responder sends it again; an AuthFailed notice about this handshake means
+// the peer rejected it, which ends the session unless the peer already
+// proved it holds the keys. Everything else is stale and ignored.
+func (c *Conn) lateHandshakeLocked(pkt []byte) {
+	switch pkt[0] {
+	case typeFinish:
+		if c.finished == nil {
+			return
+		}
+		h := sha256.Sum256(pkt)
+		if subtle.ConstantTimeCompare(h[:], c.finishHash[:]) == 1 {
+			// Best effort: if it is lost too, the peer asks again.
+			_ = c.link.Send(c.finished)
+		}
+	case typeAuthFailed:
+		m, err := parseAuthFailed(pkt)
+		if err != nil || m.pairing != c.pairing || c.heardPeer {
+			return
+		}
+		for _, r := range c.refs {
+			if r == m.hello || r == m.failed {
+				c.failure = authError("the peer rejected the handshake")
+				return
+			}
+		}
+	}
+}
+
+// Stats returns a snapshot of the packet counters.
+func (c *Conn) Stats() Stats {
+	return Stats{
+		Sealed:    c.stats.sealed.Load(),
+		Opened:    c.stats.opened.Load(),
+		Forged:    c.stats.forged.Load(),
+		Replayed:  c.stats.replayed.Load(),
+		Malformed: c.stats.malformed.Load(),
+		Handshake: c.stats.handshake.Load(),
+	}
+}
+
+// Close closes the link, which unblocks Recv, and stops the keepalive
+// goroutine. Later Send and Recv calls fail with net.ErrClosed. Close is
+// idempotent and returns the link's Close error.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		close(c.done)
+		c.closeErr = c.link.Close()
+		c.wg.Wait()
+	})
+	return c.closeErr
+}

@@ -1,0 +1,671 @@
+package secure
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/p2pcat/p2pcat/pipe/cpace"
+)
+
+var testPairing = pairingID{0x7e, 0x4b, 0x47, 0x91, 0xd6, 0xa8, 0xef, 0x01, 0x9b, 0x93, 0x6c, 0x79, 0xfb, 0x7f, 0x2c, 0x57}
+
+const testPassword = "correct horse battery staple"
+
+// testParams returns fast settings: 1024-bit keys, short retransmits, no
+// keepalives, and a timeout that bounds every test.
+func testParams(role Role, password string) Params {
+	p := Params{
+		Role:            role,
+		PairingID:       testPairing,
+		Session:         "backup-job",
+		LocalName:       "alice",
+		PeerName:        "bob",
+		Password:        []byte(password),
+		Timeout:         10 * time.Second,
+		Retransmit:      20 * time.Millisecond,
+		Keepalive:       -1,
+		testOnlyRSABits: 1024,
+	}
+	if role == Responder {
+		p.LocalName, p.PeerName = p.PeerName, p.LocalName
+	}
+	return p
+}
+
+// endpoint is one side of a test session: the handshake result and, once
+// established, a goroutine that feeds everything Recv returns into got.
+type endpoint struct {
+	conn    *Conn
+	err     error
+	got     chan []byte
+	recvErr chan error
+}
+
+func (e *endpoint) next(t *testing.T) []byte {
+	t.Helper()
+	select {
+	case p := <-e.got:
+		return p
+	case err := <-e.recvErr:
+		t.Fatalf("Recv failed: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("no payload within 5s")
+	}
+	return nil
+}
+
+func (e *endpoint) waitRecvErr(t *testing.T) error {
+	t.Helper()
+	select {
+	case p := <-e.got:
+		t.Fatalf("Recv returned payload %q, want an error", p)
+	case err := <-e.recvErr:
+		return err
+	case <-time.After(5 * time.Second):
+		t.Fatal("Recv did not fail within 5s")
+	}
+	return nil
+}
+
+// handshakePair runs both handshakes concurrently and returns when both
+// ended. An established side starts receiving at once, as a real session
+// does, so it can answer the peer's late retransmissions. Cleanup closes
+// the conns and waits for every goroutine.
+func handshakePair(t *testing.T, li, lr Link, pi, pr Params) (ei, er *endpoint) {
+	t.Helper()
+	var pumps, handshakes sync.WaitGroup
+	start := func(l Link, p Params) *endpoint {
+		e := &endpoint{got: make(chan []byte, 1024), recvErr: make(chan error, 1)}
+		handshakes.Add(1)
+		go func() {
+			defer handshakes.Done()
+			e.conn, e.err = Handshake(t.Context(), l, p)
+			if e.err != nil {
+				return
+			}
+			pumps.Add(1)
+			go func() {
+				defer pumps.Done()
+				buf := make([]byte, e.conn.MaxPayload())
+				for {
+					n, err := e.conn.Recv(buf)
+					if err != nil {
+						e.recvErr <- err
+						return
+					}
+					e.got <- bytes.Clone(buf[:n])
+				}
+			}()
+		}()
+		return e
+	}
+	ei, er = start(li, pi), start(lr, pr)
+	handshakes.Wait()
+	t.Cleanup(func() {
+		for _, e := range []*endpoint{ei, er} {
+			if e.conn != nil {
+				e.conn.Close()
+			}
+		}
+		li.Close()
+		lr.Close()
+		pumps.Wait()
+	})
+	return ei, er
+}
+
+func checkTalk(t *testing.T, a, b *endpoint) {
+	t.Helper()
+	for i, dir := range []struct{ from, to *endpoint }{{a, b}, {b, a}} {
+		msg := []byte(fmt.Sprintf("message %d", i))
+		if err := dir.from.conn.Send(msg); err != nil {
+			t.Fatal(err)
+		}
+		if got := dir.to.next(t); !bytes.Equal(got, msg) {
+			t.Fatalf("received %q, want %q", got, msg)
+		}
+	}
+}
+
+func TestHandshakeClean(t *testing.T) {
+	before := runtime.NumGoroutine()
+	_, li, lr := newMemPair(1)
+	ei, er := handshakePair(t, li, lr, testParams(Initiator, testPassword), testParams(Responder, testPassword))
+	if ei.err != nil || er.err != nil {
+		t.Fatalf("handshake: initiator %v, responder %v", ei.err, er.err)
+	}
+	checkTalk(t, ei, er)
+
+	// Each side confirmed the address the peer's packets came from.
+	if c := li.confirmations(); len(c) == 0 || c[0] != lr.source() {
+		t.Errorf("initiator confirmed %v, want %v first", c, lr.source())
+	}
+	if c := lr.confirmations(); len(c) == 0 || c[0] != li.source() {
+		t.Errorf("responder confirmed %v, want %v first", c, li.source())
+	}
+	si, sr := ei.conn.Stats(), er.conn.Stats()
+	if si.Sealed != 1 || sr.Opened != 1 || sr.Sealed != 1 || si.Opened != 1 {
+		t.Errorf("stats: initiator %+v, responder %+v", si, sr)
+	}
+
+	ei.conn.Close()
+	er.conn.Close()
+	if err := ei.waitRecvErr(t); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Recv after Close: %v, want net.ErrClosed", err)
+	}
+	if err := ei.conn.Send([]byte("x")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Send after Close: %v, want net.ErrClosed", err)
+	}
+	er.waitRecvErr(t)
+	checkNoLeak(t, before)
+}
+
+// checkNoLeak waits, boundedly, for the goroutine count to fall back to
+// before: goroutines that signalled their end may still be unwinding.
+func checkNoLeak(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		buf := make([]byte, 1<<16)
+		t.Errorf("%d goroutines before, %d after Close:\n%s", before, n, buf[:runtime.Stack(buf, true)])
+	}
+}
+
+func TestHandshakeLossyLink(t *testing.T) {
+	for seed := range uint64(4) {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			n, li, lr := newMemPair(seed)
+			n.impair(0.3, 0.3, 0.3)
+			ei, er := handshakePair(t, li, lr, testParams(Initiator, testPassword), testParams(Responder, testPassword))
+			if ei.err != nil || er.err != nil {
+				t.Fatalf("handshake: initiator %v, responder %v", ei.err, er.err)
+			}
+			n.impair(0, 0, 0)
+			checkTalk(t, ei, er)
+		})
+	}
+}
+
+func TestHandshakeDefaultKeySize(t *testing.T) {
+	pi, pr := testParams(Initiator, testPassword), testParams(Responder, testPassword)
+	pi.testOnlyRSABits, pr.testOnlyRSABits = 0, 0
+	n, li, lr := newMemPair(2)
+	n.startCapture()
+	ei, er := handshakePair(t, li, lr, pi, pr)
+	if ei.err != nil || er.err != nil {
+		t.Fatalf("handshake: initiator %v, responder %v", ei.err, er.err)
+	}
+	checkTalk(t, ei, er)
+	hello, err := parseHello(n.capturedPackets()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(hello.pk) != DefaultRSABits/8 {
+		t.Errorf("default key has %d bytes, want %d", len(hello.pk), DefaultRSABits/8)
+	}
+}
+
+// TestHandshake4096FitsDatagram runs the handshake with 4096-bit keys and
+// checks that no datagram exceeds 1200 bytes.
+func TestHandshake4096FitsDatagram(t *testing.T) {
+	if testing.Short() {
+		t.Skip("generates two 4096-bit RSA keys")
+	}
+	keys := make([]*rsa.PrivateKey, 2)
+	var wg sync.WaitGroup
+	for i := range keys {
+		wg.Go(func() {
+			k, err := rsa.GenerateKey(rand.Reader, 4096)
+			if err != nil {
+				t.Error(err)
+			}
+			keys[i] = k
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	pi, pr := testParams(Initiator, testPassword), testParams(Responder, testPassword)
+	pi.testOnlyRSABits, pr.testOnlyRSABits = 0, 0
+	pi.RSABits, pr.RSABits = 4096, 4096
+	pi.RSAKey, pr.RSAKey = keys[0], keys[1]
+	n, li, lr := newMemPair(3)
+	n.startCapture()
+	ei, er := handshakePair(t, li, lr, pi, pr)
+	if ei.err != nil || er.err != nil {
+		t.Fatalf("handshake: initiator %v, responder %v", ei.err, er.err)
+	}
+	checkTalk(t, ei, er)
+	largest := 0
+	for _, p := range n.capturedPackets() {
+		largest = max(largest, len(p))
+	}
+	if largest > maxDatagram {
+		t.Errorf("largest datagram %d bytes, limit %d", largest, maxDatagram)
+	}
+	t.Logf("largest datagram with 4096-bit keys: %d bytes", largest)
+}
+
+func TestWrongPassword(t *testing.T) {
+	_, li, lr := newMemPair(4)
+	ei, er := handshakePair(t, li, lr, testParams(Initiator, testPassword), testParams(Responder, "correct horse battery stapler"))
+	if !errors.Is(ei.err, ErrAuth) || !errors.Is(er.err, ErrAuth) {
+		t.Fatalf("initiator %v, responder %v; want ErrAuth on both", ei.err, er.err)
+	}
+	for _, err := range []error{ei.err, er.err} {
+		if strings.Contains(err.Error(), testPassword) {
+			t.Errorf("error %q contains the password", err)
+		}
+	}
+}
+
+// Both sides must agree on the names and session bound into CPace's CI.
+func TestMismatchedNamesFail(t *testing.T) {
+	for name, change := range map[string]func(p *Params){
+		"session":   func(p *Params) { p.Session = "other-job" },
+		"peer name": func(p *Params) { p.PeerName = "mallory" },
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, li, lr := newMemPair(5)
+			pr := testParams(Responder, testPassword)
+			change(&pr)
+			ei, er := handshakePair(t, li, lr, testParams(Initiator, testPassword), pr)
+			if !errors.Is(ei.err, ErrAuth) || !errors.Is(er.err, ErrAuth) {
+				t.Fatalf("initiator %v, responder %v; want ErrAuth on both", ei.err, er.err)
+			}
+		})
+	}
+}
+
+// mitm relays between the two sides and tampers with one message. Like a
+// real attacker it keeps the refs consistent: when a side names a message
+// the way it received it, the relay renames it to the way it was sent, so
+// the tampering is noticed by the cryptography, not by the plumbing.
+type mitm struct {
+	mu       sync.Mutex
+	original map[ref]ref // ref(as forwarded) -> ref(as sent)
+	tamper   func(m *mitm, b []byte) []byte
+	typ      byte
+	done     bool
+	key      *rsa.PrivateKey // the attacker's own RSA key
+	pkI, pkR *rsa.PublicKey  // learnt from the relayed Hello and Reply
+}
+
+func (m *mitm) tap(_ *memLink, b []byte) [][]byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sent := bytes.Clone(b)
+	fwd := b
+	var refFields [][2]int
+	switch fwd[0] {
+	case typeReply, typeFinish, typeFinished:
+		refFields = [][2]int{{17, 33}}
+	case typeAuthFailed:
+		refFields = [][2]int{{17, 33}, {33, 49}}
+	}
+	for _, f := range refFields {
+		if len(fwd) >= f[1] {
+			if orig, ok := m.original[ref(fwd[f[0]:f[1]])]; ok {
+				copy(fwd[f[0]:f[1]], orig[:])
+			}
+		}
+	}
+	if h, err := parseHello(fwd); err == nil && m.pkI == nil {
+		m.pkI, _ = parsePublicKey(h.pk, 1024)
+	}
+	if r, err := parseReply(fwd); err == nil && m.pkR == nil {
+		m.pkR, _ = parsePublicKey(r.pk, 1024)
+	}
+	if !m.done && fwd[0] == m.typ {
+		m.done = true
+		fwd = m.tamper(m, fwd)
+	}
+	m.original[refOf(fwd)] = refOf(sent)
+	return [][]byte{fwd}
+}
+
+// parsed returns a function that takes a parser's results and reports its
+// error. It may run on the handshake's goroutine, so it uses t.Error.
+func parsed[T any](t *testing.T) func(T, error) T {
+	return func(m T, err error) T {
+		if err != nil {
+			t.Error(err)
+		}
+		return m
+	}
+}
+
+func otherElement(t *testing.T) [32]byte {
+	_, y, err := cpace.Start([]byte("attacker"), nil, nil, nil, rand.Reader)
+	if err != nil {
+		t.Error(err)
+		return [32]byte{}
+	}
+	return [32]byte(y)
+}
+
+func TestManInTheMiddle(t *testing.T) {
+	attackerKey, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	encryptTo := func(t *testing.T, pk *rsa.PublicKey, label []byte) []byte {
+		secret := make([]byte, 32)
+		rand.Read(secret)
+		ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, pk, secret, label)
+		if err != nil {
+			t.Error(err)
+		}
+		return ct
+	}
+	cases := []struct {
+		name string
+		typ  byte
+		// tamper returns the forwarded message.
+		tamper func(t *testing.T, m *mitm, b []byte) []byte
+		// responderEstablished: the responder completes before the
+		// tampering shows, and must then fail in Recv.
+		responderEstablished bool
+	}{
+		{"swap initiator key", typeHello, func(t *testing.T, m *mitm, b []byte) []byte {
+			h := parsed[*hello](t)(parseHello(b))
+			h.pk = m.key.N.Bytes()
+			return h.marshal()
+		}, false},
+		{"swap Ya", typeHello, func(t *testing.T, m *mitm, b []byte) []byte {
+			h := parsed[*hello](t)(parseHello(b))
+			h.ya = otherElement(t)
+			return h.marshal()
+		}, false},
+		{"swap responder key", typeReply, func(t *testing.T, m *mitm, b []byte) []byte {
+			r := parsed[*reply](t)(parseReply(b))
+			r.pk = m.key.N.Bytes()
+			return r.marshal()
+		}, false},
+		{"swap Yb", typeReply, func(t *testing.T, m *mitm, b []byte) []byte {
+			r := parsed[*reply](t)(parseReply(b))
+			r.yb = otherElement(t)
+			return r.marshal()
+		}, false},
+		{"swap responder ciphertext", typeReply, func(t *testing.T, m *mitm, b []byte) []byte {
+			r := parsed[*reply](t)(parseReply(b))
+			r.ct = encryptTo(t, m.pkI, labelSecretR)
+			return r.marshal()
+		}, false},
+		{"swap initiator ciphertext", typeFinish, func(t *testing.T, m *mitm, b []byte) []byte {
+			f := parsed[*finish](t)(parseFinish(b))
+			f.ct = encryptTo(t, m.pkR, labelSecretI)
+			return f.marshal()
+		}, false},
+		{"corrupt initiator ciphertext", typeFinish, func(t *testing.T, m *mitm, b []byte) []byte {
+			f := parsed[*finish](t)(parseFinish(b))
+			f.ct[10] ^= 1
+			return f.marshal()
+		}, false},
+		{"flip initiator confirmation", typeFinish, func(t *testing.T, m *mitm, b []byte) []byte {
+			b[len(b)-1] ^= 1
+			return b
+		}, false},
+		{"flip responder confirmation", typeFinished, func(t *testing.T, m *mitm, b []byte) []byte {
+			b[len(b)-1] ^= 1
+			return b
+		}, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			n, li, lr := newMemPair(6)
+			m := &mitm{original: map[ref]ref{}, typ: tc.typ, key: attackerKey,
+				tamper: func(m *mitm, b []byte) []byte { return tc.tamper(t, m, b) }}
+			n.setTap(m.tap)
+			ei, er := handshakePair(t, li, lr, testParams(Initiator, testPassword), testParams(Responder, testPassword))
+			if !errors.Is(ei.err, ErrAuth) {
+				t.Errorf("initiator: %v, want ErrAuth", ei.err)
+			}
+			if tc.responderEstablished {
+				if er.err != nil {
+					t.Fatalf("responder: %v", er.err)
+				}
+				if err := er.waitRecvErr(t); !errors.Is(err, ErrAuth) {
+					t.Errorf("responder Recv: %v, want ErrAuth", err)
+				}
+			} else if !errors.Is(er.err, ErrAuth) {
+				t.Errorf("responder: %v, want ErrAuth", er.err)
+			}
+			if !m.done {
+				t.Error("the tampered message was never sent")
+			}
+		})
+	}
+}
+
+// TestFinishedLostAnsweredByConn drops the first Finished: the initiator
+// retransmits Finish, and the responder's Conn answers from its receive path.
+func TestFinishedLostAnsweredByConn(t *testing.T) {
+	n, li, lr := newMemPair(7)
+	var mu sync.Mutex
+	dropped := 0
+	n.setTap(func(_ *memLink, b []byte) [][]byte {
+		mu.Lock()
+		defer mu.Unlock()
+		if b[0] == typeFinished && dropped == 0 {
+			dropped++
+			return nil
+		}
+		return [][]byte{b}
+	})
+	ei, er := handshakePair(t, li, lr, testParams(Initiator, testPassword), testParams(Responder, testPassword))
+	if ei.err != nil || er.err != nil {
+		t.Fatalf("handshake: initiator %v, responder %v", ei.err, er.err)
+	}
+	if dropped != 1 {
+		t.Fatalf("dropped %d Finished", dropped)
+	}
+	if s := er.conn.Stats(); s.Handshake == 0 {
+		t.Errorf("responder Conn saw no late handshake packet: %+v", s)
+	}
+	checkTalk(t, ei, er)
+}
+
+// TestEarlyDataCompletesInitiator drops every Finished; the responder's
+// first data packet proves it holds the keys and completes the initiator,
+// and that payload is the first Recv.
+func TestEarlyDataCompletesInitiator(t *testing.T) {
+	n, li, lr := newMemPair(8)
+	n.setTap(func(_ *memLink, b []byte) [][]byte {
+		if b[0] == typeFinished {
+			return nil
+		}
+		return [][]byte{b}
+	})
+	pi, pr := testParams(Initiator, testPassword), testParams(Responder, testPassword)
+	var ci *Conn
+	var errI error
+	var wg sync.WaitGroup
+	wg.Go(func() { ci, errI = Handshake(t.Context(), li, pi) })
+	cr, err := Handshake(t.Context(), lr, pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cr.Close()
+	if err := cr.Send([]byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if errI != nil {
+		t.Fatal(errI)
+	}
+	defer ci.Close()
+	buf := make([]byte, ci.MaxPayload())
+	nr, err := ci.Recv(buf)
+	if err != nil || string(buf[:nr]) != "first" {
+		t.Fatalf("Recv = %q, %v", buf[:nr], err)
+	}
+}
+
+// A second, different Hello (a stray initiator or an attacker's guess) is
+// ignored: the responder answers only the first.
+func TestResponderAnswersFirstHelloOnly(t *testing.T) {
+	_, li, lr := newMemPair(9)
+	stray := &hello{pairing: testPairing, pk: mustKey(t).N.Bytes(), ya: otherElement(t)}
+	otherPairing := &hello{pairing: pairingID{1}, pk: mustKey(t).N.Bytes(), ya: otherElement(t)}
+	pi := testParams(Initiator, testPassword)
+	var ei, er *endpoint
+	// The real Hello goes first (Handshake sends it before reading); the
+	// stray ones are queued behind it.
+	ei, er = handshakePairWithInjection(t, li, lr, pi, testParams(Responder, testPassword), func() {
+		lr.inject(netip.MustParseAddrPort("203.0.113.9:9"), stray.marshal())
+		lr.inject(netip.MustParseAddrPort("203.0.113.9:9"), otherPairing.marshal())
+	})
+	if ei.err != nil || er.err != nil {
+		t.Fatalf("handshake: initiator %v, responder %v", ei.err, er.err)
+	}
+	checkTalk(t, ei, er)
+}
+
+// handshakePairWithInjection is handshakePair with a hook that runs once
+// the initiator's Hello is on the wire.
+func handshakePairWithInjection(t *testing.T, li, lr *memLink, pi, pr Params, inject func()) (*endpoint, *endpoint) {
+	var once sync.Once
+	li.net.setTap(func(_ *memLink, b []byte) [][]byte {
+		if b[0] == typeHello {
+			// Deliver the real Hello first, then the injected ones.
+			lr.inject(li.source(), b)
+			once.Do(inject)
+			return nil
+		}
+		return [][]byte{b}
+	})
+	return handshakePair(t, li, lr, pi, pr)
+}
+
+func mustKey(t *testing.T) *rsa.PrivateKey {
+	k, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func TestHandshakeTimeoutAndCancel(t *testing.T) {
+	t.Run("silent peer", func(t *testing.T) {
+		_, li, lr := newMemPair(10)
+		defer lr.Close()
+		p := testParams(Initiator, testPassword)
+		p.Timeout = 200 * time.Millisecond
+		_, err := Handshake(t.Context(), li, p)
+		if !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrAuth) {
+			t.Fatalf("err = %v, want DeadlineExceeded", err)
+		}
+		if _, _, err := li.Recv(make([]byte, 10)); !errors.Is(err, net.ErrClosed) {
+			t.Errorf("link not closed after timeout: %v", err)
+		}
+	})
+	t.Run("cancelled", func(t *testing.T) {
+		_, li, lr := newMemPair(11)
+		defer lr.Close()
+		ctx, cancel := context.WithCancel(t.Context())
+		cancel()
+		_, err := Handshake(ctx, li, testParams(Responder, testPassword))
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("err = %v, want Canceled", err)
+		}
+	})
+}
+
+func TestParamsValidation(t *testing.T) {
+	small := mustKey(t)
+	for name, change := range map[string]func(p *Params){
+		"no role":        func(p *Params) { p.Role = 0 },
+		"no password":    func(p *Params) { p.Password = nil },
+		"RSABits 1024":   func(p *Params) { p.testOnlyRSABits = 0; p.RSABits = 1024 },
+		"RSABits 8192":   func(p *Params) { p.testOnlyRSABits = 0; p.RSABits = 8192 },
+		"small RSAKey":   func(p *Params) { p.testOnlyRSABits = 0; p.RSAKey = small },
+		"negative timer": func(p *Params) { p.Timeout = -1 },
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := testParams(Initiator, testPassword)
+			change(&p)
+			link := newDiscardLink()
+			defer link.Close()
+			if _, err := Handshake(t.Context(), link, p); err == nil {
+				t.Fatal("Handshake accepted invalid params")
+			}
+		})
+	}
+}
+
+func TestParamsStringHidesPassword(t *testing.T) {
+	p := testParams(Initiator, testPassword)
+	for _, s := range []string{p.String(), fmt.Sprintf("%v", p), fmt.Sprintf("%+v", p), fmt.Sprintf("%#v", p)} {
+		if strings.Contains(s, testPassword) {
+			t.Errorf("formatted Params contains the password: %s", s)
+		}
+	}
+}
+
+// TestCaptureHasNoSecrets records every datagram of a session and checks
+// that neither the password nor the payload appears in them.
+func TestCaptureHasNoSecrets(t *testing.T) {
+	n, li, lr := newMemPair(12)
+	n.startCapture()
+	ei, er := handshakePair(t, li, lr, testParams(Initiator, testPassword), testParams(Responder, testPassword))
+	if ei.err != nil || er.err != nil {
+		t.Fatalf("handshake: initiator %v, responder %v", ei.err, er.err)
+	}
+	payload := []byte("attack at dawn, bring snacks")
+	if err := ei.conn.Send(payload); err != nil {
+		t.Fatal(err)
+	}
+	if got := er.next(t); !bytes.Equal(got, payload) {
+		t.Fatalf("got %q", got)
+	}
+	captured := n.capturedPackets()
+	if len(captured) < 5 {
+		t.Fatalf("captured only %d datagrams", len(captured))
+	}
+	for _, secret := range [][]byte{[]byte(testPassword), payload, payload[:8]} {
+		for i, p := range captured {
+			if bytes.Contains(p, secret) {
+				t.Errorf("datagram %d contains %q", i, secret)
+			}
+		}
+	}
+}
+
+// TestHandshakeFollowsNewSourceAddress: the initiator's Finish comes from
+// an address the responder has not seen (a NAT rebinding); it is accepted
+// because it authenticates, and the new address is confirmed to the link.
+func TestHandshakeFollowsNewSourceAddress(t *testing.T) {
+	n, li, lr := newMemPair(13)
+	moved := netip.MustParseAddrPort("192.0.2.50:5555")
+	n.setTap(func(from *memLink, b []byte) [][]byte {
+		if from == li && b[0] == typeFinish {
+			from.moveTo(moved)
+		}
+		return [][]byte{b}
+	})
+	ei, er := handshakePair(t, li, lr, testParams(Initiator, testPassword), testParams(Responder, testPassword))
+	if ei.err != nil || er.err != nil {
+		t.Fatalf("handshake: initiator %v, responder %v", ei.err, er.err)
+	}
+	if c := lr.confirmations(); len(c) != 1 || c[0] != moved {
+		t.Errorf("responder confirmed %v, want [%v]", c, moved)
+	}
+	checkTalk(t, ei, er)
+}
