@@ -250,8 +250,9 @@ func (s *Server) handle(batch *outBatch, pkt []byte, from netip.AddrPort) {
 // p2pcat client (it has our magic), with an error no larger than itself.
 func (s *Server) refuse(out *sender, pkt []byte, err error) {
 	id, _ := wire.ReqIDOf(pkt)
+	ours := len(pkt) >= len(wire.Magic) && [4]byte(pkt[:4]) == wire.Magic
 	switch {
-	case errors.Is(err, wire.ErrNotRendezvous):
+	case errors.Is(err, wire.ErrNotRendezvous), !ours:
 		s.metrics.drop(dropNotOurs)
 	case errors.Is(err, wire.ErrVersion):
 		s.metrics.drop(dropVersion)
@@ -278,16 +279,18 @@ func (s *Server) handleHello(out *sender, m *wire.Hello, now time.Time) {
 // missing or stale cookie gets a fresh Challenge (never larger than the
 // request, so an unproven address gains nothing).
 func (s *Server) admit(out *sender, reqID uint64, cookie []byte, session string, now time.Time) bool {
-	switch s.cookies.check(cookie, out.to, now) {
+	switch state := s.cookies.check(cookie, out.to, now); state {
 	case cookieValid:
-	case cookieBad:
-		s.metrics.drop(dropBadCookie)
-		return false
-	case cookieStale:
-		s.metrics.drop(dropStaleCookie)
-		s.handleHello(out, &wire.Hello{ReqID: reqID, Session: session}, now)
-		return false
-	case cookieMissing:
+	default:
+		// A missing cookie, one from before a restart or from before the
+		// client's NAT mapping changed, and a forged one all get a fresh
+		// Challenge, which is no larger than the request.
+		switch state {
+		case cookieBad:
+			s.metrics.drop(dropBadCookie)
+		case cookieStale:
+			s.metrics.drop(dropStaleCookie)
+		}
 		s.handleHello(out, &wire.Hello{ReqID: reqID, Session: session}, now)
 		return false
 	}

@@ -438,3 +438,48 @@ func TestDualStackSocket(t *testing.T) {
 		t.Fatalf("addresses: %v %v", ma.PeerObserved, mb.PeerObserved)
 	}
 }
+
+// TestCookieFromBeforeRestart: a client holding a cookie from a server that
+// restarted (new cookie key) gets a fresh Challenge and goes on, instead of
+// being ignored until it times out.
+func TestCookieFromBeforeRestart(t *testing.T) {
+	dir := t.TempDir()
+	srv := rendezvoustest.Start(t, rendezvous.Config{DataDir: dir})
+	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(srv.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	buf := make([]byte, 2048)
+	ask := func(m wire.Message) wire.Message {
+		t.Helper()
+		conn.Write(wire.Pad(m.AppendTo(nil)))
+		conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("no answer to %T: %v", m, err)
+		}
+		reply, err := wire.Decode(buf[:n])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return reply
+	}
+	old := ask(&wire.Hello{ReqID: 1, Session: "s"}).(*wire.Challenge).Cookie
+	// The same server, restarted: the address stays (same port), the key changes.
+	srv.Stop()
+	again := rendezvoustest.Start(t, rendezvous.Config{DataDir: dir})
+	conn.Close()
+	conn, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(again.Addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply := ask(&wire.Find{ReqID: 2, Cookie: old, Session: "s", Name: "a", Peer: "b"})
+	ch, ok := reply.(*wire.Challenge)
+	if !ok || len(ch.Cookie) == 0 {
+		t.Fatalf("find with an old cookie got %#v, want a fresh Challenge", reply)
+	}
+	if r, ok := ask(&wire.Find{ReqID: 2, Cookie: ch.Cookie, Session: "s", Name: "a", Peer: "b"}).(*wire.FindResp); !ok || r.Status != wire.FindWaiting {
+		t.Fatalf("find with the fresh cookie: %#v", r)
+	}
+}
