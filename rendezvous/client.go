@@ -294,7 +294,11 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 		deadline = d
 	}
 	stop := context.AfterFunc(ex.ctx, func() { ex.c.Conn.SetReadDeadline(time.Now()) })
-	defer stop()
+	defer func() {
+		stop()
+		// The socket goes on to carry the session: leave no deadline on it.
+		ex.c.Conn.SetReadDeadline(time.Time{})
+	}()
 	for {
 		if err := ex.ctx.Err(); err != nil {
 			return nil, fmt.Errorf("%w at %s", ErrNoServer, ex.c.Server)

@@ -483,3 +483,35 @@ func TestCookieFromBeforeRestart(t *testing.T) {
 		t.Fatalf("find with the fresh cookie: %#v", r)
 	}
 }
+
+// TestFindLeavesNoDeadline: the socket goes on to carry the session, so a
+// read deadline left by the client would break it moments later.
+func TestFindLeavesNoDeadline(t *testing.T) {
+	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	ca, cb := srv.Client(t), srv.Client(t)
+	ca.Retry, cb.Retry = 50*time.Millisecond, 50*time.Millisecond
+	ca.MaxRetry, cb.MaxRetry = 50*time.Millisecond, 50*time.Millisecond
+	ctx := ctxTimeout(t, 10*time.Second)
+	var wg sync.WaitGroup
+	var errA error
+	wg.Go(func() { _, errA = ca.Find(ctx, rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"}) })
+	if _, err := cb.Find(ctx, rendezvous.FindRequest{Session: "s", Name: "b", Peer: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if errA != nil {
+		t.Fatal(errA)
+	}
+	time.Sleep(200 * time.Millisecond) // past any deadline the exchange set
+	conn := ca.Conn.(*net.UDPConn)
+	go func() {
+		s, _ := net.DialUDP("udp", nil, conn.LocalAddr().(*net.UDPAddr))
+		defer s.Close()
+		s.Write([]byte("session data"))
+	}()
+	buf := make([]byte, 64)
+	n, _, err := conn.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "session data" {
+		t.Fatalf("reading the socket after Find: %q, %v", buf[:n], err)
+	}
+}
