@@ -1,0 +1,843 @@
+// Package stream turns the authenticated datagrams of a Transport into a
+// reliable, ordered, flow- and congestion-controlled byte stream in each
+// direction, with TCP-like half-close.
+//
+// Reliability is selective repeat, QUIC style (RFC 9000/9002): packet
+// numbers are never reused, acks carry packet-number ranges, losses are
+// detected by a packet threshold (3) and a time threshold (9/8 RTT) plus a
+// probe timeout, and lost data is sent again in new packets. Congestion
+// control is BBR-like (bbr.go) and paced. Flow control: each ack carries
+// the receive window, so the sender never has more than RecvBuffer bytes
+// beyond what the peer's reader consumed, and Write blocks while the
+// SendBuffer is full: memory is bounded on both sides.
+//
+// # Ending a session
+//
+// A side is complete when its own data and FIN were acknowledged, the
+// peer's FIN arrived, and every byte before it was handed to Read. Then:
+//
+//   - A complete side sends DONE, and sends it again after each probe
+//     timeout (PTO), and at once whenever the peer sends an ack-eliciting
+//     packet (a retransmission shows it has not seen DONE yet).
+//   - A complete side that receives DONE answers DONE once and finishes.
+//     DONE also acknowledges the whole stream (the peer is complete, so
+//     it holds all our data and FIN), so a side whose last ack was lost
+//     becomes complete on the peer's DONE.
+//   - A complete side that hears no DONE lingers for 3 × PTO, extended
+//     to 3 × PTO after each packet from the peer but never past maxLinger
+//     (3 s) after it became complete, answering retransmissions with ACK
+//     and DONE; then it finishes anyway: it is complete, the peer only
+//     lacked an ack, which lingering re-sends when the peer's FIN comes
+//     again.
+//
+// Finishing this way is a clean end: Done is closed, Err returns nil and
+// Shutdown returns nil. This replaces TCP's TIME_WAIT guesswork: both ends
+// know exactly when every byte was delivered and acknowledged both ways.
+package stream
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+)
+
+// Transport carries datagrams between the two ends of a session.
+type Transport interface {
+	Send(p []byte) error          // seal and send one datagram; must not retain p; len(p) <= MaxPayload()
+	Recv(buf []byte) (int, error) // block until the next authentic payload; returns an error once closed
+	MaxPayload() int              // e.g. ~1150 bytes
+	Close() error                 // unblocks Recv
+}
+
+// Errors that end a Conn.
+var (
+	ErrIdleTimeout = errors.New("stream: peer silent for too long")
+	ErrPeerAborted = errors.New("stream: peer aborted the session")
+	ErrAborted     = errors.New("stream: session aborted")
+	ErrClosed      = errors.New("stream: closed")
+	ErrWriteClosed = errors.New("stream: write after CloseWrite")
+)
+
+// Config tunes a Conn. Zero values mean the documented defaults.
+type Config struct {
+	// IdleTimeout: when the peer is silent this long while we still need
+	// something from it, the Conn fails with ErrIdleTimeout. Default 30 s.
+	IdleTimeout time.Duration
+	// KeepaliveInterval: when we sent nothing for this long, send a PING,
+	// which keeps NAT mappings open and proves we are alive. Default 10 s.
+	KeepaliveInterval time.Duration
+	// SendBuffer bounds the bytes written but not yet acknowledged;
+	// RecvBuffer bounds the bytes received but not yet read (it is the
+	// flow-control window). Default 8 MiB each: enough for ~200 MB/s at
+	// 40 ms RTT, and a side stays under ~20 MiB. Minimum 64 KiB.
+	SendBuffer, RecvBuffer int
+	// Logger receives debug-level events; nil discards them.
+	Logger *slog.Logger
+}
+
+const (
+	defaultIdleTimeout = 30 * time.Second
+	defaultKeepalive   = 10 * time.Second
+	defaultBuffer      = 8 << 20
+	minPayload         = 200
+	minBuffer          = 64 << 10 // also the window assumed before the peer's first ack
+	sleepForever       = time.Duration(1<<63 - 1)
+	maxLinger          = 3 * time.Second
+	sendBatch          = 16 // packets built per lock, sent per wake-up
+	pacerGranularity   = 2 * time.Millisecond
+	abortCopies        = 3
+)
+
+// Stats is a snapshot of a Conn's counters and estimates.
+type Stats struct {
+	BytesSent, BytesReceived     uint64 // stream bytes: accepted by Write / handed to Read
+	PacketsSent, PacketsReceived uint64
+	Retransmits                  uint64 // packets that carried data sent before
+	SpuriousRetransmits          uint64 // packets declared lost that were acked later
+	LostPackets                  uint64
+	DupPackets                   uint64 // packets received twice
+	SRTT, RTTVar, MinRTT, RTO    time.Duration
+	Cwnd                         int     // congestion window, bytes
+	PacingRate                   float64 // bytes per second
+	BytesInFlight                int
+	SendBuffered                 int // written, not yet acknowledged
+	RecvBuffered                 int // received, not yet read
+}
+
+type counters struct {
+	packetsSent, packetsRecv, retransmits, spurious, lost, dup, badFrames uint64
+}
+
+// Conn is one end of the byte stream. Read and Write may be called from
+// different goroutines; Conn owns two goroutines (receive and send loops)
+// that Close waits for.
+type Conn struct {
+	tr         Transport
+	log        *slog.Logger
+	idle       time.Duration
+	keepalive  time.Duration
+	maxPayload int
+	epoch      time.Time // times are durations since epoch (monotonic)
+
+	// sendMu serialises tr.Send so packet numbers go out in order. Lock
+	// order: sendMu before mu.
+	sendMu sync.Mutex
+
+	mu       sync.Mutex
+	readable sync.Cond
+	writable sync.Cond
+	snd      sendState
+	rcv      recvState
+	rtt      rttEstimator
+	cc       bbr
+	stats    counters
+	ackScr   [maxAckRanges]pnRange
+
+	lastRecv   time.Duration
+	lastSent   time.Duration
+	sleepUntil time.Duration // when the send loop wakes on its own; 0: running
+
+	complete     bool
+	completeAt   time.Duration
+	lingerEnd    time.Duration
+	doneNext     time.Duration
+	doneSent     int
+	doneOnce     bool // answer DONE once, then finish
+	finished     bool // terminal
+	err          error
+	done         chan struct{}
+	wake         chan struct{}
+	closeTrOnce  sync.Once
+	closeErr     error
+	wg           sync.WaitGroup
+	shutdownOnce sync.Once
+}
+
+// New starts a Conn over tr. The Conn owns tr and closes it.
+func New(tr Transport, cfg Config) *Conn {
+	c := &Conn{
+		tr:         tr,
+		log:        cfg.Logger,
+		idle:       cfg.IdleTimeout,
+		keepalive:  cfg.KeepaliveInterval,
+		maxPayload: tr.MaxPayload(),
+		epoch:      time.Now(),
+		done:       make(chan struct{}),
+		wake:       make(chan struct{}, 1),
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	if c.idle <= 0 {
+		c.idle = defaultIdleTimeout
+	}
+	if c.keepalive <= 0 {
+		c.keepalive = defaultKeepalive
+	}
+	sendBuf, recvBuf := cfg.SendBuffer, cfg.RecvBuffer
+	if sendBuf <= 0 {
+		sendBuf = defaultBuffer
+	}
+	if recvBuf <= 0 {
+		recvBuf = defaultBuffer
+	}
+	sendBuf, recvBuf = max(sendBuf, minBuffer), max(recvBuf, minBuffer)
+	c.readable.L, c.writable.L = &c.mu, &c.mu
+	c.snd.buf = newByteRing(sendBuf)
+	c.rcv.buf = newByteRing(recvBuf)
+	c.rcv.advertised = uint64(recvBuf)
+	// Until the first ack, assume the peer's window is the smallest any
+	// Conn has.
+	c.snd.peerWindow = minBuffer
+	c.cc = newBBR(c.maxPayload)
+	if c.maxPayload < minPayload {
+		c.failLocked(fmt.Errorf("stream: transport payload of %d bytes is too small (need %d)", c.maxPayload, minPayload))
+		c.closeTransport()
+		return c
+	}
+	c.wg.Add(2)
+	go c.recvLoop()
+	go c.sendLoop()
+	return c
+}
+
+func (c *Conn) now() time.Duration { return time.Since(c.epoch) }
+
+func (c *Conn) wakeSender() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Write copies p into the send buffer, blocking while it is full. Data is
+// sent at once (no Nagle-style waiting).
+func (c *Conn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := &c.snd
+	written := 0
+	for len(p) > 0 {
+		if c.finished {
+			return written, c.errLocked()
+		}
+		if s.finWritten {
+			return written, ErrWriteClosed
+		}
+		free := uint64(s.buf.max) - (s.end - s.una)
+		if free == 0 {
+			c.writable.Wait()
+			continue
+		}
+		n := min(free, uint64(len(p)))
+		s.buf.fit(s.una, s.end+n)
+		s.buf.write(s.end, p[:n])
+		s.end += n
+		p = p[n:]
+		written += int(n)
+		c.wakeSender()
+	}
+	return written, nil
+}
+
+// Read reads in-order bytes. It returns io.EOF after the peer's CloseWrite
+// and all its data.
+func (c *Conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := &c.rcv
+	for {
+		if c.finished && c.err != nil {
+			return 0, c.err
+		}
+		if n := r.read(p); n > 0 {
+			// Advertise the freed space once it is worth a packet: a
+			// quarter of the buffer, so a blocked sender resumes soon.
+			if r.window()-r.advertised >= uint64(r.buf.max)/4 {
+				r.ackWanted, r.ackNow = true, true
+				c.wakeSender()
+			}
+			if r.allDelivered() {
+				c.wakeSender() // we may be complete now
+			}
+			return n, nil
+		}
+		if err := r.readErr(); err != nil {
+			return 0, err
+		}
+		if c.finished {
+			return 0, c.errLocked()
+		}
+		c.readable.Wait()
+	}
+}
+
+// CloseWrite half-closes: the peer reads EOF after all data written so far.
+func (c *Conn) CloseWrite() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.snd.finWritten && c.err == nil {
+		return nil // idempotent, also after a clean end
+	}
+	if c.finished {
+		return c.errLocked()
+	}
+	c.snd.finWritten = true
+	c.wakeSender()
+	return nil
+}
+
+// Shutdown ends the session gracefully: CloseWrite, then wait until our
+// data and FIN are acknowledged, the peer's FIN arrived and every byte was
+// handed to Read (someone must keep reading), then the DONE handshake
+// (see the package documentation). It returns nil only when every byte was
+// delivered and acknowledged both ways; the Conn is closed then. If ctx
+// ends first it returns ctx's error and leaves the Conn open: call Abort or
+// Close.
+func (c *Conn) Shutdown(ctx context.Context) error {
+	if err := c.CloseWrite(); err != nil {
+		return err
+	}
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return fmt.Errorf("stream: shutdown: %w", ctx.Err())
+	}
+	err := c.Err()
+	c.Close()
+	return err
+}
+
+// Abort sends a close notice (several copies, in case some are lost) so
+// that the peer fails promptly with ErrPeerAborted, then tears down.
+func (c *Conn) Abort(reason string) error {
+	c.sendMu.Lock()
+	c.mu.Lock()
+	if c.finished {
+		c.mu.Unlock()
+		c.sendMu.Unlock()
+		return c.Close()
+	}
+	pkt := make([]byte, 0, c.maxPayload)
+	pkt = binary.AppendUvarint(pkt, c.snd.nextPN)
+	c.recordSentLocked(c.snd.ring.push(), c.now(), len(pkt)+1, false)
+	pkt = appendClose(pkt, reason[:min(len(reason), c.maxPayload-len(pkt)-4, maxReasonBytes)])
+	c.failLocked(ErrAborted)
+	c.mu.Unlock()
+	var err error
+	for range abortCopies {
+		if e := c.tr.Send(pkt); e != nil && err == nil {
+			err = fmt.Errorf("stream: sending close notice: %w", e)
+		}
+	}
+	c.sendMu.Unlock()
+	c.Close()
+	return err
+}
+
+// Close tears everything down without notice to the peer and waits for the
+// Conn's goroutines. It is idempotent.
+func (c *Conn) Close() error {
+	c.mu.Lock()
+	c.failLocked(ErrClosed)
+	c.mu.Unlock()
+	c.closeTransport()
+	c.wg.Wait()
+	return nil
+}
+
+// Done is closed when the Conn reaches its terminal state.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err is nil while the Conn is live and after a clean end (see the package
+// documentation); otherwise it tells why the Conn ended.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+func (c *Conn) errLocked() error {
+	if c.err != nil {
+		return c.err
+	}
+	return ErrClosed
+}
+
+// Stats returns a snapshot of counters and estimates.
+func (c *Conn) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return Stats{
+		BytesSent:           c.snd.end,
+		BytesReceived:       c.rcv.readOff,
+		PacketsSent:         c.stats.packetsSent,
+		PacketsReceived:     c.stats.packetsRecv,
+		Retransmits:         c.stats.retransmits,
+		SpuriousRetransmits: c.stats.spurious,
+		LostPackets:         c.stats.lost,
+		DupPackets:          c.stats.dup,
+		SRTT:                c.rtt.srtt(),
+		RTTVar:              c.rtt.variance,
+		MinRTT:              c.rtt.min,
+		RTO:                 c.rtt.pto(),
+		Cwnd:                c.cc.cwnd,
+		PacingRate:          c.cc.pacingRate,
+		BytesInFlight:       c.snd.bytesInFlight,
+		SendBuffered:        int(c.snd.end - c.snd.una),
+		RecvBuffered:        int(c.rcv.nxt - c.rcv.readOff),
+	}
+}
+
+// failLocked moves the Conn to its terminal state; err nil is a clean end.
+func (c *Conn) failLocked(err error) {
+	if c.finished {
+		return
+	}
+	c.finished, c.err = true, err
+	if err != nil {
+		c.log.Debug("stream: conn failed", "err", err)
+	} else {
+		c.log.Debug("stream: conn finished cleanly")
+	}
+	close(c.done)
+	c.readable.Broadcast()
+	c.writable.Broadcast()
+	c.wakeSender()
+}
+
+func (c *Conn) closeTransport() {
+	c.closeTrOnce.Do(func() { c.closeErr = c.tr.Close() })
+}
+
+// recvLoop reads datagrams and applies them. It owns rbuf.
+func (c *Conn) recvLoop() {
+	defer c.wg.Done()
+	rbuf := make([]byte, 64<<10)
+	abuf := make([]byte, 0, c.maxPayload)
+	var f frame
+	for {
+		n, err := c.tr.Recv(rbuf)
+		if err != nil {
+			c.mu.Lock()
+			c.failLocked(fmt.Errorf("stream: transport: %w", err))
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Lock()
+		wantAck, wantSend := c.handlePacketLocked(rbuf[:n], &f)
+		fin := c.finished
+		c.mu.Unlock()
+		if fin {
+			return
+		}
+		if wantAck {
+			// Send the ack from here if the send loop is not busy: this
+			// saves a goroutine hand-off per ack.
+			if c.sendMu.TryLock() {
+				c.mu.Lock()
+				var pkt []byte
+				if c.rcv.ackNow && !c.finished {
+					pkt = c.buildPureAckLocked(abuf[:0])
+				}
+				c.mu.Unlock()
+				if pkt != nil {
+					_ = c.tr.Send(pkt) // a failed send is a lost packet
+				}
+				c.sendMu.Unlock()
+			} else {
+				wantSend = true
+			}
+		}
+		if wantSend {
+			c.wakeSender()
+		}
+	}
+}
+
+// handlePacketLocked applies one received packet. It reports whether an
+// immediate ack is due and whether the send loop should run.
+func (c *Conn) handlePacketLocked(p []byte, f *frame) (ackNow, wake bool) {
+	if c.finished {
+		return false, false
+	}
+	now := c.now()
+	pn, frames, err := parsePacketNumber(p)
+	if err != nil {
+		c.stats.badFrames++
+		return false, false
+	}
+	// Validate the whole packet before applying any of it.
+	eliciting, hasData, dataOff, dataEnd := false, false, uint64(0), uint64(0)
+	for rest := frames; len(rest) > 0; {
+		if rest, err = parseFrame(rest, f); err != nil {
+			c.stats.badFrames++
+			c.log.Debug("stream: dropping malformed packet", "err", err)
+			return false, false
+		}
+		switch f.typ {
+		case frameData, frameDataFin:
+			if hasData { // the wire format allows one per packet
+				c.stats.badFrames++
+				return false, false
+			}
+			hasData, dataOff, dataEnd = true, f.offset, f.offset+uint64(len(f.data))
+			eliciting = true
+		case framePing, frameDone, frameClose:
+			eliciting = true
+		}
+	}
+	c.stats.packetsRecv++
+	c.lastRecv = now
+	r := &c.rcv
+	if hasData && (dataEnd > r.window() || dataOff > r.nxt && r.ooo.len() >= maxOOOSpans) {
+		// No room for it: leave it unacknowledged, so it comes again.
+		c.stats.badFrames++
+		return false, false
+	}
+	dup, reordered := r.onPacketNumber(pn, now)
+	if dup {
+		c.stats.dup++
+		if eliciting {
+			r.ackWanted, r.ackNow = true, true // our ack may have been lost
+		}
+		return r.ackNow, false
+	}
+	for rest := frames; len(rest) > 0; {
+		rest, _ = parseFrame(rest, f)
+		switch f.typ {
+		case frameAck:
+			if c.onAckLocked(f, now) {
+				wake = true
+			}
+		case frameData, frameDataFin:
+			fin := f.typ == frameDataFin
+			readable, old := r.onData(f.offset, f.data, fin)
+			if readable {
+				c.readable.Broadcast()
+			}
+			if old || fin || f.offset > r.nxt {
+				r.ackNow = true // duplicate, FIN or a hole: tell the sender now
+			}
+		case frameDone:
+			if c.snd.finSent && !r.peerDone {
+				// The peer is complete: it holds our whole stream.
+				r.peerDone = true
+				c.snd.una = c.snd.end
+				c.snd.finAcked = true
+				c.snd.clearInFlight()
+				c.writable.Broadcast()
+				wake = true
+			}
+		case frameClose:
+			c.failLocked(fmt.Errorf("%w: %q", ErrPeerAborted, sanitize(f.reason)))
+			return false, false
+		}
+	}
+	if eliciting && c.complete {
+		// The peer still sends: it has not seen our DONE (which also
+		// acknowledges everything). Answer with DONE now, and stay
+		// around while it keeps trying, within maxLinger.
+		c.doneNext = now
+		c.lingerEnd = min(max(c.lingerEnd, now+3*c.rtt.pto()), c.completeAt+maxLinger)
+		wake = true
+	}
+	if eliciting {
+		r.ackWanted = true
+		r.elicited++
+		r.elicitedAll++
+		every, delay := ackEveryPackets, maxAckDelay
+		if r.elicitedAll > decimateAfter {
+			every, delay = decimatedAckEvery, decimatedAckDelay
+		}
+		if r.elicited >= every || reordered {
+			r.ackNow = true
+		}
+		if r.elicited == 1 {
+			r.ackDeadline = now + delay
+			if c.sleepUntil != 0 && r.ackDeadline < c.sleepUntil {
+				wake = true
+			}
+		}
+	}
+	return r.ackWanted && r.ackNow, wake
+}
+
+// sanitize keeps peer-supplied text printable.
+func sanitize(b []byte) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsPrint(r) {
+			return r
+		}
+		return -1
+	}, string(b))
+}
+
+// buildPureAckLocked builds a packet holding only an ACK frame.
+func (c *Conn) buildPureAckLocked(b []byte) []byte {
+	now := c.now()
+	b = binary.AppendUvarint(b, c.snd.nextPN)
+	b = c.appendAckLocked(b, now, c.maxPayload-len(b))
+	c.recordSentLocked(c.snd.ring.push(), now, len(b), false)
+	return b
+}
+
+// appendAckLocked appends an ACK frame no longer than room.
+func (c *Conn) appendAckLocked(b []byte, now time.Duration, room int) []byte {
+	r := &c.rcv
+	nr := 0
+	for i := len(r.pns.s) - 1; i >= 0 && nr < maxAckRanges; i-- {
+		if maxAckLen(nr+1) > room {
+			break
+		}
+		c.ackScr[nr] = pnRange{r.pns.s[i].lo, r.pns.s[i].hi - 1}
+		nr++
+	}
+	if nr == 0 {
+		return b
+	}
+	delay := uint64(max(now-r.largestAt, 0) / time.Microsecond)
+	r.advertised = r.window()
+	b = appendAck(b, r.largestPN, delay, r.streamAck(), r.advertised, c.ackScr[:nr])
+	r.ackWanted, r.ackNow, r.elicited = false, false, 0
+	return b
+}
+
+// recordSentLocked fills the ring record of the packet numbered nextPN.
+func (c *Conn) recordSentLocked(p *sentPacket, now time.Duration, size int, eliciting bool) {
+	s := &c.snd
+	s.nextPN++
+	c.stats.packetsSent++
+	c.lastSent = now
+	p.sentAt = now
+	p.size = uint16(size)
+	if !eliciting {
+		p.state = pktAcked // nothing to wait for
+		s.ring.popSettled()
+		return
+	}
+	p.ackEliciting, p.inFlight = true, true
+	if s.bytesInFlight == 0 {
+		s.firstSentAt, s.deliveredAt = now, now
+	}
+	p.delivered, p.deliveredAt, p.firstSentAt = s.delivered, s.deliveredAt, s.firstSentAt
+	p.appLimited = s.appLimitedUntil > 0
+	s.bytesInFlight += size
+	s.elicitingInFlight++
+	s.lastElicitingAt = now
+	// Pacing: allow a burst of one quantum after an idle period, and at
+	// least what the timer's granularity makes us miss: Go timers may fire
+	// a millisecond late, and a pacer that loses that credit sends below
+	// its rate, which BBR then measures as the path's bandwidth.
+	burst := max(c.cc.pacingInterval(c.cc.quantum()), pacerGranularity)
+	if s.paceNext < now-burst {
+		s.paceNext = now - burst
+	}
+	s.paceNext += c.cc.pacingInterval(size)
+}
+
+// sendLoop sends data, acks and control packets, and runs every timer.
+func (c *Conn) sendLoop() {
+	defer c.wg.Done()
+	defer c.closeTransport()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var bufs [sendBatch][]byte
+	for i := range bufs {
+		bufs[i] = make([]byte, 0, c.maxPayload)
+	}
+	for {
+		c.sendMu.Lock()
+		c.mu.Lock()
+		now := c.now()
+		n, next := c.produceLocked(now, &bufs)
+		finished := c.finished
+		if n == sendBatch {
+			c.sleepUntil = 0
+		} else if next == 0 {
+			c.sleepUntil = sleepForever
+		} else {
+			c.sleepUntil = next
+		}
+		c.mu.Unlock()
+		for i := 0; i < n; i++ {
+			_ = c.tr.Send(bufs[i]) // a failed send is a lost packet
+		}
+		c.sendMu.Unlock()
+		if finished {
+			return
+		}
+		if n == sendBatch {
+			continue
+		}
+		if next > 0 {
+			timer.Reset(max(next-now, 0))
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-c.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// produceLocked runs due timers and builds up to sendBatch packets into
+// bufs. It returns how many, and when it wants to run next (0: only when
+// woken).
+func (c *Conn) produceLocked(now time.Duration, bufs *[sendBatch][]byte) (n int, next time.Duration) {
+	if c.finished {
+		return 0, 0
+	}
+	s, r := &c.snd, &c.rcv
+	netDone := s.finAcked && r.finKnown && r.nxt == r.finOff // nothing more needed from the peer
+	if !netDone && now-c.lastRecv >= c.idle {
+		c.failLocked(ErrIdleTimeout)
+		return 0, 0
+	}
+	if s.lossTime != 0 && now >= s.lossTime {
+		c.detectLossesLocked(now)
+		s.ring.popSettled()
+	}
+	if d := c.ptoDeadline(); d != 0 && now >= d {
+		c.onPTOLocked()
+	}
+
+	// Close handshake (package documentation).
+	sendDone, finishAfter := false, false
+	if !c.complete && s.finAcked && r.allDelivered() {
+		c.complete, c.completeAt = true, now
+		c.lingerEnd = now + min(3*c.rtt.pto(), maxLinger)
+		c.doneNext = now
+		c.log.Debug("stream: complete", "peerDone", r.peerDone)
+	}
+	if c.complete {
+		if r.peerDone {
+			sendDone, finishAfter = true, true
+		} else if now >= c.lingerEnd {
+			c.failLocked(nil)
+			return 0, 0
+		} else if now >= c.doneNext {
+			sendDone = true
+			c.doneNext = now + c.rtt.pto()
+		}
+	}
+	ping := !netDone && now-c.lastSent >= c.keepalive
+
+	for n < sendBatch {
+		probe := s.probes > 0
+		hasData := s.hasRetx() || s.newDataReady()
+		canData := hasData && (probe || (s.bytesInFlight+c.maxPayload <= c.cc.cwnd && s.paceNext <= now))
+		ackDue := r.ackWanted && (r.ackNow || now >= r.ackDeadline)
+		pingNow := (ping || (probe && !hasData)) && !canData
+		if !canData && !sendDone && !pingNow && !ackDue {
+			break
+		}
+		b := binary.AppendUvarint(bufs[n][:0], s.nextPN)
+		if r.ackWanted {
+			b = c.appendAckLocked(b, now, min(c.maxPayload-len(b)-32, maxAckLen(maxAckRanges)))
+		}
+		eliciting := false
+		if sendDone {
+			b = append(b, frameDone)
+			c.doneSent++
+			sendDone = false
+		}
+		if pingNow {
+			b = append(b, framePing)
+			eliciting, ping = true, false
+		}
+		p := s.ring.push()
+		if canData {
+			b = c.appendDataLocked(b, p)
+			eliciting = true
+		}
+		c.recordSentLocked(p, now, len(b), eliciting)
+		if probe && eliciting {
+			s.probes--
+		}
+		bufs[n] = b
+		n++
+		if finishAfter {
+			c.failLocked(nil)
+			return n, 0
+		}
+	}
+
+	// Next wake-up: the earliest timer.
+	next = c.lastRecv + c.idle
+	if netDone {
+		next = 0
+	}
+	at := func(t time.Duration) {
+		if t > 0 && (next == 0 || t < next) {
+			next = t
+		}
+	}
+	if !netDone {
+		at(c.lastSent + c.keepalive)
+	}
+	at(s.lossTime)
+	at(c.ptoDeadline())
+	if r.ackWanted {
+		at(r.ackDeadline)
+	}
+	if c.complete {
+		at(c.lingerEnd)
+		at(c.doneNext)
+	}
+	hasData := s.hasRetx() || s.newDataReady()
+	if hasData && s.bytesInFlight+c.maxPayload <= c.cc.cwnd && n < sendBatch {
+		at(s.paceNext)
+	}
+	if !hasData && s.bytesInFlight+c.maxPayload <= c.cc.cwnd {
+		// Nothing to send though the window allows: rate samples taken
+		// now do not measure the path.
+		s.appLimitedUntil = max(s.delivered+uint64(s.bytesInFlight), 1)
+	}
+	return n, next
+}
+
+// appendDataLocked appends one DATA frame, lost data first, and fills the
+// record p.
+func (c *Conn) appendDataLocked(b []byte, p *sentPacket) []byte {
+	s := &c.snd
+	room := c.maxPayload - len(b)
+	if rr, ok := s.nextRetx(); ok {
+		n := min(int(rr.n), room-dataHeaderLen(rr.off, int(rr.n)))
+		fin := rr.fin && n == int(rr.n)
+		b = appendDataHeader(b, fin, rr.off, n)
+		b = s.buf.appendTo(b, rr.off, n)
+		p.off, p.n, p.fin = rr.off, uint32(n), fin
+		rr.off += uint64(n)
+		rr.n -= uint32(n)
+		if rr.n == 0 && (fin || !rr.fin) {
+			s.retxHead++
+		}
+		c.stats.retransmits++
+		return b
+	}
+	n := int(min(s.end-s.nxt, s.peerWindow-min(s.peerWindow, s.nxt)))
+	n = min(n, room-dataHeaderLen(s.nxt, n))
+	fin := s.finWritten && s.nxt+uint64(n) == s.end
+	b = appendDataHeader(b, fin, s.nxt, n)
+	b = s.buf.appendTo(b, s.nxt, n)
+	p.off, p.n, p.fin = s.nxt, uint32(n), fin
+	s.nxt += uint64(n)
+	if fin {
+		s.finSent = true
+	}
+	return b
+}
+
+var _ io.ReadWriter = (*Conn)(nil)

@@ -1,0 +1,148 @@
+package stream
+
+// span is a half-open interval [lo, hi).
+type span struct{ lo, hi uint64 }
+
+// spanSet is a sorted set of disjoint, non-adjacent half-open intervals.
+// It is a plain slice because the sets it holds (packet numbers still worth
+// acknowledging, out-of-order stream ranges) are small and mostly grow at
+// the top, where add is O(1).
+type spanSet struct{ s []span }
+
+func (ss *spanSet) len() int { return len(ss.s) }
+
+// contains reports whether x is in the set.
+func (ss *spanSet) contains(x uint64) bool {
+	for i := len(ss.s) - 1; i >= 0; i-- {
+		if x >= ss.s[i].hi {
+			return false
+		}
+		if x >= ss.s[i].lo {
+			return true
+		}
+	}
+	return false
+}
+
+// add inserts [lo, hi), merging with neighbours.
+func (ss *spanSet) add(lo, hi uint64) {
+	if lo >= hi {
+		return
+	}
+	s := ss.s
+	n := len(s)
+	// Fast path: at or beyond the top.
+	if n == 0 || lo > s[n-1].hi {
+		ss.s = append(s, span{lo, hi})
+		return
+	}
+	if lo >= s[n-1].lo {
+		if hi > s[n-1].hi {
+			s[n-1].hi = hi
+		}
+		return
+	}
+	// General case: find the first span with hi >= lo.
+	i := 0
+	for i < n && s[i].hi < lo {
+		i++
+	}
+	// Spans i..j-1 overlap or touch [lo, hi).
+	j := i
+	for j < n && s[j].lo <= hi {
+		if s[j].lo < lo {
+			lo = s[j].lo
+		}
+		if s[j].hi > hi {
+			hi = s[j].hi
+		}
+		j++
+	}
+	switch {
+	case i == j: // insert
+		s = append(s, span{})
+		copy(s[i+1:], s[i:])
+		s[i] = span{lo, hi}
+	default:
+		s[i] = span{lo, hi}
+		s = append(s[:i+1], s[j:]...)
+	}
+	ss.s = s
+}
+
+// dropBelow removes everything below x.
+func (ss *spanSet) dropBelow(x uint64) {
+	i := 0
+	for i < len(ss.s) && ss.s[i].hi <= x {
+		i++
+	}
+	if i > 0 {
+		ss.s = append(ss.s[:0], ss.s[i:]...)
+	}
+	if len(ss.s) > 0 && ss.s[0].lo < x {
+		ss.s[0].lo = x
+	}
+}
+
+// dropOldest removes the lowest spans so that at most max remain.
+func (ss *spanSet) dropOldest(max int) {
+	if extra := len(ss.s) - max; extra > 0 {
+		ss.s = append(ss.s[:0], ss.s[extra:]...)
+	}
+}
+
+// byteRing holds a window of stream bytes: offset x lives at buf[x%len(buf)].
+// It starts small and doubles on demand up to max, so an interactive
+// session does not pay for the buffers of a bulk transfer.
+type byteRing struct {
+	buf []byte
+	max int
+}
+
+func newByteRing(max int) byteRing {
+	return byteRing{buf: make([]byte, min(max, minBuffer)), max: max}
+}
+
+// fit grows the ring so that offsets [lo, hi) fit, keeping the bytes of
+// [lo, lo+len(buf)) in place. hi-lo must not exceed max.
+func (r *byteRing) fit(lo, hi uint64) {
+	old := r.buf
+	if hi-lo <= uint64(len(old)) {
+		return
+	}
+	n := len(old)
+	for uint64(n) < hi-lo {
+		n *= 2
+	}
+	nb := make([]byte, min(n, r.max))
+	for x, end := lo, lo+uint64(len(old)); x < end; {
+		src := old[x%uint64(len(old)):]
+		dst := nb[x%uint64(len(nb)):]
+		k := min(len(src), len(dst), int(end-x))
+		copy(dst[:k], src)
+		x += uint64(k)
+	}
+	r.buf = nb
+}
+
+// write copies p to offset off, which must fit.
+func (r *byteRing) write(off uint64, p []byte) {
+	pos := off % uint64(len(r.buf))
+	k := copy(r.buf[pos:], p)
+	copy(r.buf, p[k:])
+}
+
+// read copies len(p) bytes from offset off.
+func (r *byteRing) read(off uint64, p []byte) {
+	pos := off % uint64(len(r.buf))
+	k := copy(p, r.buf[pos:])
+	copy(p[k:], r.buf)
+}
+
+// appendTo appends n bytes from offset off to b.
+func (r *byteRing) appendTo(b []byte, off uint64, n int) []byte {
+	pos := int(off % uint64(len(r.buf)))
+	k := min(n, len(r.buf)-pos)
+	b = append(b, r.buf[pos:pos+k]...)
+	return append(b, r.buf[:n-k]...)
+}
