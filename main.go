@@ -29,6 +29,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/urfave/cli/v2"
 
+	"github.com/p2pcat/p2pcat/pipe"
+	"github.com/p2pcat/p2pcat/pipe/secure"
 	"github.com/p2pcat/p2pcat/pipe/term"
 	"github.com/p2pcat/p2pcat/rendezvous"
 	"github.com/p2pcat/p2pcat/rendezvous/store"
@@ -39,13 +41,14 @@ var version = ""
 
 // Exit codes. Scripts depend on them; README.md and --help list them.
 const (
-	exitOK       = 0 // session finished, every byte delivered and acknowledged both ways
-	exitFailure  = 1 // runtime failure (peer lost mid-session, server unreachable, I/O error)
-	exitUsage    = 2 // usage or configuration error
-	exitNoPeer   = 3 // the peer did not show up within --timeout
-	exitAuth     = 4 // authentication failed: wrong password or a man in the middle
-	exitNoPath   = 5 // no path to the peer could be established
-	exitTaken    = 6 // register: the session is registered with another password
+	exitOK       = 0   // session finished, every byte delivered and acknowledged both ways
+	exitFailure  = 1   // runtime failure (peer lost mid-session, server unreachable, I/O error)
+	exitUsage    = 2   // usage or configuration error
+	exitNoPeer   = 3   // the peer did not show up within --timeout
+	exitAuth     = 4   // authentication failed: wrong password or a man in the middle
+	exitNoPath   = 5   // no path to the peer could be established
+	exitTaken    = 6   // register: the session is registered with another password
+	exitSignal   = 130 // interrupted by Ctrl-C or SIGTERM (the peer is told)
 	exitsHelpTxt = `EXIT CODES:
    0  success: every byte delivered and acknowledged both ways
    1  runtime failure (peer lost mid-session, server unreachable, I/O error)
@@ -53,7 +56,8 @@ const (
    3  the peer did not show up within --timeout
    4  authentication failed: wrong password, or someone in the middle
    5  no path to the peer could be established
-   6  register: the session is registered with another password`
+   6  register: the session is registered with another password
+ 130  interrupted (Ctrl-C, SIGTERM); the peer is told and exits promptly`
 )
 
 // usageError marks errors in what the user typed or configured.
@@ -147,8 +151,12 @@ func exitCode(err error) int {
 	switch {
 	case errors.As(err, &ue), errors.Is(err, term.ErrNoPassword), errors.Is(err, term.ErrPasswordMismatch):
 		return exitUsage
-	case errors.Is(err, rendezvous.ErrAuth):
+	case errors.Is(err, rendezvous.ErrAuth), errors.Is(err, secure.ErrAuth):
 		return exitAuth
+	case errors.Is(err, pipe.ErrNoPath):
+		return exitNoPath
+	case errors.Is(err, pipe.ErrInterrupted):
+		return exitSignal
 	case errors.Is(err, rendezvous.ErrTaken):
 		return exitTaken
 	case errors.Is(err, rendezvous.ErrPeerNotFound):
@@ -174,6 +182,7 @@ func versionString() string {
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	cli.HelpFlag = &cli.BoolFlag{Name: "help", Aliases: []string{"h"}, Usage: "show help"}
+	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version"}
 	return &cli.App{
 		Name:    "p2pcat",
 		Usage:   "netcat across NATs: link stdin/stdout of two machines over an encrypted, hole-punched UDP path",
@@ -186,21 +195,18 @@ there is no password flag, because argv is visible to every user.
 Every flag can also be set from the environment variable shown beside it.
 
 ` + exitsHelpTxt,
-		Reader:          stdin,
-		Writer:          stdout,
-		ErrWriter:       stderr,
-		HideHelpCommand: true,
-		ExitErrHandler:  func(*cli.Context, error) {}, // run() reports errors, once
+		Reader:                 stdin,
+		Writer:                 stdout,
+		ErrWriter:              stderr,
+		HideHelpCommand:        true,
+		UseShortOptionHandling: true,
+		ExitErrHandler:         func(*cli.Context, error) {}, // run() reports errors, once
 		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
 			return usageError{err}
 		},
 		Commands: []*cli.Command{serveCommand(), registerCommand()},
-		Action: func(c *cli.Context) error {
-			if c.NArg() > 0 {
-				return usagef("unknown command %q", c.Args().First())
-			}
-			return cli.ShowAppHelp(c)
-		},
+		Flags:    pipeFlags(),
+		Action:   runPipe,
 	}
 }
 

@@ -20,7 +20,7 @@ import (
 type proc struct {
 	t      testing.TB
 	cmd    *exec.Cmd
-	stdout bytes.Buffer
+	stdout lockedBuffer
 	mu     sync.Mutex
 	stderr []string
 	lines  chan string // stderr lines as they come
@@ -38,6 +38,9 @@ func startP2pcat(t testing.TB, stdin io.Reader, env []string, args ...string) *p
 	}
 	p := &proc{t: t, lines: make(chan string, 1024), done: make(chan struct{})}
 	p.cmd = exec.Command(path, args...)
+	// Stdin may be an io.Pipe that nobody closes when a test fails: never
+	// let Wait hang on copying it after the process is gone.
+	p.cmd.WaitDelay = 2 * time.Second
 	p.cmd.Env = append(append(os.Environ(), "P2PCAT_PASSWORD=", "P2PCAT_SERVER="), env...)
 	p.cmd.Env = dropEmpty(p.cmd.Env)
 	p.cmd.Stdin = stdin
@@ -140,4 +143,31 @@ func testCtx(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// lockedBuffer is a bytes.Buffer that a test may read while the process
+// is still writing to it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) Bytes() []byte {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return bytes.Clone(b.buf.Bytes())
+}
+
+func (b *lockedBuffer) String() string { return string(b.Bytes()) }
+
+func (b *lockedBuffer) Len() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Len()
 }

@@ -1,0 +1,349 @@
+// Package path owns the session's UDP socket: it gathers this host's
+// candidate addresses, punches a path to the peer's candidates, learns the
+// peer's real address from the packets that authenticate (ICE's
+// peer-reflexive candidates), and carries the secure layer's datagrams.
+//
+// Rules of the punch:
+//
+//   - Until a packet from the peer authenticates (the secure layer calls
+//     Confirm), every datagram the secure layer sends goes to every
+//     candidate, public ones first: whichever path works carries it.
+//   - Both sides also send Probe datagrams (0xF0 | pairing id) to every
+//     candidate at a short interval, so each NAT sees outbound traffic to the
+//     other and lets the other's packets in. A probe that arrives teaches us a
+//     candidate (the address the peer's NAT really uses) and is answered
+//     with a probe, but it is never trusted: only Confirm picks the path.
+//   - After Confirm, datagrams go to the confirmed address only. A later
+//     authentic packet from another address moves the path there (roaming).
+//
+// Datagrams from the rendezvous server (late answers) and stray probes are
+// dropped here and never reach the secure layer.
+package path
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// ProbeType is the first byte of a punch probe. It is outside the ranges
+// that STUN, the rendezvous protocol (0x50) and the secure layer
+// (0xD0-0xD1, 0xE1-0xE5) use.
+const ProbeType = 0xF0
+
+// probeLen is the size of a probe: type and pairing id.
+const probeLen = 1 + 16
+
+// MaxCandidates bounds the addresses probed, learned ones included.
+const MaxCandidates = 16
+
+// Listen opens the session's UDP socket on port (0: any), dual-stack where
+// the system allows, with large buffers so bursts are not dropped.
+func Listen(port int, log *slog.Logger) (*net.UDPConn, error) {
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{Port: port})
+	if err != nil {
+		return nil, fmt.Errorf("opening UDP port %d: %w", port, err)
+	}
+	RaiseBuffers(conn, 8<<20, log)
+	return conn, nil
+}
+
+// RaiseBuffers asks for socket buffers of size bytes, as root past
+// net.core.rmem_max, and logs when the system grants less.
+func RaiseBuffers(conn *net.UDPConn, size int, log *slog.Logger) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return
+	}
+	raw.Control(func(fd uintptr) {
+		for _, opt := range [][2]int{{syscall.SO_RCVBUF, 33 /* SO_RCVBUFFORCE */}, {syscall.SO_SNDBUF, 32 /* SO_SNDBUFFORCE */}} {
+			if syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt[1], size) != nil {
+				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt[0], size)
+			}
+		}
+		got, err := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF)
+		if err == nil && got/2 < size && log != nil {
+			log.Debug("socket receive buffer capped by the system; raise net.core.rmem_max for faster transfers", "bytes", got/2, "wanted", size)
+		}
+	})
+}
+
+// LocalCandidates lists this host's addresses with port: every up,
+// non-loopback interface address (IPv4 and global IPv6), and loopback too
+// when withLoopback (the server and peer are on this machine).
+func LocalCandidates(port uint16, withLoopback bool) []netip.AddrPort {
+	ifaces, err := net.Interfaces()
+	if err != nil {
+		return nil
+	}
+	var out []netip.AddrPort
+	for _, ifc := range ifaces {
+		if ifc.Flags&net.FlagUp == 0 {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			pfx, err := netip.ParsePrefix(a.String())
+			if err != nil {
+				continue
+			}
+			ip := pfx.Addr().Unmap()
+			switch {
+			case ip.IsLoopback() && !withLoopback:
+				continue
+			case ip.Is6() && (ip.IsLinkLocalUnicast() || !ip.IsGlobalUnicast() && !ip.IsLoopback()):
+				continue // link-local needs a zone the peer cannot know
+			case ip.IsLinkLocalUnicast() || ip.IsMulticast() || ip.IsUnspecified():
+				continue
+			}
+			out = append(out, netip.AddrPortFrom(ip, port))
+		}
+	}
+	// IPv4 first: it is what most NATs and most peers have.
+	slices.SortStableFunc(out, func(a, b netip.AddrPort) int {
+		if a.Addr().Is4() == b.Addr().Is4() {
+			return 0
+		}
+		if a.Addr().Is4() {
+			return -1
+		}
+		return 1
+	})
+	if len(out) > 8 {
+		out = out[:8]
+	}
+	return out
+}
+
+// Stats counts what the path layer saw.
+type Stats struct {
+	ProbesSent, ProbesReceived uint64
+	Dropped                    uint64 // from the server, or malformed/stray probes
+	Switches                   uint64 // times the confirmed address changed
+}
+
+// Conn is the punched path to one peer. It implements the secure layer's
+// Link. Send is safe for concurrent use with itself and Recv.
+type Conn struct {
+	udp       *net.UDPConn
+	server    netip.AddrPort
+	pairingID [16]byte
+	log       *slog.Logger
+
+	mu         sync.Mutex
+	candidates []netip.AddrPort // probed until confirmed
+	peer       netip.AddrPort   // confirmed address; invalid until Confirm
+	confirmedC chan struct{}    // closed at the first Confirm
+	stats      Stats
+
+	stopPunch context.CancelFunc
+	punchDone chan struct{}
+	closeOnce sync.Once
+}
+
+// New starts punching to candidates (in order of preference) over udp,
+// which the Conn now owns. server is the rendezvous server, whose late
+// datagrams are ignored.
+func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates []netip.AddrPort, log *slog.Logger) *Conn {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c := &Conn{
+		udp: udp, server: unmap(server), pairingID: pairingID, log: log,
+		confirmedC: make(chan struct{}),
+		punchDone:  make(chan struct{}),
+	}
+	for _, a := range candidates {
+		c.addCandidateLocked(a)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stopPunch = cancel
+	go c.routinePunch(ctx)
+	return c
+}
+
+func (c *Conn) addCandidateLocked(a netip.AddrPort) bool {
+	a = unmap(a)
+	if !a.IsValid() || a.Port() == 0 || a.Addr().IsUnspecified() || slices.Contains(c.candidates, a) || len(c.candidates) >= MaxCandidates {
+		return false
+	}
+	c.candidates = append(c.candidates, a)
+	return true
+}
+
+// routinePunch sends probes to every candidate, quickly at first and then
+// every 200 ms, until the path is confirmed or the Conn closes.
+func (c *Conn) routinePunch(ctx context.Context) {
+	defer close(c.punchDone)
+	probe := c.probe()
+	interval := 20 * time.Millisecond
+	for {
+		c.mu.Lock()
+		targets := slices.Clone(c.candidates)
+		c.mu.Unlock()
+		for _, t := range targets {
+			c.write(probe, t)
+			c.count(func(s *Stats) { s.ProbesSent++ })
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.confirmedC:
+			return
+		case <-time.After(interval):
+		}
+		interval = min(2*interval, 200*time.Millisecond)
+	}
+}
+
+func (c *Conn) probe() []byte {
+	p := make([]byte, probeLen)
+	p[0] = ProbeType
+	copy(p[1:], c.pairingID[:])
+	return p
+}
+
+func (c *Conn) count(f func(*Stats)) {
+	c.mu.Lock()
+	f(&c.stats)
+	c.mu.Unlock()
+}
+
+func (c *Conn) write(b []byte, to netip.AddrPort) error {
+	_, err := c.udp.WriteToUDPAddrPort(b, to)
+	return err
+}
+
+// Send sends b to the confirmed peer address, or before confirmation to
+// every candidate.
+func (c *Conn) Send(b []byte) error {
+	c.mu.Lock()
+	peer := c.peer
+	var targets []netip.AddrPort
+	if !peer.IsValid() {
+		targets = slices.Clone(c.candidates)
+	}
+	c.mu.Unlock()
+	if peer.IsValid() {
+		err := c.write(b, peer)
+		if err != nil && errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil // a lost datagram is the reliability layer's business
+	}
+	for _, t := range targets {
+		if err := c.write(b, t); errors.Is(err, net.ErrClosed) {
+			return err
+		}
+	}
+	return nil
+}
+
+// Recv returns the next datagram for the secure layer.
+func (c *Conn) Recv(buf []byte) (int, netip.AddrPort, error) {
+	for {
+		n, from, err := c.udp.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			// ICMP errors surface as read errors on Linux ("connection
+			// refused" after probing a closed candidate): not fatal. Any
+			// other error is, rather than a loop that spins on it.
+			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
+				continue
+			}
+			return 0, netip.AddrPort{}, err
+		}
+		from = unmap(from)
+		if from == c.server {
+			c.count(func(s *Stats) { s.Dropped++ })
+			continue
+		}
+		if n > 0 && buf[0] == ProbeType {
+			c.handleProbe(buf[:n], from)
+			continue
+		}
+		return n, from, nil
+	}
+}
+
+func (c *Conn) handleProbe(p []byte, from netip.AddrPort) {
+	if len(p) != probeLen || !bytes.Equal(p[1:], c.pairingID[:]) {
+		c.count(func(s *Stats) { s.Dropped++ })
+		return
+	}
+	c.mu.Lock()
+	c.stats.ProbesReceived++
+	confirmed := c.peer.IsValid()
+	learned := !confirmed && c.addCandidateLocked(from)
+	c.mu.Unlock()
+	if learned {
+		c.log.Debug("learned a peer candidate from its probe", "addr", from.String())
+	}
+	if !confirmed {
+		c.write(c.probe(), from) // open our NAT toward it, and tell it about us
+	}
+}
+
+// Confirm makes from the peer's address: a packet from it authenticated.
+func (c *Conn) Confirm(from netip.AddrPort) {
+	from = unmap(from)
+	c.mu.Lock()
+	old := c.peer
+	if old == from {
+		c.mu.Unlock()
+		return
+	}
+	c.peer = from
+	if old.IsValid() {
+		c.stats.Switches++
+	}
+	c.mu.Unlock()
+	if !old.IsValid() {
+		close(c.confirmedC)
+		c.log.Debug("path confirmed", "peer", from.String())
+	} else {
+		c.log.Info("peer moved", "from", old.String(), "to", from.String())
+	}
+}
+
+// Confirmed is closed once a packet from the peer authenticated.
+func (c *Conn) Confirmed() <-chan struct{} { return c.confirmedC }
+
+// Peer returns the confirmed peer address (invalid before Confirm).
+func (c *Conn) Peer() netip.AddrPort {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.peer
+}
+
+// Stats returns a snapshot of the counters.
+func (c *Conn) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stats
+}
+
+// Close stops punching and closes the socket, which unblocks Recv.
+func (c *Conn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		c.stopPunch()
+		err = c.udp.Close()
+		<-c.punchDone
+	})
+	return err
+}
+
+func unmap(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}

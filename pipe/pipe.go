@@ -1,0 +1,325 @@
+// Package pipe is the client session of p2pcat: it finds the peer through
+// the rendezvous server, punches a UDP path (pipe/path), authenticates and
+// keys the session (pipe/secure), runs a reliable byte stream over it
+// (pipe/stream), and links it to stdin/stdout with line framing
+// (pipe/frame) or to the interactive chat (pipe/term).
+//
+// Data flows one way through the layers: path → secure → stream → frame.
+package pipe
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"time"
+
+	"github.com/p2pcat/p2pcat/pipe/frame"
+	"github.com/p2pcat/p2pcat/pipe/path"
+	"github.com/p2pcat/p2pcat/pipe/secure"
+	"github.com/p2pcat/p2pcat/pipe/stream"
+	"github.com/p2pcat/p2pcat/pipe/term"
+	"github.com/p2pcat/p2pcat/rendezvous"
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
+)
+
+// Errors that decide p2pcat's exit code (besides rendezvous.ErrPeerNotFound
+// and secure.ErrAuth, which pass through).
+var (
+	// ErrNoPath: the peer was found but no packet of its ever authenticated
+	// over any candidate path.
+	ErrNoPath = errors.New("no path to the peer could be established")
+	// ErrInterrupted: the user interrupted the session (Ctrl-C, SIGTERM).
+	ErrInterrupted = errors.New("interrupted")
+)
+
+// Config describes one session. Zero values mean the documented defaults.
+type Config struct {
+	Server netip.AddrPort // rendezvous server
+	// PeerAddr, when valid, skips the rendezvous: the peer is known to be
+	// reachable there (a LAN, a forwarded port). Both sides must set it.
+	PeerAddr netip.AddrPort
+
+	Session, Name, Peer string
+	Password            []byte
+
+	Timeout        time.Duration // for the peer to show up (default 2 min)
+	ConnectTimeout time.Duration // for a path and handshake once paired (default 15 s)
+	IdleTimeout    time.Duration // peer silence that ends the session (default 30 s)
+	RSABits        int           // ephemeral RSA key size (default 2048)
+	Port           int           // local UDP port (default: any)
+
+	Stdin  io.Reader
+	Stdout io.Writer
+	// Chat, when set, replaces Stdin/Stdout with the interactive chat.
+	Chat *term.Chat
+	// EndOnPeerEOF ends the session when the peer finishes sending, as a
+	// chat ends when the other side leaves (stdin is a terminal).
+	EndOnPeerEOF bool
+	// Status shows progress to a human (nil: nowhere).
+	Status func(format string, args ...any)
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Timeout <= 0 {
+		c.Timeout = 2 * time.Minute
+	}
+	if c.ConnectTimeout <= 0 {
+		c.ConnectTimeout = 15 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 30 * time.Second
+	}
+	if c.RSABits == 0 {
+		c.RSABits = secure.DefaultRSABits
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Status == nil {
+		c.Status = func(string, ...any) {}
+	}
+}
+
+// Run performs one session and returns nil only when every byte was
+// delivered and acknowledged both ways.
+func Run(ctx context.Context, cfg Config) error {
+	cfg.setDefaults()
+	log := cfg.Logger
+	if cfg.RSABits < 2048 || cfg.RSABits > 4096 {
+		return fmt.Errorf("RSA key size %d: must be 2048 to 4096 bits", cfg.RSABits)
+	}
+	udp, err := path.Listen(cfg.Port, log)
+	if err != nil {
+		return err
+	}
+	port := uint16(udp.LocalAddr().(interface{ AddrPort() netip.AddrPort }).AddrPort().Port())
+
+	// The ephemeral RSA key is generated while the rendezvous answers, so
+	// it adds no latency.
+	keyc := make(chan keyResult, 1)
+	go func() {
+		k, err := rsa.GenerateKey(rand.Reader, cfg.RSABits)
+		keyc <- keyResult{k, err}
+	}()
+
+	var match rendezvous.Match
+	if cfg.PeerAddr.IsValid() {
+		match = directMatch(cfg)
+	} else {
+		client := &rendezvous.Client{Conn: udp, Server: cfg.Server, Logger: log}
+		fctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		cands := path.LocalCandidates(port, cfg.Server.Addr().IsLoopback())
+		log.Debug("asking the rendezvous server", "server", cfg.Server.String(), "candidates", fmt.Sprint(cands))
+		match, err = client.Find(fctx, rendezvous.FindRequest{
+			Session: cfg.Session, Name: cfg.Name, Peer: cfg.Peer, Password: cfg.Password,
+			Candidates: cands,
+			OnWaiting:  func() { cfg.Status("waiting for %s…", cfg.Peer) },
+		})
+		cancel()
+		if err != nil {
+			udp.Close()
+			if ctx.Err() != nil {
+				return ErrInterrupted
+			}
+			if errors.Is(err, rendezvous.ErrPeerNotFound) {
+				return fmt.Errorf("%s did not show up within %s: %w", cfg.Peer, cfg.Timeout, err)
+			}
+			return err
+		}
+		log.Debug("paired", "role", match.Role.String(), "peer_observed", match.PeerObserved.String(), "peer_candidates", fmt.Sprint(match.PeerCandidates), "observed", match.Observed.String())
+	}
+	cfg.Status("found %s, connecting…", cfg.Peer)
+
+	candidates := append([]netip.AddrPort{match.PeerObserved}, match.PeerCandidates...)
+	link := path.New(udp, cfg.Server, match.PairingID, candidates, log)
+	kr := <-keyc
+	if kr.err != nil {
+		link.Close()
+		return fmt.Errorf("generating the RSA key: %w", kr.err)
+	}
+	start := time.Now()
+	role := secure.Initiator
+	if match.Role == wire.RoleResponder {
+		role = secure.Responder
+	}
+	sconn, err := secure.Handshake(ctx, link, secure.Params{
+		Role: role, PairingID: match.PairingID,
+		Session: cfg.Session, LocalName: cfg.Name, PeerName: cfg.Peer,
+		Password: cfg.Password, RSABits: cfg.RSABits, RSAKey: kr.key,
+		Timeout: cfg.ConnectTimeout, Retransmit: 100 * time.Millisecond,
+	})
+	kr.key = nil
+	if err != nil {
+		confirmed := false
+		select {
+		case <-link.Confirmed():
+			confirmed = true
+		default:
+		}
+		st := link.Stats()
+		link.Close()
+		switch {
+		case errors.Is(err, secure.ErrAuth):
+			return err
+		case ctx.Err() != nil:
+			return ErrInterrupted
+		case !confirmed:
+			log.Debug("no path", "probes_sent", st.ProbesSent, "probes_received", st.ProbesReceived, "err", err)
+			return fmt.Errorf("%w to %s within %s (tried %d addresses; the peer's probes %s)", ErrNoPath, cfg.Peer, cfg.ConnectTimeout,
+				len(candidates), map[bool]string{true: "did arrive", false: "never arrived"}[st.ProbesReceived > 0])
+		}
+		return fmt.Errorf("handshake with %s did not complete: %w", cfg.Peer, err)
+	}
+	elapsed := time.Since(start)
+	log.Info("connected", "path", "direct", "peer", link.Peer().String(), "handshake", elapsed.Round(time.Microsecond).String(), "role", role.String())
+	cfg.Status("connected to %s (direct, %s)", cfg.Peer, link.Peer())
+
+	st := stream.New(sconn, stream.Config{IdleTimeout: cfg.IdleTimeout, Logger: log})
+	err = transfer(ctx, st, cfg)
+	s := st.Stats()
+	ss := sconn.Stats()
+	log.Debug("session ended", "sent", s.BytesSent, "received", s.BytesReceived, "packets_sent", s.PacketsSent, "packets_received", s.PacketsReceived,
+		"retransmits", s.Retransmits, "lost", s.LostPackets, "srtt", s.SRTT.String(), "cwnd", s.Cwnd, "inflight", s.BytesInFlight,
+		"sealed", ss.Sealed, "opened", ss.Opened, "forged", ss.Forged, "replayed", ss.Replayed, "malformed", ss.Malformed, "err", err)
+	return err
+}
+
+type keyResult struct {
+	key *rsa.PrivateKey
+	err error
+}
+
+// directMatch stands in for the rendezvous when the peer's address is
+// given: both sides derive the same pairing id and roles from the names.
+func directMatch(cfg Config) rendezvous.Match {
+	lo, hi := cfg.Name, cfg.Peer
+	if hi < lo {
+		lo, hi = hi, lo
+	}
+	h := sha256.Sum256([]byte("p2pcat direct v1\x00" + cfg.Session + "\x00" + lo + "\x00" + hi))
+	role := wire.RoleResponder
+	if cfg.Name == lo {
+		role = wire.RoleInitiator
+	}
+	return rendezvous.Match{PairingID: [16]byte(h[:16]), Role: role, PeerObserved: cfg.PeerAddr}
+}
+
+// transfer links the stream to stdin/stdout (or the chat) until both
+// directions are closed, then ends the stream gracefully.
+func transfer(ctx context.Context, st *stream.Conn, cfg Config) error {
+	down := make(chan error, 1)
+	go func() { down <- downlink(st, cfg) }()
+	up := make(chan error, 1)
+	// The uplink goroutine may stay blocked reading stdin after the session
+	// ends (a terminal nobody types into); the process exits around it.
+	go func() { up <- uplink(st, cfg) }()
+
+	upDone, downDone := false, false
+	for !upDone || !downDone {
+		select {
+		case err := <-up:
+			upDone = true
+			if err != nil {
+				st.Abort("local input failed")
+				return err
+			}
+		case err := <-down:
+			downDone = true
+			if err != nil {
+				st.Abort("local output failed")
+				return explain(err, cfg)
+			}
+			if cfg.EndOnPeerEOF && !upDone {
+				cfg.Status("%s left", cfg.Peer)
+				st.CloseWrite()
+				upDone = true
+			}
+		case <-ctx.Done():
+			st.Abort("interrupted")
+			return ErrInterrupted
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, cfg.IdleTimeout)
+	defer cancel()
+	if err := st.Shutdown(sctx); err != nil {
+		st.Close()
+		if ctx.Err() != nil {
+			return ErrInterrupted
+		}
+		return explain(err, cfg)
+	}
+	return nil
+}
+
+func explain(err error, cfg Config) error {
+	switch {
+	case errors.Is(err, stream.ErrIdleTimeout):
+		return fmt.Errorf("lost the connection to %s: no answer for %s", cfg.Peer, cfg.IdleTimeout)
+	case errors.Is(err, stream.ErrPeerAborted):
+		return fmt.Errorf("%s ended the session before it was complete: %w", cfg.Peer, err)
+	case errors.Is(err, secure.ErrAuth):
+		return err
+	}
+	return err
+}
+
+// downlink copies the peer's bytes to stdout in whole lines (or to the
+// chat) until the peer's EOF.
+func downlink(st *stream.Conn, cfg Config) error {
+	buf := make([]byte, 256<<10)
+	if cfg.Chat != nil {
+		lines := &frame.Lines{Emit: cfg.Chat.Received}
+		_, err := io.CopyBuffer(lines, st, buf)
+		lines.Flush()
+		return err
+	}
+	lw := &frame.LineWriter{W: cfg.Stdout}
+	if _, err := io.CopyBuffer(lw, onlyReader{st}, buf); err != nil {
+		return err
+	}
+	return lw.Flush()
+}
+
+// uplink sends stdin (or the lines typed in the chat) as soon as it is read,
+// then half-closes.
+func uplink(st *stream.Conn, cfg Config) error {
+	if cfg.Chat != nil {
+		for {
+			line, err := cfg.Chat.ReadLine()
+			if err != nil {
+				return st.CloseWrite() // Ctrl-D or Ctrl-C: leave the chat
+			}
+			if _, err := st.Write([]byte(line + "\n")); err != nil {
+				return nil // the session is ending; its error is reported by the downlink
+			}
+		}
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := cfg.Stdin.Read(buf)
+		if n > 0 {
+			if _, werr := st.Write(buf[:n]); werr != nil {
+				return nil // the session ended; the downlink reports why
+			}
+		}
+		if err == io.EOF {
+			return st.CloseWrite()
+		}
+		if err != nil {
+			return fmt.Errorf("reading stdin: %w", err)
+		}
+	}
+}
+
+// onlyReader hides the stream's other methods from io.CopyBuffer so it
+// uses our buffer (and never a WriterTo/ReaderFrom shortcut).
+type onlyReader struct{ r io.Reader }
+
+func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }

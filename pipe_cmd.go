@@ -1,0 +1,147 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/user"
+	"strings"
+	"time"
+
+	"github.com/mattn/go-isatty"
+	"github.com/urfave/cli/v2"
+
+	"github.com/p2pcat/p2pcat/pipe"
+	"github.com/p2pcat/p2pcat/pipe/term"
+	"github.com/p2pcat/p2pcat/rendezvous"
+)
+
+// verbosity counts -v flags: one for INFO logs (the "connected" line),
+// two for DEBUG.
+var verbosity int
+
+func pipeFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "find", Aliases: []string{"f"}, EnvVars: []string{"P2PCAT_FIND"}, Usage: "the peer's `NAME`: pair with the p2pcat that runs --find <your name>"},
+		&cli.StringFlag{Name: "name", Aliases: []string{"n"}, EnvVars: []string{"P2PCAT_NAME"}, Usage: "your `NAME` as the peer finds you (default: your login name)"},
+		&cli.StringFlag{Name: "session", EnvVars: []string{"P2PCAT_SESSION"}, Value: "default", Usage: "session `NAME` to meet in (register one with 'p2pcat register')"},
+		serverFlag(),
+		&cli.DurationFlag{Name: "timeout", Aliases: []string{"t"}, EnvVars: []string{"P2PCAT_TIMEOUT"}, Value: 2 * time.Minute, Usage: "how long to wait for the peer to show up (exit 3 after)"},
+		&cli.DurationFlag{Name: "connect-timeout", EnvVars: []string{"P2PCAT_CONNECT_TIMEOUT"}, Value: 15 * time.Second, Usage: "how long to try to reach the peer once it is found (exit 5 after)"},
+		&cli.DurationFlag{Name: "idle-timeout", EnvVars: []string{"P2PCAT_IDLE_TIMEOUT"}, Value: 30 * time.Second, Usage: "peer silence that ends the session (exit 1)"},
+		&cli.IntFlag{Name: "rsa-bits", EnvVars: []string{"P2PCAT_RSA_BITS"}, Value: 2048, Usage: "size of the ephemeral RSA key (2048 to 4096)"},
+		&cli.IntFlag{Name: "port", Aliases: []string{"p"}, EnvVars: []string{"P2PCAT_PORT"}, Usage: "local UDP port (default: any free port)"},
+		&cli.StringFlag{Name: "peer", EnvVars: []string{"P2PCAT_PEER"}, Usage: "skip the rendezvous: the peer is reachable at `HOST:PORT` (both sides give it, with --port)"},
+		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"P2PCAT_VERBOSE"}, Count: &verbosity, Usage: "log to stderr: -v progress and the 'connected' line, -vv debug"},
+	}
+}
+
+func runPipe(c *cli.Context) error {
+	if c.NArg() > 0 {
+		return usagef("unknown command %q", c.Args().First())
+	}
+	peer := c.String("find")
+	if peer == "" {
+		if c.NumFlags() == 0 {
+			return cli.ShowAppHelp(c)
+		}
+		return usagef("whom to connect to? give --find PEER or set P2PCAT_FIND")
+	}
+	name := c.String("name")
+	if name == "" {
+		name = loginName()
+		if name == "" {
+			return usagef("cannot tell your name: give --name NAME or set P2PCAT_NAME")
+		}
+	}
+	session := c.String("session")
+	for flag, v := range map[string]string{"--find": peer, "--name": name, "--session": session} {
+		if err := rendezvous.ValidSession(v); err != nil {
+			return usagef("%s %q: %v", flag, v, err)
+		}
+	}
+	if name == peer {
+		return usagef("--find %q is your own name; give the peer's name (and --name for yours)", peer)
+	}
+	bits := c.Int("rsa-bits")
+	if bits < 2048 || bits > 4096 {
+		return usagef("--rsa-bits %d: must be between 2048 and 4096", bits)
+	}
+	port := c.Int("port")
+	if port < 0 || port > 65535 {
+		return usagef("--port %d: not a port number", port)
+	}
+	for _, f := range []string{"timeout", "connect-timeout", "idle-timeout"} {
+		if c.Duration(f) <= 0 {
+			return usagef("--%s must be positive", f)
+		}
+	}
+	cfg := pipe.Config{
+		Session: session, Name: name, Peer: peer,
+		Timeout: c.Duration("timeout"), ConnectTimeout: c.Duration("connect-timeout"), IdleTimeout: c.Duration("idle-timeout"),
+		RSABits: bits, Port: port,
+		Stdin: c.App.Reader, Stdout: c.App.Writer,
+	}
+	if p := c.String("peer"); p != "" {
+		ap, err := netip.ParseAddrPort(p)
+		if err != nil {
+			return usagef("--peer %q: want IP:PORT (%v)", p, err)
+		}
+		cfg.PeerAddr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	} else {
+		server, err := resolveServer(c)
+		if err != nil {
+			return err
+		}
+		cfg.Server = server
+	}
+	level := slog.Level(100) // silent
+	switch {
+	case verbosity >= 2:
+		level = slog.LevelDebug
+	case verbosity == 1:
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
+	cfg.Logger = log
+
+	password, err := term.Password("Password for "+peer+" (session "+session+"): ", false)
+	if err != nil {
+		return err
+	}
+	cfg.Password = password
+
+	stdinTTY := isTerminal(c.App.Reader)
+	stdoutTTY := isTerminal(c.App.Writer)
+	cfg.EndOnPeerEOF = stdinTTY
+	if stdinTTY && stdoutTTY {
+		chat, err := term.NewChat(os.Stdin, os.Stdout, peer)
+		if err != nil {
+			return err
+		}
+		defer chat.Close()
+		cfg.Chat = chat
+		cfg.Status = chat.Status
+	} else if isTerminal(c.App.ErrWriter) {
+		cfg.Status = func(format string, args ...any) {
+			fmt.Fprintf(c.App.ErrWriter, "p2pcat: %s\n", fmt.Sprintf(format, args...))
+		}
+	}
+	return pipe.Run(c.Context, cfg)
+}
+
+func isTerminal(v any) bool {
+	f, ok := v.(*os.File)
+	return ok && (isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd()))
+}
+
+func loginName() string {
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		return strings.ReplaceAll(u.Username, " ", "_")
+	}
+	return os.Getenv("USER")
+}
+
+var _ io.Reader = os.Stdin
