@@ -34,6 +34,7 @@ func pipeFlags() []cli.Flag {
 		&cli.IntFlag{Name: "rsa-bits", EnvVars: []string{"P2PCAT_RSA_BITS"}, Value: 2048, Usage: "size of the ephemeral RSA key (2048 to 4096)"},
 		&cli.IntFlag{Name: "port", Aliases: []string{"p"}, EnvVars: []string{"P2PCAT_PORT"}, Usage: "local UDP port (default: any free port)"},
 		&cli.StringFlag{Name: "peer", EnvVars: []string{"P2PCAT_PEER"}, Usage: "skip the rendezvous: the peer is reachable at `HOST:PORT` (both sides give it, with --port)"},
+		&cli.BoolFlag{Name: "no-offload", EnvVars: []string{"P2PCAT_NO_OFFLOAD"}, Usage: "send and receive one datagram per system call (no UDP GSO/GRO)"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"P2PCAT_VERBOSE"}, Count: &verbosity, Usage: "log to stderr: -v progress and the 'connected' line, -vv debug"},
 	}
 }
@@ -81,7 +82,7 @@ func runPipe(c *cli.Context) error {
 	cfg := pipe.Config{
 		Session: session, Name: name, Peer: peer,
 		Timeout: c.Duration("timeout"), ConnectTimeout: c.Duration("connect-timeout"), IdleTimeout: c.Duration("idle-timeout"),
-		RSABits: bits, Port: port,
+		RSABits: bits, Port: port, NoOffload: c.Bool("no-offload"),
 		Stdin: c.App.Reader, Stdout: c.App.Writer,
 	}
 	if p := c.String("peer"); p != "" {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -88,23 +89,32 @@ func TestPipeEndToEnd(t *testing.T) {
 		}
 	})
 
-	t.Run("16 MiB file and binary data", func(t *testing.T) {
-		file := randomBytes(t, 16<<20)
-		binary := append(bytes.Repeat([]byte("nul\x00byte\x00\n"), 1000), []byte("\x00\xff last line without newline")...)
-		start := time.Now()
-		alice := startP2pcat(t, bytes.NewReader(file), peerEnv(server, "pw"), "--name", "alice", "--find", "bob", "--session", "file")
-		bob := startP2pcat(t, bytes.NewReader(binary), peerEnv(server, "pw"), "--name", "bob", "--find", "alice", "--session", "file")
-		if ca, cb := alice.wait(ctx), bob.wait(ctx); ca != exitOK || cb != exitOK {
-			t.Fatalf("exit codes %d %d\nalice:\n%s\nbob:\n%s", ca, cb, alice.Stderr(), bob.Stderr())
+	for _, offload := range []bool{true, false} {
+		name := "16 MiB file and binary data"
+		extra := []string{}
+		if !offload {
+			name += ", without UDP offload"
+			extra = append(extra, "--no-offload")
 		}
-		t.Logf("16 MiB + %d bytes exchanged in %v", len(binary), time.Since(start))
-		if sha256.Sum256(bob.stdout.Bytes()) != sha256.Sum256(file) {
-			t.Fatalf("bob received %d bytes, not the %d-byte file", bob.stdout.Len(), len(file))
-		}
-		if !bytes.Equal(alice.stdout.Bytes(), binary) {
-			t.Fatalf("alice received %d bytes that differ from the %d sent", alice.stdout.Len(), len(binary))
-		}
-	})
+		t.Run(name, func(t *testing.T) {
+			file := randomBytes(t, 16<<20)
+			binary := append(bytes.Repeat([]byte("nul\x00byte\x00\n"), 1000), []byte("\x00\xff last line without newline")...)
+			start := time.Now()
+			session := fmt.Sprintf("file-%v", offload)
+			alice := startP2pcat(t, bytes.NewReader(file), peerEnv(server, "pw"), append([]string{"--name", "alice", "--find", "bob", "--session", session}, extra...)...)
+			bob := startP2pcat(t, bytes.NewReader(binary), peerEnv(server, "pw"), append([]string{"--name", "bob", "--find", "alice", "--session", session}, extra...)...)
+			if ca, cb := alice.wait(ctx), bob.wait(ctx); ca != exitOK || cb != exitOK {
+				t.Fatalf("exit codes %d %d\nalice:\n%s\nbob:\n%s", ca, cb, alice.Stderr(), bob.Stderr())
+			}
+			t.Logf("16 MiB + %d bytes exchanged in %v", len(binary), time.Since(start))
+			if sha256.Sum256(bob.stdout.Bytes()) != sha256.Sum256(file) {
+				t.Fatalf("bob received %d bytes, not the %d-byte file", bob.stdout.Len(), len(file))
+			}
+			if !bytes.Equal(alice.stdout.Bytes(), binary) {
+				t.Fatalf("alice received %d bytes that differ from the %d sent", alice.stdout.Len(), len(binary))
+			}
+		})
+	}
 }
 
 // TestPipeLossyPath runs the 16 MiB transfer through a relay that drops 5%,

@@ -53,6 +53,7 @@ type Config struct {
 	IdleTimeout    time.Duration // peer silence that ends the session (default 30 s)
 	RSABits        int           // ephemeral RSA key size (default 2048)
 	Port           int           // local UDP port (default: any)
+	NoOffload      bool          // no UDP GSO/GRO: one datagram per system call
 
 	Stdin  io.Reader
 	Stdout io.Writer
@@ -138,7 +139,7 @@ func Run(ctx context.Context, cfg Config) error {
 	cfg.Status("found %s, connecting…", cfg.Peer)
 
 	candidates := append([]netip.AddrPort{match.PeerObserved}, match.PeerCandidates...)
-	link := path.New(udp, cfg.Server, match.PairingID, candidates, log)
+	link := path.New(udp, cfg.Server, match.PairingID, candidates, log, path.Options{NoOffload: cfg.NoOffload})
 	kr := <-keyc
 	if kr.err != nil {
 		link.Close()
@@ -186,7 +187,7 @@ func Run(ctx context.Context, cfg Config) error {
 	s := st.Stats()
 	ss := sconn.Stats()
 	log.Debug("session ended", "sent", s.BytesSent, "received", s.BytesReceived, "packets_sent", s.PacketsSent, "packets_received", s.PacketsReceived,
-		"retransmits", s.Retransmits, "lost", s.LostPackets, "srtt", s.SRTT.String(), "cwnd", s.Cwnd, "inflight", s.BytesInFlight,
+		"retransmits", s.Retransmits, "lost", s.LostPackets, "srtt", s.SRTT.String(), "min_rtt", s.MinRTT.String(), "cwnd", s.Cwnd, "pacing_mbps", int(s.PacingRate*8/1e6), "inflight", s.BytesInFlight,
 		"sealed", ss.Sealed, "opened", ss.Opened, "forged", ss.Forged, "replayed", ss.Replayed, "malformed", ss.Malformed, "err", err)
 	return err
 }

@@ -65,7 +65,7 @@ p2pcat_pipe() {
 nc_pipe() {
 	local in=$1 out=$2 np=$((30000 + RANDOM % 20000))
 	local t0 t1
-	/usr/bin/time -f "$TIMEFMT" -o "$work/bob.time" timeout 300 nc -l -q 0 127.0.0.1 "$np" >"$out" 2>/dev/null &
+	/usr/bin/time -f "$TIMEFMT" -o "$work/bob.time" timeout 300 nc -l -d 127.0.0.1 "$np" >"$out" 2>/dev/null &
 	local b=$!
 	for _ in $(seq 100); do ss -ltn | grep -q ":$np " && break; sleep 0.01; done
 	t0=$(now)
@@ -114,7 +114,7 @@ nc_setup=999
 for r in $(seq $((RUNS * 2))); do
 	np=$((30000 + RANDOM % 20000))
 	t0=$(now)
-	(timeout 10 nc -l -q 0 127.0.0.1 "$np" | head -n1 >"$work/line"; now >"$work/t1") &
+	(timeout 10 nc -l -d 127.0.0.1 "$np" | head -n1 >"$work/line"; now >"$work/t1") &
 	sb=$!
 	for _ in $(seq 200); do echo "first line" | nc -N 127.0.0.1 "$np" 2>/dev/null && break; sleep 0.005; done
 	wait "$sb" || true

@@ -150,12 +150,34 @@ type Conn struct {
 	stopPunch context.CancelFunc
 	punchDone chan struct{}
 	closeOnce sync.Once
+
+	// Batched sends (GSO) and coalesced receives (GRO), where the kernel
+	// has them; see offload_linux.go.
+	sendMu sync.Mutex
+	gso    bool // guarded by sendMu: turned off after the first failure
+	gsoBuf []byte
+	oobOut []byte
+
+	recvMu  sync.Mutex
+	gro     bool
+	groBuf  []byte
+	oobIn   []byte
+	segs    []byte // the rest of a coalesced receive, not yet returned
+	segSize int
+	segFrom netip.AddrPort
+}
+
+// Options tune a Conn. The zero value uses every offload the kernel has.
+type Options struct {
+	// NoOffload sends and receives one datagram per system call, without
+	// UDP GSO/GRO (for comparison, or a device that mishandles them).
+	NoOffload bool
 }
 
 // New starts punching to candidates (in order of preference) over udp,
 // which the Conn now owns. server is the rendezvous server, whose late
 // datagrams are ignored.
-func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates []netip.AddrPort, log *slog.Logger) *Conn {
+func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates []netip.AddrPort, log *slog.Logger, opt Options) *Conn {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -164,6 +186,19 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 		confirmedC: make(chan struct{}),
 		punchDone:  make(chan struct{}),
 	}
+	if !opt.NoOffload {
+		c.gso = gsoSupported(udp)
+		c.gro = enableGRO(udp)
+	}
+	if c.gso {
+		c.gsoBuf = make([]byte, 0, 65535)
+		c.oobOut = make([]byte, 64)
+	}
+	if c.gro {
+		c.groBuf = make([]byte, 65535)
+		c.oobIn = make([]byte, 64)
+	}
+	log.Debug("udp offload", "gso", c.gso, "gro", c.gro)
 	for _, a := range candidates {
 		c.addCandidateLocked(a)
 	}
@@ -250,8 +285,74 @@ func (c *Conn) Send(b []byte) error {
 	return nil
 }
 
+// SendBatch sends bufs in order, with as few system calls as the kernel
+// allows: runs of equal-size datagrams to the confirmed peer go out as one
+// GSO send. It does not retain bufs.
+func (c *Conn) SendBatch(bufs [][]byte) error {
+	c.mu.Lock()
+	peer := c.peer
+	c.mu.Unlock()
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	if !peer.IsValid() || !c.gso {
+		for _, b := range bufs {
+			if err := c.Send(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for len(bufs) > 0 {
+		// A run: datagrams of one size, the last may be shorter.
+		size := len(bufs[0])
+		n := 1
+		for n < len(bufs) && n < maxGSOSegments && len(bufs[n]) == size && (n+1)*size <= maxGSOBytes {
+			n++
+		}
+		if n < len(bufs) && n < maxGSOSegments && len(bufs[n]) < size && (n+1)*size <= maxGSOBytes {
+			n++
+		}
+		if err := c.sendRunLocked(bufs[:n], size, peer); err != nil {
+			return err
+		}
+		bufs = bufs[n:]
+	}
+	return nil
+}
+
+func (c *Conn) sendRunLocked(run [][]byte, size int, peer netip.AddrPort) error {
+	if len(run) == 1 {
+		if err := c.write(run[0], peer); errors.Is(err, net.ErrClosed) {
+			return err
+		}
+		return nil
+	}
+	b := c.gsoBuf[:0]
+	for _, d := range run {
+		b = append(b, d...)
+	}
+	_, _, err := c.udp.WriteMsgUDPAddrPort(b, gsoControl(c.oobOut, size), peer)
+	if err == nil || errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	// Some devices refuse segmentation offload (EIO without checksum
+	// offload): turn it off for this socket and send the run one by one,
+	// losing nothing.
+	c.gso = false
+	c.log.Debug("udp GSO failed; sending datagrams one by one from now on", "err", err)
+	for _, d := range run {
+		if err := c.write(d, peer); errors.Is(err, net.ErrClosed) {
+			return err
+		}
+	}
+	return nil
+}
+
 // Recv returns the next datagram for the secure layer.
 func (c *Conn) Recv(buf []byte) (int, netip.AddrPort, error) {
+	if c.gro {
+		return c.recvGRO(buf)
+	}
 	for {
 		n, from, err := c.udp.ReadFromUDPAddrPort(buf)
 		if err != nil {
@@ -273,6 +374,40 @@ func (c *Conn) Recv(buf []byte) (int, netip.AddrPort, error) {
 			continue
 		}
 		return n, from, nil
+	}
+}
+
+// recvGRO reads coalesced datagrams and returns them one at a time.
+func (c *Conn) recvGRO(buf []byte) (int, netip.AddrPort, error) {
+	c.recvMu.Lock()
+	defer c.recvMu.Unlock()
+	for {
+		if len(c.segs) > 0 {
+			seg := c.segs[:min(c.segSize, len(c.segs))]
+			c.segs = c.segs[len(seg):]
+			if seg[0] == ProbeType {
+				c.handleProbe(seg, c.segFrom)
+				continue
+			}
+			return copy(buf, seg), c.segFrom, nil
+		}
+		n, oobn, _, from, err := c.udp.ReadMsgUDPAddrPort(c.groBuf, c.oobIn)
+		if err != nil {
+			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
+				continue
+			}
+			return 0, netip.AddrPort{}, err
+		}
+		from = unmap(from)
+		if from == c.server || n == 0 {
+			c.count(func(s *Stats) { s.Dropped++ })
+			continue
+		}
+		size := groSegmentSize(c.oobIn[:oobn])
+		if size <= 0 || size > n {
+			size = n
+		}
+		c.segs, c.segSize, c.segFrom = c.groBuf[:n], size, from
 	}
 }
 

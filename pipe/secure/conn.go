@@ -74,6 +74,11 @@ type Conn struct {
 	start    time.Time
 	bufs     sync.Pool // *sealBuf
 
+	batchMu    sync.Mutex // guards the SendBatch buffers
+	batchBufs  [maxBatch][maxDatagram]byte
+	batchOut   [][]byte
+	batchNonce [12]byte
+
 	recvMu    sync.Mutex // guards everything below, up to stats
 	rbuf      [maxDatagram + 1]byte
 	rnonce    [12]byte
@@ -185,6 +190,62 @@ func (c *Conn) Send(p []byte) error {
 		return fmt.Errorf("secure: payload of %d bytes exceeds MaxPayload %d", len(p), c.MaxPayload())
 	}
 	return c.seal(typeData, p)
+}
+
+// BatchLink is a Link that can send several datagrams with one system call
+// (pipe/path does, with UDP GSO).
+type BatchLink interface {
+	Link
+	SendBatch(bufs [][]byte) error
+}
+
+// maxBatch bounds the datagrams sealed per SendBatch call.
+const maxBatch = 64
+
+// SendBatch seals every payload of ps, in order, and sends them together
+// when the link can (else one by one). It does not retain ps.
+func (c *Conn) SendBatch(ps [][]byte) error {
+	bl, ok := c.link.(BatchLink)
+	if !ok {
+		for _, p := range ps {
+			if err := c.Send(p); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if c.closed.Load() {
+		return fmt.Errorf("secure: send: %w", net.ErrClosed)
+	}
+	c.batchMu.Lock()
+	defer c.batchMu.Unlock()
+	for len(ps) > 0 {
+		n := min(len(ps), maxBatch)
+		out := c.batchOut[:0]
+		for i, p := range ps[:n] {
+			if len(p) > c.MaxPayload() {
+				return fmt.Errorf("secure: payload of %d bytes exceeds MaxPayload %d", len(p), c.MaxPayload())
+			}
+			ctr, err := c.nextCounter()
+			if err != nil {
+				return err
+			}
+			b := &c.batchBufs[i]
+			b[0] = typeData
+			binary.BigEndian.PutUint64(b[1:dataHeaderSize], ctr)
+			binary.BigEndian.PutUint64(c.batchNonce[4:], ctr)
+			sealed := c.sendAEAD.Seal(b[dataHeaderSize:dataHeaderSize], c.batchNonce[:], p, b[:dataHeaderSize])
+			out = append(out, b[:dataHeaderSize+len(sealed)])
+		}
+		c.batchOut = out[:0]
+		c.lastSend.Store(c.now())
+		c.stats.sealed.Add(uint64(n))
+		if err := bl.SendBatch(out); err != nil {
+			return fmt.Errorf("secure: send: %w", err)
+		}
+		ps = ps[n:]
+	}
+	return nil
 }
 
 func (c *Conn) seal(typ byte, p []byte) error {

@@ -56,6 +56,13 @@ type Transport interface {
 	Close() error                 // unblocks Recv
 }
 
+// BatchTransport is a Transport that can send several datagrams with one
+// system call; the send loop hands it each batch it builds.
+type BatchTransport interface {
+	Transport
+	SendBatch(ps [][]byte) error
+}
+
 // Errors that end a Conn.
 var (
 	ErrIdleTimeout = errors.New("stream: peer silent for too long")
@@ -670,8 +677,13 @@ func (c *Conn) sendLoop() {
 			c.sleepUntil = next
 		}
 		c.mu.Unlock()
-		for i := 0; i < n; i++ {
-			_ = c.tr.Send(bufs[i]) // a failed send is a lost packet
+		// A failed send is a lost packet: recovery resends it.
+		if bt, ok := c.tr.(BatchTransport); ok && n > 1 {
+			_ = bt.SendBatch(bufs[:n])
+		} else {
+			for i := 0; i < n; i++ {
+				_ = c.tr.Send(bufs[i])
+			}
 		}
 		c.sendMu.Unlock()
 		if finished {

@@ -1,0 +1,73 @@
+package path
+
+import (
+	"encoding/binary"
+	"net"
+
+	"golang.org/x/sys/unix"
+)
+
+// UDP segmentation offload (GSO) and receive coalescing (GRO), Linux only.
+// With GSO one sendmsg carries many equal-size datagrams that the kernel
+// splits late (or, on loopback and veth, never: the receiver's GRO takes the
+// whole batch at once); with GRO one recvmsg returns several datagrams of
+// the same flow glued together, with their size in a control message. Both
+// cut the per-datagram system calls that dominate the pipe's cost.
+
+const (
+	maxGSOSegments = 64    // UDP_MAX_SEGMENTS
+	maxGSOBytes    = 65000 // one send stays under the 64 KiB datagram limit
+)
+
+// enableGRO asks the kernel to coalesce received datagrams on conn.
+func enableGRO(conn *net.UDPConn) bool {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	raw.Control(func(fd uintptr) {
+		ok = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_GRO, 1) == nil
+	})
+	return ok
+}
+
+// gsoSupported reports whether the kernel accepts UDP_SEGMENT on conn.
+func gsoSupported(conn *net.UDPConn) bool {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return false
+	}
+	ok := false
+	raw.Control(func(fd uintptr) {
+		_, err := unix.GetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT)
+		ok = err == nil
+	})
+	return ok
+}
+
+// gsoControl returns the control message that splits a send into segments
+// of size bytes.
+func gsoControl(b []byte, size int) []byte {
+	b = b[:unix.CmsgSpace(2)]
+	h := (*unix.Cmsghdr)(unsafePointer(&b[0]))
+	h.Level = unix.SOL_UDP
+	h.Type = unix.UDP_SEGMENT
+	h.SetLen(unix.CmsgLen(2))
+	binary.NativeEndian.PutUint16(b[unix.CmsgLen(0):], uint16(size))
+	return b
+}
+
+// groSegmentSize returns the segment size of a coalesced receive, or 0.
+func groSegmentSize(oob []byte) int {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return 0
+	}
+	for _, m := range msgs {
+		if m.Header.Level == unix.SOL_UDP && m.Header.Type == unix.UDP_GRO && len(m.Data) >= 4 {
+			return int(binary.NativeEndian.Uint32(m.Data))
+		}
+	}
+	return 0
+}
