@@ -161,7 +161,7 @@ func interspersed(app *cli.App, args []string) []string {
 func exitCode(err error) int {
 	var ue usageError
 	switch {
-	case errors.As(err, &ue), errors.Is(err, term.ErrNoPassword), errors.Is(err, term.ErrPasswordMismatch):
+	case errors.As(err, &ue), errors.Is(err, term.ErrNoPassword), errors.Is(err, term.ErrPasswordMismatch), errors.Is(err, term.ErrEmptyPassword):
 		return exitUsage
 	case errors.Is(err, rendezvous.ErrAuth), errors.Is(err, secure.ErrAuth):
 		return exitAuth

@@ -20,6 +20,9 @@ const PasswordEnv = "P2PCAT_PASSWORD"
 // terminal to ask on.
 var ErrNoPassword = errors.New("no password: set " + PasswordEnv + " or run where a terminal can prompt for it")
 
+// ErrEmptyPassword means the password given is empty.
+var ErrEmptyPassword = errors.New("empty password")
+
 // ErrPasswordMismatch means the two entries of a confirmed prompt differ.
 var ErrPasswordMismatch = errors.New("the two passwords differ")
 
@@ -36,7 +39,7 @@ func SetTestOnlyTTY(path string) { ttyPath = path }
 func Password(prompt string, confirm bool) ([]byte, error) {
 	if v, ok := os.LookupEnv(PasswordEnv); ok {
 		if v == "" {
-			return nil, fmt.Errorf("%s is set but empty", PasswordEnv)
+			return nil, fmt.Errorf("%w: %s is set but empty", ErrEmptyPassword, PasswordEnv)
 		}
 		return []byte(v), nil
 	}
@@ -63,7 +66,7 @@ func Password(prompt string, confirm bool) ([]byte, error) {
 		return nil, err
 	}
 	if len(pw) == 0 {
-		return nil, errors.New("empty password")
+		return nil, ErrEmptyPassword
 	}
 	if confirm {
 		again, err := ask("Again: ")
