@@ -35,6 +35,7 @@ func pipeFlags() []cli.Flag {
 		&cli.IntFlag{Name: "port", Aliases: []string{"p"}, EnvVars: []string{"P2PCAT_PORT"}, Usage: "local UDP port (default: any free port)"},
 		&cli.StringFlag{Name: "peer", EnvVars: []string{"P2PCAT_PEER"}, Usage: "skip the rendezvous: the peer is reachable at `HOST:PORT` (both sides give it, with --port)"},
 		&cli.BoolFlag{Name: "no-offload", EnvVars: []string{"P2PCAT_NO_OFFLOAD"}, Usage: "send and receive one datagram per system call (no UDP GSO/GRO)"},
+		&cli.BoolFlag{Name: "no-mtu-probe", EnvVars: []string{"P2PCAT_NO_MTU_PROBE"}, Usage: "keep datagrams at 1200 bytes instead of probing the path for larger ones"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"P2PCAT_VERBOSE"}, Count: &verbosity, Usage: "log to stderr: -v progress and the 'connected' line, -vv debug"},
 	}
 }
@@ -82,7 +83,7 @@ func runPipe(c *cli.Context) error {
 	cfg := pipe.Config{
 		Session: session, Name: name, Peer: peer,
 		Timeout: c.Duration("timeout"), ConnectTimeout: c.Duration("connect-timeout"), IdleTimeout: c.Duration("idle-timeout"),
-		RSABits: bits, Port: port, NoOffload: c.Bool("no-offload"),
+		RSABits: bits, Port: port, NoOffload: c.Bool("no-offload"), ProbeMTU: !c.Bool("no-mtu-probe"),
 		Stdin: c.App.Reader, Stdout: c.App.Writer,
 	}
 	if p := c.String("peer"); p != "" {

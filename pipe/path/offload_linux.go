@@ -71,3 +71,19 @@ func groSegmentSize(oob []byte) int {
 	}
 	return 0
 }
+
+// setDontFragment sets the DF bit on conn's datagrams (IPv4 and IPv6) and
+// ignores the kernel's cached path MTU: a datagram larger than the
+// interface MTU fails to send (EMSGSIZE), one larger than the path MTU is
+// dropped on the way, and neither is fragmented.
+func setDontFragment(conn *net.UDPConn) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return
+	}
+	raw.Control(func(fd uintptr) {
+		// Either may fail (an IPv4-only or IPv6-only socket): best effort.
+		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_PROBE)
+		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_PROBE)
+	})
+}

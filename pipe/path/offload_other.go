@@ -13,3 +13,6 @@ func enableGRO(*net.UDPConn) bool          { return false }
 func gsoSupported(*net.UDPConn) bool       { return false }
 func gsoControl(b []byte, size int) []byte { return nil }
 func groSegmentSize(oob []byte) int        { return 0 }
+
+// setDontFragment is Linux only; elsewhere the system's default applies.
+func setDontFragment(*net.UDPConn) {}

@@ -32,6 +32,7 @@ import (
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 )
 
 // ProbeType is the first byte of a punch probe. It is outside the ranges
@@ -186,6 +187,10 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 		confirmedC: make(chan struct{}),
 		punchDone:  make(chan struct{}),
 	}
+	// Datagrams must not be fragmented: a size the path cannot carry
+	// whole should be lost, so that path MTU probing above (pipe/stream)
+	// learns the truth; fragments would also multiply the loss rate.
+	setDontFragment(udp)
 	if !opt.NoOffload {
 		c.gso = gsoSupported(udp)
 		c.gro = enableGRO(udp)
@@ -327,13 +332,19 @@ func (c *Conn) sendRunLocked(run [][]byte, size int, peer netip.AddrPort) error 
 		}
 		return nil
 	}
-	b := c.gsoBuf[:0]
-	for _, d := range run {
-		b = append(b, d...)
+	b, ok := contiguous(run)
+	if !ok {
+		b = c.gsoBuf[:0]
+		for _, d := range run {
+			b = append(b, d...)
+		}
 	}
 	_, _, err := c.udp.WriteMsgUDPAddrPort(b, gsoControl(c.oobOut, size), peer)
 	if err == nil || errors.Is(err, net.ErrClosed) {
 		return err
+	}
+	if errors.Is(err, syscall.EMSGSIZE) {
+		return nil // too large for the path: lost, like any oversized datagram
 	}
 	// Some devices refuse segmentation offload (EIO without checksum
 	// offload): turn it off for this socket and send the run one by one,
@@ -377,6 +388,20 @@ func (c *Conn) Recv(buf []byte) (int, netip.AddrPort, error) {
 	}
 }
 
+// contiguous returns the datagrams of run as one slice when they lie back
+// to back in memory (the secure layer seals a batch that way), so a GSO send
+// needs no copy.
+func contiguous(run [][]byte) ([]byte, bool) {
+	total := 0
+	for i, d := range run {
+		if len(d) == 0 || i > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(d))) != uintptr(unsafe.Pointer(unsafe.SliceData(run[i-1])))+uintptr(len(run[i-1])) {
+			return nil, false
+		}
+		total += len(d)
+	}
+	return unsafe.Slice(unsafe.SliceData(run[0]), total), true
+}
+
 // recvGRO reads coalesced datagrams and returns them one at a time.
 func (c *Conn) recvGRO(buf []byte) (int, netip.AddrPort, error) {
 	c.recvMu.Lock()
@@ -391,7 +416,15 @@ func (c *Conn) recvGRO(buf []byte) (int, netip.AddrPort, error) {
 			}
 			return copy(buf, seg), c.segFrom, nil
 		}
-		n, oobn, _, from, err := c.udp.ReadMsgUDPAddrPort(c.groBuf, c.oobIn)
+		// With room for a whole coalesced read, read straight into buf
+		// and keep only what follows the first datagram: large datagrams
+		// (one per read) are then never copied.
+		direct := len(buf) >= len(c.groBuf)
+		rb := c.groBuf
+		if direct {
+			rb = buf[:len(c.groBuf)]
+		}
+		n, oobn, _, from, err := c.udp.ReadMsgUDPAddrPort(rb, c.oobIn)
 		if err != nil {
 			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
 				continue
@@ -407,7 +440,16 @@ func (c *Conn) recvGRO(buf []byte) (int, netip.AddrPort, error) {
 		if size <= 0 || size > n {
 			size = n
 		}
-		c.segs, c.segSize, c.segFrom = c.groBuf[:n], size, from
+		if !direct {
+			c.segs, c.segSize, c.segFrom = c.groBuf[:n], size, from
+			continue
+		}
+		c.segs, c.segSize, c.segFrom = c.groBuf[:copy(c.groBuf, buf[size:n])], size, from
+		if buf[0] == ProbeType {
+			c.handleProbe(buf[:size], from)
+			continue
+		}
+		return size, from, nil
 	}
 }
 

@@ -3,6 +3,11 @@
 //	Data      = 0xD0 | counter (8) | AES-256-GCM(payload) | tag (16)
 //	Keepalive = 0xD1 | counter (8) | tag (16)              (empty payload)
 //
+// A Data packet is at most maxDataDatagram (65507) bytes, the largest UDP
+// payload over IPv4. Senders keep to 1200 bytes (MaxPayload) unless the
+// layer above confirmed that the path carries more (a path MTU probe the
+// peer acknowledged); receivers accept any size up to the limit.
+//
 // The 9-byte header (type and counter) is the GCM additional data, so it
 // cannot be altered or a keepalive turned into data. The GCM nonce is 4 zero
 // bytes followed by the counter. Each direction has its own key and its own
@@ -38,6 +43,9 @@ import (
 const (
 	dataHeaderSize = 9
 	gcmTagSize     = 16
+	// maxDataDatagram is the largest Data packet: the largest UDP payload
+	// over IPv4 (loopback and jumbo-frame paths carry it whole).
+	maxDataDatagram = 65507
 	// rejectAfterMessages is the first counter a Conn will not use. Far
 	// below 2^64, so the counter can never wrap, and far above what any
 	// session sends.
@@ -74,13 +82,16 @@ type Conn struct {
 	start    time.Time
 	bufs     sync.Pool // *sealBuf
 
-	batchMu    sync.Mutex // guards the SendBatch buffers
-	batchBufs  [maxBatch][maxDatagram]byte
+	batchMu sync.Mutex // guards the SendBatch buffers
+	// batchArena holds one batch of sealed datagrams back to back, so the
+	// link can hand a run of them to the kernel without copying (GSO). It
+	// grows to the largest batch once, then is reused.
+	batchArena []byte
 	batchOut   [][]byte
 	batchNonce [12]byte
 
-	recvMu    sync.Mutex // guards everything below, up to stats
-	rbuf      [maxDatagram + 1]byte
+	recvMu    sync.Mutex     // guards everything below, up to stats
+	rbuf      [64 << 10]byte // room for a whole coalesced read (pipe/path reads straight into it)
 	rnonce    [12]byte
 	replay    replayWindow
 	peer      netip.AddrPort // last address confirmed to the link
@@ -106,7 +117,7 @@ type Conn struct {
 
 // sealBuf is one outgoing datagram; pooled so Send does not allocate.
 type sealBuf struct {
-	b     [maxDatagram]byte
+	b     [maxDataDatagram]byte
 	nonce [12]byte
 }
 
@@ -181,13 +192,19 @@ func (c *Conn) now() int64 { return int64(time.Since(c.start)) }
 
 // MaxPayload returns the largest p Send accepts: what fits in a 1200-byte
 // datagram after the header and the GCM tag.
+// Every path carries it.
 func (c *Conn) MaxPayload() int { return maxDatagram - dataHeaderSize - gcmTagSize }
+
+// PayloadLimit returns the largest p Send and SendBatch accept, for paths
+// that carry datagrams larger than 1200 bytes (see MaxPayload): only send
+// more than MaxPayload after the peer acknowledged a probe of that size.
+func (c *Conn) PayloadLimit() int { return maxDataDatagram - dataHeaderSize - gcmTagSize }
 
 // Send seals p into one datagram and sends it. It does not retain p. It is
 // safe to call concurrently with Recv and with itself.
 func (c *Conn) Send(p []byte) error {
-	if len(p) > c.MaxPayload() {
-		return fmt.Errorf("secure: payload of %d bytes exceeds MaxPayload %d", len(p), c.MaxPayload())
+	if len(p) > c.PayloadLimit() {
+		return fmt.Errorf("secure: payload of %d bytes exceeds PayloadLimit %d", len(p), c.PayloadLimit())
 	}
 	return c.seal(typeData, p)
 }
@@ -221,21 +238,30 @@ func (c *Conn) SendBatch(ps [][]byte) error {
 	defer c.batchMu.Unlock()
 	for len(ps) > 0 {
 		n := min(len(ps), maxBatch)
-		out := c.batchOut[:0]
-		for i, p := range ps[:n] {
-			if len(p) > c.MaxPayload() {
-				return fmt.Errorf("secure: payload of %d bytes exceeds MaxPayload %d", len(p), c.MaxPayload())
+		size := 0
+		for _, p := range ps[:n] {
+			if len(p) > c.PayloadLimit() {
+				return fmt.Errorf("secure: payload of %d bytes exceeds PayloadLimit %d", len(p), c.PayloadLimit())
 			}
+			size += dataHeaderSize + len(p) + gcmTagSize
+		}
+		if cap(c.batchArena) < size {
+			c.batchArena = make([]byte, size)
+		}
+		arena := c.batchArena[:size]
+		out := c.batchOut[:0]
+		for _, p := range ps[:n] {
 			ctr, err := c.nextCounter()
 			if err != nil {
 				return err
 			}
-			b := &c.batchBufs[i]
+			b := arena[: dataHeaderSize+len(p)+gcmTagSize : dataHeaderSize+len(p)+gcmTagSize]
+			arena = arena[len(b):]
 			b[0] = typeData
 			binary.BigEndian.PutUint64(b[1:dataHeaderSize], ctr)
 			binary.BigEndian.PutUint64(c.batchNonce[4:], ctr)
-			sealed := c.sendAEAD.Seal(b[dataHeaderSize:dataHeaderSize], c.batchNonce[:], p, b[:dataHeaderSize])
-			out = append(out, b[:dataHeaderSize+len(sealed)])
+			c.sendAEAD.Seal(b[dataHeaderSize:dataHeaderSize], c.batchNonce[:], p, b[:dataHeaderSize])
+			out = append(out, b)
 		}
 		c.batchOut = out[:0]
 		c.lastSend.Store(c.now())
@@ -289,7 +315,7 @@ func (c *Conn) nextCounter() (uint64, error) {
 // and returns its length. Keepalives, late handshake packets and everything
 // that fails to authenticate are consumed without returning. If buf is
 // shorter than the payload, the packet is lost and the error wraps
-// io.ErrShortBuffer; a buf of MaxPayload bytes always suffices. After Close,
+// io.ErrShortBuffer; a buf of PayloadLimit bytes always suffices. After Close,
 // Recv returns an error wrapping net.ErrClosed. If the peer reports that it
 // failed to authenticate this session (before any of its packets arrived),
 // Recv returns an error matching ErrAuth.
@@ -313,14 +339,23 @@ func (c *Conn) Recv(buf []byte) (int, error) {
 			return 0, fmt.Errorf("secure: recv: %w", err)
 		}
 		pkt := c.rbuf[:n]
-		if n == 0 || n > maxDatagram {
+		if n == 0 || n > maxDataDatagram {
 			c.stats.malformed.Add(1)
 			continue
 		}
 		switch pkt[0] {
 		case typeData, typeKeepalive:
-			p, ok := c.openLocked(pkt, from)
+			// Decrypt straight into buf when it is large enough, which
+			// saves copying the payload.
+			var dst []byte
+			if len(buf) >= n-dataHeaderSize-gcmTagSize {
+				dst = buf[:0]
+			}
+			p, ok := c.openLocked(pkt, from, dst)
 			if ok && pkt[0] == typeData {
+				if dst != nil {
+					return len(p), nil
+				}
 				return c.deliver(buf, p)
 			}
 		case typeHello, typeReply, typeFinish, typeFinished, typeAuthFailed:
@@ -339,11 +374,11 @@ func (c *Conn) deliver(buf, p []byte) (int, error) {
 	return copy(buf, p), nil
 }
 
-// openLocked authenticates and decrypts a data or keepalive packet in
-// place. On success it records the counter, notes the peer's address (a
-// roaming peer is confirmed to the link) and returns the payload, which
-// aliases pkt.
-func (c *Conn) openLocked(pkt []byte, from netip.AddrPort) ([]byte, bool) {
+// openLocked authenticates and decrypts a data or keepalive packet into
+// dst, or in place when dst is nil. On success it records the counter,
+// notes the peer's address (a roaming peer is confirmed to the link) and
+// returns the payload, which aliases dst or pkt.
+func (c *Conn) openLocked(pkt []byte, from netip.AddrPort, dst []byte) ([]byte, bool) {
 	if len(pkt) < dataHeaderSize+gcmTagSize {
 		c.stats.malformed.Add(1)
 		return nil, false
@@ -359,7 +394,10 @@ func (c *Conn) openLocked(pkt []byte, from netip.AddrPort) ([]byte, bool) {
 	}
 	binary.BigEndian.PutUint64(c.rnonce[4:], counter)
 	ct := pkt[dataHeaderSize:]
-	p, err := c.recvAEAD.Open(ct[:0], c.rnonce[:], ct, pkt[:dataHeaderSize])
+	if dst == nil {
+		dst = ct[:0]
+	}
+	p, err := c.recvAEAD.Open(dst, c.rnonce[:], ct, pkt[:dataHeaderSize])
 	if err != nil {
 		c.stats.forged.Add(1)
 		return nil, false
@@ -380,7 +418,7 @@ func (c *Conn) openLocked(pkt []byte, from netip.AddrPort) ([]byte, bool) {
 func (c *Conn) acceptEarly(pkt []byte, from netip.AddrPort) bool {
 	c.recvMu.Lock()
 	defer c.recvMu.Unlock()
-	p, ok := c.openLocked(pkt, from)
+	p, ok := c.openLocked(pkt, from, nil)
 	if !ok {
 		return false
 	}

@@ -301,3 +301,10 @@ func (b *bbr) pacingInterval(size int) time.Duration {
 	}
 	return time.Duration(float64(size) / b.pacingRate * 1e9)
 }
+
+// setMSS changes the packet size after a path MTU probe succeeded; the
+// window must hold a few packets of the new size.
+func (b *bbr) setMSS(mss int) {
+	b.mss = mss
+	b.cwnd = max(b.cwnd, minCwndPkt*mss)
+}

@@ -130,7 +130,8 @@ type Conn struct {
 	log        *slog.Logger
 	idle       time.Duration
 	keepalive  time.Duration
-	maxPayload int
+	maxPayload int       // the packet size: grows after a path MTU probe (guarded by mu)
+	bufSize    int       // the largest packet this Conn may ever build
 	epoch      time.Time // times are durations since epoch (monotonic)
 
 	// sendMu serialises tr.Send so packet numbers go out in order. Lock
@@ -146,6 +147,7 @@ type Conn struct {
 	cc       bbr
 	stats    counters
 	ackScr   [maxAckRanges]pnRange
+	pmtu     pmtuState
 
 	lastRecv   time.Duration
 	lastSent   time.Duration
@@ -204,6 +206,13 @@ func New(tr Transport, cfg Config) *Conn {
 	// Conn has.
 	c.snd.peerWindow = minBuffer
 	c.cc = newBBR(c.maxPayload)
+	c.bufSize = c.maxPayload
+	if lt, ok := tr.(LargeTransport); ok {
+		c.pmtu = newPMTUState(c.maxPayload, lt.PayloadLimit())
+		if len(c.pmtu.candidates) > 0 {
+			c.bufSize = c.pmtu.candidates[0]
+		}
+	}
 	if c.maxPayload < minPayload {
 		c.failLocked(fmt.Errorf("stream: transport payload of %d bytes is too small (need %d)", c.maxPayload, minPayload))
 		c.closeTransport()
@@ -430,7 +439,7 @@ func (c *Conn) closeTransport() {
 // recvLoop reads datagrams and applies them. It owns rbuf.
 func (c *Conn) recvLoop() {
 	defer c.wg.Done()
-	rbuf := make([]byte, 64<<10)
+	rbuf := make([]byte, max(64<<10, c.bufSize))
 	abuf := make([]byte, 0, c.maxPayload)
 	var f frame
 	for {
@@ -661,7 +670,7 @@ func (c *Conn) sendLoop() {
 	defer timer.Stop()
 	var bufs [sendBatch][]byte
 	for i := range bufs {
-		bufs[i] = make([]byte, 0, c.maxPayload)
+		bufs[i] = make([]byte, 0, c.bufSize)
 	}
 	for {
 		c.sendMu.Lock()
@@ -746,6 +755,10 @@ func (c *Conn) produceLocked(now time.Duration, bufs *[sendBatch][]byte) (n int,
 	}
 	ping := !netDone && now-c.lastSent >= c.keepalive
 
+	if c.pmtu.due(s) && !c.complete {
+		bufs[n] = c.buildMTUProbeLocked(bufs[n][:0], now)
+		n++
+	}
 	for n < sendBatch {
 		probe := s.probes > 0
 		hasData := s.hasRetx() || s.newDataReady()

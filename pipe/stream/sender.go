@@ -25,6 +25,7 @@ type sentPacket struct {
 	ackEliciting bool
 	inFlight     bool
 	appLimited   bool
+	mtuProbe     bool // a path MTU probe: no data, not in flight
 	state        uint8
 }
 
@@ -199,6 +200,9 @@ func (c *Conn) onAckLocked(f *frame, now time.Duration) (progress bool) {
 		if p.ackEliciting {
 			s.elicitingInFlight--
 		}
+		if p.mtuProbe {
+			c.onProbeAckedLocked(pn)
+		}
 		if !p.inFlight {
 			return
 		}
@@ -327,6 +331,9 @@ func (c *Conn) detectLossesLocked(now time.Duration) {
 		c.stats.lost++
 		if p.ackEliciting {
 			s.elicitingInFlight--
+		}
+		if p.mtuProbe {
+			c.onProbeLostLocked(pn)
 		}
 		if p.inFlight {
 			s.bytesInFlight -= int(p.size)

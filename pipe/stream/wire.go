@@ -46,6 +46,13 @@
 //
 // Frames DATA, DATA_FIN, PING, DONE and CLOSE make the packet ack-eliciting.
 // A packet carries at most one DATA or DATA_FIN frame.
+//
+// Packet size. A packet is at most the Transport's MaxPayload (1175 bytes
+// over pipe/secure) until a path MTU probe succeeds (pmtu.go): a probe is
+// a packet holding PING then PADDING up to the size tried, and the receiver
+// acknowledges it like any packet. Once a probe is acknowledged, the sender
+// may send packets up to its size. A receiver accepts packets of any size
+// the Transport delivers.
 package stream
 
 import (
@@ -119,7 +126,14 @@ func parseFrame(b []byte, f *frame) ([]byte, error) {
 	b = b[1:]
 	var err error
 	switch f.typ {
-	case framePadding, framePing, frameDone:
+	case framePadding:
+		// A run of padding decodes as one frame: a path MTU probe
+		// holds tens of kilobytes of it.
+		for len(b) > 0 && b[0] == framePadding {
+			b = b[1:]
+		}
+		return b, nil
+	case framePing, frameDone:
 		return b, nil
 	case frameAck:
 		return parseAck(b, f)

@@ -1,0 +1,106 @@
+package stream
+
+import (
+	"encoding/binary"
+	"time"
+)
+
+// Path MTU discovery, in the spirit of RFC 8899 (DPLPMTUD).
+//
+// A Conn starts with the Transport's MaxPayload, which every path carries.
+// When the Transport can carry more (LargeTransport), the Conn probes
+// upward once the peer's first ack shows that its end is running:
+//
+//   - A probe is one packet holding a PING frame padded with PADDING to the
+//     size tried. It carries no stream data, so losing it loses nothing, and
+//     it is outside congestion control: its loss says nothing of congestion.
+//   - One probe is outstanding at a time. When the peer acknowledges it,
+//     its size becomes the Conn's packet size for the rest of the session.
+//   - A probe declared lost (by the usual loss detection) is tried again,
+//     up to maxProbes times per size; then the next smaller candidate is
+//     tried. Candidates, largest first: the Transport's limit (64 KiB
+//     datagrams: loopback), 16 KiB, 8 KiB (jumbo frames), 1400 bytes
+//     (Ethernet, with room for IPv6 and a tunnel).
+//
+// The path layer sets the don't-fragment bit, so a size the path cannot
+// carry is lost rather than fragmented.
+
+// LargeTransport is a Transport that can carry payloads above MaxPayload
+// on some paths; the Conn probes for the largest its path carries.
+type LargeTransport interface {
+	Transport
+	PayloadLimit() int // the largest payload Send and SendBatch accept
+}
+
+// maxProbes is how often one size is tried before a smaller one (RFC 8899's
+// MAX_PROBES).
+const maxProbes = 3
+
+// pmtuState is the prober. Guarded by Conn.mu.
+type pmtuState struct {
+	candidates []int // sizes still to try, largest first
+	tries      int   // probes of candidates[0] declared lost
+	probing    bool  // a probe is outstanding
+	probePN    uint64
+}
+
+func newPMTUState(base, limit int) pmtuState {
+	var p pmtuState
+	for _, size := range []int{limit, 16 << 10, 8 << 10, 1400} {
+		if size > base && size <= limit && (len(p.candidates) == 0 || size < p.candidates[len(p.candidates)-1]) {
+			p.candidates = append(p.candidates, size)
+		}
+	}
+	return p
+}
+
+// due reports whether a probe should go out now.
+func (p *pmtuState) due(s *sendState) bool {
+	return len(p.candidates) > 0 && !p.probing && s.hasAcked
+}
+
+// buildMTUProbeLocked builds a probe of the next candidate size into b.
+func (c *Conn) buildMTUProbeLocked(b []byte, now time.Duration) []byte {
+	s := &c.snd
+	size := c.pmtu.candidates[0]
+	c.pmtu.probing, c.pmtu.probePN = true, s.nextPN
+	b = binary.AppendUvarint(b, s.nextPN)
+	b = append(b, framePing)
+	hdr := len(b)
+	b = b[:size]
+	clear(b[hdr:]) // PADDING frames are zero bytes
+	p := s.ring.push()
+	s.nextPN++
+	c.stats.packetsSent++
+	c.lastSent = now
+	p.sentAt, p.size = now, uint16(size)
+	p.ackEliciting, p.mtuProbe = true, true
+	s.elicitingInFlight++
+	s.lastElicitingAt = now
+	return b
+}
+
+func (c *Conn) onProbeAckedLocked(pn uint64) {
+	if !c.pmtu.probing || pn != c.pmtu.probePN {
+		return
+	}
+	size := c.pmtu.candidates[0]
+	c.pmtu = pmtuState{} // done: the largest candidate left got through
+	if size > c.maxPayload {
+		c.maxPayload = size
+		c.cc.setMSS(size)
+		c.log.Debug("stream: path MTU probe acknowledged", "payload", size)
+	}
+}
+
+func (c *Conn) onProbeLostLocked(pn uint64) {
+	if !c.pmtu.probing || pn != c.pmtu.probePN {
+		return
+	}
+	c.pmtu.probing = false
+	c.pmtu.tries++
+	if c.pmtu.tries >= maxProbes {
+		c.log.Debug("stream: path MTU probes lost", "payload", c.pmtu.candidates[0])
+		c.pmtu.candidates, c.pmtu.tries = c.pmtu.candidates[1:], 0
+	}
+}
