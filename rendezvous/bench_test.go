@@ -73,7 +73,7 @@ func BenchmarkPairings(b *testing.B) {
 //	go test -run XXX -bench ServerPairings -benchtime 200000x ./rendezvous/
 func BenchmarkServerPairings(b *testing.B) {
 	srv := rendezvoustest.Start(b, rendezvous.Config{RatePerIP: -1, MaxPendingPerIP: 1 << 20, MaxPending: 1 << 20})
-	const workers, window = 16, 32
+	const workers, window = 8, 64
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	var matched atomic.Int64
