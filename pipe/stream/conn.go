@@ -126,13 +126,14 @@ type counters struct {
 // different goroutines; Conn owns two goroutines (receive and send loops)
 // that Close waits for.
 type Conn struct {
-	tr         Transport
-	log        *slog.Logger
-	idle       time.Duration
-	keepalive  time.Duration
-	maxPayload int       // the packet size: grows after a path MTU probe (guarded by mu)
-	bufSize    int       // the largest packet this Conn may ever build
-	epoch      time.Time // times are durations since epoch (monotonic)
+	tr             Transport
+	log            *slog.Logger
+	idle           time.Duration
+	keepalive      time.Duration
+	maxPayload     int       // the packet size: grows after a path MTU probe (guarded by mu)
+	baseMaxPayload int       // the Transport's MaxPayload, which every path carries
+	bufSize        int       // the largest packet this Conn may ever build
+	epoch          time.Time // times are durations since epoch (monotonic)
 
 	// sendMu serialises tr.Send so packet numbers go out in order. Lock
 	// order: sendMu before mu.
@@ -172,14 +173,15 @@ type Conn struct {
 // New starts a Conn over tr. The Conn owns tr and closes it.
 func New(tr Transport, cfg Config) *Conn {
 	c := &Conn{
-		tr:         tr,
-		log:        cfg.Logger,
-		idle:       cfg.IdleTimeout,
-		keepalive:  cfg.KeepaliveInterval,
-		maxPayload: tr.MaxPayload(),
-		epoch:      time.Now(),
-		done:       make(chan struct{}),
-		wake:       make(chan struct{}, 1),
+		tr:             tr,
+		log:            cfg.Logger,
+		idle:           cfg.IdleTimeout,
+		keepalive:      cfg.KeepaliveInterval,
+		maxPayload:     tr.MaxPayload(),
+		baseMaxPayload: tr.MaxPayload(),
+		epoch:          time.Now(),
+		done:           make(chan struct{}),
+		wake:           make(chan struct{}, 1),
 	}
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)

@@ -93,6 +93,22 @@ func (c *Conn) onProbeAckedLocked(pn uint64) {
 	}
 }
 
+// onRepeatedPTOLocked is black-hole detection (RFC 8899 section 4.3): probe
+// timeouts firing again and again while packets are larger than the base
+// size may mean the path's MTU shrank (a route change, a tunnel), and every
+// large packet, retransmissions included, is now lost. Fall back to the base
+// size, which every path carries; the lost data goes out again in small
+// packets.
+func (c *Conn) onRepeatedPTOLocked() {
+	if c.maxPayload <= c.baseMaxPayload {
+		return
+	}
+	c.log.Debug("stream: large packets keep getting lost; back to the base packet size", "was", c.maxPayload, "now", c.baseMaxPayload)
+	c.maxPayload = c.baseMaxPayload
+	c.cc.setMSS(c.baseMaxPayload)
+	c.pmtu = pmtuState{}
+}
+
 func (c *Conn) onProbeLostLocked(pn uint64) {
 	if !c.pmtu.probing || pn != c.pmtu.probePN {
 		return

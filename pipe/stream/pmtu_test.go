@@ -9,6 +9,9 @@ type largeTransport struct {
 	*memTransport
 	limit, pathMax int
 	largestSent    int
+	// shrinkAfter > 0: after that many large datagrams got through, the
+	// path's MTU drops to the base size (a route change mid-session).
+	shrinkAfter, largeSent int
 }
 
 func (t *largeTransport) PayloadLimit() int { return t.limit }
@@ -19,6 +22,12 @@ func (t *largeTransport) Send(p []byte) error {
 	}
 	if len(p) > t.pathMax {
 		return nil // lost on the way
+	}
+	if len(p) > 2000 {
+		t.largeSent++
+		if t.shrinkAfter > 0 && t.largeSent >= t.shrinkAfter {
+			t.pathMax = t.MaxPayload()
+		}
 	}
 	t.largestSent = max(t.largestSent, len(p))
 	t.out.send(p)
@@ -51,6 +60,25 @@ func TestPMTUProbe(t *testing.T) {
 	}
 	if ta.largestSent != 8<<10 {
 		t.Errorf("largest datagram delivered %d, want %d", ta.largestSent, 8<<10)
+	}
+	t.Logf("a: %+v", a.Stats())
+}
+
+// TestPMTUBlackHole: the path's MTU shrinks to the base size in the middle
+// of a transfer; every large packet is lost from then on. The sender falls
+// back to the base size and every byte still arrives.
+func TestPMTUBlackHole(t *testing.T) {
+	checkGoroutines(t)
+	ma, mb, _, _ := newMemPair(linkConfig{seed: 31}, linkConfig{seed: 32})
+	ta := &largeTransport{memTransport: ma, limit: 65000, pathMax: 65000, shrinkAfter: 40}
+	tb := &largeTransport{memTransport: mb, limit: 65000, pathMax: 65000}
+	a, b := newConnPair(t, ta, tb, Config{})
+	exchange(t, a, b, randomBytes(8<<20, 33), randomBytes(64<<10, 34))
+	a.mu.Lock()
+	got := a.maxPayload
+	a.mu.Unlock()
+	if got != a.baseMaxPayload {
+		t.Fatalf("a's packet size after the MTU shrank: %d, want the base %d", got, a.baseMaxPayload)
 	}
 	t.Logf("a: %+v", a.Stats())
 }

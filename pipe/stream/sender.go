@@ -352,6 +352,9 @@ func (c *Conn) onPTOLocked() {
 	s := &c.snd
 	s.ptoCount++
 	s.probes = 2
+	if s.ptoCount >= 2 {
+		c.onRepeatedPTOLocked()
+	}
 	if s.ptoCount >= 3 {
 		c.cc.onPersistentCongestion()
 	}
