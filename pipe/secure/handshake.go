@@ -177,25 +177,15 @@ type Link interface {
 	Close() error
 }
 
-// Role is this side's part in the handshake, assigned by the rendezvous.
-type Role int
+// Role is this side's part in the handshake, assigned by the rendezvous:
+// the Initiator speaks first and retransmits, the Responder answers. It is
+// CPace's role, since the CPace transcript orders the shares by it.
+type Role = cpace.Role
 
 const (
-	// Initiator speaks first and retransmits.
-	Initiator Role = iota + 1
-	// Responder answers.
-	Responder
+	Initiator = cpace.Initiator
+	Responder = cpace.Responder
 )
-
-func (r Role) String() string {
-	switch r {
-	case Initiator:
-		return "initiator"
-	case Responder:
-		return "responder"
-	}
-	return fmt.Sprintf("Role(%d)", int(r))
-}
 
 // ErrAuth means the handshake failed authentication. Both sides return it
 // (wrapped) when the passwords differ.
