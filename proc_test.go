@@ -23,21 +23,35 @@ type proc struct {
 	stdout lockedBuffer
 	mu     sync.Mutex
 	stderr []string
-	lines  chan string // stderr lines as they come
-	done   chan struct{}
-	err    error
+	// the first -v "connected" line and when it came
+	connectedLine string
+	connectedAt   time.Time
+	lines         chan string // stderr lines as they come
+	done          chan struct{}
+	err           error
 }
 
 // startP2pcat starts p2pcat with args; env adds to the test's environment.
 // The process is killed when the test ends if it is still running.
 func startP2pcat(t testing.TB, stdin io.Reader, env []string, args ...string) *proc {
 	t.Helper()
+	return startP2pcatIn(t, "", stdin, env, args...)
+}
+
+// startP2pcatIn is startP2pcat inside network namespace ns (`ip netns
+// exec`); "" is this namespace.
+func startP2pcatIn(t testing.TB, ns string, stdin io.Reader, env []string, args ...string) *proc {
+	t.Helper()
 	path, err := exec.LookPath("p2pcat")
 	if err != nil {
 		t.Fatalf("p2pcat not in PATH (testscript.Main sets it up): %v", err)
 	}
 	p := &proc{t: t, lines: make(chan string, 1024), done: make(chan struct{})}
-	p.cmd = exec.Command(path, args...)
+	if ns == "" {
+		p.cmd = exec.Command(path, args...)
+	} else {
+		p.cmd = exec.Command("ip", append([]string{"netns", "exec", ns, path}, args...)...)
+	}
 	// Stdin may be an io.Pipe that nobody closes when a test fails: never
 	// let Wait hang on copying it after the process is gone.
 	p.cmd.WaitDelay = 2 * time.Second
@@ -56,11 +70,16 @@ func startP2pcat(t testing.TB, stdin io.Reader, env []string, args ...string) *p
 		sc := bufio.NewScanner(errPipe)
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
+			line := sc.Text()
 			p.mu.Lock()
-			p.stderr = append(p.stderr, sc.Text())
+			p.stderr = append(p.stderr, line)
+			if strings.Contains(line, "msg=connected") && p.connectedAt.IsZero() {
+				p.connectedAt = time.Now()
+				p.connectedLine = line
+			}
 			p.mu.Unlock()
 			select {
-			case p.lines <- sc.Text():
+			case p.lines <- line:
 			default:
 			}
 		}
@@ -76,6 +95,22 @@ func startP2pcat(t testing.TB, stdin io.Reader, env []string, args ...string) *p
 		}
 	})
 	return p
+}
+
+// connected returns the path= and peer= fields of the -v "connected" line
+// and when it came (zero values if it has not).
+func (p *proc) connected() (path, peer string, at time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, f := range strings.Fields(p.connectedLine) {
+		if v, ok := strings.CutPrefix(f, "path="); ok {
+			path = v
+		}
+		if v, ok := strings.CutPrefix(f, "peer="); ok {
+			peer = v
+		}
+	}
+	return path, peer, p.connectedAt
 }
 
 // dropEmpty removes "NAME=" entries so that a variable can be unset for the

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of p2pcat: formatting, go vet, the race-enabled test suite
-# (unit, end-to-end with real processes and sockets, CLI scripts), and a
-# short smoke run of every fuzz target. Installs what it needs on a fresh
-# machine (Go modules; Debian packages for the terminal and NAT tests when
-# running as root).
+# (unit, end-to-end with real processes and sockets, CLI scripts, the NAT
+# lab in network namespaces when run as root), and a short smoke run of
+# every fuzz target. Installs what it needs on a fresh machine (Go modules;
+# tmux, iproute2, nftables and conntrack from Debian when running as root).
 #
 #   scripts/test.sh            everything
 #   FUZZTIME=30s scripts/test.sh   longer fuzzing
@@ -19,6 +19,10 @@ step "installing dependencies"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 	need=()
 	command -v tmux >/dev/null || need+=(tmux)
+	# the NAT lab (TestNATLab, scripts/natlab.sh): namespaces and netfilter
+	command -v ip >/dev/null || need+=(iproute2)
+	command -v nft >/dev/null || need+=(nftables)
+	command -v conntrack >/dev/null || need+=(conntrack)
 	if [ ${#need[@]} -gt 0 ]; then
 		apt-get update -qq >/dev/null 2>&1 || true
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || echo "warning: could not install ${need[*]}; the tests that need them will say so"
