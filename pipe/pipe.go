@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"time"
 
@@ -101,12 +102,6 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.RSABits < 2048 || cfg.RSABits > 4096 {
 		return fmt.Errorf("RSA key size %d: must be 2048 to 4096 bits", cfg.RSABits)
 	}
-	udp, err := path.Listen(cfg.Port, log)
-	if err != nil {
-		return err
-	}
-	port := uint16(udp.LocalAddr().(interface{ AddrPort() netip.AddrPort }).AddrPort().Port())
-
 	// The ephemeral RSA key is generated while the rendezvous answers, so
 	// it adds no latency.
 	keyc := make(chan keyResult, 1)
@@ -114,55 +109,80 @@ func Run(ctx context.Context, cfg Config) error {
 		k, err := rsa.GenerateKey(rand.Reader, cfg.RSABits)
 		keyc <- keyResult{k, err}
 	}()
+	var key *rsa.PrivateKey
 
-	var match rendezvous.Match
-	if cfg.PeerAddr.IsValid() {
-		match = directMatch(cfg)
-	} else {
-		client := &rendezvous.Client{Conn: udp, Server: cfg.Server, Logger: log}
-		fctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
-		cands := path.LocalCandidates(port, cfg.Server.Addr().IsLoopback())
-		log.Debug("asking the rendezvous server", "server", cfg.Server.String(), "candidates", fmt.Sprint(cands))
-		match, err = client.Find(fctx, rendezvous.FindRequest{
-			Session: cfg.Session, Name: cfg.Name, Peer: cfg.Peer, Password: cfg.Password,
-			Candidates: cands,
-			OnWaiting:  func() { cfg.Status("waiting for %s…", cfg.Peer) },
-		})
-		cancel()
+	// Attempts: the first punches at once from both sides. When no path
+	// appears, both sides (they fail at about the same moment) meet again
+	// from fresh ports and punch with one side holding back its first
+	// packets, then the other: on a NAT that lets the peer's early probe
+	// claim the port mapping (conntrack's port clash), the side behind it
+	// must send first, and neither side can tell which one that is.
+	connectBy := time.Time{}
+	var (
+		sconn   *secure.Conn
+		link    *path.Conn
+		role    secure.Role
+		start   time.Time
+		lastErr error
+	)
+	for attempt := 0; ; attempt++ {
+		udp, err := path.Listen(cfg.Port, log)
+		if err != nil {
+			return err
+		}
+		match, err := cfg.meet(ctx, udp, attempt, log)
 		if err != nil {
 			udp.Close()
-			if ctx.Err() != nil {
-				return ErrInterrupted
-			}
-			if errors.Is(err, rendezvous.ErrPeerNotFound) {
-				return fmt.Errorf("%s did not show up within %s: %w", cfg.Peer, cfg.Timeout, err)
+			if attempt > 0 && errors.Is(err, rendezvous.ErrPeerNotFound) {
+				return lastErr // the peer gave up on its side
 			}
 			return err
 		}
-		log.Debug("paired", "role", match.Role.String(), "peer_observed", match.PeerObserved.String(), "peer_candidates", fmt.Sprint(match.PeerCandidates), "observed", match.Observed.String())
-	}
-	cfg.Status("found %s, connecting…", cfg.Peer)
-
-	candidates := append([]netip.AddrPort{match.PeerObserved}, match.PeerCandidates...)
-	link := path.New(udp, cfg.Server, match.PairingID, candidates, log, path.Options{NoOffload: cfg.NoOffload})
-	kr := <-keyc
-	if kr.err != nil {
-		link.Close()
-		return fmt.Errorf("generating the RSA key: %w", kr.err)
-	}
-	start := time.Now()
-	role := secure.Initiator
-	if match.Role == wire.RoleResponder {
-		role = secure.Responder
-	}
-	sconn, err := secure.Handshake(ctx, link, secure.Params{
-		Role: role, PairingID: match.PairingID,
-		Session: cfg.Session, LocalName: cfg.Name, PeerName: cfg.Peer,
-		Password: cfg.Password, RSABits: cfg.RSABits, RSAKey: kr.key,
-		Timeout: cfg.ConnectTimeout, Retransmit: 100 * time.Millisecond,
-	})
-	kr.key = nil
-	if err != nil {
+		if connectBy.IsZero() {
+			connectBy = time.Now().Add(cfg.ConnectTimeout)
+			cfg.Status("found %s, connecting…", cfg.Peer)
+		}
+		if key == nil {
+			kr := <-keyc
+			if kr.err != nil {
+				udp.Close()
+				return fmt.Errorf("generating the RSA key: %w", kr.err)
+			}
+			key = kr.key
+		}
+		role = secure.Initiator
+		if match.Role == wire.RoleResponder {
+			role = secure.Responder
+		}
+		waits := staggered(attempt, role)
+		candidates := append([]netip.AddrPort{match.PeerObserved}, match.PeerCandidates...)
+		var delay time.Duration
+		if waits {
+			delay = 250 * time.Millisecond
+		}
+		link = path.New(udp, cfg.Server, match.PairingID, candidates, log, path.Options{NoOffload: cfg.NoOffload, ProbeDelay: delay})
+		last := cfg.PeerAddr.IsValid() || attempt+1 >= maxAttempts || time.Until(connectBy) < 2*attemptTimeout
+		timeout := time.Until(connectBy)
+		if !last {
+			timeout = attemptTimeout
+		}
+		if waits && role == secure.Initiator {
+			// The initiator's Hello is its first packet to the peer.
+			select {
+			case <-ctx.Done():
+			case <-time.After(delay):
+			}
+		}
+		start = time.Now()
+		sconn, err = secure.Handshake(ctx, link, secure.Params{
+			Role: role, PairingID: match.PairingID,
+			Session: cfg.Session, LocalName: cfg.Name, PeerName: cfg.Peer,
+			Password: cfg.Password, RSABits: cfg.RSABits, RSAKey: key,
+			Timeout: timeout, Retransmit: 100 * time.Millisecond,
+		})
+		if err == nil {
+			break
+		}
 		confirmed := false
 		select {
 		case <-link.Confirmed():
@@ -176,13 +196,18 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		case ctx.Err() != nil:
 			return ErrInterrupted
-		case !confirmed:
-			log.Debug("no path", "probes_sent", st.ProbesSent, "probes_received", st.ProbesReceived, "err", err)
-			return fmt.Errorf("%w to %s within %s (tried %d addresses; the peer's probes %s)", ErrNoPath, cfg.Peer, cfg.ConnectTimeout,
-				len(candidates), map[bool]string{true: "did arrive", false: "never arrived"}[st.ProbesReceived > 0])
+		case confirmed:
+			return fmt.Errorf("handshake with %s did not complete: %w", cfg.Peer, err)
 		}
-		return fmt.Errorf("handshake with %s did not complete: %w", cfg.Peer, err)
+		log.Debug("no path", "attempt", attempt+1, "probes_sent", st.ProbesSent, "probes_received", st.ProbesReceived, "err", err)
+		lastErr = fmt.Errorf("%w to %s within %s (tried %d addresses in %d attempts; the peer's probes %s)", ErrNoPath, cfg.Peer, cfg.ConnectTimeout,
+			len(candidates), attempt+1, map[bool]string{true: "did arrive", false: "never arrived"}[st.ProbesReceived > 0])
+		if last {
+			return lastErr
+		}
+		log.Info("no direct path yet; punching again from a new port", "attempt", attempt+2)
 	}
+	key = nil
 	elapsed := time.Since(start)
 	log.Info("connected", "path", "direct", "peer", link.Peer().String(), "handshake", elapsed.Round(time.Microsecond).String(), "role", role.String())
 	cfg.Status("connected to %s (direct, %s)", cfg.Peer, link.Peer())
@@ -192,13 +217,59 @@ func Run(ctx context.Context, cfg Config) error {
 		tr = safeSizeOnly{sconn}
 	}
 	st := stream.New(tr, stream.Config{IdleTimeout: cfg.IdleTimeout, Logger: log})
-	err = transfer(ctx, st, cfg)
+	err := transfer(ctx, st, cfg)
 	s := st.Stats()
 	ss := sconn.Stats()
 	log.Debug("session ended", "sent", s.BytesSent, "received", s.BytesReceived, "packets_sent", s.PacketsSent, "packets_received", s.PacketsReceived,
 		"retransmits", s.Retransmits, "lost", s.LostPackets, "srtt", s.SRTT.String(), "min_rtt", s.MinRTT.String(), "cwnd", s.Cwnd, "pacing_mbps", int(s.PacingRate*8/1e6), "inflight", s.BytesInFlight,
 		"sealed", ss.Sealed, "opened", ss.Opened, "forged", ss.Forged, "replayed", ss.Replayed, "malformed", ss.Malformed, "err", err)
 	return err
+}
+
+// Punch attempts (see Run).
+const (
+	maxAttempts    = 4
+	attemptTimeout = 3 * time.Second // for a path and handshake, except the last attempt
+	reFindTimeout  = 5 * time.Second // for the peer to come back for another attempt
+)
+
+// staggered reports whether this side holds back its first packets in
+// the given attempt: nobody in the first, then the initiator, then the
+// responder, alternating.
+func staggered(attempt int, role secure.Role) bool {
+	return attempt > 0 && (attempt%2 == 1) == (role == secure.Initiator)
+}
+
+// meet pairs us with the peer over udp: through the rendezvous server, or
+// from the names alone in direct mode.
+func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int, log *slog.Logger) (rendezvous.Match, error) {
+	if cfg.PeerAddr.IsValid() {
+		return directMatch(*cfg), nil
+	}
+	port := udp.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	client := &rendezvous.Client{Conn: udp, Server: cfg.Server, Logger: log}
+	timeout, onWaiting := cfg.Timeout, func() { cfg.Status("waiting for %s…", cfg.Peer) }
+	if attempt > 0 {
+		timeout, onWaiting = reFindTimeout, nil
+	}
+	fctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	cands := path.LocalCandidates(port, cfg.Server.Addr().IsLoopback())
+	log.Debug("asking the rendezvous server", "server", cfg.Server.String(), "candidates", fmt.Sprint(cands), "attempt", attempt+1)
+	match, err := client.Find(fctx, rendezvous.FindRequest{
+		Session: cfg.Session, Name: cfg.Name, Peer: cfg.Peer, Password: cfg.Password,
+		Candidates: cands, OnWaiting: onWaiting,
+	})
+	switch {
+	case err == nil:
+		log.Debug("paired", "role", match.Role.String(), "peer_observed", match.PeerObserved.String(), "peer_candidates", fmt.Sprint(match.PeerCandidates), "observed", match.Observed.String())
+		return match, nil
+	case ctx.Err() != nil:
+		return match, ErrInterrupted
+	case errors.Is(err, rendezvous.ErrPeerNotFound) && attempt == 0:
+		return match, fmt.Errorf("%s did not show up within %s: %w", cfg.Peer, cfg.Timeout, err)
+	}
+	return match, err
 }
 
 type keyResult struct {

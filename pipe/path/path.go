@@ -173,6 +173,11 @@ type Options struct {
 	// NoOffload sends and receives one datagram per system call, without
 	// UDP GSO/GRO (for comparison, or a device that mishandles them).
 	NoOffload bool
+	// ProbeDelay holds back the first probe. Two NATs that punch at each
+	// other can trip over each other's first packets (a conntrack entry
+	// created by the peer's probe makes our own mapping change port); on a
+	// second attempt one side waits so that the other's packets go first.
+	ProbeDelay time.Duration
 }
 
 // New starts punching to candidates (in order of preference) over udp,
@@ -209,7 +214,7 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stopPunch = cancel
-	go c.routinePunch(ctx)
+	go c.routinePunch(ctx, opt.ProbeDelay)
 	return c
 }
 
@@ -224,8 +229,17 @@ func (c *Conn) addCandidateLocked(a netip.AddrPort) bool {
 
 // routinePunch sends probes to every candidate, quickly at first and then
 // every 200 ms, until the path is confirmed or the Conn closes.
-func (c *Conn) routinePunch(ctx context.Context) {
+func (c *Conn) routinePunch(ctx context.Context, delay time.Duration) {
 	defer close(c.punchDone)
+	if delay > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.confirmedC:
+			return
+		case <-time.After(delay):
+		}
+	}
 	probe := c.probe()
 	interval := 20 * time.Millisecond
 	for {
