@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -131,7 +132,11 @@ func runPipe(c *cli.Context) error {
 			fmt.Fprintf(c.App.ErrWriter, "p2pcat: %s\n", fmt.Sprintf(format, args...))
 		}
 	}
-	return pipe.Run(c.Context, cfg)
+	err = pipe.Run(c.Context, cfg)
+	if errors.Is(err, rendezvous.ErrNoServer) {
+		return hinted{err, "is the server running at " + cfg.Server.String() + "? check --server"}
+	}
+	return err
 }
 
 func isTerminal(v any) bool {
