@@ -5,6 +5,8 @@
 #   (c) peak RSS of each side
 #   (d) throughput of LOSSY_MB (default 32) across a path with 40 ms RTT and
 #       1% random loss each way (the userspace relay scripts/netem)
+# and (a) again on the plain path (no GSO/GRO, no MTU probing; PLAIN=0 skips
+# it). SIZE_MB=1024 gives the 1 GiB run.
 # Output: a table on stdout. Installs netcat-openbsd and GNU time when
 # missing (as root). Every run is bounded in time.
 set -euo pipefail
@@ -101,6 +103,19 @@ done
 printf "%-34s %12.0f %12.0f %10s %10s %10s %10s\n" "(a) ${SIZE_MB} MiB loopback" "$best_p" "$best_n" "$p_rss" "$n_rss" "$p_cpu" "$n_cpu"
 echo "    ratio p2pcat/nc: $(echo "$best_p / $best_n" | bc -l | cut -c1-4)   (RSS in MiB; p2pcat's figure includes its setup: rendezvous, RSA key, handshake)"
 printf "%-34s %12.0f\n" "    p2pcat transfer after connect" "$best_xfer"
+
+# (a, plain) the same on the plain path: one 1200-byte datagram per system
+# call (no UDP GSO/GRO, no path MTU probing), to show what those bring
+if [ "${PLAIN:-1}" = 1 ]; then
+	best_q=0
+	for r in $(seq "$RUNS"); do
+		s=$(P2PCAT_NO_OFFLOAD=1 P2PCAT_NO_MTU_PROBE=1 p2pcat_pipe "$work/in.bin" "$work/out.bin" "plain$r")
+		[ "$(sha256sum <"$work/out.bin" | cut -d' ' -f1)" = "$want" ] || { echo "p2pcat (plain path) output differs!" >&2; exit 1; }
+		mbs=$(echo "$SIZE_MB * 1.048576 / $s" | bc -l)
+		if (( $(echo "$mbs > $best_q" | bc -l) )); then best_q=$mbs; q_rss="$(rss "$work/alice.time")/$(rss "$work/bob.time")"; q_cpu="$(cpu "$work/alice.time")/$(cpu "$work/bob.time")"; fi
+	done
+	printf "%-34s %12.0f %12s %10s %10s %10s %10s\n" "    plain path (1200 B, no GSO)" "$best_q" "" "$q_rss" "" "$q_cpu" ""
+fi
 
 # (b) setup: both started at once → the first line arrives at bob
 best_setup=999
