@@ -59,15 +59,18 @@ func gsoControl(b []byte, size int) []byte {
 }
 
 // groSegmentSize returns the segment size of a coalesced receive, or 0.
+// It walks the control messages in place: ParseSocketControlMessage would
+// allocate a slice on every receive.
 func groSegmentSize(oob []byte) int {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil {
-		return 0
-	}
-	for _, m := range msgs {
-		if m.Header.Level == unix.SOL_UDP && m.Header.Type == unix.UDP_GRO && len(m.Data) >= 4 {
-			return int(binary.NativeEndian.Uint32(m.Data))
+	for len(oob) > 0 {
+		h, data, rest, err := unix.ParseOneSocketControlMessage(oob)
+		if err != nil {
+			return 0
 		}
+		if h.Level == unix.SOL_UDP && h.Type == unix.UDP_GRO && len(data) >= 4 {
+			return int(binary.NativeEndian.Uint32(data))
+		}
+		oob = rest
 	}
 	return 0
 }

@@ -160,3 +160,13 @@ func TestLocalCandidates(t *testing.T) {
 		}
 	}
 }
+
+func listenB(b *testing.B) (*net.UDPConn, netip.AddrPort) {
+	b.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	RaiseBuffers(c, 8<<20, nil)
+	return c, c.LocalAddr().(*net.UDPAddr).AddrPort()
+}
