@@ -250,7 +250,10 @@ func (b *bbr) bdp() int {
 	if b.maxBW == 0 || b.minRTT == 0 {
 		return initialCwndPkt * b.mss
 	}
-	return int(b.maxBW * b.minRTT.Seconds())
+	// The window covers at least one timer granularity of data: below
+	// that the sender cannot refill the pipe between wake-ups (loopback and
+	// LAN paths have min RTTs of tens of µs but deliver acks in batches).
+	return int(b.maxBW * max(b.minRTT, timerGrain).Seconds())
 }
 
 // quantum is the burst the pacer may send at once: about 1 ms of data.
