@@ -132,6 +132,7 @@ type Conn struct {
 	keepalive      time.Duration
 	maxPayload     int       // the packet size: grows after a path MTU probe (guarded by mu)
 	baseMaxPayload int       // the Transport's MaxPayload, which every path carries
+	payloadLimit   int       // the largest payload the Transport takes (LargeTransport), or 0
 	bufSize        int       // the largest packet this Conn may ever build
 	epoch          time.Time // times are durations since epoch (monotonic)
 
@@ -210,7 +211,8 @@ func New(tr Transport, cfg Config) *Conn {
 	c.cc = newBBR(c.maxPayload)
 	c.bufSize = c.maxPayload
 	if lt, ok := tr.(LargeTransport); ok {
-		c.pmtu = newPMTUState(c.maxPayload, lt.PayloadLimit())
+		c.payloadLimit = lt.PayloadLimit()
+		c.pmtu = newPMTUState(c.maxPayload, c.payloadLimit)
 		if len(c.pmtu.candidates) > 0 {
 			c.bufSize = c.pmtu.candidates[0]
 		}

@@ -98,7 +98,9 @@ func (c *Conn) onProbeAckedLocked(pn uint64) {
 // size may mean the path's MTU shrank (a route change, a tunnel), and every
 // large packet, retransmissions included, is now lost. Fall back to the base
 // size, which every path carries; the lost data goes out again in small
-// packets.
+// packets. Then probe again from the top: if the timeouts were only a delay
+// spike, the path soon gets its large packets back; if the MTU did shrink,
+// the probes show which size still gets through.
 func (c *Conn) onRepeatedPTOLocked() {
 	if c.maxPayload <= c.baseMaxPayload {
 		return
@@ -106,7 +108,7 @@ func (c *Conn) onRepeatedPTOLocked() {
 	c.log.Debug("stream: large packets keep getting lost; back to the base packet size", "was", c.maxPayload, "now", c.baseMaxPayload)
 	c.maxPayload = c.baseMaxPayload
 	c.cc.setMSS(c.baseMaxPayload)
-	c.pmtu = pmtuState{}
+	c.pmtu = newPMTUState(c.baseMaxPayload, c.payloadLimit)
 }
 
 func (c *Conn) onProbeLostLocked(pn uint64) {

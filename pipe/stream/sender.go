@@ -352,7 +352,7 @@ func (c *Conn) onPTOLocked() {
 	s := &c.snd
 	s.ptoCount++
 	s.probes = 2
-	if s.ptoCount >= 2 {
+	if s.ptoCount >= 3 {
 		c.onRepeatedPTOLocked()
 	}
 	if s.ptoCount >= 3 {
