@@ -31,6 +31,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/p2pcat/p2pcat/pipe"
+	"github.com/p2pcat/p2pcat/pipe/path"
 	"github.com/p2pcat/p2pcat/pipe/secure"
 	"github.com/p2pcat/p2pcat/pipe/term"
 	"github.com/p2pcat/p2pcat/rendezvous"
@@ -330,7 +331,7 @@ func serve(c *cli.Context) error {
 		return hinted{fmt.Errorf("listening on %s: %w", c.String("listen"), err), "is another server on that port? choose another with --listen"}
 	}
 	defer conn.Close()
-	raiseBuffers(conn, log)
+	path.RaiseBuffers(conn, 4<<20, log)
 
 	ctx := c.Context
 	if addr := c.String("metrics"); addr != "" {
@@ -351,24 +352,6 @@ func metricsMux(reg *prometheus.Registry) *http.ServeMux {
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	return mux
-}
-
-// raiseBuffers asks for 4 MiB socket buffers so bursts are not dropped, and
-// says so when the system caps them lower (net.core.rmem_max).
-func raiseBuffers(conn *net.UDPConn, log *slog.Logger) {
-	const want = 4 << 20
-	conn.SetReadBuffer(want)
-	conn.SetWriteBuffer(want)
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return
-	}
-	raw.Control(func(fd uintptr) {
-		got, err := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF)
-		if err == nil && got/2 < want {
-			log.Info("socket receive buffer capped by the system; raise net.core.rmem_max for bursty loads", "bytes", got/2, "wanted", want)
-		}
-	})
 }
 
 func registerCommand() *cli.Command {

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -150,5 +149,3 @@ func loginName() string {
 	}
 	return os.Getenv("USER")
 }
-
-var _ io.Reader = os.Stdin

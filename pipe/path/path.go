@@ -72,7 +72,7 @@ func RaiseBuffers(conn *net.UDPConn, size int, log *slog.Logger) {
 		}
 		got, err := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF)
 		if err == nil && got/2 < size && log != nil {
-			log.Debug("socket receive buffer capped by the system; raise net.core.rmem_max for faster transfers", "bytes", got/2, "wanted", size)
+			log.Info("socket receive buffer capped by the system; raise net.core.rmem_max for bursty loads", "bytes", got/2, "wanted", size)
 		}
 	})
 }
@@ -381,10 +381,9 @@ func (c *Conn) Recv(buf []byte) (int, netip.AddrPort, error) {
 	for {
 		n, from, err := c.udp.ReadFromUDPAddrPort(buf)
 		if err != nil {
-			// ICMP errors surface as read errors on Linux ("connection
-			// refused" after probing a closed candidate): not fatal. Any
-			// other error is, rather than a loop that spins on it.
-			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
+			// Any error but an ICMP report ends Recv, rather than a loop
+			// that spins on it.
+			if icmpError(err) {
 				continue
 			}
 			return 0, netip.AddrPort{}, err
@@ -416,6 +415,13 @@ func contiguous(run [][]byte) ([]byte, bool) {
 	return unsafe.Slice(unsafe.SliceData(run[0]), total), true
 }
 
+// icmpError reports a read error that only relays an ICMP message about an
+// earlier send (Linux reports "connection refused" after we probed a closed
+// candidate): not fatal to the socket.
+func icmpError(err error) bool {
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH)
+}
+
 // recvGRO reads coalesced datagrams and returns them one at a time.
 func (c *Conn) recvGRO(buf []byte) (int, netip.AddrPort, error) {
 	c.recvMu.Lock()
@@ -440,7 +446,7 @@ func (c *Conn) recvGRO(buf []byte) (int, netip.AddrPort, error) {
 		}
 		n, oobn, _, from, err := c.udp.ReadMsgUDPAddrPort(rb, c.oobIn)
 		if err != nil {
-			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EHOSTUNREACH) || errors.Is(err, syscall.ENETUNREACH) {
+			if icmpError(err) {
 				continue
 			}
 			return 0, netip.AddrPort{}, err
