@@ -91,6 +91,10 @@ type Server struct {
 	// registers go to one writer goroutine: a bbolt commit waits for fsync,
 	// and no reader may wait for a disk.
 	registers chan registerJob
+	// stun answers STUN Binding requests (stun.go).
+	stun stunService
+	// relay forwards ciphertext between paired clients (relay.go).
+	relay *relay
 	// testOnly holds hooks that tests set while the server runs.
 	testOnly atomic.Pointer[testHooks]
 }
@@ -185,7 +189,7 @@ func (s *Server) routineRead(ctx context.Context, conn *net.UDPConn) error {
 	})
 	in := make([]ipv4.Message, batchSize)
 	for i := range in {
-		in[i].Buffers = [][]byte{make([]byte, wire.MaxPacket+1)}
+		in[i].Buffers = [][]byte{make([]byte, maxDatagram+1)}
 	}
 	for {
 		n, err := bc.ReadBatch(in, 0)
@@ -222,6 +226,14 @@ func (s *Server) handle(batch *outBatch, pkt []byte, from netip.AddrPort) {
 		}
 	}()
 	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+	switch {
+	case isSTUN(pkt):
+		s.handleSTUN(batch, pkt, from)
+		return
+	case isRelay(pkt):
+		s.handleRelay(batch, pkt, from)
+		return
+	}
 	out := &sender{s: s, batch: batch, to: from, reqLen: len(pkt)}
 	msg, err := wire.Decode(pkt)
 	if err != nil {
