@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -21,6 +22,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -284,6 +286,10 @@ embedded database under --data. One UDP port serves everything.`,
 			&cli.IntFlag{Name: "max-pending", Value: 100_000, EnvVars: []string{"P2PCAT_MAX_PENDING"}, Usage: "pending finds kept in all"},
 			&cli.IntFlag{Name: "max-pending-per-ip", Value: 64, EnvVars: []string{"P2PCAT_MAX_PENDING_PER_IP"}, Usage: "pending finds kept per client IP"},
 			&cli.DurationFlag{Name: "pending-ttl", Value: 60 * time.Second, EnvVars: []string{"P2PCAT_PENDING_TTL"}, Usage: "how long a find waits after its last re-send"},
+			&cli.BoolFlag{Name: "no-relay", EnvVars: []string{"P2PCAT_NO_RELAY"}, Usage: "do not relay sessions that find no direct path"},
+			&cli.StringFlag{Name: "relay-rate", Value: "10MB", EnvVars: []string{"P2PCAT_RELAY_RATE"}, Usage: "relay bandwidth per session, bytes per second (`SIZE`: 500KB, 10MB, 1GiB ...)"},
+			&cli.StringFlag{Name: "relay-bytes", Value: "4GiB", EnvVars: []string{"P2PCAT_RELAY_BYTES"}, Usage: "relay bytes per session in all (`SIZE`); the session ends there"},
+			&cli.IntFlag{Name: "relay-sessions", Value: 100_000, EnvVars: []string{"P2PCAT_RELAY_SESSIONS"}, Usage: "pairings remembered for the relay (about 200 bytes each)"},
 			&cli.DurationFlag{Name: "max-register-ttl", Value: 30 * 24 * time.Hour, EnvVars: []string{"P2PCAT_MAX_REGISTER_TTL"}, Usage: "longest registration clients may ask for"},
 		},
 		Action: serve,
@@ -306,6 +312,17 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return usagef("--listen %q: %v", c.String("listen"), err)
 	}
+	relayRate, err := parseSize(c.String("relay-rate"))
+	if err != nil {
+		return usagef("--relay-rate: %v", err)
+	}
+	relayBytes, err := parseSize(c.String("relay-bytes"))
+	if err != nil {
+		return usagef("--relay-bytes: %v", err)
+	}
+	if c.Int("relay-sessions") <= 0 {
+		return usagef("--relay-sessions must be positive (use --no-relay to turn the relay off)")
+	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	srv, err := rendezvous.NewServer(rendezvous.Config{
@@ -318,6 +335,10 @@ func serve(c *cli.Context) error {
 		RatePerIP:       c.Float64("rate"),
 		BurstPerIP:      c.Int("burst"),
 		MaxRegisterTTL:  c.Duration("max-register-ttl"),
+		NoRelay:         c.Bool("no-relay"),
+		RelayRate:       relayRate,
+		RelayBytes:      relayBytes,
+		MaxRelays:       c.Int("relay-sessions"),
 	})
 	if err != nil {
 		if errors.Is(err, store.ErrInUse) {
@@ -345,6 +366,30 @@ func serve(c *cli.Context) error {
 		log.Info("metrics listening", "addr", ln.Addr().String())
 	}
 	return srv.Serve(ctx, conn)
+}
+
+// parseSize reads a byte count: a number with an optional unit, decimal
+// (KB, MB, GB, TB) or binary (KiB, MiB, GiB, TiB), B or none for bytes.
+func parseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   float64
+	}{
+		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1},
+	}
+	num, mult := strings.TrimSpace(s), 1.0
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.mult
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v <= 0 || v*mult > math.MaxInt64/2 || math.IsNaN(v) {
+		return 0, fmt.Errorf("%q is not a positive size (examples: 500KB, 10MB, 4GiB)", s)
+	}
+	return int64(v * mult), nil
 }
 
 func metricsMux(reg *prometheus.Registry) *http.ServeMux {

@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/p2pcat/p2pcat/pipe"
+	"github.com/p2pcat/p2pcat/pipe/path"
 	"github.com/p2pcat/p2pcat/pipe/term"
 	"github.com/p2pcat/p2pcat/rendezvous"
 )
@@ -34,6 +35,7 @@ func pipeFlags() []cli.Flag {
 		&cli.IntFlag{Name: "rsa-bits", EnvVars: []string{"P2PCAT_RSA_BITS"}, Value: 2048, Usage: "size of the ephemeral RSA key (2048 to 4096)"},
 		&cli.IntFlag{Name: "port", Aliases: []string{"p"}, EnvVars: []string{"P2PCAT_PORT"}, Usage: "local UDP port (default: any free port)"},
 		&cli.StringFlag{Name: "peer", EnvVars: []string{"P2PCAT_PEER"}, Usage: "skip the rendezvous: the peer is reachable at `HOST:PORT` (both sides give it, with --port)"},
+		&cli.StringFlag{Name: "relay", EnvVars: []string{"P2PCAT_RELAY"}, Value: "auto", Usage: "use the server's relay: auto (when no direct path appears), never (exit 5 then), only (relay from the start)"},
 		&cli.BoolFlag{Name: "no-offload", EnvVars: []string{"P2PCAT_NO_OFFLOAD"}, Usage: "send and receive one datagram per system call (no UDP GSO/GRO)"},
 		&cli.BoolFlag{Name: "no-mtu-probe", EnvVars: []string{"P2PCAT_NO_MTU_PROBE"}, Usage: "keep datagrams at 1200 bytes instead of probing the path for larger ones"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"P2PCAT_VERBOSE"}, Count: &verbosity, Usage: "log to stderr: -v progress and the 'connected' line, -vv debug"},
@@ -80,8 +82,12 @@ func runPipe(c *cli.Context) error {
 			return usagef("--%s must be positive", f)
 		}
 	}
+	relay, err := pipe.ParseRelayMode(c.String("relay"))
+	if err != nil {
+		return usagef("--relay: %v", err)
+	}
 	cfg := pipe.Config{
-		Session: session, Name: name, Peer: peer,
+		Session: session, Name: name, Peer: peer, Relay: relay,
 		Timeout: c.Duration("timeout"), ConnectTimeout: c.Duration("connect-timeout"), IdleTimeout: c.Duration("idle-timeout"),
 		RSABits: bits, Port: port, NoOffload: c.Bool("no-offload"), ProbeMTU: !c.Bool("no-mtu-probe"),
 		Stdin: c.App.Reader, Stdout: c.App.Writer,
@@ -92,6 +98,9 @@ func runPipe(c *cli.Context) error {
 			return usagef("--peer %q: want IP:PORT (%v)", p, err)
 		}
 		cfg.PeerAddr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		if relay == pipe.RelayOnly {
+			return usagef("--relay only needs the rendezvous server; it does not go with --peer")
+		}
 	} else {
 		server, err := resolveServer(c)
 		if err != nil {
@@ -132,8 +141,15 @@ func runPipe(c *cli.Context) error {
 		}
 	}
 	err = pipe.Run(c.Context, cfg)
-	if errors.Is(err, rendezvous.ErrNoServer) {
+	switch {
+	case errors.Is(err, rendezvous.ErrNoServer):
 		return hinted{err, "is the server running at " + cfg.Server.String() + "? check --server"}
+	case errors.Is(err, path.ErrRelayEnded):
+		return hinted{err, "the server caps what it relays per session (serve --relay-bytes); 'p2pcat nat-check' on both sides shows why no direct path was found"}
+	case errors.Is(err, pipe.ErrNoPath) && relay == pipe.RelayNever:
+		return hinted{err, "--relay never: no direct path between these NATs; allow the relay (--relay auto)"}
+	case errors.Is(err, pipe.ErrNoPath):
+		return hinted{err, "'p2pcat nat-check' on both sides shows the NAT types; a server with the relay connects any pair"}
 	}
 	return err
 }

@@ -59,6 +59,10 @@ type Config struct {
 	// which roughly halves the CPU per byte there. The command line turns
 	// it on unless --no-mtu-probe.
 	ProbeMTU bool
+	// Relay says when the session may go through the server's relay:
+	// RelayAuto (the default) when no direct path appears, RelayNever, or
+	// RelayOnly.
+	Relay RelayMode
 
 	Stdin  io.Reader
 	Stdout io.Writer
@@ -70,6 +74,26 @@ type Config struct {
 	// Status shows progress to a human (nil: nowhere).
 	Status func(format string, args ...any)
 	Logger *slog.Logger
+}
+
+// RelayMode says when a session may use the server's relay.
+type RelayMode string
+
+const (
+	RelayAuto  RelayMode = "auto"  // when the direct attempts find no path
+	RelayNever RelayMode = "never" // direct or nothing
+	RelayOnly  RelayMode = "only"  // through the relay from the start
+)
+
+// ParseRelayMode parses the --relay flag.
+func ParseRelayMode(s string) (RelayMode, error) {
+	switch m := RelayMode(s); m {
+	case RelayAuto, RelayNever, RelayOnly:
+		return m, nil
+	case "":
+		return RelayAuto, nil
+	}
+	return "", fmt.Errorf("relay mode %q: want auto, never or only", s)
 }
 
 func (c *Config) setDefaults() {
@@ -84,6 +108,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RSABits == 0 {
 		c.RSABits = secure.DefaultRSABits
+	}
+	if c.Relay == "" {
+		c.Relay = RelayAuto
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -115,7 +142,10 @@ func Run(ctx context.Context, cfg Config) error {
 	// from fresh ports and punch with one side holding back its first
 	// packets, then the other: on a NAT that lets the peer's early probe
 	// claim the port mapping (conntrack's port clash), the side behind it
-	// must send first, and neither side can tell which one that is.
+	// must send first, and neither side can tell which one that is. The
+	// last attempt also offers the server's relay after relayAfter (at
+	// once with RelayOnly, which is a single attempt); a direct path found
+	// later still takes over (pipe/path).
 	connectBy := time.Time{}
 	var (
 		sconn   *secure.Conn
@@ -141,14 +171,6 @@ func Run(ctx context.Context, cfg Config) error {
 			connectBy = time.Now().Add(cfg.ConnectTimeout)
 			cfg.Status("found %s, connecting…", cfg.Peer)
 		}
-		if key == nil {
-			kr := <-keyc
-			if kr.err != nil {
-				udp.Close()
-				return fmt.Errorf("generating the RSA key: %w", kr.err)
-			}
-			key = kr.key
-		}
 		role = secure.Initiator
 		if match.Role == wire.RoleResponder {
 			role = secure.Responder
@@ -159,8 +181,25 @@ func Run(ctx context.Context, cfg Config) error {
 		if waits {
 			delay = 250 * time.Millisecond
 		}
-		link = path.New(udp, cfg.Server, match.PairingID, candidates, log, path.Options{NoOffload: cfg.NoOffload, ProbeDelay: delay})
-		last := cfg.PeerAddr.IsValid() || attempt+1 >= maxAttempts || time.Until(connectBy) < 2*attemptTimeout
+		last := cfg.PeerAddr.IsValid() || cfg.Relay == RelayOnly || attempt+1 >= cfg.maxAttempts() || time.Until(connectBy) < 2*attemptTimeout
+		if cfg.Relay == RelayOnly && !match.Relay {
+			udp.Close()
+			return fmt.Errorf("%w: the rendezvous server offers no relay (--relay only)", ErrNoPath)
+		}
+		// Probing starts now, before the RSA key is ready: the sooner both
+		// NATs see outbound packets, the less the first ones clash.
+		link = path.New(udp, cfg.Server, match.PairingID, candidates, log, path.Options{
+			NoOffload: cfg.NoOffload, ProbeDelay: delay,
+			Relay: last && match.Relay && cfg.Relay != RelayNever, RelayAfter: relayAfter, RelayOnly: cfg.Relay == RelayOnly,
+		})
+		if key == nil {
+			kr := <-keyc
+			if kr.err != nil {
+				link.Close()
+				return fmt.Errorf("generating the RSA key: %w", kr.err)
+			}
+			key = kr.key
+		}
 		timeout := time.Until(connectBy)
 		if !last {
 			timeout = attemptTimeout
@@ -199,8 +238,8 @@ func Run(ctx context.Context, cfg Config) error {
 			return fmt.Errorf("handshake with %s did not complete: %w", cfg.Peer, err)
 		}
 		log.Debug("no path", "attempt", attempt+1, "probes_sent", st.ProbesSent, "probes_received", st.ProbesReceived, "err", err)
-		lastErr = fmt.Errorf("%w to %s within %s (tried %d addresses in %d attempts; the peer's probes %s)", ErrNoPath, cfg.Peer, cfg.ConnectTimeout,
-			len(candidates), attempt+1, map[bool]string{true: "did arrive", false: "never arrived"}[st.ProbesReceived > 0])
+		lastErr = fmt.Errorf("%w to %s within %s (tried %d addresses in %d attempts; the peer's probes %s%s)", ErrNoPath, cfg.Peer, cfg.ConnectTimeout,
+			len(candidates), attempt+1, map[bool]string{true: "did arrive", false: "never arrived"}[st.ProbesReceived > 0], cfg.relayNote(match))
 		if last {
 			return lastErr
 		}
@@ -208,8 +247,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	key = nil
 	elapsed := time.Since(start)
-	log.Info("connected", "path", "direct", "peer", link.Peer().String(), "handshake", elapsed.Round(time.Microsecond).String(), "role", role.String())
-	cfg.Status("connected to %s (direct, %s)", cfg.Peer, link.Peer())
+	kind := "direct"
+	if link.Relayed() {
+		kind = "relay"
+	}
+	log.Info("connected", "path", kind, "peer", link.Peer().String(), "handshake", elapsed.Round(time.Microsecond).String(), "role", role.String())
+	cfg.Status("connected to %s (%s, %s)", cfg.Peer, kind, link.Peer())
 
 	var tr stream.Transport = sconn
 	if !cfg.ProbeMTU {
@@ -217,20 +260,49 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	st := stream.New(tr, stream.Config{IdleTimeout: cfg.IdleTimeout, Logger: log})
 	err := transfer(ctx, st, cfg)
+	if rerr := link.RelayError(); rerr != nil && errors.Is(err, path.ErrRelayEnded) {
+		err = fmt.Errorf("lost the connection to %s: %w", cfg.Peer, rerr)
+	}
 	s := st.Stats()
 	ss := sconn.Stats()
 	log.Debug("session ended", "sent", s.BytesSent, "received", s.BytesReceived, "packets_sent", s.PacketsSent, "packets_received", s.PacketsReceived,
 		"retransmits", s.Retransmits, "lost", s.LostPackets, "srtt", s.SRTT.String(), "min_rtt", s.MinRTT.String(), "cwnd", s.Cwnd, "pacing_mbps", int(s.PacingRate*8/1e6), "inflight", s.BytesInFlight,
 		"sealed", ss.Sealed, "opened", ss.Opened, "forged", ss.Forged, "replayed", ss.Replayed, "malformed", ss.Malformed, "err", err)
+	log.Debug("waits", "w", stream.DebugWaits())
 	return err
 }
 
 // Punch attempts (see Run).
 const (
-	maxAttempts    = 4
 	attemptTimeout = 3 * time.Second // for a path and handshake, except the last attempt
 	reFindTimeout  = 5 * time.Second // for the peer to come back for another attempt
+	// relayAfter: in the last attempt, the relay carries copies of the
+	// handshake from this long on, so a direct path still wins when both
+	// work.
+	relayAfter = time.Second
 )
+
+// maxAttempts: three (at once, initiator first, responder first) before
+// the relay joins in; without the relay one more, initiator first again.
+func (c *Config) maxAttempts() int {
+	if c.Relay == RelayNever {
+		return 4
+	}
+	return 3
+}
+
+// relayNote explains, in a no-path error, why the relay did not help.
+func (c *Config) relayNote(m rendezvous.Match) string {
+	switch {
+	case c.PeerAddr.IsValid():
+		return ""
+	case c.Relay == RelayNever:
+		return "; the relay is off (--relay never)"
+	case !m.Relay:
+		return "; the rendezvous server offers no relay"
+	}
+	return "; the relay did not connect either"
+}
 
 // staggered reports whether this side holds back its first packets in
 // the given attempt: nobody in the first, then the initiator, then the

@@ -61,6 +61,17 @@ func (o *outBatch) add(b []byte, to netip.AddrPort) {
 	o.n++
 }
 
+// forward queues b, which the caller keeps valid until the next flush,
+// without copying it (the relay forwards the datagram it read).
+func (o *outBatch) forward(b []byte, to netip.AddrPort) {
+	if o.n == len(o.msgs) {
+		o.flush()
+	}
+	o.msgs[o.n].Buffers[0] = b
+	o.msgs[o.n].Addr = net.UDPAddrFromAddrPort(to)
+	o.n++
+}
+
 func (o *outBatch) flush() {
 	sent := 0
 	for sent < o.n {

@@ -130,6 +130,7 @@ type Match struct {
 	PeerObserved   netip.AddrPort
 	PeerCandidates []netip.AddrPort
 	Server         netip.AddrPort
+	Relay          bool // the server relays this pairing (rendezvous/relay.go)
 }
 
 // Find waits until the server pairs us with the peer or ctx ends. When ctx
@@ -176,7 +177,7 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (Match, error) {
 			if r.Status == wire.FindMatched {
 				return Match{
 					PairingID: r.PairingID, Role: r.Role, Observed: r.Observed,
-					PeerObserved: r.PeerObserved, PeerCandidates: r.PeerCandidates, Server: c.Server,
+					PeerObserved: r.PeerObserved, PeerCandidates: r.PeerCandidates, Server: c.Server, Relay: r.Relay,
 				}, nil
 			}
 			if !waiting {

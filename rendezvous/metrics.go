@@ -21,12 +21,16 @@ const (
 	dropQueueFull     = "queue_full"
 	dropPanic         = "panic"
 	dropSendError     = "send_error"
+	dropRelayRefused  = "relay_refused" // no such pairing, or not from one of its ends
+	dropRelayRate     = "relay_rate"    // over the per-session rate
+	dropRelayQuota    = "relay_quota"   // the per-session byte cap was reached
 )
 
 var dropReasons = []string{
 	dropNotOurs, dropMalformed, dropVersion, dropUnknownType, dropUnexpected,
 	dropBadCookie, dropStaleCookie, dropRateLimited, dropAmplification,
 	dropTableFull, dropQueueFull, dropPanic, dropSendError,
+	dropRelayRefused, dropRelayRate, dropRelayQuota,
 }
 
 // metrics holds the server's counters, resolved once so that the packet path
@@ -39,9 +43,11 @@ type metrics struct {
 	pairings      prometheus.Counter
 	authFailures  prometheus.Counter
 	expired       prometheus.Counter
+	relayPackets  prometheus.Counter
+	relayBytes    prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, pendingFn, registeredFn func() float64) *metrics {
+func newMetrics(reg prometheus.Registerer, pendingFn, registeredFn, relayFn func() float64) *metrics {
 	packets := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "p2pcat_rendezvous_packets_total",
 		Help: "Rendezvous datagrams received, by message type.",
@@ -69,6 +75,14 @@ func newMetrics(reg prometheus.Registerer, pendingFn, registeredFn func() float6
 			Name: "p2pcat_rendezvous_pending_expired_total",
 			Help: "Pending finds that expired without their peer.",
 		}),
+		relayPackets: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "p2pcat_rendezvous_relayed_packets_total",
+			Help: "Datagrams forwarded by the relay.",
+		}),
+		relayBytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "p2pcat_rendezvous_relayed_bytes_total",
+			Help: "Bytes forwarded by the relay (relay header included).",
+		}),
 	}
 	for _, t := range []wire.Type{wire.TypeHello, wire.TypeChallenge, wire.TypeRegister, wire.TypeRegisterResp, wire.TypeFind, wire.TypeFindResp, wire.TypeError} {
 		m.packets[t] = packets.WithLabelValues(t.String())
@@ -78,7 +92,11 @@ func newMetrics(reg prometheus.Registerer, pendingFn, registeredFn func() float6
 		m.drops[r] = drops.WithLabelValues(r)
 	}
 	if reg != nil {
-		reg.MustRegister(packets, drops, m.registrations, m.pairings, m.authFailures, m.expired,
+		reg.MustRegister(packets, drops, m.registrations, m.pairings, m.authFailures, m.expired, m.relayPackets, m.relayBytes,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "p2pcat_rendezvous_relay_pairings",
+				Help: "Pairings the relay remembers (offered or relaying).",
+			}, relayFn),
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "p2pcat_rendezvous_pending",
 				Help: "Finds waiting for their peer.",
@@ -101,3 +119,8 @@ func (m *metrics) packet(t wire.Type) {
 }
 
 func (m *metrics) drop(reason string) { m.drops[reason].Inc() }
+
+func (m *metrics) relayed(n int) {
+	m.relayPackets.Inc()
+	m.relayBytes.Add(float64(n))
+}

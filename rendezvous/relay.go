@@ -1,12 +1,214 @@
 package rendezvous
 
-import "net/netip"
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
 
-// maxDatagram is the largest datagram the server reads.
-const maxDatagram = 2048
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
+)
 
-type relay struct{}
+// The relay carries the sessions of pairs that found no direct path. It
+// forwards opaque datagrams (wire/relay.go) between the two addresses the
+// pairing answered, and nothing else: the session is encrypted and
+// authenticated end to end, so the relay can drop or delay packets but never
+// read or alter them.
+//
+// Rules:
+//   - Every pairing is offered the relay (FindResp flag). The offer is a
+//     small record (about 200 bytes) kept until it has been unused for
+//     RelayIdle; MaxRelays bounds them, the oldest unused going first.
+//   - A datagram is forwarded only when it comes from one of the pairing's
+//     two addresses, both proven by cookies. A client whose NAT moved it to
+//     another port of the same IP is followed there (unless both clients
+//     share the IP, when the relay cannot tell which one moved).
+//   - Each pairing has a token bucket of RelayRate bytes per second (burst:
+//     one second's worth) and a total of RelayBytes. Over the rate, datagrams
+//     are dropped (congestion control adapts); past the total, both clients
+//     get an Error (CodeRelayEnded) and the pairing is forgotten.
+//   - Forwarding is one datagram out per datagram in, never larger, to an
+//     address that asked for this pairing: the relay amplifies nothing.
 
-func isRelay(pkt []byte) bool { return false }
+// maxDatagram is the largest datagram the server reads: relayed datagrams
+// are the largest it accepts, and one byte more tells a truncated read.
+const maxDatagram = wire.MaxRelayDatagram
 
-func (s *Server) handleRelay(batch *outBatch, pkt []byte, from netip.AddrPort) {}
+type relay struct {
+	rate, burst float64
+	maxBytes    int64
+	max         int
+	idle        time.Duration
+
+	mu    sync.RWMutex
+	pairs map[[16]byte]*relayPair
+	order [][16]byte // offers in creation order, for eviction
+}
+
+type relayPair struct {
+	mu       sync.Mutex
+	ends     [2]netip.AddrPort
+	tokens   float64
+	last     time.Time // of the last forwarded datagram, or the offer
+	bytes    int64
+	relaying bool // at least one datagram forwarded
+}
+
+func newRelay(cfg Config) *relay {
+	if cfg.NoRelay {
+		return nil
+	}
+	return &relay{
+		rate: float64(cfg.RelayRate), burst: max(float64(cfg.RelayRate), 256<<10),
+		maxBytes: cfg.RelayBytes, max: cfg.MaxRelays, idle: cfg.RelayIdle,
+		pairs: make(map[[16]byte]*relayPair),
+	}
+}
+
+// offer remembers a new pairing between a and b.
+func (r *relay) offer(id [16]byte, a, b netip.AddrPort, now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.pairs[id]; ok {
+		return
+	}
+	for len(r.pairs) >= r.max && len(r.order) > 0 {
+		oldest := r.order[0]
+		r.order = r.order[1:]
+		if p := r.pairs[oldest]; p != nil && p.active(now, r.idle) && len(r.order) > 0 {
+			r.order = append(r.order, oldest) // in use: a second chance
+			continue
+		}
+		delete(r.pairs, oldest)
+	}
+	r.pairs[id] = &relayPair{ends: [2]netip.AddrPort{a, b}, tokens: r.burst, last: now}
+	r.order = append(r.order, id)
+}
+
+func (p *relayPair) active(now time.Time, idle time.Duration) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.relaying && now.Sub(p.last) < idle
+}
+
+type relayVerdict int
+
+const (
+	relayForward relayVerdict = iota
+	relayUnknown              // no such pairing, or not from one of its ends
+	relayOverRate
+	relayQuotaReached
+)
+
+// route decides what happens to a relayed datagram of size n from from.
+func (r *relay) route(id [16]byte, from netip.AddrPort, n int, now time.Time) (to netip.AddrPort, ends [2]netip.AddrPort, v relayVerdict) {
+	r.mu.RLock()
+	p := r.pairs[id]
+	r.mu.RUnlock()
+	if p == nil {
+		return to, ends, relayUnknown
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	side := -1
+	switch from {
+	case p.ends[0]:
+		side = 0
+	case p.ends[1]:
+		side = 1
+	default:
+		// The NAT gave this client another port (its mapping expired, or
+		// it was flushed): follow it, when the IP tells which side it is.
+		a, b := p.ends[0].Addr() == from.Addr(), p.ends[1].Addr() == from.Addr()
+		if a == b {
+			return to, ends, relayUnknown
+		}
+		side = map[bool]int{true: 0, false: 1}[a]
+		p.ends[side] = from
+	}
+	p.tokens = min(r.burst, p.tokens+now.Sub(p.last).Seconds()*r.rate)
+	p.last = now
+	if p.bytes+int64(n) > r.maxBytes {
+		return to, p.ends, relayQuotaReached
+	}
+	if r.rate > 0 && p.tokens < float64(n) {
+		return to, p.ends, relayOverRate
+	}
+	p.tokens -= float64(n)
+	p.bytes += int64(n)
+	p.relaying = true
+	return p.ends[1-side], p.ends, relayForward
+}
+
+func (r *relay) forget(id [16]byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.pairs, id)
+}
+
+// sweep forgets pairings unused for the idle time, and reports how many
+// are relaying now.
+func (r *relay) sweep(now time.Time) (relaying int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	kept := r.order[:0]
+	for _, id := range r.order {
+		p := r.pairs[id]
+		if p == nil {
+			continue
+		}
+		p.mu.Lock()
+		idle, on := now.Sub(p.last) >= r.idle, p.relaying
+		p.mu.Unlock()
+		if idle {
+			delete(r.pairs, id)
+			continue
+		}
+		if on {
+			relaying++
+		}
+		kept = append(kept, id)
+	}
+	clear(r.order[len(kept):])
+	r.order = kept
+	return relaying
+}
+
+func (r *relay) count() int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return len(r.pairs)
+}
+
+// isRelay reports a relayed datagram (wire/relay.go).
+func isRelay(pkt []byte) bool { return len(pkt) > 0 && pkt[0] == wire.RelayType }
+
+// handleRelay forwards one relayed datagram. pkt stays valid until the
+// batch is flushed, before the next read.
+func (s *Server) handleRelay(batch *outBatch, pkt []byte, from netip.AddrPort) {
+	id, _, ok := wire.ParseRelay(pkt)
+	if !ok || s.relay == nil {
+		s.metrics.drop(dropRelayRefused)
+		return
+	}
+	to, ends, verdict := s.relay.route(id, from, len(pkt), s.now())
+	switch verdict {
+	case relayForward:
+		s.metrics.relayed(len(pkt))
+		batch.forward(pkt, to)
+	case relayUnknown:
+		s.metrics.drop(dropRelayRefused)
+	case relayOverRate:
+		s.metrics.drop(dropRelayRate)
+	case relayQuotaReached:
+		s.metrics.drop(dropRelayQuota)
+		s.relay.forget(id)
+		s.log.Info("relay byte cap reached; pairing no longer relayed", "a", ends[0].String(), "b", ends[1].String(), "cap", s.relay.maxBytes)
+		notice := &wire.Error{ReqID: binary.BigEndian.Uint64(id[:8]), Code: wire.CodeRelayEnded,
+			Message: fmt.Sprintf("the relay's cap of %d bytes per session was reached", s.relay.maxBytes)}
+		for _, end := range ends {
+			(&sender{s: s, batch: batch, to: end, proven: true}).send(notice)
+		}
+	}
+}

@@ -43,6 +43,14 @@ type Config struct {
 	BurstPerIP      int           // bucket size of that rate (default 40)
 	MaxRegisterTTL  time.Duration // longest registration a client may ask for (default 30 days)
 	Readers         int           // goroutines reading the socket (default GOMAXPROCS)
+
+	// The relay (relay.go) carries the sessions of pairs that found no
+	// direct path.
+	NoRelay    bool          // offer no relay
+	RelayRate  int64         // bytes per second per pairing (default 10 MB/s)
+	RelayBytes int64         // bytes per pairing in all (default 4 GiB)
+	MaxRelays  int           // pairings remembered for the relay (default 100,000)
+	RelayIdle  time.Duration // a pairing not relayed for this long is forgotten (default 10 min)
 }
 
 func (c *Config) setDefaults() {
@@ -66,6 +74,16 @@ func (c *Config) setDefaults() {
 	}
 	if c.BurstPerIP <= 0 {
 		c.BurstPerIP = 40
+	}
+	def(&c.RelayIdle, 10*time.Minute)
+	if c.RelayRate <= 0 {
+		c.RelayRate = 10_000_000
+	}
+	if c.RelayBytes <= 0 {
+		c.RelayBytes = 4 << 30
+	}
+	if c.MaxRelays <= 0 {
+		c.MaxRelays = 100_000
 	}
 	if c.Readers <= 0 {
 		c.Readers = runtime.GOMAXPROCS(0)
@@ -137,10 +155,17 @@ func NewServer(cfg Config) (*Server, error) {
 		limiter:   newRateLimiter(cfg.RatePerIP, cfg.BurstPerIP, 1_000_000),
 		table:     newTable(cfg.PendingTTL, cfg.MatchTTL, cfg.MaxPending, cfg.MaxPendingPerIP),
 		registers: make(chan registerJob, 1024),
+		relay:     newRelay(cfg),
 	}
 	s.metrics = newMetrics(cfg.Registry,
 		func() float64 { p, _ := s.table.counts(); return float64(p) },
-		func() float64 { n, _ := s.store.Count(); return float64(n) })
+		func() float64 { n, _ := s.store.Count(); return float64(n) },
+		func() float64 {
+			if s.relay == nil {
+				return 0
+			}
+			return float64(s.relay.count())
+		})
 	return s, nil
 }
 
@@ -398,6 +423,13 @@ func (s *Server) handleFind(out *sender, m *wire.Find, now time.Time) {
 		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeBusy, Message: "server busy: " + err.Error()})
 		return
 	}
+	if s.relay != nil && res.reply.Status == wire.FindMatched {
+		res.reply.Relay = true
+		if res.paired {
+			res.push.Relay = true
+			s.relay.offer(res.reply.PairingID, out.to, res.pushAddr, now)
+		}
+	}
 	out.send(&res.reply)
 	if res.paired {
 		s.metrics.pairings.Inc()
@@ -421,6 +453,9 @@ func (s *Server) routineSweep(ctx context.Context) {
 				s.metrics.expired.Add(float64(n))
 			}
 			s.limiter.sweep(now)
+			if s.relay != nil {
+				s.relay.sweep(now)
+			}
 			if now.Sub(lastPurge) >= 10*time.Minute {
 				lastPurge = now
 				if n, err := s.store.Purge(now); err != nil {

@@ -16,6 +16,23 @@
 //   - After Confirm, datagrams go to the confirmed address only. A later
 //     authentic packet from another address moves the path there (roaming).
 //
+// The relay (when the server offers it and Options allow):
+//
+//   - The relay is one more path, through the rendezvous server: datagrams
+//     are wrapped in a relay header (rendezvous/wire/relay.go) and sent to
+//     the server, which forwards them to the peer. A relayed datagram is
+//     reported to the secure layer as coming from the server's address, and
+//     Confirm with that address selects the relay.
+//   - Before confirmation the relay carries copies of what is sent once
+//     Options.RelayAfter has passed (at once with RelayOnly).
+//   - A direct path is preferred: while relaying, both sides go on probing
+//     the direct candidates (every second); a probe from the peer shows a
+//     direct path that may work, and then a copy of a datagram goes there
+//     too, at most every 200 ms. When it authenticates at the peer, the
+//     peer moves to the direct path, and we follow when its packets come
+//     direct. A relayed packet moves a direct path back to the relay only
+//     when nothing came direct for a second (the NAT mapping was lost).
+//
 // Datagrams from the rendezvous server (late answers) and stray probes are
 // dropped here and never reach the secure layer.
 package path
@@ -23,6 +40,7 @@ package path
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,9 +48,12 @@ import (
 	"net/netip"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
+
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
 // ProbeType is the first byte of a punch probe. It is outside the ranges
@@ -148,6 +169,19 @@ type Conn struct {
 	confirmedC chan struct{}    // closed at the first Confirm
 	stats      Stats
 
+	// The relay (see the package comment).
+	relayAllowed bool
+	relayAt      time.Time      // when the relay starts carrying copies before confirmation
+	relayOnly    bool           // no direct path is tried
+	directHint   netip.AddrPort // where the peer's probes came from while relaying
+	hintAt       time.Time
+	lastTrial    time.Time    // last copy sent to directHint
+	noTrialUntil time.Time    // after falling back to the relay
+	relayErr     error        // the server ended the relay
+	unanswered   atomic.Int64 // unix ns of the first direct send not followed by a receive, or 0
+	relayMu      sync.Mutex
+	relayBuf     []byte // guarded by relayMu
+
 	stopPunch context.CancelFunc
 	punchDone chan struct{}
 	closeOnce sync.Once
@@ -178,7 +212,17 @@ type Options struct {
 	// created by the peer's probe makes our own mapping change port); on a
 	// second attempt one side waits so that the other's packets go first.
 	ProbeDelay time.Duration
+	// Relay allows the server's relay (the server offered it for this
+	// pairing): it carries copies of the first datagrams from RelayAfter
+	// after New on, and the session when no direct path authenticates.
+	Relay      bool
+	RelayAfter time.Duration
+	// RelayOnly uses the relay alone, from the start, without probing.
+	RelayOnly bool
 }
+
+// ErrRelayEnded: the server stopped relaying this session.
+var ErrRelayEnded = errors.New("the rendezvous server ended the relay")
 
 // New starts punching to candidates (in order of preference) over udp,
 // which the Conn now owns. server is the rendezvous server, whose late
@@ -209,8 +253,19 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 		c.oobIn = make([]byte, 64)
 	}
 	log.Debug("udp offload", "gso", c.gso, "gro", c.gro)
-	for _, a := range candidates {
-		c.addCandidateLocked(a)
+	if opt.Relay || opt.RelayOnly {
+		c.relayAllowed = true
+		c.relayOnly = opt.RelayOnly
+		c.relayAt = time.Now()
+		if !opt.RelayOnly {
+			c.relayAt = c.relayAt.Add(opt.RelayAfter)
+		}
+		c.relayBuf = make([]byte, 0, wire.MaxRelayDatagram)
+	}
+	if !c.relayOnly {
+		for _, a := range candidates {
+			c.addCandidateLocked(a)
+		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stopPunch = cancel
@@ -228,37 +283,72 @@ func (c *Conn) addCandidateLocked(a netip.AddrPort) bool {
 }
 
 // routinePunch sends probes to every candidate, quickly at first and then
-// every 200 ms, until the path is confirmed or the Conn closes.
+// every 200 ms, until the path is confirmed; while the path is the relay,
+// every second. It returns when the Conn closes.
 func (c *Conn) routinePunch(ctx context.Context, delay time.Duration) {
 	defer close(c.punchDone)
-	if delay > 0 {
+	if c.relayOnly {
+		return
+	}
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
 		select {
 		case <-ctx.Done():
-			return
-		case <-c.confirmedC:
-			return
-		case <-time.After(delay):
+			return false
+		case <-t.C:
+		case <-c.unconfirmed():
 		}
+		return true
+	}
+	if delay > 0 && !wait(delay) {
+		return
 	}
 	probe := c.probe()
 	interval := 20 * time.Millisecond
 	for {
 		c.mu.Lock()
+		direct := c.peer.IsValid() && c.peer != c.server
 		targets := slices.Clone(c.candidates)
 		c.mu.Unlock()
-		for _, t := range targets {
-			c.write(probe, t)
-			c.count(func(s *Stats) { s.ProbesSent++ })
+		next := min(2*interval, 200*time.Millisecond)
+		switch {
+		case direct:
+			// The session's own packets keep the NATs open; look again
+			// later in case the path falls back to the relay.
+			next = time.Second
+		case c.relaying():
+			next = time.Second
+			fallthrough
+		default:
+			for _, t := range targets {
+				c.write(probe, t)
+				c.count(func(s *Stats) { s.ProbesSent++ })
+			}
 		}
-		select {
-		case <-ctx.Done():
+		if !wait(interval) {
 			return
-		case <-c.confirmedC:
-			return
-		case <-time.After(interval):
 		}
-		interval = min(2*interval, 200*time.Millisecond)
+		interval = next
 	}
+}
+
+// unconfirmed returns the confirmation channel before confirmation, and
+// nil (never ready) after it.
+func (c *Conn) unconfirmed() <-chan struct{} {
+	select {
+	case <-c.confirmedC:
+		return nil
+	default:
+		return c.confirmedC
+	}
+}
+
+// relaying reports whether the confirmed path is the relay.
+func (c *Conn) relaying() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.peer.IsValid() && c.peer == c.server
 }
 
 func (c *Conn) probe() []byte {
@@ -280,26 +370,83 @@ func (c *Conn) write(b []byte, to netip.AddrPort) error {
 }
 
 // Send sends b to the confirmed peer address, or before confirmation to
-// every candidate.
+// every candidate (and through the relay once it may carry copies).
 func (c *Conn) Send(b []byte) error {
-	c.mu.Lock()
-	peer := c.peer
-	var targets []netip.AddrPort
-	if !peer.IsValid() {
-		targets = slices.Clone(c.candidates)
-	}
-	c.mu.Unlock()
-	if peer.IsValid() {
-		err := c.write(b, peer)
-		if err != nil && errors.Is(err, net.ErrClosed) {
+	r := c.route()
+	if r.peer.IsValid() {
+		if err := c.write(b, r.peer); err != nil && errors.Is(err, net.ErrClosed) {
 			return err
 		}
-		return nil // a lost datagram is the reliability layer's business
 	}
-	for _, t := range targets {
+	for _, t := range r.targets {
 		if err := c.write(b, t); errors.Is(err, net.ErrClosed) {
 			return err
 		}
+	}
+	if r.relay {
+		return c.sendRelay(b)
+	}
+	return nil // a lost datagram is the reliability layer's business
+}
+
+// route says where the next datagram goes.
+type route struct {
+	peer    netip.AddrPort   // the confirmed direct peer, or a direct trial
+	targets []netip.AddrPort // before confirmation: every candidate
+	relay   bool             // through the relay (too)
+}
+
+func (c *Conn) route() route {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var r route
+	switch {
+	case !c.peer.IsValid():
+		r.targets = slices.Clone(c.candidates)
+		r.relay = c.relayAllowed && !time.Now().Before(c.relayAt)
+	case c.peer == c.server:
+		r.relay = true
+		now := time.Now()
+		if c.directHint.IsValid() && now.Sub(c.hintAt) < 3*time.Second && now.Sub(c.lastTrial) >= 200*time.Millisecond && now.After(c.noTrialUntil) {
+			c.lastTrial = now
+			r.peer = c.directHint // a copy, to move the peer to the direct path
+		}
+	default:
+		r.peer = c.peer
+		if c.relayAllowed {
+			now := time.Now()
+			c.sentDirect(now)
+			r.relay = c.directLost(now) // a copy, to fall back to the relay
+		}
+	}
+	return r
+}
+
+// sentDirect notes a datagram sent on the direct path: if nothing comes
+// back for a second, the path is lost.
+func (c *Conn) sentDirect(now time.Time) {
+	if c.unanswered.Load() == 0 {
+		c.unanswered.CompareAndSwap(0, now.UnixNano())
+	}
+}
+
+// directLost reports that what we sent on the direct path for more than a
+// second got no datagram back.
+func (c *Conn) directLost(now time.Time) bool {
+	since := c.unanswered.Load()
+	return since != 0 && now.UnixNano()-since > int64(time.Second)
+}
+
+// sendRelay sends b through the relay.
+func (c *Conn) sendRelay(b []byte) error {
+	if len(b) > wire.MaxRelayPayload {
+		return nil // too large for the relay: lost, like any oversized datagram
+	}
+	c.relayMu.Lock()
+	defer c.relayMu.Unlock()
+	pkt := append(wire.AppendRelayHeader(c.relayBuf[:0], c.pairingID), b...)
+	if err := c.write(pkt, c.server); errors.Is(err, net.ErrClosed) {
+		return err
 	}
 	return nil
 }
@@ -311,9 +458,21 @@ func (c *Conn) SendBatch(bufs [][]byte) error {
 	c.mu.Lock()
 	peer := c.peer
 	c.mu.Unlock()
+	if !peer.IsValid() || peer == c.server || c.relayAllowed && c.directLost(time.Now()) {
+		// Fan-out, the relay, or a fallback in progress: one by one.
+		for _, b := range bufs {
+			if err := c.Send(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if c.relayAllowed {
+		c.sentDirect(time.Now())
+	}
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
-	if !peer.IsValid() || !c.gso {
+	if !c.gso {
 		for _, b := range bufs {
 			if err := c.Send(b); err != nil {
 				return err
@@ -389,16 +548,63 @@ func (c *Conn) Recv(buf []byte) (int, netip.AddrPort, error) {
 			return 0, netip.AddrPort{}, err
 		}
 		from = unmap(from)
-		if from == c.server {
-			c.count(func(s *Stats) { s.Dropped++ })
-			continue
+		p, err := c.inbound(buf[:n], from)
+		if err != nil {
+			return 0, netip.AddrPort{}, err
 		}
-		if n > 0 && buf[0] == ProbeType {
-			c.handleProbe(buf[:n], from)
-			continue
+		if p != nil {
+			return copy(buf, p), from, nil
 		}
-		return n, from, nil
 	}
+}
+
+// inbound sorts one received datagram p: it returns what the secure layer
+// gets (p itself, or the payload of a relayed datagram), or nil for a
+// datagram handled or dropped here.
+func (c *Conn) inbound(p []byte, from netip.AddrPort) ([]byte, error) {
+	switch {
+	case len(p) == 0:
+	case from == c.server:
+		return c.fromServer(p)
+	case p[0] == ProbeType:
+		c.handleProbe(p, from)
+		return nil, nil
+	default:
+		if c.unanswered.Load() != 0 {
+			c.unanswered.Store(0)
+		}
+		return p, nil
+	}
+	c.count(func(s *Stats) { s.Dropped++ })
+	return nil, nil
+}
+
+// fromServer handles a datagram from the rendezvous server: a relayed
+// datagram of this pairing, or the relay's end; late rendezvous answers
+// are dropped.
+func (c *Conn) fromServer(p []byte) ([]byte, error) {
+	if !c.relayAllowed {
+		c.count(func(s *Stats) { s.Dropped++ })
+		return nil, nil
+	}
+	if id, payload, ok := wire.ParseRelay(p); ok && id == c.pairingID {
+		return payload, nil
+	}
+	if m, err := wire.Decode(p); err == nil {
+		if e, ok := m.(*wire.Error); ok && e.Code == wire.CodeRelayEnded && e.ReqID == binary.BigEndian.Uint64(c.pairingID[:8]) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			c.relayAllowed = false
+			c.relayErr = fmt.Errorf("%w: %q", ErrRelayEnded, e.Message)
+			if c.peer == c.server || !c.peer.IsValid() {
+				return nil, c.relayErr
+			}
+			c.log.Info("the server ended the relay; the direct path goes on", "reason", e.Message)
+			return nil, nil
+		}
+	}
+	c.count(func(s *Stats) { s.Dropped++ })
+	return nil, nil
 }
 
 // contiguous returns the datagrams of run as one slice when they lie back
@@ -430,11 +636,14 @@ func (c *Conn) recvGRO(buf []byte) (int, netip.AddrPort, error) {
 		if len(c.segs) > 0 {
 			seg := c.segs[:min(c.segSize, len(c.segs))]
 			c.segs = c.segs[len(seg):]
-			if seg[0] == ProbeType {
-				c.handleProbe(seg, c.segFrom)
-				continue
+			p, err := c.inbound(seg, c.segFrom)
+			if err != nil {
+				return 0, netip.AddrPort{}, err
 			}
-			return copy(buf, seg), c.segFrom, nil
+			if p != nil {
+				return copy(buf, p), c.segFrom, nil
+			}
+			continue
 		}
 		// With room for a whole coalesced read, read straight into buf
 		// and keep only what follows the first datagram: large datagrams
@@ -452,8 +661,7 @@ func (c *Conn) recvGRO(buf []byte) (int, netip.AddrPort, error) {
 			return 0, netip.AddrPort{}, err
 		}
 		from = unmap(from)
-		if from == c.server || n == 0 {
-			c.count(func(s *Stats) { s.Dropped++ })
+		if n == 0 {
 			continue
 		}
 		size := groSegmentSize(c.oobIn[:oobn])
@@ -465,11 +673,13 @@ func (c *Conn) recvGRO(buf []byte) (int, netip.AddrPort, error) {
 			continue
 		}
 		c.segs, c.segSize, c.segFrom = c.groBuf[:copy(c.groBuf, buf[size:n])], size, from
-		if buf[0] == ProbeType {
-			c.handleProbe(buf[:size], from)
-			continue
+		p, err := c.inbound(buf[:size], from)
+		if err != nil {
+			return 0, netip.AddrPort{}, err
 		}
-		return size, from, nil
+		if p != nil {
+			return copy(buf, p), from, nil
+		}
 	}
 }
 
@@ -481,13 +691,21 @@ func (c *Conn) handleProbe(p []byte, from netip.AddrPort) {
 	c.mu.Lock()
 	c.stats.ProbesReceived++
 	confirmed := c.peer.IsValid()
-	learned := !confirmed && c.addCandidateLocked(from)
+	relaying := confirmed && c.peer == c.server
+	learned := (!confirmed || relaying) && c.addCandidateLocked(from)
+	if relaying {
+		// A direct path may work: try it (see route).
+		c.directHint, c.hintAt = from, time.Now()
+	}
 	c.mu.Unlock()
 	if learned {
 		c.log.Debug("learned a peer candidate from its probe", "addr", from.String())
 	}
 	if !confirmed {
-		c.write(c.probe(), from) // open our NAT toward it, and tell it about us
+		// Open our NAT toward it, and tell it about us. (While relaying,
+		// both sides probe every second anyway; answering would start a
+		// ping-pong.)
+		c.write(c.probe(), from)
 	}
 }
 
@@ -500,15 +718,31 @@ func (c *Conn) Confirm(from netip.AddrPort) {
 		c.mu.Unlock()
 		return
 	}
+	now := time.Now()
+	if from == c.server && old.IsValid() {
+		// Direct to relay: only when the direct path is lost; a relayed
+		// copy that arrives while it works changes nothing.
+		if !c.directLost(now) {
+			c.mu.Unlock()
+			return
+		}
+		c.noTrialUntil = now.Add(10 * time.Second)
+	}
 	c.peer = from
 	if old.IsValid() {
 		c.stats.Switches++
 	}
 	c.mu.Unlock()
-	if !old.IsValid() {
+	switch {
+	case !old.IsValid():
 		close(c.confirmedC)
-		c.log.Debug("path confirmed", "peer", from.String())
-	} else {
+		c.log.Debug("path confirmed", "peer", from.String(), "relay", from == c.server)
+	case from == c.server:
+		c.log.Info("the direct path was lost; moved to the relay", "was", old.String())
+	case old == c.server:
+		c.unanswered.Store(0)
+		c.log.Info("moved to a direct path", "peer", from.String())
+	default:
 		c.log.Info("peer moved", "from", old.String(), "to", from.String())
 	}
 }
@@ -516,7 +750,19 @@ func (c *Conn) Confirm(from netip.AddrPort) {
 // Confirmed is closed once a packet from the peer authenticated.
 func (c *Conn) Confirmed() <-chan struct{} { return c.confirmedC }
 
-// Peer returns the confirmed peer address (invalid before Confirm).
+// RelayError returns why the server ended the relay (wrapping
+// ErrRelayEnded), or nil.
+func (c *Conn) RelayError() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.relayErr
+}
+
+// Relayed reports whether the session goes through the relay.
+func (c *Conn) Relayed() bool { return c.relaying() }
+
+// Peer returns the confirmed peer address (invalid before Confirm): the
+// server's when relayed.
 func (c *Conn) Peer() netip.AddrPort {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -25,6 +25,7 @@
 //	             proof [32]byte (all zero when not required), candidates u8 count (<= 8) × address
 //	FindResp     reqID u64, status u8 (0 waiting, 1 matched), observed address (the requester as the server saw it);
 //	             when matched: pairingID [16]byte, role u8 (0 initiator, 1 responder),
+//	             flags u8 (bit 0: the server relays this pairing, see relay.go),
 //	             peer observed address, peer candidates u8 count × address
 //	Error        reqID u64, code u8, message string
 //
@@ -213,6 +214,9 @@ func (r Role) String() string {
 	return "responder"
 }
 
+// findRespRelay is the FindResp flag that offers the relay.
+const findRespRelay = 1 << 0
+
 // FindResp answers Find: still waiting, or matched with the peer's addresses.
 type FindResp struct {
 	ReqID          uint64
@@ -220,6 +224,7 @@ type FindResp struct {
 	Observed       netip.AddrPort // the requester's address as the server saw it
 	PairingID      [16]byte
 	Role           Role
+	Relay          bool // the server relays datagrams for this pairing
 	PeerObserved   netip.AddrPort
 	PeerCandidates []netip.AddrPort
 }
@@ -237,6 +242,9 @@ const (
 	CodeBusy        ErrorCode = 7
 	CodeInternal    ErrorCode = 8
 	CodeBadArgument ErrorCode = 9
+	// CodeRelayEnded: the server stopped relaying a pairing (its byte cap
+	// was reached). The reqID is the first 8 bytes of the pairing id.
+	CodeRelayEnded ErrorCode = 10
 )
 
 func (c ErrorCode) String() string {
@@ -259,6 +267,8 @@ func (c ErrorCode) String() string {
 		return "internal"
 	case CodeBadArgument:
 		return "bad_argument"
+	case CodeRelayEnded:
+		return "relay_ended"
 	}
 	return fmt.Sprintf("code_%d", uint8(c))
 }
@@ -375,6 +385,11 @@ func (m *FindResp) AppendTo(b []byte) []byte {
 	}
 	b = append(b, m.PairingID[:]...)
 	b = append(b, byte(m.Role))
+	var flags byte
+	if m.Relay {
+		flags |= findRespRelay
+	}
+	b = append(b, flags)
 	b = appendAddr(b, m.PeerObserved)
 	return appendAddrs(b, m.PeerCandidates)
 }
@@ -638,6 +653,11 @@ func Decode(b []byte) (Message, error) {
 			if v.Role > RoleResponder {
 				r.fail("role")
 			}
+			flags := r.u8("flags")
+			if flags&^findRespRelay != 0 {
+				r.fail("flags")
+			}
+			v.Relay = flags&findRespRelay != 0
 			v.PeerObserved = r.addr("peer address")
 			v.PeerCandidates = r.addrs("peer candidates")
 		default:

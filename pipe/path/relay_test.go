@@ -1,0 +1,184 @@
+package path
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/p2pcat/p2pcat/rendezvous"
+	"github.com/p2pcat/p2pcat/rendezvous/rendezvoustest"
+)
+
+// pairThroughServer pairs two fresh loopback sockets through a real
+// rendezvous server and returns them with the pairing.
+func pairThroughServer(t *testing.T, srv *rendezvoustest.Server) (ua, ub *net.UDPConn, ma, mb rendezvous.Match) {
+	t.Helper()
+	ua, _ = listen(t)
+	ub, _ = listen(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	var errA, errB error
+	wg.Go(func() {
+		ma, errA = (&rendezvous.Client{Conn: ua, Server: srv.Addr}).Find(ctx, rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b", Password: []byte("pw")})
+	})
+	wg.Go(func() {
+		mb, errB = (&rendezvous.Client{Conn: ub, Server: srv.Addr}).Find(ctx, rendezvous.FindRequest{Session: "s", Name: "b", Peer: "a", Password: []byte("pw")})
+	})
+	wg.Wait()
+	if errA != nil || errB != nil {
+		t.Fatalf("find: %v / %v", errA, errB)
+	}
+	if !ma.Relay || !mb.Relay {
+		t.Fatal("the server did not offer the relay")
+	}
+	return ua, ub, ma, mb
+}
+
+func TestRelayOnly(t *testing.T) {
+	for _, offload := range []bool{true, false} {
+		srv := rendezvoustest.Start(t, rendezvous.Config{})
+		ua, ub, ma, mb := pairThroughServer(t, srv)
+		opt := Options{RelayOnly: true, NoOffload: !offload}
+		a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{mb.Observed}, nil, opt)
+		b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{ma.Observed}, nil, opt)
+		defer a.Close()
+		defer b.Close()
+
+		a.Send([]byte("through the relay"))
+		got, from := recvTimeout(t, b, 5*time.Second)
+		if string(got) != "through the relay" || from != srv.Addr {
+			t.Fatalf("b got %q from %s, want the datagram from the server %s", got, from, srv.Addr)
+		}
+		b.Confirm(from)
+		if !b.Relayed() {
+			t.Fatal("b does not report the relay")
+		}
+		// Back, in a batch of equal sizes (a GSO run on a direct path).
+		b.SendBatch([][]byte{[]byte("one"), []byte("two")})
+		for _, want := range []string{"one", "two"} {
+			got, from := recvTimeout(t, a, 5*time.Second)
+			if string(got) != want || from != srv.Addr {
+				t.Fatalf("a got %q from %s, want %q", got, from, want)
+			}
+		}
+		if st := a.Stats(); st.ProbesSent != 0 {
+			t.Fatalf("relay only, yet %d probes sent", st.ProbesSent)
+		}
+		if n := srv.Metric("p2pcat_rendezvous_relayed_packets_total"); n != 3 {
+			t.Fatalf("server relayed %v datagrams, want 3", n)
+		}
+	}
+}
+
+// gate is a bidirectional UDP forwarder between a and b that can be shut:
+// a sees b at Addr(a side), b sees a at the other side, as through NATs.
+type gate struct {
+	open         atomic.Bool
+	sideA, sideB *net.UDPConn
+	peerA, peerB netip.AddrPort
+	wg           sync.WaitGroup
+	closeOnce    sync.Once
+	forwardedToB atomic.Int64
+}
+
+func newGate(t *testing.T, a, b netip.AddrPort) *gate {
+	g := &gate{peerA: a, peerB: b}
+	g.sideA, _ = listen(t)
+	g.sideB, _ = listen(t)
+	pump := func(in, out *net.UDPConn, to netip.AddrPort) {
+		buf := make([]byte, 65536)
+		for {
+			n, _, err := in.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if g.open.Load() {
+				out.WriteToUDPAddrPort(buf[:n], to)
+			}
+		}
+	}
+	g.wg.Go(func() { pump(g.sideA, g.sideB, b) })
+	g.wg.Go(func() { pump(g.sideB, g.sideA, a) })
+	t.Cleanup(func() {
+		g.sideA.Close()
+		g.sideB.Close()
+		g.wg.Wait()
+	})
+	return g
+}
+
+func (g *gate) addrForA() netip.AddrPort { return g.sideA.LocalAddr().(*net.UDPAddr).AddrPort() }
+func (g *gate) addrForB() netip.AddrPort { return g.sideB.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+// endpoint plays the secure layer for one Conn: it confirms the sender of
+// every datagram and sends one datagram every 20 ms.
+func runEndpoint(ctx context.Context, wg *sync.WaitGroup, c *Conn) {
+	wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := c.Recv(buf)
+			if err != nil {
+				return
+			}
+			c.Confirm(from)
+		}
+	})
+	wg.Go(func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				c.Send([]byte("data"))
+			}
+		}
+	})
+}
+
+// TestRelayToDirectAndBack: a session that starts on the relay moves to a
+// direct path when one opens, and back to the relay when it is lost.
+func TestRelayToDirectAndBack(t *testing.T) {
+	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	ua, ub, ma, mb := pairThroughServer(t, srv)
+	g := newGate(t, ua.LocalAddr().(*net.UDPAddr).AddrPort(), ub.LocalAddr().(*net.UDPAddr).AddrPort())
+	opt := Options{Relay: true}
+	a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{g.addrForA()}, nil, opt)
+	b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{g.addrForB()}, nil, opt)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	runEndpoint(ctx, &wg, a)
+	runEndpoint(ctx, &wg, b)
+	defer func() {
+		cancel()
+		a.Close()
+		b.Close()
+		wg.Wait()
+	}()
+
+	waitFor := func(what string, d time.Duration, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(d)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not within %v (a at %s, b at %s)", what, d, a.Peer(), b.Peer())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	waitFor("both on the relay", 5*time.Second, func() bool { return a.Relayed() && b.Relayed() })
+
+	g.open.Store(true)
+	waitFor("both direct after the path opened", 10*time.Second, func() bool {
+		return a.Peer() == g.addrForA() && b.Peer() == g.addrForB()
+	})
+
+	g.open.Store(false)
+	waitFor("both back on the relay after the direct path was lost", 10*time.Second, func() bool { return a.Relayed() && b.Relayed() })
+}
