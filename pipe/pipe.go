@@ -186,11 +186,15 @@ func Run(ctx context.Context, cfg Config) error {
 			udp.Close()
 			return fmt.Errorf("%w: the rendezvous server offers no relay (--relay only)", ErrNoPath)
 		}
+		var relayDelay time.Duration // 0: no relayed copies before a path is confirmed
+		if last {
+			relayDelay = relayAfter
+		}
 		// Probing starts now, before the RSA key is ready: the sooner both
 		// NATs see outbound packets, the less the first ones clash.
 		link = path.New(udp, cfg.Server, match.PairingID, candidates, log, path.Options{
 			NoOffload: cfg.NoOffload, ProbeDelay: delay,
-			Relay: last && match.Relay && cfg.Relay != RelayNever, RelayAfter: relayAfter, RelayOnly: cfg.Relay == RelayOnly,
+			Relay: match.Relay && cfg.Relay != RelayNever, RelayAfter: relayDelay, RelayOnly: cfg.Relay == RelayOnly,
 		})
 		if key == nil {
 			kr := <-keyc

@@ -171,7 +171,7 @@ type Conn struct {
 
 	// The relay (see the package comment).
 	relayAllowed bool
-	relayAt      time.Time      // when the relay starts carrying copies before confirmation
+	relayAt      time.Time      // when the relay starts carrying copies before confirmation (zero: never)
 	relayOnly    bool           // no direct path is tried
 	directHint   netip.AddrPort // where the peer's probes came from while relaying
 	hintAt       time.Time
@@ -213,8 +213,10 @@ type Options struct {
 	// second attempt one side waits so that the other's packets go first.
 	ProbeDelay time.Duration
 	// Relay allows the server's relay (the server offered it for this
-	// pairing): it carries copies of the first datagrams from RelayAfter
-	// after New on, and the session when no direct path authenticates.
+	// pairing): a confirmed session falls back to it when the direct path
+	// is lost. With RelayAfter > 0 it also carries copies of what is sent
+	// before confirmation from RelayAfter after New on, so it carries the
+	// session when no direct path authenticates.
 	Relay      bool
 	RelayAfter time.Duration
 	// RelayOnly uses the relay alone, from the start, without probing.
@@ -256,9 +258,11 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 	if opt.Relay || opt.RelayOnly {
 		c.relayAllowed = true
 		c.relayOnly = opt.RelayOnly
-		c.relayAt = time.Now()
-		if !opt.RelayOnly {
-			c.relayAt = c.relayAt.Add(opt.RelayAfter)
+		switch {
+		case opt.RelayOnly:
+			c.relayAt = time.Now()
+		case opt.RelayAfter > 0:
+			c.relayAt = time.Now().Add(opt.RelayAfter)
 		}
 		c.relayBuf = make([]byte, 0, wire.MaxRelayDatagram)
 	}
@@ -403,7 +407,7 @@ func (c *Conn) route() route {
 	switch {
 	case !c.peer.IsValid():
 		r.targets = slices.Clone(c.candidates)
-		r.relay = c.relayAllowed && !time.Now().Before(c.relayAt)
+		r.relay = c.relayAllowed && !c.relayAt.IsZero() && !time.Now().Before(c.relayAt)
 	case c.peer == c.server:
 		r.relay = true
 		now := time.Now()

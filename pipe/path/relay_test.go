@@ -148,7 +148,7 @@ func TestRelayToDirectAndBack(t *testing.T) {
 	srv := rendezvoustest.Start(t, rendezvous.Config{})
 	ua, ub, ma, mb := pairThroughServer(t, srv)
 	g := newGate(t, ua.LocalAddr().(*net.UDPAddr).AddrPort(), ub.LocalAddr().(*net.UDPAddr).AddrPort())
-	opt := Options{Relay: true}
+	opt := Options{Relay: true, RelayAfter: time.Millisecond}
 	a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{g.addrForA()}, nil, opt)
 	b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{g.addrForB()}, nil, opt)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -181,4 +181,45 @@ func TestRelayToDirectAndBack(t *testing.T) {
 
 	g.open.Store(false)
 	waitFor("both back on the relay after the direct path was lost", 10*time.Second, func() bool { return a.Relayed() && b.Relayed() })
+}
+
+// TestDirectFallsBackToRelay: a session that started direct, with the relay
+// allowed only as a fallback, moves to the relay when the direct path is
+// lost, and sends nothing through it before.
+func TestDirectFallsBackToRelay(t *testing.T) {
+	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	ua, ub, ma, mb := pairThroughServer(t, srv)
+	g := newGate(t, ua.LocalAddr().(*net.UDPAddr).AddrPort(), ub.LocalAddr().(*net.UDPAddr).AddrPort())
+	g.open.Store(true)
+	opt := Options{Relay: true}
+	a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{g.addrForA()}, nil, opt)
+	b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{g.addrForB()}, nil, opt)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	runEndpoint(ctx, &wg, a)
+	runEndpoint(ctx, &wg, b)
+	defer func() {
+		cancel()
+		a.Close()
+		b.Close()
+		wg.Wait()
+	}()
+	waitUntil(t, "both direct", 5*time.Second, func() bool { return a.Peer() == g.addrForA() && b.Peer() == g.addrForB() })
+	time.Sleep(300 * time.Millisecond) // traffic on the working direct path
+	if n := srv.Metric("p2pcat_rendezvous_relayed_packets_total"); n != 0 {
+		t.Fatalf("%v datagrams relayed while the direct path worked", n)
+	}
+	g.open.Store(false)
+	waitUntil(t, "both on the relay after the direct path was lost", 10*time.Second, func() bool { return a.Relayed() && b.Relayed() })
+}
+
+func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
