@@ -219,7 +219,7 @@ Every flag can also be set from the environment variable shown beside it.
 		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
 			return usageError{err}
 		},
-		Commands: []*cli.Command{serveCommand(), registerCommand()},
+		Commands: []*cli.Command{serveCommand(), registerCommand(), natCheckCommand()},
 		Flags:    pipeFlags(),
 		Action:   runPipe,
 	}
@@ -286,6 +286,7 @@ embedded database under --data. One UDP port serves everything.`,
 			&cli.IntFlag{Name: "max-pending", Value: 100_000, EnvVars: []string{"P2PCAT_MAX_PENDING"}, Usage: "pending finds kept in all"},
 			&cli.IntFlag{Name: "max-pending-per-ip", Value: 64, EnvVars: []string{"P2PCAT_MAX_PENDING_PER_IP"}, Usage: "pending finds kept per client IP"},
 			&cli.DurationFlag{Name: "pending-ttl", Value: 60 * time.Second, EnvVars: []string{"P2PCAT_PENDING_TTL"}, Usage: "how long a find waits after its last re-send"},
+			&cli.StringFlag{Name: "stun-alternate", Value: "auto", EnvVars: []string{"P2PCAT_STUN_ALTERNATE"}, Usage: "second UDP `ADDR` for STUN, so 'p2pcat nat-check' can tell NAT behaviours apart: auto (the --listen port + 1), an address, or off"},
 			&cli.BoolFlag{Name: "no-relay", EnvVars: []string{"P2PCAT_NO_RELAY"}, Usage: "do not relay sessions that find no direct path"},
 			&cli.StringFlag{Name: "relay-rate", Value: "10MB", EnvVars: []string{"P2PCAT_RELAY_RATE"}, Usage: "relay bandwidth per session, bytes per second (`SIZE`: 500KB, 10MB, 1GiB ...)"},
 			&cli.StringFlag{Name: "relay-bytes", Value: "4GiB", EnvVars: []string{"P2PCAT_RELAY_BYTES"}, Usage: "relay bytes per session in all (`SIZE`); the session ends there"},
@@ -353,6 +354,10 @@ func serve(c *cli.Context) error {
 	}
 	defer conn.Close()
 	path.RaiseBuffers(conn, 4<<20, log)
+	alt, err := listenSTUNAlternate(c.String("stun-alternate"), laddr)
+	if err != nil {
+		return err
+	}
 
 	ctx := c.Context
 	if addr := c.String("metrics"); addr != "" {
@@ -365,7 +370,46 @@ func serve(c *cli.Context) error {
 		defer hs.Close()
 		log.Info("metrics listening", "addr", ln.Addr().String())
 	}
-	return srv.Serve(ctx, conn)
+	if alt == nil {
+		return srv.Serve(ctx, conn)
+	}
+	defer alt.Close()
+	altDone := make(chan error, 1)
+	go func() { altDone <- srv.ServeSTUNAlternate(ctx, alt) }()
+	err = srv.Serve(ctx, conn)
+	if aerr := <-altDone; err == nil && aerr != nil {
+		err = fmt.Errorf("STUN alternate: %w", aerr)
+	}
+	return err
+}
+
+// listenSTUNAlternate opens the --stun-alternate socket: "auto" is the
+// listen address with the next port (any port when listening on port 0).
+func listenSTUNAlternate(flag string, listen *net.UDPAddr) (*net.UDPConn, error) {
+	var addr *net.UDPAddr
+	switch flag {
+	case "off":
+		return nil, nil
+	case "auto", "":
+		addr = &net.UDPAddr{IP: listen.IP, Zone: listen.Zone}
+		if listen.Port != 0 {
+			if listen.Port == 65535 {
+				return nil, usagef("--stun-alternate auto: no port after %d; give an address or off", listen.Port)
+			}
+			addr.Port = listen.Port + 1
+		}
+	default:
+		a, err := net.ResolveUDPAddr("udp", flag)
+		if err != nil {
+			return nil, usagef("--stun-alternate %q: want auto, off or an address (%v)", flag, err)
+		}
+		addr = a
+	}
+	conn, err := net.ListenUDP("udp", addr)
+	if err != nil {
+		return nil, hinted{fmt.Errorf("listening for STUN on %s: %w", addr, err), "is that port taken? give --stun-alternate another address, or off"}
+	}
+	return conn, nil
 }
 
 // parseSize reads a byte count: a number with an optional unit, decimal

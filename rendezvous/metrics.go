@@ -45,7 +45,15 @@ type metrics struct {
 	expired       prometheus.Counter
 	relayPackets  prometheus.Counter
 	relayBytes    prometheus.Counter
+	stunResults   map[string]prometheus.Counter
 }
+
+// STUN results, the label values of p2pcat_rendezvous_stun_total.
+const (
+	stunResultAnswered = "answered" // a Binding success from the socket asked
+	stunResultChanged  = "changed"  // a success from the other socket (CHANGE-REQUEST)
+	stunResultError    = "error"    // a Binding error (420)
+)
 
 func newMetrics(reg prometheus.Registerer, pendingFn, registeredFn, relayFn func() float64) *metrics {
 	packets := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -56,9 +64,14 @@ func newMetrics(reg prometheus.Registerer, pendingFn, registeredFn, relayFn func
 		Name: "p2pcat_rendezvous_drops_total",
 		Help: "Datagrams dropped or refused, by reason.",
 	}, []string{"reason"})
+	stunTotal := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "p2pcat_rendezvous_stun_total",
+		Help: "STUN Binding requests answered, by result (answered, changed, error); refused ones are drops.",
+	}, []string{"result"})
 	m := &metrics{
-		packets: make(map[wire.Type]prometheus.Counter),
-		drops:   make(map[string]prometheus.Counter),
+		stunResults: make(map[string]prometheus.Counter),
+		packets:     make(map[wire.Type]prometheus.Counter),
+		drops:       make(map[string]prometheus.Counter),
 		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "p2pcat_rendezvous_registrations_total",
 			Help: "Register requests, by result (created, refreshed, taken, error).",
@@ -91,8 +104,11 @@ func newMetrics(reg prometheus.Registerer, pendingFn, registeredFn, relayFn func
 	for _, r := range dropReasons {
 		m.drops[r] = drops.WithLabelValues(r)
 	}
+	for _, r := range []string{stunResultAnswered, stunResultChanged, stunResultError} {
+		m.stunResults[r] = stunTotal.WithLabelValues(r)
+	}
 	if reg != nil {
-		reg.MustRegister(packets, drops, m.registrations, m.pairings, m.authFailures, m.expired, m.relayPackets, m.relayBytes,
+		reg.MustRegister(packets, drops, stunTotal, m.registrations, m.pairings, m.authFailures, m.expired, m.relayPackets, m.relayBytes,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "p2pcat_rendezvous_relay_pairings",
 				Help: "Pairings the relay remembers (offered or relaying).",
@@ -119,6 +135,8 @@ func (m *metrics) packet(t wire.Type) {
 }
 
 func (m *metrics) drop(reason string) { m.drops[reason].Inc() }
+
+func (m *metrics) stun(result string) { m.stunResults[result].Inc() }
 
 func (m *metrics) relayed(n int) {
 	m.relayPackets.Inc()

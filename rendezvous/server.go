@@ -179,6 +179,7 @@ func (s *Server) Close() error { return s.store.Close() }
 // goroutines, finishes the registrations already accepted and returns. It
 // does not close conn: the caller owns it.
 func (s *Server) Serve(ctx context.Context, conn *net.UDPConn) error {
+	s.stun.setPrimary(conn)
 	s.log.Info("rendezvous server listening", "addr", conn.LocalAddr().String(), "server_id", fmt.Sprintf("%x", s.ServerID()))
 	var readers, writer, sweeper sync.WaitGroup
 	writer.Go(func() { s.routineRegister(conn) })

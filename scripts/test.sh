@@ -3,7 +3,8 @@
 # (unit, end-to-end with real processes and sockets, CLI scripts, the NAT
 # lab in network namespaces when run as root), and a short smoke run of
 # every fuzz target. Installs what it needs on a fresh machine (Go modules;
-# tmux, iproute2, nftables and conntrack from Debian when running as root).
+# tmux, iproute2, nftables, conntrack and coturn (for its STUN client) from
+# Debian when running as root).
 #
 #   scripts/test.sh            everything
 #   FUZZTIME=30s scripts/test.sh   longer fuzzing (default: 3000 inputs per target;
@@ -25,9 +26,11 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 	command -v ip >/dev/null || need+=(iproute2)
 	command -v nft >/dev/null || need+=(nftables)
 	command -v conntrack >/dev/null || need+=(conntrack)
+	# a real third-party STUN client against our server (TestTurnutilsStunclient)
+	command -v turnutils_stunclient >/dev/null || need+=(coturn)
 	if [ ${#need[@]} -gt 0 ]; then
 		apt-get update -qq >/dev/null 2>&1 || true
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || echo "warning: could not install ${need[*]}; the tests that need them will say so"
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || echo "warning: could not install ${need[*]}; the tests that need them will say so"
 	fi
 fi
 go mod download

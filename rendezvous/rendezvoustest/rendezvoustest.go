@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -17,14 +18,19 @@ import (
 // Server is a running test server.
 type Server struct {
 	*rendezvous.Server
-	Addr     netip.AddrPort
-	DataDir  string
-	Registry *prometheus.Registry
-	stop     func()
+	Addr netip.AddrPort
+	// STUNAlternate is the server's alternate STUN socket (RFC 5780
+	// OTHER-ADDRESS): 127.0.0.1 and another ephemeral port.
+	STUNAlternate netip.AddrPort
+	DataDir       string
+	Registry      *prometheus.Registry
+	stop          func()
 }
 
-// Start runs a server on 127.0.0.1:0 until the test ends (or Stop). cfg may
-// be zero; its DataDir defaults to a fresh temporary directory.
+// Start runs a server on 127.0.0.1:0, with an alternate STUN socket on
+// another port, until the test ends (or Stop). cfg may be zero; its DataDir
+// defaults to a fresh temporary directory. Start returns once the alternate
+// answers, which costs one token of 127.0.0.1's rate-limit bucket.
 func Start(tb testing.TB, cfg rendezvous.Config) *Server {
 	tb.Helper()
 	if cfg.DataDir == "" {
@@ -43,10 +49,23 @@ func Start(tb testing.TB, cfg rendezvous.Config) *Server {
 		srv.Close()
 		tb.Fatalf("rendezvoustest: %v", err)
 	}
+	alt, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		conn.Close()
+		srv.Close()
+		tb.Fatalf("rendezvoustest: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
+	done, altDone := make(chan error, 1), make(chan error, 1)
 	go func() { done <- srv.Serve(ctx, conn) }()
-	s := &Server{Server: srv, Addr: conn.LocalAddr().(*net.UDPAddr).AddrPort(), DataDir: cfg.DataDir, Registry: reg}
+	go func() { altDone <- srv.ServeSTUNAlternate(ctx, alt) }()
+	s := &Server{
+		Server:        srv,
+		Addr:          conn.LocalAddr().(*net.UDPAddr).AddrPort(),
+		STUNAlternate: alt.LocalAddr().(*net.UDPAddr).AddrPort(),
+		DataDir:       cfg.DataDir,
+		Registry:      reg,
+	}
 	var stopped bool
 	s.stop = func() {
 		if stopped {
@@ -57,13 +76,34 @@ func Start(tb testing.TB, cfg rendezvous.Config) *Server {
 		if err := <-done; err != nil {
 			tb.Errorf("rendezvoustest: Serve: %v", err)
 		}
+		if err := <-altDone; err != nil {
+			tb.Errorf("rendezvoustest: ServeSTUNAlternate: %v", err)
+		}
 		conn.Close()
+		alt.Close()
 		if err := srv.Close(); err != nil {
 			tb.Errorf("rendezvoustest: Close: %v", err)
 		}
 	}
 	tb.Cleanup(s.stop)
+	s.waitAlternate(tb)
 	return s
+}
+
+// waitAlternate returns once the alternate STUN socket answers, so that the
+// server's answers carry OTHER-ADDRESS from the test's first request on.
+func (s *Server) waitAlternate(tb testing.TB) {
+	tb.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatalf("rendezvoustest: %v", err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := rendezvous.STUNBinding(ctx, conn, s.STUNAlternate); err != nil {
+		tb.Fatalf("rendezvoustest: the alternate STUN socket does not answer: %v", err)
+	}
 }
 
 // Stop shuts the server down now (it is also stopped when the test ends).

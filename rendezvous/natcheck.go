@@ -1,0 +1,529 @@
+package rendezvous
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/pion/stun"
+)
+
+// ErrNoSTUNAnswer means a STUN server did not answer a Binding request.
+var ErrNoSTUNAnswer = errors.New("STUN server did not answer")
+
+// STUN client timers, RFC 5389 7.2.1's defaults: a request is sent at 0,
+// 0.5, 1.5, 3.5 ... s, 7 times in all, and the last is waited for 16 RTO
+// (39.5 s in all, unless ctx ends first).
+const (
+	stunRTO      = 500 * time.Millisecond
+	stunSends    = 7
+	stunLastWait = 16 * stunRTO
+)
+
+// stunSoftware names the client in its requests. It also pads them, so
+// that the server's amplification bound leaves room for OTHER-ADDRESS and
+// RESPONSE-ORIGIN over IPv6.
+var stunSoftware = []byte("p2pcat")
+
+// STUNBinding asks a STUN server (RFC 5389, any server, not only p2pcat's)
+// which address it sees conn's datagrams come from, and returns that
+// reflexive address (XOR-MAPPED-ADDRESS, IPv4-mapped addresses unmapped).
+// It re-sends the request on RFC 5389's schedule until an answer arrives or
+// ctx ends. Datagrams that are not the answer to this transaction are read
+// and dropped. It leaves no read deadline on conn.
+func STUNBinding(ctx context.Context, conn PacketConn, server netip.AddrPort) (netip.AddrPort, error) {
+	server = unmap(server)
+	ans, err := stunRoundTrip(ctx, conn, server, 0)
+	if err != nil {
+		return netip.AddrPort{}, err
+	}
+	if ans.code != 0 {
+		return netip.AddrPort{}, fmt.Errorf("STUN server %s refused the Binding request: %d %s", server, ans.code, sanitize(ans.reason))
+	}
+	if !ans.mapped.IsValid() {
+		return netip.AddrPort{}, fmt.Errorf("STUN server %s answered without a mapped address", server)
+	}
+	return ans.mapped, nil
+}
+
+// stunAnswer is what one Binding transaction learnt.
+type stunAnswer struct {
+	from   netip.AddrPort // the answer's source address
+	mapped netip.AddrPort // XOR-MAPPED-ADDRESS (MAPPED-ADDRESS from old servers)
+	other  netip.AddrPort // OTHER-ADDRESS; zero if absent
+	origin netip.AddrPort // RESPONSE-ORIGIN; zero if absent
+	code   int            // ERROR-CODE of an error response; 0 for success
+	reason string
+}
+
+// stunRoundTrip runs one Binding transaction with server, asking for the
+// CHANGE-REQUEST flags change (0: none). An error response is an answer, not
+// an error.
+func stunRoundTrip(ctx context.Context, conn PacketConn, server netip.AddrPort, change uint32) (stunAnswer, error) {
+	req, txid := newBindingRequest(change)
+	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
+	defer func() {
+		stop()
+		// The socket may go on to carry a session: leave no deadline on it.
+		conn.SetReadDeadline(time.Time{})
+	}()
+	buf := make([]byte, maxDatagram)
+	rto := stunRTO
+	for i := range stunSends {
+		if err := ctx.Err(); err != nil {
+			break
+		}
+		if _, err := conn.WriteToUDPAddrPort(req, server); err != nil {
+			return stunAnswer{}, fmt.Errorf("sending a STUN request to %s: %w", server, err)
+		}
+		wait := rto
+		if i == stunSends-1 {
+			wait = stunLastWait
+		}
+		ans, ok, err := stunReceive(ctx, conn, buf, txid, time.Now().Add(wait))
+		if err != nil {
+			return stunAnswer{}, fmt.Errorf("reading the STUN answer from %s: %w", server, err)
+		}
+		if ok {
+			return ans, nil
+		}
+		rto *= 2
+	}
+	return stunAnswer{}, fmt.Errorf("%w at %s", ErrNoSTUNAnswer, server)
+}
+
+// stunReceive reads until the answer to txid arrives (ok), or the deadline
+// passes or ctx ends (not ok). Its errors are those of a broken socket.
+func stunReceive(ctx context.Context, conn PacketConn, buf []byte, txid [stun.TransactionIDSize]byte, deadline time.Time) (stunAnswer, bool, error) {
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	for ctx.Err() == nil {
+		conn.SetReadDeadline(deadline)
+		n, from, err := conn.ReadFromUDPAddrPort(buf)
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return stunAnswer{}, false, nil
+		case errors.Is(err, net.ErrClosed):
+			return stunAnswer{}, false, err
+		case err != nil:
+			// ICMP port unreachable surfaces as a read error on some
+			// systems: nothing listens there (yet); keep waiting.
+			continue
+		}
+		if ans, ok := parseSTUNAnswer(buf[:n], txid); ok {
+			ans.from = unmap(from)
+			return ans, true, nil
+		}
+	}
+	return stunAnswer{}, false, nil
+}
+
+// newBindingRequest encodes a Binding request with a fresh transaction id:
+// SOFTWARE, CHANGE-REQUEST if change is not 0, and FINGERPRINT.
+func newBindingRequest(change uint32) ([]byte, [stun.TransactionIDSize]byte) {
+	m := new(stun.Message)
+	m.Type = stun.BindingRequest
+	rand.Read(m.TransactionID[:])
+	m.WriteHeader()
+	m.Add(stun.AttrSoftware, stunSoftware)
+	if change != 0 {
+		var v [4]byte
+		binary.BigEndian.PutUint32(v[:], change)
+		m.Add(stun.AttrChangeRequest, v[:])
+	}
+	stun.Fingerprint.AddTo(m)
+	return m.Raw, m.TransactionID
+}
+
+// parseSTUNAnswer decodes b if it is a Binding response (success or error)
+// to transaction txid, with a correct FINGERPRINT if it has one. Address
+// attributes that do not parse are treated as absent.
+func parseSTUNAnswer(b []byte, txid [stun.TransactionIDSize]byte) (stunAnswer, bool) {
+	if !isSTUN(b) {
+		return stunAnswer{}, false
+	}
+	m := &stun.Message{Raw: b}
+	if m.Decode() != nil || m.TransactionID != txid || m.Type.Method != stun.MethodBinding {
+		return stunAnswer{}, false
+	}
+	if m.Contains(stun.AttrFingerprint) && stun.Fingerprint.Check(m) != nil {
+		return stunAnswer{}, false
+	}
+	var ans stunAnswer
+	switch m.Type.Class {
+	case stun.ClassSuccessResponse:
+		if v, err := m.Get(stun.AttrXORMappedAddress); err == nil {
+			ans.mapped, _ = decodeSTUNAddr(v, &txid)
+		} else if v, err := m.Get(stun.AttrMappedAddress); err == nil {
+			ans.mapped, _ = decodeSTUNAddr(v, nil)
+		}
+		if v, err := m.Get(stun.AttrOtherAddress); err == nil {
+			ans.other, _ = decodeSTUNAddr(v, nil)
+		}
+		if v, err := m.Get(stun.AttrResponseOrigin); err == nil {
+			ans.origin, _ = decodeSTUNAddr(v, nil)
+		}
+	case stun.ClassErrorResponse:
+		v, err := m.Get(stun.AttrErrorCode)
+		if err != nil || len(v) < 4 {
+			ans.code = 400 // an error without a code is still an error
+			break
+		}
+		ans.code = int(v[2]&7)*100 + int(v[3])
+		ans.reason = string(v[4:])
+	default:
+		return stunAnswer{}, false
+	}
+	return ans, true
+}
+
+var errSTUNAddr = errors.New("malformed STUN address attribute")
+
+// decodeSTUNAddr decodes an address attribute's value (RFC 5389 15.1),
+// un-XOR-ing it with the cookie and txid when txid is not nil (15.2).
+// IPv4-mapped IPv6 addresses come back as IPv4. (pion's XORMappedAddress
+// decoder indexes the value before checking its length.)
+func decodeSTUNAddr(v []byte, txid *[stun.TransactionIDSize]byte) (netip.AddrPort, error) {
+	if len(v) < 4 {
+		return netip.AddrPort{}, errSTUNAddr
+	}
+	port := binary.BigEndian.Uint16(v[2:4])
+	var ip [16]byte
+	var n int
+	switch {
+	case v[1] == 1 && len(v) == 8:
+		n = 4
+	case v[1] == 2 && len(v) == 20:
+		n = 16
+	default:
+		return netip.AddrPort{}, errSTUNAddr
+	}
+	copy(ip[:n], v[4:4+n])
+	if txid != nil {
+		port ^= stunMagicCookie >> 16
+		key := stunXORKey(*txid)
+		for i := range n {
+			ip[i] ^= key[i]
+		}
+	}
+	if n == 4 {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[:4])), port), nil
+	}
+	return netip.AddrPortFrom(netip.AddrFrom16(ip).Unmap(), port), nil
+}
+
+// NATBehavior is a NAT's mapping or filtering behaviour in RFC 4787 terms,
+// as far as the server's sockets let CheckNAT tell. The string values are
+// stable (they are the JSON values).
+type NATBehavior string
+
+const (
+	// NATEndpointIndependent: the same mapping (or the same openness) for
+	// every remote address and port. Also the mapping of a host without NAT.
+	NATEndpointIndependent NATBehavior = "endpoint-independent"
+	// NATNotPortDependent: endpoint-independent or address-dependent. Only
+	// the server's port changed between the tests (the alternate shares the
+	// primary's IP), so the two could not be told apart.
+	NATNotPortDependent NATBehavior = "endpoint-independent-or-address-dependent"
+	// NATEndpointDependent: address-dependent or address-and-port-dependent.
+	// The server's IP changed between the tests and no test changed the
+	// port alone, so the two could not be told apart.
+	NATEndpointDependent NATBehavior = "address-dependent-or-address-and-port-dependent"
+	// NATAddressAndPortDependent: a change of the remote port alone gave a
+	// new mapping, or was filtered.
+	NATAddressAndPortDependent NATBehavior = "address-and-port-dependent"
+	// NATUnknown: not tested (no alternate socket, the server refused the
+	// change request, or the alternate did not answer).
+	NATUnknown NATBehavior = "unknown"
+)
+
+// describe is b for people.
+func (b NATBehavior) describe() string {
+	switch b {
+	case NATNotPortDependent:
+		return "endpoint-independent or address-dependent (could not tell: the server has one IP)"
+	case NATEndpointDependent:
+		return "dependent (could not tell address from address-and-port: the server has no second port on one IP)"
+	}
+	return string(b)
+}
+
+// NATReport is the result of CheckNAT. It encodes to JSON with the keys
+// given in brackets; they and the NATBehavior values are stable, for scripts
+// and tests.
+type NATReport struct {
+	// Server [server] is the STUN server's (primary) address.
+	Server netip.AddrPort `json:"server"`
+	// Alternate [alternate] is the server's other address from
+	// OTHER-ADDRESS (an unspecified IP in it replaced by the server's);
+	// "" when the server offers none.
+	Alternate netip.AddrPort `json:"alternate"`
+	// AlternateIP [alternate_ip] is true when the alternate has another IP
+	// than the server, false when only its port differs (or there is none).
+	AlternateIP bool `json:"alternate_ip"`
+	// Local [local] is the test socket's own address.
+	Local netip.AddrPort `json:"local"`
+	// Mapped [mapped] is the socket's reflexive address as the server saw
+	// it (XOR-MAPPED-ADDRESS).
+	Mapped netip.AddrPort `json:"mapped"`
+	// NAT [nat] is true when Mapped differs from Local.
+	NAT bool `json:"nat"`
+	// PortPreserved [port_preserved] is true when Mapped has Local's port
+	// (always so without NAT).
+	PortPreserved bool `json:"port_preserved"`
+	// Mapping [mapping] is the mapping behaviour (RFC 5780 4.3).
+	Mapping NATBehavior `json:"mapping"`
+	// Filtering [filtering] is the filtering behaviour (RFC 5780 4.4).
+	Filtering NATBehavior `json:"filtering"`
+	// Verdict [verdict] is one line on what this means for p2pcat.
+	Verdict string `json:"verdict"`
+	// Notes [notes] say why a test could not be run or concluded; the key is
+	// absent when there are none.
+	Notes []string `json:"notes,omitempty"`
+}
+
+// String is the report for people, one "label: value" per line.
+func (r NATReport) String() string {
+	var b strings.Builder
+	line := func(label, format string, a ...any) {
+		fmt.Fprintf(&b, "%-16s%s\n", label+":", fmt.Sprintf(format, a...))
+	}
+	switch {
+	case !r.Alternate.IsValid():
+		line("server", "%s (no alternate address)", r.Server)
+	case r.AlternateIP:
+		line("server", "%s (alternate %s, another IP)", r.Server, r.Alternate)
+	default:
+		line("server", "%s (alternate %s, same IP)", r.Server, r.Alternate)
+	}
+	line("local address", "%s", r.Local)
+	switch {
+	case !r.NAT:
+		line("mapped address", "%s (same as local: no NAT)", r.Mapped)
+	case r.PortPreserved:
+		line("mapped address", "%s (NAT, port preserved)", r.Mapped)
+	default:
+		line("mapped address", "%s (NAT, port not preserved)", r.Mapped)
+	}
+	line("mapping", "%s", r.Mapping.describe())
+	line("filtering", "%s", r.Filtering.describe())
+	for _, n := range r.Notes {
+		line("note", "%s", n)
+	}
+	line("verdict", "%s", r.Verdict)
+	return b.String()
+}
+
+// NATCheckOptions tunes CheckNAT. The zero value is ready to use.
+type NATCheckOptions struct {
+	// Local is the address the test socket binds to. Zero means the address
+	// this host uses to reach the server, on a port the system picks: RFC
+	// 5780 4.1 wants a port without earlier traffic, since filtering
+	// results depend on what the NAT has seen.
+	Local netip.AddrPort
+	// Wait is how long a test waits for an answer that may rightly never
+	// come (the NAT may filter answers from the alternate). Default 1.5 s.
+	Wait time.Duration
+}
+
+// CheckNAT finds this host's NAT mapping and filtering behaviour (RFC 4787
+// terms) with the tests of RFC 5780 sections 4.3 and 4.4, as far as a server
+// with one alternate socket allows, from a fresh UDP socket:
+//
+//   - Test I, a Binding request to server: is there a NAT (mapped address
+//     against the socket's own), is the port preserved, and the server's
+//     alternate address (OTHER-ADDRESS).
+//   - Filtering, before any traffic to the alternate: a request asking for
+//     the answer from the alternate (CHANGE-REQUEST). Answered means
+//     endpoint-independent filtering (or address-dependent, when only the
+//     port changed); not answered within Wait means address-and-port-
+//     dependent (or address-dependent, when the IP changed too).
+//   - Mapping, behind a NAT only: a request to the alternate. The same
+//     mapped address means endpoint-independent mapping (or address-
+//     dependent, when only the port differs); another means address-and-
+//     port-dependent (or address-dependent, when the IP differs too).
+//
+// ctx bounds the whole check; test I waits for the server as long as ctx
+// allows, the two others at most Wait each. When the server does not answer
+// test I the error wraps ErrNoServer.
+func CheckNAT(ctx context.Context, server netip.AddrPort, opt NATCheckOptions) (NATReport, error) {
+	if opt.Wait <= 0 {
+		opt.Wait = 1500 * time.Millisecond
+	}
+	server = unmap(server)
+	r := NATReport{Server: server, Mapping: NATUnknown, Filtering: NATUnknown}
+	local := opt.Local
+	if !local.IsValid() {
+		ip, err := sourceIPFor(server)
+		if err != nil {
+			return r, err
+		}
+		local = netip.AddrPortFrom(ip, 0)
+	}
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(local))
+	if err != nil {
+		return r, fmt.Errorf("opening a UDP socket on %s: %w", local, err)
+	}
+	defer conn.Close()
+	r.Local = unmap(conn.LocalAddr().(*net.UDPAddr).AddrPort())
+
+	t1, err := stunRoundTrip(ctx, conn, server, 0)
+	switch {
+	case errors.Is(err, ErrNoSTUNAnswer):
+		return r, fmt.Errorf("%w at %s", ErrNoServer, server)
+	case err != nil:
+		return r, err
+	case t1.code != 0:
+		return r, fmt.Errorf("%w: STUN Binding: %d %s", ErrServerRefused, t1.code, sanitize(t1.reason))
+	case !t1.mapped.IsValid():
+		return r, fmt.Errorf("server %s answered STUN without a mapped address", server)
+	}
+	r.Mapped = t1.mapped
+	r.NAT = r.Mapped != r.Local
+	r.PortPreserved = r.Mapped.Port() == r.Local.Port()
+	if !r.NAT {
+		r.Mapping = NATEndpointIndependent // RFC 5780 4.3: no NAT maps endpoint-independently
+	}
+	alt := t1.other
+	if alt.IsValid() && alt.Addr().IsUnspecified() {
+		alt = netip.AddrPortFrom(server.Addr(), alt.Port()) // "the IP you sent to"
+	}
+	if !alt.IsValid() || alt == server {
+		what := "filtering"
+		if r.NAT {
+			what = "mapping and filtering"
+		}
+		r.Notes = append(r.Notes, "the server offers no alternate address (RFC 5780 OTHER-ADDRESS), so "+what+" could not be tested")
+		r.Verdict = verdict(r)
+		return r, nil
+	}
+	r.Alternate = alt
+	r.AlternateIP = alt.Addr() != server.Addr()
+	altPort := alt.Port() != server.Port()
+
+	// Filtering first: an earlier request to the alternate would have
+	// opened the NAT to it.
+	var change uint32
+	if r.AlternateIP {
+		change |= stunChangeIP
+	}
+	if altPort {
+		change |= stunChangePort
+	}
+	ans, answered, err := bindingWithin(ctx, conn, server, change, opt.Wait)
+	if err != nil {
+		r.Verdict = verdict(r)
+		return r, err
+	}
+	switch {
+	case answered && ans.code != 0:
+		r.Notes = append(r.Notes, fmt.Sprintf("the server refused to answer from its alternate address (%d %s), so filtering could not be tested", ans.code, sanitize(ans.reason)))
+	case answered && ans.from == server:
+		r.Notes = append(r.Notes, "the server answered the change request from its primary address, so filtering could not be tested")
+	default:
+		r.Filtering = filteringBehavior(answered, r.AlternateIP)
+	}
+
+	if r.NAT {
+		ans, answered, err := bindingWithin(ctx, conn, alt, 0, opt.Wait)
+		if err != nil {
+			r.Verdict = verdict(r)
+			return r, err
+		}
+		switch {
+		case !answered:
+			r.Notes = append(r.Notes, fmt.Sprintf("the alternate address %s did not answer, so mapping could not be tested", alt))
+		case ans.code != 0 || !ans.mapped.IsValid():
+			r.Notes = append(r.Notes, fmt.Sprintf("the alternate address %s refused the request, so mapping could not be tested", alt))
+		default:
+			r.Mapping = mappingBehavior(ans.mapped == r.Mapped, r.AlternateIP)
+		}
+	}
+	r.Verdict = verdict(r)
+	return r, nil
+}
+
+// bindingWithin runs a transaction that may rightly go unanswered: answered
+// is false when wait passed without an answer. It fails only when ctx ends or
+// the socket breaks.
+func bindingWithin(ctx context.Context, conn PacketConn, to netip.AddrPort, change uint32, wait time.Duration) (ans stunAnswer, answered bool, err error) {
+	tctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	ans, err = stunRoundTrip(tctx, conn, to, change)
+	switch {
+	case err == nil:
+		return ans, true, nil
+	case ctx.Err() != nil:
+		return stunAnswer{}, false, fmt.Errorf("NAT check cut short: %w", ctx.Err())
+	case errors.Is(err, ErrNoSTUNAnswer):
+		return stunAnswer{}, false, nil
+	}
+	return stunAnswer{}, false, err
+}
+
+// mappingBehavior classifies test I against the test to the alternate:
+// same is whether both saw one mapped address, otherIP whether the
+// alternate has another IP (else only its port differs).
+func mappingBehavior(same, otherIP bool) NATBehavior {
+	switch {
+	case same && otherIP:
+		return NATEndpointIndependent
+	case same:
+		return NATNotPortDependent
+	case otherIP:
+		return NATEndpointDependent
+	}
+	return NATAddressAndPortDependent
+}
+
+// filteringBehavior classifies the change request: answered is whether the
+// answer from the alternate got through, otherIP whether it came from
+// another IP (else only from another port).
+func filteringBehavior(answered, otherIP bool) NATBehavior {
+	switch {
+	case answered && otherIP:
+		return NATEndpointIndependent
+	case answered:
+		return NATNotPortDependent
+	case otherIP:
+		return NATEndpointDependent
+	}
+	return NATAddressAndPortDependent
+}
+
+// verdict says in one line what r means for p2pcat's direct connections.
+func verdict(r NATReport) string {
+	restrictive := r.Filtering == NATAddressAndPortDependent || r.Filtering == NATEndpointDependent
+	switch {
+	case !r.NAT && restrictive:
+		return "no NAT, but a firewall drops unsolicited packets: direct connections work with most peers, since both sides punch"
+	case !r.NAT:
+		return "no NAT: direct connections work with most peers"
+	case r.Mapping == NATEndpointIndependent:
+		return "endpoint-independent mapping: direct connections work with most peers"
+	case r.Mapping == NATNotPortDependent:
+		return "the NAT keeps one mapping across server ports (endpoint-independent, unless address-dependent, which one server IP cannot rule out): direct connections likely work with most peers"
+	case r.Mapping == NATEndpointDependent, r.Mapping == NATAddressAndPortDependent:
+		return "endpoint-dependent mapping (symmetric NAT): direct connections only to peers without NAT; other sessions will use the relay"
+	}
+	return "behind a NAT whose behaviour could not be tested: direct connections may or may not work; sessions that cannot connect directly will use the relay"
+}
+
+// sourceIPFor returns the local IP this host sends from to reach server.
+// Connecting a UDP socket sends nothing; it only picks the route.
+func sourceIPFor(server netip.AddrPort) (netip.Addr, error) {
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(server))
+	if err != nil {
+		return netip.Addr{}, fmt.Errorf("no route to %s: %w", server, err)
+	}
+	defer c.Close()
+	return unmap(c.LocalAddr().(*net.UDPAddr).AddrPort()).Addr(), nil
+}
