@@ -237,12 +237,18 @@ func resolveServer(c *cli.Context) (netip.AddrPort, error) {
 	if s == "" {
 		return netip.AddrPort{}, usagef("no rendezvous server: give --server HOST:PORT or set P2PCAT_SERVER")
 	}
-	if !strings.Contains(s, ":") {
-		s = net.JoinHostPort(s, "3478")
+	return resolveHostPort("--server", s)
+}
+
+// resolveHostPort resolves a HOST[:PORT] flag value; the port defaults to
+// 3478, the STUN port the server also listens on by default.
+func resolveHostPort(flag, s string) (netip.AddrPort, error) {
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		s = net.JoinHostPort(strings.Trim(s, "[]"), "3478")
 	}
 	ua, err := net.ResolveUDPAddr("udp", s)
 	if err != nil {
-		return netip.AddrPort{}, usagef("--server %q: %v", s, err)
+		return netip.AddrPort{}, usagef("%s %q: %v", flag, s, err)
 	}
 	ap := ua.AddrPort()
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), nil

@@ -35,6 +35,7 @@ func pipeFlags() []cli.Flag {
 		&cli.IntFlag{Name: "rsa-bits", EnvVars: []string{"P2PCAT_RSA_BITS"}, Value: 2048, Usage: "size of the ephemeral RSA key (2048 to 4096)"},
 		&cli.IntFlag{Name: "port", Aliases: []string{"p"}, EnvVars: []string{"P2PCAT_PORT"}, Usage: "local UDP port (default: any free port)"},
 		&cli.StringFlag{Name: "peer", EnvVars: []string{"P2PCAT_PEER"}, Usage: "skip the rendezvous: the peer is reachable at `HOST:PORT` (both sides give it, with --port)"},
+		&cli.StringFlag{Name: "stun", EnvVars: []string{"P2PCAT_STUN"}, Usage: "also learn this host's public address from the STUN server at `HOST[:PORT]` (any RFC 5389 server) and offer it to the peer"},
 		&cli.StringFlag{Name: "relay", EnvVars: []string{"P2PCAT_RELAY"}, Value: "auto", Usage: "use the server's relay: auto (when no direct path appears), never (exit 5 then), only (relay from the start)"},
 		&cli.BoolFlag{Name: "no-offload", EnvVars: []string{"P2PCAT_NO_OFFLOAD"}, Usage: "send and receive one datagram per system call (no UDP GSO/GRO)"},
 		&cli.BoolFlag{Name: "no-mtu-probe", EnvVars: []string{"P2PCAT_NO_MTU_PROBE"}, Usage: "keep datagrams at 1200 bytes instead of probing the path for larger ones"},
@@ -107,6 +108,11 @@ func runPipe(c *cli.Context) error {
 			return err
 		}
 		cfg.Server = server
+		if st := c.String("stun"); st != "" {
+			if cfg.STUN, err = resolveHostPort("--stun", st); err != nil {
+				return err
+			}
+		}
 	}
 	level := slog.Level(100) // silent
 	switch {

@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/p2pcat/p2pcat/pipe/path"
@@ -41,6 +42,9 @@ var (
 // Config describes one session. Zero values mean the documented defaults.
 type Config struct {
 	Server netip.AddrPort // rendezvous server
+	// STUN, when valid, is a STUN server (RFC 5389) asked for this host's
+	// reflexive address, which is then offered to the peer as a candidate.
+	STUN netip.AddrPort
 	// PeerAddr, when valid, skips the rendezvous: the peer is known to be
 	// reachable there (a LAN, a forwarded port). Both sides must set it.
 	PeerAddr netip.AddrPort
@@ -329,6 +333,9 @@ func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int, log 
 	fctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	cands := path.LocalCandidates(port, cfg.Server.Addr().IsLoopback())
+	if cfg.STUN.IsValid() {
+		cands = cfg.stunCandidate(ctx, udp, cands, log)
+	}
 	log.Debug("asking the rendezvous server", "server", cfg.Server.String(), "candidates", fmt.Sprint(cands), "attempt", attempt+1)
 	match, err := client.Find(fctx, rendezvous.FindRequest{
 		Session: cfg.Session, Name: cfg.Name, Peer: cfg.Peer, Password: cfg.Password,
@@ -344,6 +351,28 @@ func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int, log 
 		return match, fmt.Errorf("%s did not show up within %s: %w", cfg.Peer, cfg.Timeout, err)
 	}
 	return match, err
+}
+
+// stunTimeout bounds the question to the --stun server.
+const stunTimeout = 2 * time.Second
+
+// stunCandidate asks the STUN server for our reflexive address and puts it
+// first among the candidates; without an answer the session goes on
+// without it.
+func (cfg *Config) stunCandidate(ctx context.Context, udp *net.UDPConn, cands []netip.AddrPort, log *slog.Logger) []netip.AddrPort {
+	sctx, cancel := context.WithTimeout(ctx, stunTimeout)
+	defer cancel()
+	addr, err := rendezvous.STUNBinding(sctx, udp, cfg.STUN)
+	if err != nil {
+		log.Warn("the STUN server did not answer; going on without its address", "stun", cfg.STUN.String(), "err", err)
+		return cands
+	}
+	log.Debug("reflexive address from STUN", "stun", cfg.STUN.String(), "addr", addr.String())
+	if slices.Contains(cands, addr) {
+		return cands
+	}
+	cands = append([]netip.AddrPort{addr}, cands...)
+	return cands[:min(len(cands), wire.MaxCandidates)]
 }
 
 type keyResult struct {

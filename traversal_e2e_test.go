@@ -57,3 +57,27 @@ func TestRelayByteCap(t *testing.T) {
 		}
 	}
 }
+
+// TestPipeWithSTUN: --stun asks a STUN server (here a second p2pcat serve)
+// for our reflexive address and offers it to the peer; a STUN server that
+// does not answer costs a warning, not the session.
+func TestPipeWithSTUN(t *testing.T) {
+	ctx := testCtx(t, time.Minute)
+	server := startServeWith(t, ctx)
+	stunServer := startServeWith(t, ctx, "--stun-alternate", "off")
+	env := peerEnv(server, "pw")
+	alice := startP2pcat(t, strings.NewReader("hi bob\n"), env, "--name", "alice", "--find", "bob", "--stun", stunServer, "-vv")
+	bob := startP2pcat(t, strings.NewReader("hi alice\n"), env, "--name", "bob", "--find", "alice", "--stun", "127.0.0.1:"+freeUDPPort(t), "-vv")
+	if ca, cb := alice.wait(ctx), bob.wait(ctx); ca != exitOK || cb != exitOK {
+		t.Fatalf("exit codes %d %d\nalice:\n%s\nbob:\n%s", ca, cb, alice.Stderr(), bob.Stderr())
+	}
+	if alice.stdout.String() != "hi alice\n" || bob.stdout.String() != "hi bob\n" {
+		t.Fatalf("got %q / %q", alice.stdout.String(), bob.stdout.String())
+	}
+	if !strings.Contains(alice.Stderr(), `msg="reflexive address from STUN" stun=`+stunServer+" addr=127.0.0.1:") {
+		t.Fatalf("alice did not learn her address from the STUN server:\n%s", alice.Stderr())
+	}
+	if !strings.Contains(bob.Stderr(), "the STUN server did not answer; going on without its address") {
+		t.Fatalf("bob does not say that the STUN server was silent:\n%s", bob.Stderr())
+	}
+}
