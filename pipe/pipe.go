@@ -179,7 +179,7 @@ func Run(ctx context.Context, cfg Config) error {
 		if match.Role == wire.RoleResponder {
 			role = secure.Responder
 		}
-		waits := staggered(attempt, role)
+		waits := staggered(attempt, cfg.Name < cfg.Peer)
 		candidates := append([]netip.AddrPort{match.PeerObserved}, match.PeerCandidates...)
 		var delay time.Duration
 		if waits {
@@ -242,8 +242,12 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		case ctx.Err() != nil:
 			return ErrInterrupted
-		case confirmed:
+		case confirmed && last:
 			return fmt.Errorf("handshake with %s did not complete: %w", cfg.Peer, err)
+		case confirmed:
+			// A path, but the handshake was too slow (a loaded machine):
+			// the peer gives up on this attempt too, so meet again.
+			log.Info("the handshake did not complete in time; trying again", "attempt", attempt+2)
 		}
 		log.Debug("no path", "attempt", attempt+1, "probes_sent", st.ProbesSent, "probes_received", st.ProbesReceived, "err", err)
 		lastErr = fmt.Errorf("%w to %s within %s (tried %d addresses in %d attempts; the peer's probes %s%s)", ErrNoPath, cfg.Peer, cfg.ConnectTimeout,
@@ -266,7 +270,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if !cfg.ProbeMTU {
 		tr = safeSizeOnly{sconn}
 	}
-	st := stream.New(tr, stream.Config{IdleTimeout: cfg.IdleTimeout, Logger: log})
+	// Keepalives come often enough that a quiet session outlives an idle
+	// timeout shorter than the stream's default interval.
+	st := stream.New(tr, stream.Config{IdleTimeout: cfg.IdleTimeout, KeepaliveInterval: min(10*time.Second, cfg.IdleTimeout/3), Logger: log})
 	err := transfer(ctx, st, cfg)
 	if rerr := link.RelayError(); rerr != nil && errors.Is(err, path.ErrRelayEnded) {
 		err = fmt.Errorf("lost the connection to %s: %w", cfg.Peer, rerr)
@@ -281,7 +287,7 @@ func Run(ctx context.Context, cfg Config) error {
 
 // Punch attempts (see Run).
 const (
-	attemptTimeout = 3 * time.Second // for a path and handshake, except the last attempt
+	attemptTimeout = 2 * time.Second // for a path and handshake, except the last attempt
 	reFindTimeout  = 5 * time.Second // for the peer to come back for another attempt
 	// relayAfter: in the last attempt, the relay carries copies of the
 	// handshake from this long on, so a direct path still wins when both
@@ -312,10 +318,11 @@ func (c *Config) relayNote(m rendezvous.Match) string {
 }
 
 // staggered reports whether this side holds back its first packets in
-// the given attempt: nobody in the first, then the initiator, then the
-// responder, alternating.
-func staggered(attempt int, role secure.Role) bool {
-	return attempt > 0 && (attempt%2 == 1) == (role == secure.Initiator)
+// the given attempt: nobody in the first, then the side whose name sorts
+// first, then the other, alternating. (Not by role: the server hands out
+// roles afresh in every attempt.)
+func staggered(attempt int, nameFirst bool) bool {
+	return attempt > 0 && (attempt%2 == 1) == nameFirst
 }
 
 // meet pairs us with the peer over udp: through the rendezvous server, or
