@@ -28,6 +28,9 @@ import (
 //     one second's worth) and a total of RelayBytes. Over the rate, datagrams
 //     are dropped (congestion control adapts); past the total, both clients
 //     get an Error (CodeRelayEnded) and the pairing is forgotten.
+//   - A keepalive (no payload) from one of the ends keeps the pairing and
+//     is echoed to its sender: clients on a direct path send one every
+//     10 s so that their NAT lets the relay in when the direct path fails.
 //   - Forwarding is one datagram out per datagram in, never larger, to an
 //     address that asked for this pairing: the relay amplifies nothing.
 
@@ -99,6 +102,7 @@ const (
 	relayUnknown              // no such pairing, or not from one of its ends
 	relayOverRate
 	relayQuotaReached
+	relayKeepalive // from one of the ends, no payload: answered, not forwarded
 )
 
 // route decides what happens to a relayed datagram of size n from from.
@@ -126,6 +130,10 @@ func (r *relay) route(id [16]byte, from netip.AddrPort, n int, now time.Time) (t
 		}
 		side = map[bool]int{true: 0, false: 1}[a]
 		p.ends[side] = from
+	}
+	if n == wire.RelayHeaderLen {
+		p.last = now
+		return to, p.ends, relayKeepalive
 	}
 	p.tokens = min(r.burst, p.tokens+now.Sub(p.last).Seconds()*r.rate)
 	p.last = now
@@ -197,6 +205,8 @@ func (s *Server) handleRelay(batch *outBatch, pkt []byte, from netip.AddrPort) {
 	case relayForward:
 		s.metrics.relayed(len(pkt))
 		batch.forward(pkt, to)
+	case relayKeepalive:
+		batch.forward(pkt, from) // the same 17 bytes back: the NAT sees an answer
 	case relayUnknown:
 		s.metrics.drop(dropRelayRefused)
 	case relayOverRate:

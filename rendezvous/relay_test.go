@@ -183,3 +183,22 @@ func TestNoRelay(t *testing.T) {
 		t.Fatal("relayed without a relay")
 	}
 }
+
+func TestRelayKeepaliveIsEchoedNotForwarded(t *testing.T) {
+	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	ua, ub, m := relayPair(t, srv)
+	keepalive := wire.AppendRelayHeader(nil, m.PairingID)
+	ua.WriteToUDPAddrPort(keepalive, srv.Addr)
+	if got, from := readWithin(ua, 5*time.Second); !bytes.Equal(got, keepalive) || from != srv.Addr {
+		t.Fatalf("a got %x from %s, want its keepalive echoed", got, from)
+	}
+	if got, _ := readWithin(ub, 300*time.Millisecond); got != nil {
+		t.Fatalf("the keepalive was forwarded: b got %x", got)
+	}
+	// From a stranger it is refused like any relayed datagram.
+	stranger := listenOn(t, "127.0.0.3")
+	stranger.WriteToUDPAddrPort(keepalive, srv.Addr)
+	if got, _ := readWithin(stranger, 300*time.Millisecond); got != nil {
+		t.Fatal("a stranger's keepalive was answered")
+	}
+}

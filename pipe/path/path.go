@@ -175,10 +175,11 @@ type Conn struct {
 	relayOnly    bool           // no direct path is tried
 	directHint   netip.AddrPort // where the peer's probes came from while relaying
 	hintAt       time.Time
-	lastTrial    time.Time    // last copy sent to directHint
-	noTrialUntil time.Time    // after falling back to the relay
-	relayErr     error        // the server ended the relay
-	unanswered   atomic.Int64 // unix ns of the first direct send not followed by a receive, or 0
+	lastTrial    time.Time     // last copy sent to directHint
+	noTrialUntil time.Time     // after falling back to the relay
+	relayErr     error         // the server ended the relay
+	unanswered   atomic.Int64  // unix ns of the first direct send not followed by a receive, or 0
+	received     atomic.Uint64 // datagrams from the peer (direct), for the quiet check
 	relayMu      sync.Mutex
 	relayBuf     []byte // guarded by relayMu
 
@@ -222,6 +223,15 @@ type Options struct {
 	// RelayOnly uses the relay alone, from the start, without probing.
 	RelayOnly bool
 }
+
+// quietNudges: after the peer falls quiet on a direct path, for this many
+// seconds a probe a second re-opens our NAT toward it.
+const quietNudges = 5
+
+// relayKeepaliveInterval: on a direct path, how often an empty relayed
+// datagram keeps our NAT mapping toward the relay open (NATs forget idle UDP
+// mappings after 30 s or more).
+const relayKeepaliveInterval = 10 * time.Second
 
 // ErrRelayEnded: the server stopped relaying this session.
 var ErrRelayEnded = errors.New("the rendezvous server ended the relay")
@@ -310,6 +320,11 @@ func (c *Conn) routinePunch(ctx context.Context, delay time.Duration) {
 	}
 	probe := c.probe()
 	interval := 20 * time.Millisecond
+	var (
+		lastRelayKeepalive time.Time
+		lastReceived       uint64
+		quiet              int // seconds without a datagram from the peer
+	)
 	for {
 		c.mu.Lock()
 		direct := c.peer.IsValid() && c.peer != c.server
@@ -319,8 +334,27 @@ func (c *Conn) routinePunch(ctx context.Context, delay time.Duration) {
 		switch {
 		case direct:
 			// The session's own packets keep the NATs open; look again
-			// later in case the path falls back to the relay.
+			// every second in case the path falls back to the relay, and
+			// keep the NAT open toward the relay meanwhile.
 			next = time.Second
+			if n := c.received.Load(); n != lastReceived {
+				lastReceived, quiet = n, 0
+			} else {
+				quiet++
+			}
+			// The peer went quiet: its packets may be stopped by our NAT,
+			// which forgot the mapping (a router reboot, a conntrack
+			// flush) while we, the receiving side, had nothing to send.
+			// A probe to the peer re-opens it; one through the relay
+			// re-opens the way for the relay too.
+			nudge := quiet >= 1 && quiet <= quietNudges
+			if nudge {
+				c.write(probe, c.Peer())
+			}
+			if c.relayAllowed && (nudge || time.Since(lastRelayKeepalive) >= relayKeepaliveInterval) {
+				lastRelayKeepalive = time.Now()
+				c.write(wire.AppendRelayHeader(nil, c.pairingID), c.server)
+			}
 		case c.relaying():
 			next = time.Second
 			fallthrough
@@ -577,6 +611,7 @@ func (c *Conn) inbound(p []byte, from netip.AddrPort) ([]byte, error) {
 		if c.unanswered.Load() != 0 {
 			c.unanswered.Store(0)
 		}
+		c.received.Add(1)
 		return p, nil
 	}
 	c.count(func(s *Stats) { s.Dropped++ })
@@ -592,6 +627,9 @@ func (c *Conn) fromServer(p []byte) ([]byte, error) {
 		return nil, nil
 	}
 	if id, payload, ok := wire.ParseRelay(p); ok && id == c.pairingID {
+		if len(payload) == 0 {
+			return nil, nil // the echo of our relay keepalive
+		}
 		return payload, nil
 	}
 	if m, err := wire.Decode(p); err == nil {

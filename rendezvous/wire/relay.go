@@ -8,7 +8,10 @@ package wire
 //	payload   ...       one datagram of the secure layer, opaque to the server
 //
 // and the server forwards the same bytes, unchanged, to the other client of
-// that pairing. The server reads nothing inside the payload: the session is
+// that pairing. A relayed datagram without payload is a keepalive: the
+// server answers it with the same 17 bytes and forwards nothing (a client
+// on a direct path keeps its NAT mapping toward the server open with it, so
+// that the relay can reach it the moment the direct path fails). The server reads nothing inside the payload: the session is
 // encrypted and authenticated end to end (PROTOCOL.md, "The relay"). The
 // type byte is outside the ranges of STUN (first byte 0x00-0x01), the
 // rendezvous messages (0x50, "P2PC"), the secure layer (0xD0-0xE5) and the
@@ -35,9 +38,10 @@ func AppendRelayHeader(b []byte, id [16]byte) []byte {
 	return append(b, id[:]...)
 }
 
-// ParseRelay splits a relayed datagram into its pairing id and payload.
+// ParseRelay splits a relayed datagram into its pairing id and payload
+// (empty for a keepalive).
 func ParseRelay(b []byte) (id [16]byte, payload []byte, ok bool) {
-	if len(b) <= RelayHeaderLen || len(b) > MaxRelayDatagram || b[0] != RelayType {
+	if len(b) < RelayHeaderLen || len(b) > MaxRelayDatagram || b[0] != RelayType {
 		return id, nil, false
 	}
 	return [16]byte(b[1:RelayHeaderLen]), b[RelayHeaderLen:], true
