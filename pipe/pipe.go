@@ -198,7 +198,7 @@ func Run(ctx context.Context, cfg Config) error {
 		// NATs see outbound packets, the less the first ones clash.
 		link = path.New(udp, cfg.Server, match.PairingID, candidates, log, path.Options{
 			NoOffload: cfg.NoOffload, ProbeDelay: delay,
-			Relay: match.Relay && cfg.Relay != RelayNever, RelayAfter: relayDelay, RelayOnly: cfg.Relay == RelayOnly,
+			Relay: match.Relay && cfg.Relay != RelayNever, RelayAfter: relayDelay, RelayOnly: cfg.Relay == RelayOnly, Role: match.Role,
 		})
 		if key == nil {
 			kr := <-keyc

@@ -23,7 +23,9 @@ import (
 //   - A datagram is forwarded only when it comes from one of the pairing's
 //     two addresses, both proven by cookies. A client whose NAT moved it to
 //     another port of the same IP is followed there (unless both clients
-//     share the IP, when the relay cannot tell which one moved).
+//     share the IP, when the relay cannot tell which one moved); a client
+//     on another IP moves its end with a RelayBind, whose cookie proves the
+//     new address.
 //   - Each pairing has a token bucket of RelayRate bytes per second (burst:
 //     one second's worth) and a total of RelayBytes. Over the rate, datagrams
 //     are dropped (congestion control adapts); past the total, both clients
@@ -69,7 +71,8 @@ func newRelay(cfg Config) *relay {
 	}
 }
 
-// offer remembers a new pairing between a and b.
+// offer remembers a new pairing between the initiator at a and the
+// responder at b.
 func (r *relay) offer(id [16]byte, a, b netip.AddrPort, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -149,6 +152,22 @@ func (r *relay) route(id [16]byte, from netip.AddrPort, n int, now time.Time) (t
 	return p.ends[1-side], p.ends, relayForward
 }
 
+// bind moves the end of role to addr, which proved with a cookie that it
+// receives there.
+func (r *relay) bind(id [16]byte, role wire.Role, addr netip.AddrPort, now time.Time) bool {
+	r.mu.RLock()
+	p := r.pairs[id]
+	r.mu.RUnlock()
+	if p == nil {
+		return false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.ends[role] = addr
+	p.last = now
+	return true
+}
+
 func (r *relay) forget(id [16]byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -221,4 +240,15 @@ func (s *Server) handleRelay(batch *outBatch, pkt []byte, from netip.AddrPort) {
 			(&sender{s: s, batch: batch, to: end, proven: true}).send(notice)
 		}
 	}
+}
+
+// handleRelayBind moves one end of a relayed pairing to a proven address,
+// and answers with a relay keepalive, which tells the client it worked.
+func (s *Server) handleRelayBind(out *sender, m *wire.RelayBind, now time.Time) {
+	if s.relay == nil || !s.relay.bind(m.PairingID, m.Role, out.to, now) {
+		s.metrics.drop(dropRelayRefused)
+		return
+	}
+	s.log.Debug("relay end moved", "role", m.Role.String(), "to", out.to.String())
+	out.batch.add(wire.AppendRelayHeader(out.batch.buffer(), m.PairingID), out.to)
 }

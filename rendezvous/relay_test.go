@@ -202,3 +202,38 @@ func TestRelayKeepaliveIsEchoedNotForwarded(t *testing.T) {
 		t.Fatal("a stranger's keepalive was answered")
 	}
 }
+
+// TestRelayBindMovesAnEnd: a client whose IP changed moves its end of the
+// relay with a RelayBind, which needs a cookie for the new address.
+func TestRelayBindMovesAnEnd(t *testing.T) {
+	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	_, ub, m := relayPair(t, srv) // a is the initiator side on 127.0.0.1
+	moved := listenOn(t, "127.0.0.3")
+	bind := func(cookie []byte) []byte {
+		return wire.Pad((&wire.RelayBind{ReqID: 77, Cookie: cookie, PairingID: m.PairingID, Role: m.Role}).AppendTo(nil))
+	}
+	moved.WriteToUDPAddrPort(bind(nil), srv.Addr)
+	got, _ := readWithin(moved, 5*time.Second)
+	msg, err := wire.Decode(got)
+	ch, ok := msg.(*wire.Challenge)
+	if err != nil || !ok || ch.ReqID != 77 {
+		t.Fatalf("a RelayBind without cookie got %v (%v), want a Challenge", msg, err)
+	}
+	// Before the bind, the new address is refused.
+	moved.WriteToUDPAddrPort(relayed(m.PairingID, "too early"), srv.Addr)
+	if got, _ := readWithin(ub, 300*time.Millisecond); got != nil {
+		t.Fatal("relayed from an unbound address")
+	}
+	moved.WriteToUDPAddrPort(bind(ch.Cookie), srv.Addr)
+	if got, _ := readWithin(moved, 5*time.Second); !bytes.Equal(got, wire.AppendRelayHeader(nil, m.PairingID)) {
+		t.Fatalf("the bind got %x, want the keepalive-shaped acknowledgement", got)
+	}
+	ub.WriteToUDPAddrPort(relayed(m.PairingID, "to the new address"), srv.Addr)
+	if got, _ := readWithin(moved, 5*time.Second); string(got[wire.RelayHeaderLen:]) != "to the new address" {
+		t.Fatalf("the moved end got %q", got)
+	}
+	moved.WriteToUDPAddrPort(relayed(m.PairingID, "from the new address"), srv.Addr)
+	if got, _ := readWithin(ub, 5*time.Second); string(got[wire.RelayHeaderLen:]) != "from the new address" {
+		t.Fatalf("b got %q", got)
+	}
+}

@@ -279,6 +279,10 @@ func (s *Server) handle(batch *outBatch, pkt []byte, from netip.AddrPort) {
 		if s.admit(out, m.ReqID, m.Cookie, m.Session, now) {
 			s.handleFind(out, m, now)
 		}
+	case *wire.RelayBind:
+		if s.admit(out, m.ReqID, m.Cookie, "", now) {
+			s.handleRelayBind(out, m, now)
+		}
 	default:
 		s.metrics.drop(dropUnexpected)
 	}
@@ -428,7 +432,11 @@ func (s *Server) handleFind(out *sender, m *wire.Find, now time.Time) {
 		res.reply.Relay = true
 		if res.paired {
 			res.push.Relay = true
-			s.relay.offer(res.reply.PairingID, out.to, res.pushAddr, now)
+			initiator, responder := out.to, res.pushAddr
+			if res.reply.Role == wire.RoleResponder {
+				initiator, responder = responder, initiator
+			}
+			s.relay.offer(res.reply.PairingID, initiator, responder, now)
 		}
 	}
 	out.send(&res.reply)

@@ -40,6 +40,7 @@ package path
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -179,7 +180,10 @@ type Conn struct {
 	noTrialUntil time.Time     // after falling back to the relay
 	relayErr     error         // the server ended the relay
 	unanswered   atomic.Int64  // unix ns of the first direct send not followed by a receive, or 0
-	received     atomic.Uint64 // datagrams from the peer (direct), for the quiet check
+	received     atomic.Uint64 // datagrams from the peer, for the quiet check
+	sent         atomic.Uint64 // datagrams sent to the peer, likewise
+	role         wire.Role     // ours in the pairing, for RelayBind
+	bindReqID    uint64        // of the last RelayBind
 	relayMu      sync.Mutex
 	relayBuf     []byte // guarded by relayMu
 
@@ -222,6 +226,8 @@ type Options struct {
 	RelayAfter time.Duration
 	// RelayOnly uses the relay alone, from the start, without probing.
 	RelayOnly bool
+	// Role is ours in the pairing: the relay knows the two ends by role.
+	Role wire.Role
 }
 
 // quietNudges: after the peer falls quiet on a direct path, for this many
@@ -267,6 +273,7 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 	log.Debug("udp offload", "gso", c.gso, "gro", c.gro)
 	if opt.Relay || opt.RelayOnly {
 		c.relayAllowed = true
+		c.role = opt.Role
 		c.relayOnly = opt.RelayOnly
 		switch {
 		case opt.RelayOnly:
@@ -301,9 +308,6 @@ func (c *Conn) addCandidateLocked(a netip.AddrPort) bool {
 // every second. It returns when the Conn closes.
 func (c *Conn) routinePunch(ctx context.Context, delay time.Duration) {
 	defer close(c.punchDone)
-	if c.relayOnly {
-		return
-	}
 	wait := func(d time.Duration) bool {
 		t := time.NewTimer(d)
 		defer t.Stop()
@@ -323,25 +327,34 @@ func (c *Conn) routinePunch(ctx context.Context, delay time.Duration) {
 	var (
 		lastRelayKeepalive time.Time
 		lastReceived       uint64
-		quiet              int // seconds without a datagram from the peer
+		lastSent           [2]uint64 // datagrams sent, one and two seconds ago
+		quiet              int       // seconds without a datagram from the peer
 	)
 	for {
 		c.mu.Lock()
-		direct := c.peer.IsValid() && c.peer != c.server
+		confirmed := c.peer.IsValid()
+		direct := confirmed && c.peer != c.server
 		targets := slices.Clone(c.candidates)
 		c.mu.Unlock()
 		next := min(2*interval, 200*time.Millisecond)
-		switch {
-		case direct:
-			// The session's own packets keep the NATs open; look again
-			// every second in case the path falls back to the relay, and
-			// keep the NAT open toward the relay meanwhile.
+		talking := false // we sent in the last two seconds
+		if confirmed {
 			next = time.Second
 			if n := c.received.Load(); n != lastReceived {
 				lastReceived, quiet = n, 0
 			} else {
 				quiet++
 			}
+			n := c.sent.Load()
+			talking = n != lastSent[1]
+			lastSent = [2]uint64{n, lastSent[0]}
+		}
+		switch {
+		case direct:
+			// The session's own packets keep the NATs open; look again
+			// every second in case the path falls back to the relay, and
+			// keep the NAT open toward the relay meanwhile.
+			//
 			// The peer went quiet: its packets may be stopped by our NAT,
 			// which forgot the mapping (a router reboot, a conntrack
 			// flush) while we, the receiving side, had nothing to send.
@@ -355,20 +368,37 @@ func (c *Conn) routinePunch(ctx context.Context, delay time.Duration) {
 				lastRelayKeepalive = time.Now()
 				c.write(wire.AppendRelayHeader(nil, c.pairingID), c.server)
 			}
-		case c.relaying():
-			next = time.Second
-			fallthrough
-		default:
+		case !c.relayOnly:
+			// Punching, or relaying: a direct path may still open.
 			for _, t := range targets {
 				c.write(probe, t)
 				c.count(func(s *Stats) { s.ProbesSent++ })
 			}
+		}
+		// We keep sending and hear nothing: perhaps our address changed
+		// (a new network, a new public IP), which the relay only learns
+		// from a RelayBind.
+		if confirmed && c.relayAllowed && talking && quiet >= 2 && quiet%2 == 0 {
+			c.sendRelayBind(nil)
 		}
 		if !wait(interval) {
 			return
 		}
 		interval = next
 	}
+}
+
+// sendRelayBind asks the server to move our end of the relay to the
+// address this socket has now. Without a cookie the server answers with a
+// Challenge, and fromServer sends it again with the cookie.
+func (c *Conn) sendRelayBind(cookie []byte) {
+	c.mu.Lock()
+	if cookie == nil {
+		c.bindReqID = randUint64()
+	}
+	m := &wire.RelayBind{ReqID: c.bindReqID, Cookie: cookie, PairingID: c.pairingID, Role: c.role}
+	c.mu.Unlock()
+	c.write(wire.Pad(m.AppendTo(nil)), c.server)
 }
 
 // unconfirmed returns the confirmation channel before confirmation, and
@@ -435,6 +465,7 @@ type route struct {
 }
 
 func (c *Conn) route() route {
+	c.sent.Add(1)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var r route
@@ -505,6 +536,7 @@ func (c *Conn) SendBatch(bufs [][]byte) error {
 		}
 		return nil
 	}
+	c.sent.Add(1)
 	if c.relayAllowed {
 		c.sentDirect(time.Now())
 	}
@@ -628,11 +660,21 @@ func (c *Conn) fromServer(p []byte) ([]byte, error) {
 	}
 	if id, payload, ok := wire.ParseRelay(p); ok && id == c.pairingID {
 		if len(payload) == 0 {
-			return nil, nil // the echo of our relay keepalive
+			return nil, nil // the echo of our relay keepalive, or a bind's answer
 		}
+		c.received.Add(1)
 		return payload, nil
 	}
 	if m, err := wire.Decode(p); err == nil {
+		if ch, ok := m.(*wire.Challenge); ok {
+			c.mu.Lock()
+			ours := ch.ReqID == c.bindReqID && c.bindReqID != 0
+			c.mu.Unlock()
+			if ours {
+				c.sendRelayBind(ch.Cookie)
+				return nil, nil
+			}
+		}
 		if e, ok := m.(*wire.Error); ok && e.Code == wire.CodeRelayEnded && e.ReqID == binary.BigEndian.Uint64(c.pairingID[:8]) {
 			c.mu.Lock()
 			defer c.mu.Unlock()
@@ -831,4 +873,10 @@ func (c *Conn) Close() error {
 
 func unmap(a netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+func randUint64() uint64 {
+	var b [8]byte
+	crand.Read(b[:])
+	return binary.BigEndian.Uint64(b[:])
 }

@@ -28,6 +28,7 @@
 //	             flags u8 (bit 0: the server relays this pairing, see relay.go),
 //	             peer observed address, peer candidates u8 count × address
 //	Error        reqID u64, code u8, message string
+//	RelayBind    reqID u64, cookie string, pairingID [16]byte, role u8 (the sender's)
 //
 // Decoders never panic: any malformed, truncated or oversized input is an
 // error that wraps ErrMalformed (or ErrVersion / ErrType for those cases).
@@ -77,6 +78,7 @@ const (
 	TypeFind         Type = 0x05
 	TypeFindResp     Type = 0x06
 	TypeError        Type = 0x07
+	TypeRelayBind    Type = 0x08
 )
 
 func (t Type) String() string {
@@ -95,6 +97,8 @@ func (t Type) String() string {
 		return "find_resp"
 	case TypeError:
 		return "error"
+	case TypeRelayBind:
+		return "relay_bind"
 	}
 	return "unknown"
 }
@@ -142,6 +146,17 @@ type Message interface {
 type Hello struct {
 	ReqID   uint64
 	Session string
+}
+
+// RelayBind moves one end of a relayed pairing to the address it comes from:
+// a client whose address changed (a new network, a new public IP) sends it
+// from its session socket. The cookie proves that it receives there; without
+// one the server answers with a Challenge.
+type RelayBind struct {
+	ReqID     uint64
+	Cookie    []byte
+	PairingID [16]byte
+	Role      Role // the sender's role in the pairing
 }
 
 // Challenge answers Hello (or any request whose cookie is missing or stale).
@@ -287,6 +302,7 @@ func (*RegisterResp) Type() Type { return TypeRegisterResp }
 func (*Find) Type() Type         { return TypeFind }
 func (*FindResp) Type() Type     { return TypeFindResp }
 func (*Error) Type() Type        { return TypeError }
+func (*RelayBind) Type() Type    { return TypeRelayBind }
 
 func appendHeader(b []byte, t Type) []byte {
 	b = append(b, Magic[:]...)
@@ -332,6 +348,14 @@ func Pad(b []byte) []byte {
 		b = append(b, 0)
 	}
 	return b
+}
+
+func (m *RelayBind) AppendTo(b []byte) []byte {
+	b = appendHeader(b, TypeRelayBind)
+	b = binary.BigEndian.AppendUint64(b, m.ReqID)
+	b = appendBytes(b, m.Cookie)
+	b = append(b, m.PairingID[:]...)
+	return append(b, byte(m.Role))
 }
 
 func (m *Hello) AppendTo(b []byte) []byte {
@@ -605,6 +629,16 @@ func Decode(b []byte) (Message, error) {
 	case TypeHello:
 		v := &Hello{ReqID: r.u64("request id")}
 		v.Session = r.name("session")
+		r.padding()
+		m = v
+	case TypeRelayBind:
+		v := &RelayBind{ReqID: r.u64("request id")}
+		v.Cookie = r.bytes(MaxCookieLen, "cookie")
+		r.array(v.PairingID[:], "pairing id")
+		v.Role = Role(r.u8("role"))
+		if v.Role > RoleResponder {
+			r.fail("role")
+		}
 		r.padding()
 		m = v
 	case TypeChallenge:

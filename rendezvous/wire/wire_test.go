@@ -25,6 +25,9 @@ func sampleMessages() []Message {
 		&FindResp{ReqID: 8, Status: FindMatched, Observed: v4, PairingID: [16]byte{0xaa}, Role: RoleResponder,
 			PeerObserved: v6, PeerCandidates: []netip.AddrPort{v4}},
 		&Error{ReqID: 9, Code: CodeTaken, Message: "session taken"},
+		&FindResp{ReqID: 10, Status: FindMatched, Observed: v6, PairingID: [16]byte{0xbb}, Role: RoleInitiator, Relay: true,
+			PeerObserved: v4},
+		&RelayBind{ReqID: 11, Cookie: []byte{1, 2, 3}, PairingID: [16]byte{0xcc}, Role: RoleResponder},
 	}
 }
 
