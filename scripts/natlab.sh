@@ -6,6 +6,17 @@
 #   scripts/natlab.sh up TYPE_A TYPE_B PREFIX   build a lab, print its addresses
 #   scripts/natlab.sh down PREFIX               remove it (idempotent)
 #
+# Events to run in a lab while a session is up (the recovery tests):
+#
+#   scripts/natlab.sh flush PREFIX
+#       the routers and the server host forget their conntrack entries, as
+#       when NAT mappings expire
+#   scripts/natlab.sh readdress PREFIX SIDE ADDR
+#       client SIDE (a or b) moves to ADDR in its /24, as with a new DHCP
+#       lease or a new public address; its sockets stay open
+#   scripts/natlab.sh cut PREFIX
+#       the internet drops every packet: nobody reaches anybody
+#
 # Topology. "The internet" is a bridge in its own namespace PREFIX-inet,
 # 198.51.100.0/24 (TEST-NET-2). The rendezvous host PREFIX-srv is
 # 198.51.100.1. The two clients PREFIX-a and PREFIX-b are each either on the
@@ -53,15 +64,23 @@ run() {
 	fi
 }
 
-# in runs a bounded command inside namespace $1.
+# nsrun runs a bounded command inside namespace $1.
 nsrun() {
 	local ns=$1
 	shift
 	run ip netns exec "$ns" "$@"
 }
 
+# nsip runs ip(8) on namespace $1: the same as nsrun "$1" ip, without the
+# mount namespace that ip netns exec sets up (a lab runs dozens of these).
+nsip() {
+	local ns=$1
+	shift
+	run ip -n "$ns" "$@"
+}
+
 usage() {
-	echo "usage: $0 up TYPE_A TYPE_B PREFIX | down PREFIX" >&2
+	echo "usage: $0 up TYPE_A TYPE_B PREFIX | down PREFIX | flush PREFIX | readdress PREFIX SIDE ADDR | cut PREFIX" >&2
 	echo "       TYPE is public, cone, clash, symmetric (or samelan for both)" >&2
 	exit 2
 }
@@ -73,7 +92,7 @@ check_prefix() {
 # lab_namespaces lists the namespaces of lab $1 that exist.
 lab_namespaces() {
 	local p=$1
-	timeout "$STEP_TIMEOUT" ip netns list | awk '{print $1}' |
+	timeout "$STEP_TIMEOUT" ip netns list 2>/dev/null | awk '{print $1}' |
 		grep -E "^${p}-(inet|srv|a|b|ra|rb|r)\$" || true
 }
 
@@ -89,24 +108,86 @@ down() {
 	[ -z "$left" ] || die "could not delete namespaces: $left"
 }
 
-# new_ns creates namespace $1 with loopback up and IPv6 off.
-new_ns() {
-	run ip netns add "$1"
-	nsrun "$1" ip link set dev lo up
-	nsrun "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-	nsrun "$1" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+# A lab is built in two steps. The functions below plan it: the namespaces
+# in the order they are configured (a veth's far end must exist before its
+# namespace is configured, so a router comes before the host behind it)
+# and, for each, the ip(8) commands that configure it. build then runs one
+# ip -batch per namespace: a lab is some fifty commands, and the tests
+# build many labs at once.
+NAMESPACES=()
+declare -A LINES
+ROUTERS=() # "NS TYPE" of each NAT router
+
+# add_ns NS plans a namespace with loopback up.
+add_ns() {
+	NAMESPACES+=("$1")
+	LINES[$1]="link set dev lo up"$'\n'
 }
 
-# plug NS IFNAME ADDR/LEN connects NS to the internet bridge with address ADDR.
+# cmd NS ARGS... plans the command "ip ARGS" in NS.
+cmd() {
+	local ns=$1
+	shift
+	LINES[$ns]+="$*"$'\n'
+}
+
+# plug NS IFNAME ADDR/LEN PORT connects NS to the internet bridge with
+# address ADDR; PORT is the bridge's end.
 plug() {
 	local ns=$1 ifname=$2 addr=$3 port=$4
-	run ip -n "$P-inet" link add name "$port" type veth peer name "$ifname" netns "$ns"
-	nsrun "$P-inet" ip link set dev "$port" master br0 up
-	nsrun "$ns" ip addr add "$addr" dev "$ifname"
-	nsrun "$ns" ip link set dev "$ifname" up
+	cmd "$P-inet" link add name "$port" type veth peer name "$ifname" netns "$ns"
+	cmd "$P-inet" link set dev "$port" master br0 up
+	cmd "$ns" addr add "$addr" dev "$ifname"
+	cmd "$ns" link set dev "$ifname" up
 }
 
-# router NS TYPE: the netfilter rules of a NAT router whose WAN is "wan".
+# client SIDE TYPE WAN_HOST PUBLIC_HOST SUBNET plans client SIDE (a or b).
+client() {
+	local side=$1 type=$2 wan=$3 pub=$4 subnet=$5
+	local host=$P-$side router=$P-r$side
+	if [ "$type" = public ]; then
+		add_ns "$host"
+		plug "$host" eth0 "$NET.$pub/24" "port_$side"
+		echo "$side: namespace $host, public $NET.$pub"
+		return
+	fi
+	add_ns "$router"
+	add_ns "$host"
+	ROUTERS+=("$router $type")
+	plug "$router" wan "$NET.$wan/24" "port_r$side"
+	cmd "$router" link add name lan type veth peer name eth0 netns "$host"
+	cmd "$router" addr add "10.0.$subnet.1/24" dev lan
+	cmd "$router" link set dev lan up
+	cmd "$host" addr add "10.0.$subnet.2/24" dev eth0
+	cmd "$host" link set eth0 up
+	cmd "$host" route add default via "10.0.$subnet.1"
+	echo "$side: namespace $host, 10.0.$subnet.2 behind $type NAT $router (WAN $NET.$wan)"
+}
+
+# samelan plans one cone router with both clients on its LAN bridge.
+samelan() {
+	local router=$P-r side i=2
+	add_ns "$router"
+	ROUTERS+=("$router samelan")
+	plug "$router" wan "$NET.11/24" port_r
+	cmd "$router" link add name lan type bridge
+	cmd "$router" addr add 10.0.1.1/24 dev lan
+	cmd "$router" link set dev lan up
+	for side in a b; do
+		add_ns "$P-$side"
+		cmd "$router" link add name "p$side" type veth peer name eth0 netns "$P-$side"
+		cmd "$router" link set dev "p$side" master lan up
+		cmd "$P-$side" addr add "10.0.1.$i/24" dev eth0
+		cmd "$P-$side" link set eth0 up
+		cmd "$P-$side" route add default via 10.0.1.1
+		echo "$side: namespace $P-$side, 10.0.1.$i behind cone NAT $router (WAN $NET.11, no hairpin)"
+		i=$((i + 1))
+	done
+}
+
+# router_rules NS TYPE loads the netfilter rules of a NAT router whose WAN
+# is "wan". (A new namespace tracks no connection before its first rule
+# that needs conntrack: there is nothing to flush.)
 router_rules() {
 	local ns=$1 type=$2 masq=masquerade input_drop='iifname "wan" drop'
 	case $type in
@@ -116,75 +197,44 @@ router_rules() {
 	*) die "unknown NAT type '$type'" ;;
 	esac
 	nsrun "$ns" sysctl -qw net.ipv4.ip_forward=1
-	local rules
-	rules=$(
-		cat <<-EOF
-			table ip nat {
-				chain postrouting {
-					type nat hook postrouting priority srcnat; policy accept;
-					oifname "wan" $masq
-				}
+	nsrun "$ns" nft -f - <<-EOF
+		table ip nat {
+			chain postrouting {
+				type nat hook postrouting priority srcnat; policy accept;
+				oifname "wan" $masq
 			}
-			table inet filter {
-				chain forward {
-					type filter hook forward priority filter; policy accept;
-					ct state established,related accept
-					iifname "wan" drop
-				}
-				chain input {
-					type filter hook input priority filter; policy accept;
-					ct state established,related accept
-					$input_drop
-				}
+		}
+		table inet filter {
+			chain forward {
+				type filter hook forward priority filter; policy accept;
+				ct state established,related accept
+				iifname "wan" drop
 			}
-		EOF
-	)
-	printf '%s\n' "$rules" >"$TMPRULES"
-	nsrun "$ns" nft -f "$TMPRULES"
-	nsrun "$ns" conntrack -F
+			chain input {
+				type filter hook input priority filter; policy accept;
+				ct state established,related accept
+				$input_drop
+			}
+		}
+	EOF
 }
 
-# client SIDE TYPE WAN_HOST PUBLIC_HOST SUBNET builds client SIDE (a or b).
-client() {
-	local side=$1 type=$2 wan=$3 pub=$4 subnet=$5
-	local host=$P-$side router=$P-r$side
-	new_ns "$host"
-	if [ "$type" = public ]; then
-		plug "$host" eth0 "$NET.$pub/24" "port_$side"
-		echo "$side: namespace $host, public $NET.$pub"
-		return
-	fi
-	new_ns "$router"
-	plug "$router" wan "$NET.$wan/24" "port_r$side"
-	run ip -n "$router" link add name lan type veth peer name eth0 netns "$host"
-	nsrun "$router" ip addr add "10.0.$subnet.1/24" dev lan
-	nsrun "$router" ip link set dev lan up
-	nsrun "$host" ip addr add "10.0.$subnet.2/24" dev eth0
-	nsrun "$host" ip link set eth0 up
-	nsrun "$host" ip route add default via "10.0.$subnet.1"
-	router_rules "$router" "$type"
-	echo "$side: namespace $host, 10.0.$subnet.2 behind $type NAT $router (WAN $NET.$wan)"
-}
-
-# samelan builds one cone router with both clients on its LAN bridge.
-samelan() {
-	local router=$P-r side i=2
-	new_ns "$router"
-	plug "$router" wan "$NET.11/24" port_r
-	nsrun "$router" ip link add name lan type bridge
-	nsrun "$router" ip addr add 10.0.1.1/24 dev lan
-	nsrun "$router" ip link set dev lan up
-	for side in a b; do
-		new_ns "$P-$side"
-		run ip -n "$router" link add name "p$side" type veth peer name eth0 netns "$P-$side"
-		nsrun "$router" ip link set dev "p$side" master lan up
-		nsrun "$P-$side" ip addr add "10.0.1.$i/24" dev eth0
-		nsrun "$P-$side" ip link set eth0 up
-		nsrun "$P-$side" ip route add default via 10.0.1.1
-		echo "$side: namespace $P-$side, 10.0.1.$i behind cone NAT $router (WAN $NET.11, no hairpin)"
-		i=$((i + 1))
+# build creates the planned namespaces (IPv6 off, so that only the
+# addresses above exist), configures them in order, then the routers'
+# rules.
+build() {
+	local ns r
+	printf 'netns add %s\n' "${NAMESPACES[@]}" | run ip -batch -
+	for ns in "${NAMESPACES[@]}"; do
+		nsrun "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 	done
-	router_rules "$router" samelan
+	for ns in "${NAMESPACES[@]}"; do
+		printf '%s' "${LINES[$ns]}" | nsip "$ns" -batch -
+	done
+	for r in "${ROUTERS[@]}"; do
+		# shellcheck disable=SC2086 # "NS TYPE"
+		router_rules $r
+	done
 }
 
 up() {
@@ -202,14 +252,10 @@ up() {
 	done
 	[ -z "$(lab_namespaces "$P")" ] || die "a lab with prefix $P exists; run: $0 down $P"
 
-	TMPRULES=$(mktemp)
-	# On any failure, leave nothing half-built behind.
-	trap 'rm -f "$TMPRULES"; [ "${built:-}" = 1 ] || down "$P" >/dev/null 2>&1 || true' EXIT
-
-	new_ns "$P-inet"
-	nsrun "$P-inet" ip link add name br0 type bridge
-	nsrun "$P-inet" ip link set br0 up
-	new_ns "$P-srv"
+	add_ns "$P-inet"
+	cmd "$P-inet" link add name br0 type bridge
+	cmd "$P-inet" link set br0 up
+	add_ns "$P-srv"
 	plug "$P-srv" eth0 "$SERVER/24" port_srv
 	echo "srv: namespace $P-srv, $SERVER"
 	if [ "$ta" = samelan ]; then
@@ -218,7 +264,73 @@ up() {
 		client a "$ta" 11 10 1
 		client b "$tb" 21 20 2
 	fi
+	# On any failure, leave nothing half-built behind.
+	trap '[ "${built:-}" = 1 ] || down "$P" >/dev/null 2>&1 || true' EXIT
+	build
 	built=1
+}
+
+# need_lab fails unless lab $1 has namespace $1-$2.
+need_lab() {
+	check_prefix "$1"
+	lab_namespaces "$1" | grep -x "$1-$2" >/dev/null || die "no namespace $1-$2: is lab $1 up?"
+}
+
+# flush deletes the conntrack entries of every router and of the server
+# host. The routers' next outbound packets create new mappings: a cone NAT
+# keeps the port when it is free, a symmetric one picks a new random port.
+# Unsolicited packets are dropped again until the client behind the
+# router sends.
+flush() {
+	local p=$1 ns flushed=()
+	need_lab "$p" srv
+	for ns in $(lab_namespaces "$p" | grep -E -- "-(srv|ra|rb|r)\$"); do
+		nsrun "$ns" conntrack -F
+		flushed+=("$ns")
+	done
+	echo "flushed conntrack in ${flushed[*]}"
+}
+
+# readdress moves client $2 of lab $1 to address $3, as a new DHCP lease
+# would: the new address comes first, then the old one goes, and the
+# default route (behind a router) is put back through the new one. The
+# client's sockets stay open; their packets leave from the new address.
+readdress() {
+	local p=$1 side=$2 new=$3 ns old
+	[[ $side =~ ^[ab]$ ]] || die "side '$side' must be a or b"
+	[[ $new =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "address '$new' is not an IPv4 address"
+	need_lab "$p" "$side"
+	ns=$p-$side
+	old=$(timeout "$STEP_TIMEOUT" ip -n "$ns" -4 -o addr show dev eth0 | awk 'NR == 1 {print $4}')
+	old=${old%/*}
+	[ -n "$old" ] || die "$ns has no IPv4 address on eth0"
+	[ "${old%.*}" = "${new%.*}" ] || die "$new is not in the /24 of $old"
+	[ "$old" != "$new" ] || die "$ns already has $new"
+	local gw
+	gw=$(timeout "$STEP_TIMEOUT" ip -n "$ns" -4 route show default | awk 'NR == 1 {print $3}')
+	# Deleting an interface's first address deletes the others of its
+	# subnet unless they are promoted.
+	nsrun "$ns" sysctl -qw net.ipv4.conf.eth0.promote_secondaries=1
+	nsip "$ns" addr add "$new/24" dev eth0
+	nsip "$ns" addr del "$old/24" dev eth0
+	if [ -n "$gw" ]; then
+		nsip "$ns" route replace default via "$gw" dev eth0 src "$new"
+	fi
+	echo "$side: $ns moved from $old to $new"
+}
+
+# cut makes the internet bridge drop every frame between its ports.
+cut() {
+	local p=$1
+	need_lab "$p" inet
+	nsrun "$p-inet" nft -f - <<-EOF
+		table bridge natlab_cut {
+			chain forward {
+				type filter hook forward priority filter; policy drop;
+			}
+		}
+	EOF
+	echo "cut: $p-inet drops everything"
 }
 
 [ $# -ge 1 ] || usage
@@ -231,6 +343,14 @@ up)
 down)
 	[ $# -eq 2 ] || usage
 	down "$2"
+	;;
+flush | cut)
+	[ $# -eq 2 ] || usage
+	"$1" "$2"
+	;;
+readdress)
+	[ $# -eq 4 ] || usage
+	readdress "$2" "$3" "$4"
 	;;
 *) usage ;;
 esac
