@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -35,6 +36,59 @@ func TestNATLab(t *testing.T) {
 		t.Parallel()
 		runLabs(t, slots, recoveryJobs(script))
 	})
+	t.Run("nat-check", func(t *testing.T) {
+		t.Parallel()
+		runLabs(t, slots, natCheckJobs(script))
+	})
+}
+
+// natCheckJobs run `p2pcat nat-check --json` behind each NAT type against
+// the lab's server (which has its STUN alternate on port 3479, same IP) and
+// check that it names the behaviour the lab built.
+func natCheckJobs(script string) []labJob {
+	type want struct {
+		nat                bool
+		mapping, filtering string
+	}
+	const (
+		eiOrAD = "endpoint-independent-or-address-dependent"
+		apd    = "address-and-port-dependent"
+	)
+	expect := map[string]want{
+		"public":    {false, "endpoint-independent", eiOrAD},
+		"cone":      {true, eiOrAD, apd},
+		"clash":     {true, eiOrAD, apd},
+		"symmetric": {true, apd, apd},
+	}
+	var jobs []labJob
+	for i, pair := range [][2]string{{"public", "cone"}, {"clash", "symmetric"}} {
+		jobs = append(jobs, labJob{"nat-check-" + pair[0] + "-" + pair[1], func(t *testing.T) {
+			ctx := testCtx(t, 60*time.Second)
+			lab := upNATLab(t, ctx, script, fmt.Sprintf("nl%dn%d", os.Getpid(), i), pair[0], pair[1])
+			for side, kind := range map[string]string{"a": pair[0], "b": pair[1]} {
+				p := startP2pcatIn(t, lab.prefix+"-"+side, nil, nil, "nat-check", "--server", natLabServer, "--json")
+				if code := p.wait(ctx); code != exitOK {
+					t.Fatalf("nat-check behind %s: exit %d\n%s", kind, code, p.Stderr())
+				}
+				var got struct {
+					NAT       bool   `json:"nat"`
+					Mapping   string `json:"mapping"`
+					Filtering string `json:"filtering"`
+					Verdict   string `json:"verdict"`
+				}
+				if err := json.Unmarshal(p.stdout.Bytes(), &got); err != nil {
+					t.Fatalf("nat-check behind %s: %v\n%s", kind, err, p.stdout.String())
+				}
+				w := expect[kind]
+				if got.NAT != w.nat || got.Mapping != w.mapping || got.Filtering != w.filtering {
+					t.Errorf("behind %s: nat=%v mapping=%s filtering=%s, want nat=%v mapping=%s filtering=%s\n%s",
+						kind, got.NAT, got.Mapping, got.Filtering, w.nat, w.mapping, w.filtering, p.stdout.String())
+				}
+				t.Logf("%-9s nat=%v mapping=%s filtering=%s: %s", kind, got.NAT, got.Mapping, got.Filtering, got.Verdict)
+			}
+		}})
+	}
+	return jobs
 }
 
 // testNATMatrix runs every pair of NAT types: alice sends a 1 MiB random

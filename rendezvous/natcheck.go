@@ -409,29 +409,6 @@ func CheckNAT(ctx context.Context, server netip.AddrPort, opt NATCheckOptions) (
 	r.AlternateIP = alt.Addr() != server.Addr()
 	altPort := alt.Port() != server.Port()
 
-	// Filtering first: an earlier request to the alternate would have
-	// opened the NAT to it.
-	var change uint32
-	if r.AlternateIP {
-		change |= stunChangeIP
-	}
-	if altPort {
-		change |= stunChangePort
-	}
-	ans, answered, err := bindingWithin(ctx, conn, server, change, opt.Wait)
-	if err != nil {
-		r.Verdict = verdict(r)
-		return r, err
-	}
-	switch {
-	case answered && ans.code != 0:
-		r.Notes = append(r.Notes, fmt.Sprintf("the server refused to answer from its alternate address (%d %s), so filtering could not be tested", ans.code, sanitize(ans.reason)))
-	case answered && ans.from == server:
-		r.Notes = append(r.Notes, "the server answered the change request from its primary address, so filtering could not be tested")
-	default:
-		r.Filtering = filteringBehavior(answered, r.AlternateIP)
-	}
-
 	if r.NAT {
 		ans, answered, err := bindingWithin(ctx, conn, alt, 0, opt.Wait)
 		if err != nil {
@@ -447,6 +424,39 @@ func CheckNAT(ctx context.Context, server netip.AddrPort, opt NATCheckOptions) (
 			r.Mapping = mappingBehavior(ans.mapped == r.Mapped, r.AlternateIP)
 		}
 	}
+
+	// Filtering, from a fresh socket: the mapping test's request to the
+	// alternate has opened the NAT to it for the first socket. (Testing
+	// filtering first on one socket is no better: on a NAT that lets an
+	// unsolicited packet create a conntrack entry, the alternate's answer
+	// would make the mapping test see a new port.)
+	fresh, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(r.Local.Addr(), 0)))
+	if err != nil {
+		r.Verdict = verdict(r)
+		return r, fmt.Errorf("opening a second UDP socket on %s: %w", r.Local.Addr(), err)
+	}
+	defer fresh.Close()
+	var change uint32
+	if r.AlternateIP {
+		change |= stunChangeIP
+	}
+	if altPort {
+		change |= stunChangePort
+	}
+	ans, answered, err := bindingWithin(ctx, fresh, server, change, opt.Wait)
+	if err != nil {
+		r.Verdict = verdict(r)
+		return r, err
+	}
+	switch {
+	case answered && ans.code != 0:
+		r.Notes = append(r.Notes, fmt.Sprintf("the server refused to answer from its alternate address (%d %s), so filtering could not be tested", ans.code, sanitize(ans.reason)))
+	case answered && ans.from == server:
+		r.Notes = append(r.Notes, "the server answered the change request from its primary address, so filtering could not be tested")
+	default:
+		r.Filtering = filteringBehavior(answered, r.AlternateIP)
+	}
+
 	r.Verdict = verdict(r)
 	return r, nil
 }
