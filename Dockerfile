@@ -1,6 +1,6 @@
 # Multi-stage build of a static p2pcat for running the rendezvous server.
 #   docker build -t p2pcat .
-#   docker run -p 3478:3478/udp -v p2pcat-data:/data p2pcat
+#   docker run -p 3478-3479:3478-3479/udp -v p2pcat-data:/data p2pcat
 FROM golang:1.26 AS build
 WORKDIR /src
 COPY go.mod go.sum ./
@@ -13,5 +13,5 @@ FROM scratch
 COPY --from=build /out/p2pcat /p2pcat
 USER 65534:65534
 VOLUME /data
-EXPOSE 3478/udp
+EXPOSE 3478/udp 3479/udp
 ENTRYPOINT ["/p2pcat", "serve", "--listen", ":3478", "--data", "/data", "--log-format", "json"]
