@@ -77,6 +77,80 @@ func (lw *LineWriter) Flush() error {
 	return err
 }
 
+// SpanWriter follows the same rules as LineWriter for a reader that keeps
+// its bytes in its own buffer (pipe/stream's receive buffer, see
+// stream.Conn.Peek): it writes whole lines straight from that buffer and
+// reports how many bytes it wrote; the rest, a partial line, stays with the
+// caller, who presents it again with the bytes that follow. Only a line
+// that straddles the end of a ring buffer (a, then b) is copied, into a
+// scratch buffer of at most MaxLine bytes. Every Write to W is whole lines,
+// a piece of a line of at least MaxLine bytes, or the end of the stream.
+type SpanWriter struct {
+	W       io.Writer
+	MaxLine int // 0: DefaultMaxLine
+	scratch []byte
+}
+
+// WriteLines writes the whole lines at the start of a followed by b (b
+// continues a; either may be empty) and returns how many bytes of a then b
+// it wrote. A partial line of MaxLine bytes or more is written as it is
+// (a piece of a long line); atEOF writes everything.
+func (w *SpanWriter) WriteLines(a, b []byte, atEOF bool) (int, error) {
+	max := w.MaxLine
+	if max <= 0 {
+		max = DefaultMaxLine
+	}
+	done := 0
+	write := func(p []byte) error {
+		if len(p) == 0 {
+			return nil
+		}
+		_, err := w.W.Write(p)
+		if err == nil {
+			done += len(p)
+		}
+		return err
+	}
+	// a alone: its whole lines; its partial last line joins b's first.
+	cut := linesCut(a, max, atEOF && len(b) == 0)
+	if err := write(a[:cut]); err != nil {
+		return done, err
+	}
+	if len(b) == 0 {
+		return done, nil
+	}
+	if rest := a[cut:]; len(rest) > 0 {
+		// The line that straddles the wrap, or its first MaxLine bytes.
+		j := bytes.IndexByte(b, '\n') + 1
+		switch {
+		case j > 0 && len(rest)+j <= max:
+		case j > 0 || len(rest)+len(b) >= max:
+			j = max - len(rest)
+		case atEOF:
+			j = len(b)
+		default:
+			return done, nil // a partial line: wait for its end
+		}
+		w.scratch = append(append(w.scratch[:0], rest...), b[:j]...)
+		if err := write(w.scratch); err != nil {
+			return done, err
+		}
+		b = b[j:]
+	}
+	return done, write(b[:linesCut(b, max, atEOF)])
+}
+
+// linesCut returns how much of p to write: up to its last newline, or all
+// of it when atEOF or when the partial line after that newline is max
+// bytes or longer (as LineWriter does).
+func linesCut(p []byte, max int, atEOF bool) int {
+	cut := bytes.LastIndexByte(p, '\n') + 1
+	if atEOF || len(p)-cut >= max {
+		return len(p)
+	}
+	return cut
+}
+
 // Lines splits a byte stream into lines for display (the chat). Each
 // complete line, without its newline, is passed to emit; a line longer than
 // max is emitted in pieces. Flush emits the rest.
