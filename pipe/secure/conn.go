@@ -83,9 +83,9 @@ type Conn struct {
 	bufs     sync.Pool // *sealBuf
 
 	batchMu sync.Mutex // guards the SendBatch buffers
-	// batchArena holds one batch of sealed datagrams back to back, so the
-	// link can hand a run of them to the kernel without copying (GSO). It
-	// grows to the largest batch once, then is reused.
+	// batchArena holds up to batchBytes of sealed datagrams back to back
+	// (or one larger datagram), so the link can hand a run of them to the
+	// kernel without copying (GSO). Allocated at the first SendBatch.
 	batchArena []byte
 	batchOut   [][]byte
 	batchNonce [12]byte
@@ -216,8 +216,10 @@ type BatchLink interface {
 	SendBatch(bufs [][]byte) error
 }
 
-// maxBatch bounds the datagrams sealed per SendBatch call.
-const maxBatch = 64
+// batchBytes bounds the sealed bytes handed to the link at once: one GSO
+// send (64 KiB), so the arena stays in the cache between sealing and the
+// system call that copies it out. A payload larger than that goes alone.
+const batchBytes = 64 << 10
 
 // SendBatch seals every payload of ps, in order, and sends them together
 // when the link can (else one by one). It does not retain ps.
@@ -234,34 +236,38 @@ func (c *Conn) SendBatch(ps [][]byte) error {
 	if c.closed.Load() {
 		return fmt.Errorf("secure: send: %w", net.ErrClosed)
 	}
+	for _, p := range ps {
+		if len(p) > c.PayloadLimit() {
+			return fmt.Errorf("secure: payload of %d bytes exceeds PayloadLimit %d", len(p), c.PayloadLimit())
+		}
+	}
 	c.batchMu.Lock()
 	defer c.batchMu.Unlock()
+	if c.batchArena == nil {
+		c.batchArena = make([]byte, 0, batchBytes+maxDataDatagram)
+	}
 	for len(ps) > 0 {
-		n := min(len(ps), maxBatch)
-		size := 0
-		for _, p := range ps[:n] {
-			if len(p) > c.PayloadLimit() {
-				return fmt.Errorf("secure: payload of %d bytes exceeds PayloadLimit %d", len(p), c.PayloadLimit())
+		// Seal up to batchBytes (at least one datagram), then send: the
+		// arena is still in the cache when the kernel copies it out.
+		arena, out := c.batchArena[:0], c.batchOut[:0]
+		n := 0
+		for _, p := range ps {
+			size := dataHeaderSize + len(p) + gcmTagSize
+			if n > 0 && len(arena)+size > batchBytes {
+				break
 			}
-			size += dataHeaderSize + len(p) + gcmTagSize
-		}
-		if cap(c.batchArena) < size {
-			c.batchArena = make([]byte, size)
-		}
-		arena := c.batchArena[:size]
-		out := c.batchOut[:0]
-		for _, p := range ps[:n] {
 			ctr, err := c.nextCounter()
 			if err != nil {
 				return err
 			}
-			b := arena[: dataHeaderSize+len(p)+gcmTagSize : dataHeaderSize+len(p)+gcmTagSize]
-			arena = arena[len(b):]
-			b[0] = typeData
-			binary.BigEndian.PutUint64(b[1:dataHeaderSize], ctr)
+			d := arena[len(arena) : len(arena)+size : len(arena)+size]
+			arena = arena[:len(arena)+size]
+			d[0] = typeData
+			binary.BigEndian.PutUint64(d[1:dataHeaderSize], ctr)
 			binary.BigEndian.PutUint64(c.batchNonce[4:], ctr)
-			c.sendAEAD.Seal(b[dataHeaderSize:dataHeaderSize], c.batchNonce[:], p, b[:dataHeaderSize])
-			out = append(out, b)
+			c.sendAEAD.Seal(d[dataHeaderSize:dataHeaderSize], c.batchNonce[:], p, d[:dataHeaderSize])
+			out = append(out, d)
+			n++
 		}
 		c.batchOut = out[:0]
 		c.lastSend.Store(c.now())
