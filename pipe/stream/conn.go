@@ -97,7 +97,8 @@ const (
 	minBuffer          = 64 << 10 // also the window assumed before the peer's first ack
 	sleepForever       = time.Duration(1<<63 - 1)
 	maxLinger          = 3 * time.Second
-	sendBatch          = 16 // packets built per lock, sent per wake-up
+	sendBatch          = 64    // packets built per lock, sent per wake-up (UDP_MAX_SEGMENTS)
+	batchBytes         = 64000 // bytes built per lock: sealed, one GSO send (64 KiB) in pipe/path
 	pacerGranularity   = 2 * time.Millisecond
 	abortCopies        = 3
 )
@@ -124,7 +125,14 @@ type counters struct {
 
 // Conn is one end of the byte stream. Read and Write may be called from
 // different goroutines; Conn owns two goroutines (receive and send loops)
-// that Close waits for.
+// that Close waits for. ReadFrom and Peek/Consume are Write and Read
+// without the copy in between: the caller's reader fills the send buffer,
+// and the caller writes straight from the receive buffer.
+//
+// Together with the caller's goroutines they form a pipeline on each side,
+// every stage bounded by a buffer: the writer (stdin) fills the send
+// buffer, the send loop seals and sends, the receive loop receives, opens
+// and fills the receive buffer, the reader (stdout) drains it.
 type Conn struct {
 	tr             Transport
 	log            *slog.Logger
@@ -281,15 +289,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 			return 0, c.err
 		}
 		if n := r.read(p); n > 0 {
-			// Advertise the freed space once it is worth a packet: a
-			// quarter of the buffer, so a blocked sender resumes soon.
-			if r.window()-r.advertised >= uint64(r.buf.max)/4 {
-				r.ackWanted, r.ackNow = true, true
-				c.wakeSender()
-			}
-			if r.allDelivered() {
-				c.wakeSender() // we may be complete now
-			}
+			c.afterReadLocked()
 			return n, nil
 		}
 		if err := r.readErr(); err != nil {
@@ -299,6 +299,148 @@ func (c *Conn) Read(p []byte) (int, error) {
 			return 0, c.errLocked()
 		}
 		c.readable.Wait()
+	}
+}
+
+// maxReadChunk bounds one read of ReadFrom: large enough that a file is
+// read with few system calls, small enough that the send loop gets the
+// first bytes soon.
+const maxReadChunk = 256 << 10
+
+// ReadFrom reads r until EOF straight into the send buffer, with no copy
+// in between: each read fills free space of the buffer, outside the lock,
+// and its bytes are sent at once, like Write's. It blocks while the buffer
+// is full. It returns the bytes read and nil at EOF (it does not
+// CloseWrite), r's error, or the Conn's error once it ended. Write and
+// ReadFrom must not be called concurrently.
+func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
+	var total int64
+	for {
+		dst, err := c.reserveWrite(maxReadChunk)
+		if err != nil {
+			return total, err
+		}
+		// Only this writer touches the buffer beyond end: the send loop
+		// reads below end, and a growing ring keeps [una, end) in place
+		// and is only grown by the writer.
+		n, rerr := r.Read(dst)
+		if n > 0 {
+			if err := c.commitWrite(n); err != nil {
+				return total, err
+			}
+			total += int64(n)
+		}
+		if rerr == io.EOF {
+			return total, nil
+		}
+		if rerr != nil {
+			return total, rerr
+		}
+	}
+}
+
+// reserveWrite waits for free space in the send buffer and returns up to
+// max bytes of it, contiguous, for the writer to fill outside the lock.
+func (c *Conn) reserveWrite(max int) ([]byte, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := &c.snd
+	for {
+		if c.finished {
+			return nil, c.errLocked()
+		}
+		if s.finWritten {
+			return nil, ErrWriteClosed
+		}
+		used := s.end - s.una
+		if free := uint64(s.buf.max) - used; free > 0 {
+			// Fill the ring as it is; grow it only once it is full, so
+			// that small reads (a terminal) keep a small ring.
+			n := min(free, uint64(max))
+			if room := uint64(len(s.buf.buf)) - used; room > 0 {
+				n = min(n, room)
+			}
+			s.buf.fit(s.una, s.end+n)
+			return s.buf.span(s.end, int(n)), nil
+		}
+		c.writable.Wait()
+	}
+}
+
+// commitWrite makes n bytes written into a reserved span part of the
+// stream.
+func (c *Conn) commitWrite(n int) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.finished {
+		return c.errLocked()
+	}
+	if c.snd.finWritten {
+		return ErrWriteClosed
+	}
+	c.snd.end += uint64(n)
+	c.wakeSender()
+	return nil
+}
+
+// Peek waits until at least want bytes are readable (at least one when
+// want <= 0) and returns every readable byte without copying: a, then b
+// when they wrap around the end of the receive buffer. The slices alias the
+// buffer and stay valid until Consume; only one goroutine may read (Peek
+// and Consume, or Read) at a time. At the end of the stream Peek returns
+// what is left, possibly fewer than want bytes or none, with io.EOF; after
+// a failure, the Conn's error. want is capped at the receive buffer's size.
+func (c *Conn) Peek(want int) (a, b []byte, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := &c.rcv
+	want = max(1, min(want, r.buf.max))
+	for {
+		if c.finished && c.err != nil {
+			return nil, nil, c.err
+		}
+		avail := int(r.nxt - r.readOff)
+		atEnd := r.finKnown && r.nxt == r.finOff
+		if avail >= want || atEnd {
+			a, b = r.buf.spans(r.readOff, avail)
+			if atEnd {
+				err = io.EOF
+			}
+			return a, b, err
+		}
+		if c.finished {
+			return nil, nil, c.errLocked()
+		}
+		c.readable.Wait()
+	}
+}
+
+// Consume releases the first n bytes that Peek returned: they count as
+// read.
+func (c *Conn) Consume(n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	r := &c.rcv
+	n = min(n, int(r.nxt-r.readOff))
+	if n <= 0 {
+		return
+	}
+	r.readOff += uint64(n)
+	c.afterReadLocked()
+}
+
+// afterReadLocked runs after the reader took bytes: it advertises the
+// freed space once it is worth a packet (a quarter of the buffer, so a
+// blocked sender resumes soon), and wakes the send loop when the stream
+// may be complete.
+func (c *Conn) afterReadLocked() {
+	r := &c.rcv
+	if r.window()-r.advertised >= uint64(r.buf.max)/4 {
+		r.ackWanted, r.ackNow = true, true
+		c.wakeSender()
+	}
+	if r.allDelivered() {
+		c.wakeSender()
 	}
 }
 
@@ -672,17 +814,17 @@ func (c *Conn) sendLoop() {
 	defer c.closeTransport()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	// Packets are built back to back in one arena, so the layer below can
+	// hand them to the kernel in one GSO send without copying them.
+	arena := make([]byte, batchBytes+c.bufSize)
 	var bufs [sendBatch][]byte
-	for i := range bufs {
-		bufs[i] = make([]byte, 0, c.bufSize)
-	}
 	for {
 		c.sendMu.Lock()
 		c.mu.Lock()
 		now := c.now()
-		n, next := c.produceLocked(now, &bufs)
+		n, more, next := c.produceLocked(now, arena, &bufs)
 		finished := c.finished
-		if n == sendBatch {
+		if more {
 			c.sleepUntil = 0
 		} else if next == 0 {
 			c.sleepUntil = sleepForever
@@ -702,7 +844,7 @@ func (c *Conn) sendLoop() {
 		if finished {
 			return
 		}
-		if n == sendBatch {
+		if more {
 			continue
 		}
 		if next > 0 {
@@ -717,18 +859,22 @@ func (c *Conn) sendLoop() {
 	}
 }
 
-// produceLocked runs due timers and builds up to sendBatch packets into
-// bufs. It returns how many, and when it wants to run next (0: only when
-// woken).
-func (c *Conn) produceLocked(now time.Duration, bufs *[sendBatch][]byte) (n int, next time.Duration) {
+// produceLocked runs due timers and builds the next burst of packets into
+// arena, back to back, with bufs[:n] pointing at them. A burst is one
+// packet, or as many as fit in the pacer's quantum (about 1 ms of data at
+// the pacing rate, at least two packets, at most batchBytes: one GSO
+// send) and sendBatch, so that bursts on a slow path stay small. It
+// reports whether more could be sent at once, and otherwise when it wants
+// to run next (0: only when woken).
+func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs *[sendBatch][]byte) (n int, more bool, next time.Duration) {
 	if c.finished {
-		return 0, 0
+		return 0, false, 0
 	}
 	s, r := &c.snd, &c.rcv
 	netDone := s.finAcked && r.finKnown && r.nxt == r.finOff // nothing more needed from the peer
 	if !netDone && now-c.lastRecv >= c.idle {
 		c.failLocked(ErrIdleTimeout)
-		return 0, 0
+		return 0, false, 0
 	}
 	if s.lossTime != 0 && now >= s.lossTime {
 		c.detectLossesLocked(now)
@@ -751,7 +897,7 @@ func (c *Conn) produceLocked(now time.Duration, bufs *[sendBatch][]byte) (n int,
 			sendDone, finishAfter = true, true
 		} else if now >= c.lingerEnd {
 			c.failLocked(nil)
-			return 0, 0
+			return 0, false, 0
 		} else if now >= c.doneNext {
 			sendDone = true
 			c.doneNext = now + c.rtt.pto()
@@ -759,11 +905,18 @@ func (c *Conn) produceLocked(now time.Duration, bufs *[sendBatch][]byte) (n int,
 	}
 	ping := !netDone && now-c.lastSent >= c.keepalive
 
+	used := 0 // bytes of arena taken
 	if c.pmtu.due(s) && !c.complete {
-		bufs[n] = c.buildMTUProbeLocked(bufs[n][:0], now)
+		bufs[n] = c.buildMTUProbeLocked(arena[:0], now)
+		used += len(bufs[n])
 		n++
 	}
-	for n < sendBatch {
+	budget := min(c.cc.quantum(), batchBytes)
+	for {
+		if n == sendBatch || n > 0 && used+c.maxPayload > budget {
+			more = true
+			break
+		}
 		probe := s.probes > 0
 		hasData := s.hasRetx() || s.newDataReady()
 		canData := hasData && (probe || (s.bytesInFlight+c.maxPayload <= c.cc.cwnd && s.paceNext <= now))
@@ -772,7 +925,7 @@ func (c *Conn) produceLocked(now time.Duration, bufs *[sendBatch][]byte) (n int,
 		if !canData && !sendDone && !pingNow && !ackDue {
 			break
 		}
-		b := binary.AppendUvarint(bufs[n][:0], s.nextPN)
+		b := binary.AppendUvarint(arena[used:used], s.nextPN)
 		if r.ackWanted {
 			b = c.appendAckLocked(b, now, min(c.maxPayload-len(b)-32, maxAckLen(maxAckRanges)))
 		}
@@ -796,10 +949,11 @@ func (c *Conn) produceLocked(now time.Duration, bufs *[sendBatch][]byte) (n int,
 			s.probes--
 		}
 		bufs[n] = b
+		used += len(b)
 		n++
 		if finishAfter {
 			c.failLocked(nil)
-			return n, 0
+			return n, false, 0
 		}
 	}
 
@@ -826,7 +980,7 @@ func (c *Conn) produceLocked(now time.Duration, bufs *[sendBatch][]byte) (n int,
 		at(c.doneNext)
 	}
 	hasData := s.hasRetx() || s.newDataReady()
-	if hasData && s.bytesInFlight+c.maxPayload <= c.cc.cwnd && n < sendBatch {
+	if hasData && s.bytesInFlight+c.maxPayload <= c.cc.cwnd && !more {
 		at(s.paceNext)
 	}
 	if !hasData && s.bytesInFlight+c.maxPayload <= c.cc.cwnd {
@@ -834,7 +988,7 @@ func (c *Conn) produceLocked(now time.Duration, bufs *[sendBatch][]byte) (n int,
 		// now do not measure the path.
 		s.appLimitedUntil = max(s.delivered+uint64(s.bytesInFlight), 1)
 	}
-	return n, next
+	return n, more, next
 }
 
 // appendDataLocked appends one DATA frame, lost data first, and fills the

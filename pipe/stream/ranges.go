@@ -112,7 +112,7 @@ func (r *byteRing) fit(lo, hi uint64) {
 	}
 	n := len(old)
 	for uint64(n) < hi-lo {
-		n *= 2
+		n *= 4 // few steps: each new buffer costs page faults
 	}
 	nb := make([]byte, min(n, r.max))
 	for x, end := lo, lo+uint64(len(old)); x < end; {
@@ -137,6 +137,26 @@ func (r *byteRing) read(off uint64, p []byte) {
 	pos := off % uint64(len(r.buf))
 	k := copy(p, r.buf[pos:])
 	copy(p[k:], r.buf)
+}
+
+// span returns the contiguous room for up to n bytes at offset off (fewer
+// where the ring wraps); [off, off+n) must fit.
+func (r *byteRing) span(off uint64, n int) []byte {
+	pos := int(off % uint64(len(r.buf)))
+	return r.buf[pos:min(pos+n, len(r.buf)):min(pos+n, len(r.buf))]
+}
+
+// spans returns the n bytes at offset off in place: a, then b where they
+// wrap around.
+func (r *byteRing) spans(off uint64, n int) (a, b []byte) {
+	if n == 0 {
+		return nil, nil
+	}
+	a = r.span(off, n)
+	if len(a) < n {
+		b = r.buf[: n-len(a) : n-len(a)]
+	}
+	return a, b
 }
 
 // appendTo appends n bytes from offset off to b.
