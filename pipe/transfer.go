@@ -70,25 +70,43 @@ func explain(err error, cfg Config) error {
 	return err
 }
 
-// downlink copies the peer's bytes to stdout in whole lines (or to the
-// chat) until the peer's EOF.
+// downlink writes the peer's bytes to stdout in whole lines (or hands them
+// to the chat) until the peer's EOF. Stdout is written straight from the
+// stream's receive buffer (Peek, then Consume what was written): no copy
+// in between.
 func downlink(st *stream.Conn, cfg Config) error {
-	buf := make([]byte, 256<<10)
 	if cfg.Chat != nil {
 		lines := &frame.Lines{Emit: cfg.Chat.Received}
-		_, err := io.CopyBuffer(lines, st, buf)
+		_, err := io.CopyBuffer(lines, st, make([]byte, 64<<10))
 		lines.Flush()
 		return err
 	}
-	lw := &frame.LineWriter{W: cfg.Stdout}
-	if _, err := io.CopyBuffer(lw, onlyReader{st}, buf); err != nil {
-		return err
+	// A partial line is held in the stream's buffer until its end arrives;
+	// it is shorter than frame.DefaultMaxLine, which the receive buffer
+	// (at least 64 KiB) always holds, so waiting for one byte more
+	// cannot stall the stream.
+	w := &frame.SpanWriter{W: cfg.Stdout}
+	held := 0
+	for {
+		a, b, err := st.Peek(held + 1)
+		atEOF := err == io.EOF
+		if err != nil && !atEOF {
+			return err
+		}
+		n, werr := w.WriteLines(a, b, atEOF)
+		st.Consume(n)
+		if werr != nil {
+			return werr
+		}
+		held = len(a) + len(b) - n
+		if atEOF && held == 0 {
+			return nil
+		}
 	}
-	return lw.Flush()
 }
 
 // uplink sends stdin (or the lines typed in the chat) as soon as it is read,
-// then half-closes.
+// then half-closes. Stdin is read straight into the stream's send buffer.
 func uplink(st *stream.Conn, cfg Config) error {
 	if cfg.Chat != nil {
 		for {
@@ -101,25 +119,26 @@ func uplink(st *stream.Conn, cfg Config) error {
 			}
 		}
 	}
-	buf := make([]byte, 64<<10)
-	for {
-		n, err := cfg.Stdin.Read(buf)
-		if n > 0 {
-			if _, werr := st.Write(buf[:n]); werr != nil {
-				return nil // the session ended; the downlink reports why
-			}
+	in := &sourceReader{r: cfg.Stdin}
+	if _, err := st.ReadFrom(in); err != nil {
+		if in.err != nil {
+			return fmt.Errorf("reading stdin: %w", in.err)
 		}
-		if err == io.EOF {
-			return st.CloseWrite()
-		}
-		if err != nil {
-			return fmt.Errorf("reading stdin: %w", err)
-		}
+		return nil // the session ended; the downlink reports why
 	}
+	return st.CloseWrite()
 }
 
-// onlyReader hides the stream's other methods from io.CopyBuffer so it
-// uses our buffer (and never a WriterTo/ReaderFrom shortcut).
-type onlyReader struct{ r io.Reader }
+// sourceReader remembers r's failure, to tell it from the stream's.
+type sourceReader struct {
+	r   io.Reader
+	err error
+}
 
-func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+func (s *sourceReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err != nil && err != io.EOF {
+		s.err = err
+	}
+	return n, err
+}
