@@ -37,7 +37,7 @@ func pipeFlags() []cli.Flag {
 		&cli.StringFlag{Name: "peer", EnvVars: []string{"P2PCAT_PEER"}, Usage: "skip the rendezvous: the peer is reachable at `HOST:PORT` (both sides give it, with --port)"},
 		&cli.StringFlag{Name: "stun", EnvVars: []string{"P2PCAT_STUN"}, Usage: "also learn this host's public address from the STUN server at `HOST[:PORT]` (any RFC 5389 server) and offer it to the peer"},
 		&cli.StringFlag{Name: "relay", EnvVars: []string{"P2PCAT_RELAY"}, Value: "auto", Usage: "use the server's relay: auto (when no direct path appears), never (exit 5 then), only (relay from the start)"},
-		&cli.BoolFlag{Name: "no-offload", EnvVars: []string{"P2PCAT_NO_OFFLOAD"}, Usage: "send and receive one datagram per system call (no UDP GSO/GRO)"},
+		&cli.BoolFlag{Name: "no-offload", EnvVars: []string{"P2PCAT_NO_OFFLOAD"}, Usage: "no UDP GSO/GRO: batches of whole datagrams (sendmmsg/recvmmsg) instead of segmentation offload"},
 		&cli.BoolFlag{Name: "no-mtu-probe", EnvVars: []string{"P2PCAT_NO_MTU_PROBE"}, Usage: "keep datagrams at 1200 bytes instead of probing the path for larger ones"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"P2PCAT_VERBOSE"}, Count: &verbosity, Usage: "log to stderr: -v progress and the 'connected' line, -vv debug"},
 	}

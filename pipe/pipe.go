@@ -57,7 +57,7 @@ type Config struct {
 	IdleTimeout    time.Duration // peer silence that ends the session (default 30 s)
 	RSABits        int           // ephemeral RSA key size (default 2048)
 	Port           int           // local UDP port (default: any)
-	NoOffload      bool          // no UDP GSO/GRO: one datagram per system call
+	NoOffload      bool          // no UDP GSO/GRO: sendmmsg/recvmmsg batches of whole datagrams
 	// ProbeMTU lets the stream probe for datagrams larger than 1200 bytes
 	// (path MTU discovery, pipe/stream/pmtu.go): up to 64 KiB on loopback,
 	// which roughly halves the CPU per byte there. The command line turns

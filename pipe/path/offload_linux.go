@@ -90,3 +90,23 @@ func setDontFragment(conn *net.UDPConn) {
 		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_MTU_DISCOVER, unix.IPV6_PMTUDISC_PROBE)
 	})
 }
+
+// raiseBuffers sets conn's socket buffers to size bytes, past the system's
+// limit when privileged, and returns the receive buffer granted.
+func raiseBuffers(conn *net.UDPConn, size int) (granted int, known bool) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	raw.Control(func(fd uintptr) {
+		for _, opt := range [][2]int{{unix.SO_RCVBUF, unix.SO_RCVBUFFORCE}, {unix.SO_SNDBUF, unix.SO_SNDBUFFORCE}} {
+			if unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[1], size) != nil {
+				_ = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt[0], size)
+			}
+		}
+		got, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
+		// Linux reports twice what it grants: the rest is its bookkeeping.
+		granted, known = got/2, err == nil
+	})
+	return granted, known
+}

@@ -82,21 +82,10 @@ func Listen(port int, log *slog.Logger) (*net.UDPConn, error) {
 // RaiseBuffers asks for socket buffers of size bytes, as root past
 // net.core.rmem_max, and logs when the system grants less.
 func RaiseBuffers(conn *net.UDPConn, size int, log *slog.Logger) {
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return
+	got, known := raiseBuffers(conn, size)
+	if known && got < size && log != nil {
+		log.Info("socket receive buffer capped by the system; raise net.core.rmem_max for bursty loads", "bytes", got, "wanted", size)
 	}
-	raw.Control(func(fd uintptr) {
-		for _, opt := range [][2]int{{syscall.SO_RCVBUF, 33 /* SO_RCVBUFFORCE */}, {syscall.SO_SNDBUF, 32 /* SO_SNDBUFFORCE */}} {
-			if syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt[1], size) != nil {
-				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt[0], size)
-			}
-		}
-		got, err := syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF)
-		if err == nil && got/2 < size && log != nil {
-			log.Info("socket receive buffer capped by the system; raise net.core.rmem_max for bursty loads", "bytes", got/2, "wanted", size)
-		}
-	})
 }
 
 // LocalCandidates lists this host's addresses with port: every up,
@@ -205,12 +194,19 @@ type Conn struct {
 	segs    []byte // the rest of a coalesced receive, not yet returned
 	segSize int
 	segFrom netip.AddrPort
+
+	// Without GSO or GRO, sendmmsg and recvmmsg still carry many
+	// datagrams per system call where the system has them
+	// (batch_linux.go); elsewhere one datagram per call.
+	plainOut plainSender   // guarded by sendMu
+	plainIn  plainReceiver // guarded by recvMu
 }
 
 // Options tune a Conn. The zero value uses every offload the kernel has.
 type Options struct {
-	// NoOffload sends and receives one datagram per system call, without
-	// UDP GSO/GRO (for comparison, or a device that mishandles them).
+	// NoOffload does without UDP GSO/GRO (for comparison, or a device that
+	// mishandles them): datagrams still go out and come in many per system
+	// call where the system has sendmmsg/recvmmsg, one per call elsewhere.
 	NoOffload bool
 	// ProbeDelay holds back the first probe. Two NATs that punch at each
 	// other can trip over each other's first packets (a conntrack entry
@@ -522,7 +518,9 @@ func (c *Conn) sendRelay(b []byte) error {
 
 // SendBatch sends bufs in order, with as few system calls as the kernel
 // allows: runs of equal-size datagrams to the confirmed peer go out as one
-// GSO send. It does not retain bufs.
+// GSO send, or without GSO the whole batch as one sendmmsg. A datagram the
+// kernel refuses is lost, like any other; only a closed socket is an error.
+// It does not retain bufs.
 func (c *Conn) SendBatch(bufs [][]byte) error {
 	c.mu.Lock()
 	peer := c.peer
@@ -543,12 +541,7 @@ func (c *Conn) SendBatch(bufs [][]byte) error {
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	if !c.gso {
-		for _, b := range bufs {
-			if err := c.Send(b); err != nil {
-				return err
-			}
-		}
-		return nil
+		return c.sendPlainLocked(bufs, peer)
 	}
 	for len(bufs) > 0 {
 		// A run: datagrams of one size, the last may be shorter.
@@ -590,23 +583,36 @@ func (c *Conn) sendRunLocked(run [][]byte, size int, peer netip.AddrPort) error 
 		return nil // too large for the path: lost, like any oversized datagram
 	}
 	// Some devices refuse segmentation offload (EIO without checksum
-	// offload): turn it off for this socket and send the run one by one,
+	// offload): turn it off for this socket and send the run without it,
 	// losing nothing.
 	c.gso = false
-	c.log.Debug("udp GSO failed; sending datagrams one by one from now on", "err", err)
-	for _, d := range run {
-		if err := c.write(d, peer); errors.Is(err, net.ErrClosed) {
+	c.log.Debug("udp GSO failed; sending without it from now on", "err", err)
+	return c.sendPlainLocked(run, peer)
+}
+
+// sendEachLocked sends bufs to peer one datagram per system call: the
+// last resort, where the system has no sendmmsg.
+func (c *Conn) sendEachLocked(bufs [][]byte, peer netip.AddrPort) error {
+	for _, b := range bufs {
+		if err := c.write(b, peer); errors.Is(err, net.ErrClosed) {
 			return err
 		}
 	}
 	return nil
 }
 
-// Recv returns the next datagram for the secure layer.
+// Recv returns the next datagram for the secure layer. A buf of 64 KiB
+// holds any datagram; a shorter one gets a datagram's first len(buf) bytes.
 func (c *Conn) Recv(buf []byte) (int, netip.AddrPort, error) {
 	if c.gro {
 		return c.recvGRO(buf)
 	}
+	return c.recvPlain(buf)
+}
+
+// recvEach reads one datagram per system call: the last resort, where the
+// system has no recvmmsg.
+func (c *Conn) recvEach(buf []byte) (int, netip.AddrPort, error) {
 	for {
 		n, from, err := c.udp.ReadFromUDPAddrPort(buf)
 		if err != nil {

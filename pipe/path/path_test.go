@@ -121,10 +121,16 @@ func TestPunchLearnConfirm(t *testing.T) {
 }
 
 func TestStrayProbesAndServerIgnored(t *testing.T) {
+	for _, offload := range []bool{true, false} {
+		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) { testStrayProbesAndServerIgnored(t, offload) })
+	}
+}
+
+func testStrayProbesAndServerIgnored(t *testing.T, offload bool) {
 	ua, aAddr := listen(t)
 	us, server := listen(t)
 	defer us.Close()
-	a := New(ua, server, [16]byte{9}, nil, nil, Options{})
+	a := New(ua, server, [16]byte{9}, nil, nil, Options{NoOffload: !offload})
 	defer a.Close()
 	other, _ := listen(t)
 	defer other.Close()

@@ -2,6 +2,7 @@ package path
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -145,10 +146,16 @@ func runEndpoint(ctx context.Context, wg *sync.WaitGroup, c *Conn) {
 // TestRelayToDirectAndBack: a session that starts on the relay moves to a
 // direct path when one opens, and back to the relay when it is lost.
 func TestRelayToDirectAndBack(t *testing.T) {
+	for _, offload := range []bool{true, false} {
+		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) { testRelayToDirectAndBack(t, offload) })
+	}
+}
+
+func testRelayToDirectAndBack(t *testing.T, offload bool) {
 	srv := rendezvoustest.Start(t, rendezvous.Config{})
 	ua, ub, ma, mb := pairThroughServer(t, srv)
 	g := newGate(t, ua.LocalAddr().(*net.UDPAddr).AddrPort(), ub.LocalAddr().(*net.UDPAddr).AddrPort())
-	opt := Options{Relay: true, RelayAfter: time.Millisecond}
+	opt := Options{Relay: true, RelayAfter: time.Millisecond, NoOffload: !offload}
 	a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{g.addrForA()}, nil, opt)
 	b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{g.addrForB()}, nil, opt)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -187,11 +194,17 @@ func TestRelayToDirectAndBack(t *testing.T) {
 // allowed only as a fallback, moves to the relay when the direct path is
 // lost, and sends nothing through it before.
 func TestDirectFallsBackToRelay(t *testing.T) {
+	for _, offload := range []bool{true, false} {
+		t.Run(fmt.Sprintf("offload=%v", offload), func(t *testing.T) { testDirectFallsBackToRelay(t, offload) })
+	}
+}
+
+func testDirectFallsBackToRelay(t *testing.T, offload bool) {
 	srv := rendezvoustest.Start(t, rendezvous.Config{})
 	ua, ub, ma, mb := pairThroughServer(t, srv)
 	g := newGate(t, ua.LocalAddr().(*net.UDPAddr).AddrPort(), ub.LocalAddr().(*net.UDPAddr).AddrPort())
 	g.open.Store(true)
-	opt := Options{Relay: true}
+	opt := Options{Relay: true, NoOffload: !offload}
 	a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{g.addrForA()}, nil, opt)
 	b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{g.addrForB()}, nil, opt)
 	ctx, cancel := context.WithCancel(context.Background())
