@@ -9,8 +9,9 @@
 #       both tools (user+sys from GNU time, i.e. getrusage) and peak RSS.
 #       p2pcat's end-to-end time includes its setup (rendezvous, RSA key,
 #       handshake); "after connect" times the transfer alone.
-#   (a') the same on the forced plain path (--no-offload --no-mtu-probe: one
-#       1200-byte datagram per system call), so the gain from offload shows
+#   (a') the same on the forced plain path (--no-offload --no-mtu-probe:
+#       whole 1200-byte datagrams, batched with sendmmsg/recvmmsg but without
+#       segmentation offload), so the gain from offload shows
 #       (PLAIN=0 skips it).
 #   (b) setup time: both sides started → the first line arrives at bob.
 #   (c) LOSSY_MB (default 32) across a path with 40 ms RTT and 1% random loss
