@@ -18,8 +18,15 @@ type linkConfig struct {
 	delay   time.Duration // one-way propagation delay
 	rate    float64       // bottleneck bandwidth, bytes/s; 0: unlimited
 	queue   time.Duration // bottleneck buffer, as time to drain it; default 2×delay+5ms
-	seed    uint64
-	drop    func(p []byte) bool // test hook: drop datagrams it selects
+	// A token-bucket policer, as relays and ISPs run them, between the
+	// random loss and the bottleneck: a datagram passes when the bucket
+	// holds its size in tokens, which refill at police bytes/s up to
+	// policeBurst (default one second's worth, full at the start);
+	// otherwise it is dropped, never queued. 0: no policer.
+	police      float64
+	policeBurst float64
+	seed        uint64
+	drop        func(p []byte) bool // test hook: drop datagrams it selects
 }
 
 type memPacket struct {
@@ -37,23 +44,41 @@ type memLink struct {
 	q         []memPacket // min-heap on (due, seq)
 	seq       uint64
 	busyUntil time.Time
+	tokens    float64   // of the policer
+	refilled  time.Time // when tokens was last brought up to date
 	free      [][]byte
 	closed    bool
 	notify    chan struct{}
 	timer     *time.Timer
 
-	sent, dropped, overflow uint64
+	sent, dropped, overflow, policed uint64
+}
+
+// linkCounts is a snapshot of a memLink's counters.
+type linkCounts struct {
+	sent, dropped, overflow, policed uint64
+}
+
+func (l *memLink) counts() linkCounts {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return linkCounts{l.sent, l.dropped, l.overflow, l.policed}
 }
 
 func newMemLink(cfg linkConfig) *memLink {
 	if cfg.queue == 0 {
 		cfg.queue = 2*cfg.delay + 5*time.Millisecond
 	}
+	if cfg.policeBurst == 0 {
+		cfg.policeBurst = cfg.police
+	}
 	return &memLink{
-		cfg:    cfg,
-		rng:    rand.New(rand.NewPCG(cfg.seed, cfg.seed^0x9e3779b97f4a7c15)),
-		notify: make(chan struct{}, 1),
-		timer:  time.NewTimer(time.Hour),
+		cfg:      cfg,
+		tokens:   cfg.policeBurst, // a policer starts with a full bucket
+		refilled: time.Now(),
+		rng:      rand.New(rand.NewPCG(cfg.seed, cfg.seed^0x9e3779b97f4a7c15)),
+		notify:   make(chan struct{}, 1),
+		timer:    time.NewTimer(time.Hour),
 	}
 }
 
@@ -75,6 +100,15 @@ func (l *memLink) send(p []byte) {
 		return
 	}
 	now := time.Now()
+	if l.cfg.police > 0 {
+		l.tokens = min(l.cfg.policeBurst, l.tokens+now.Sub(l.refilled).Seconds()*l.cfg.police)
+		l.refilled = now
+		if l.tokens < float64(len(p)) {
+			l.policed++
+			return
+		}
+		l.tokens -= float64(len(p))
+	}
 	depart := now
 	if l.cfg.rate > 0 {
 		depart = l.busyUntil
