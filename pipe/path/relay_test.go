@@ -151,23 +151,32 @@ func TestRelayToDirectAndBack(t *testing.T) {
 	}
 }
 
-func testRelayToDirectAndBack(t *testing.T, offload bool) {
+// gatedPair pairs two Conns through a real server, each knowing the other
+// only through a gate (open or shut), both driven by runEndpoint until the
+// test ends.
+func gatedPair(t *testing.T, open bool, opt Options) (*rendezvoustest.Server, *gate, *Conn, *Conn) {
+	t.Helper()
 	srv := rendezvoustest.Start(t, rendezvous.Config{})
 	ua, ub, ma, mb := pairThroughServer(t, srv)
 	g := newGate(t, ua.LocalAddr().(*net.UDPAddr).AddrPort(), ub.LocalAddr().(*net.UDPAddr).AddrPort())
-	opt := Options{Relay: true, RelayAfter: time.Millisecond, NoOffload: !offload}
+	g.open.Store(open)
 	a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{g.addrForA()}, nil, opt)
 	b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{g.addrForB()}, nil, opt)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	runEndpoint(ctx, &wg, a)
 	runEndpoint(ctx, &wg, b)
-	defer func() {
+	t.Cleanup(func() {
 		cancel()
 		a.Close()
 		b.Close()
 		wg.Wait()
-	}()
+	})
+	return srv, g, a, b
+}
+
+func testRelayToDirectAndBack(t *testing.T, offload bool) {
+	_, g, a, b := gatedPair(t, false, Options{Relay: true, RelayAfter: time.Millisecond, NoOffload: !offload})
 
 	waitFor := func(what string, d time.Duration, cond func() bool) {
 		t.Helper()
@@ -200,23 +209,7 @@ func TestDirectFallsBackToRelay(t *testing.T) {
 }
 
 func testDirectFallsBackToRelay(t *testing.T, offload bool) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
-	ua, ub, ma, mb := pairThroughServer(t, srv)
-	g := newGate(t, ua.LocalAddr().(*net.UDPAddr).AddrPort(), ub.LocalAddr().(*net.UDPAddr).AddrPort())
-	g.open.Store(true)
-	opt := Options{Relay: true, NoOffload: !offload}
-	a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{g.addrForA()}, nil, opt)
-	b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{g.addrForB()}, nil, opt)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	runEndpoint(ctx, &wg, a)
-	runEndpoint(ctx, &wg, b)
-	defer func() {
-		cancel()
-		a.Close()
-		b.Close()
-		wg.Wait()
-	}()
+	srv, g, a, b := gatedPair(t, true, Options{Relay: true, NoOffload: !offload})
 	waitUntil(t, "both direct", 5*time.Second, func() bool { return a.Peer() == g.addrForA() && b.Peer() == g.addrForB() })
 	time.Sleep(300 * time.Millisecond) // traffic on the working direct path
 	if n := srv.Metric("p2pcat_rendezvous_relayed_packets_total"); n != 0 {
