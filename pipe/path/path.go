@@ -160,7 +160,8 @@ type Conn struct {
 	stats      Stats
 
 	// The relay (see the package comment).
-	relayAllowed bool
+	relayAllowed bool           // set by New, never changed
+	relayEnded   atomic.Bool    // the server ended the relay
 	relayAt      time.Time      // when the relay starts carrying copies before confirmation (zero: never)
 	relayOnly    bool           // no direct path is tried
 	directHint   netip.AddrPort // where the peer's probes came from while relaying
@@ -360,7 +361,7 @@ func (c *Conn) routinePunch(ctx context.Context, delay time.Duration) {
 			if nudge {
 				c.write(probe, c.Peer())
 			}
-			if c.relayAllowed && (nudge || time.Since(lastRelayKeepalive) >= relayKeepaliveInterval) {
+			if c.relayUsable() && (nudge || time.Since(lastRelayKeepalive) >= relayKeepaliveInterval) {
 				lastRelayKeepalive = time.Now()
 				c.write(wire.AppendRelayHeader(nil, c.pairingID), c.server)
 			}
@@ -374,7 +375,7 @@ func (c *Conn) routinePunch(ctx context.Context, delay time.Duration) {
 		// We keep sending and hear nothing: perhaps our address changed
 		// (a new network, a new public IP), which the relay only learns
 		// from a RelayBind.
-		if confirmed && c.relayAllowed && talking && quiet >= 2 && quiet%2 == 0 {
+		if confirmed && c.relayUsable() && talking && quiet >= 2 && quiet%2 == 0 {
 			c.sendRelayBind(nil)
 		}
 		if !wait(interval) {
@@ -407,6 +408,9 @@ func (c *Conn) unconfirmed() <-chan struct{} {
 		return c.confirmedC
 	}
 }
+
+// relayUsable reports whether the relay may carry datagrams now.
+func (c *Conn) relayUsable() bool { return c.relayAllowed && !c.relayEnded.Load() }
 
 // relaying reports whether the confirmed path is the relay.
 func (c *Conn) relaying() bool {
@@ -468,7 +472,7 @@ func (c *Conn) route() route {
 	switch {
 	case !c.peer.IsValid():
 		r.targets = slices.Clone(c.candidates)
-		r.relay = c.relayAllowed && !c.relayAt.IsZero() && !time.Now().Before(c.relayAt)
+		r.relay = c.relayUsable() && !c.relayAt.IsZero() && !time.Now().Before(c.relayAt)
 	case c.peer == c.server:
 		r.relay = true
 		now := time.Now()
@@ -478,7 +482,7 @@ func (c *Conn) route() route {
 		}
 	default:
 		r.peer = c.peer
-		if c.relayAllowed {
+		if c.relayUsable() {
 			now := time.Now()
 			c.sentDirect(now)
 			r.relay = c.directLost(now) // a copy, to fall back to the relay
@@ -525,7 +529,7 @@ func (c *Conn) SendBatch(bufs [][]byte) error {
 	c.mu.Lock()
 	peer := c.peer
 	c.mu.Unlock()
-	if !peer.IsValid() || peer == c.server || c.relayAllowed && c.directLost(time.Now()) {
+	if !peer.IsValid() || peer == c.server || c.relayUsable() && c.directLost(time.Now()) {
 		// Fan-out, the relay, or a fallback in progress: one by one.
 		for _, b := range bufs {
 			if err := c.Send(b); err != nil {
@@ -535,7 +539,7 @@ func (c *Conn) SendBatch(bufs [][]byte) error {
 		return nil
 	}
 	c.sent.Add(1)
-	if c.relayAllowed {
+	if c.relayUsable() {
 		c.sentDirect(time.Now())
 	}
 	c.sendMu.Lock()
@@ -684,7 +688,7 @@ func (c *Conn) fromServer(p []byte) ([]byte, error) {
 		if e, ok := m.(*wire.Error); ok && e.Code == wire.CodeRelayEnded && e.ReqID == binary.BigEndian.Uint64(c.pairingID[:8]) {
 			c.mu.Lock()
 			defer c.mu.Unlock()
-			c.relayAllowed = false
+			c.relayEnded.Store(true)
 			c.relayErr = fmt.Errorf("%w: %q", ErrRelayEnded, e.Message)
 			if c.peer == c.server || !c.peer.IsValid() {
 				return nil, c.relayErr

@@ -2,9 +2,11 @@ package path
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -227,5 +229,59 @@ func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 			t.Fatalf("%s: not within %v", what, d)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestRelayEndedEndsRecv: when the server's byte cap ends the relay, Recv
+// on a relayed path returns ErrRelayEnded with the server's reason, while
+// the other side keeps sending.
+func TestRelayEndedEndsRecv(t *testing.T) {
+	srv := rendezvoustest.Start(t, rendezvous.Config{RelayBytes: 20_000})
+	ua, ub, ma, mb := pairThroughServer(t, srv)
+	opt := Options{RelayOnly: true}
+	a := New(ua, srv.Addr, ma.PairingID, nil, nil, opt)
+	b := New(ub, srv.Addr, mb.PairingID, nil, nil, opt)
+	defer a.Close()
+	defer b.Close()
+	a.Confirm(srv.Addr)
+	b.Confirm(srv.Addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	wg.Go(func() {
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				a.SendBatch([][]byte{make([]byte, 1000), make([]byte, 1000)})
+			}
+		}
+	})
+	errc := make(chan error, 1)
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := b.Recv(buf); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrRelayEnded) || !strings.Contains(err.Error(), "20000 bytes per session") {
+			t.Fatalf("Recv: %v, want ErrRelayEnded with the cap", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay never ended")
+	}
+	if err := b.RelayError(); !errors.Is(err, ErrRelayEnded) {
+		t.Fatalf("RelayError() = %v", err)
 	}
 }
