@@ -49,7 +49,15 @@ func recoveryJobs(script string) []labJob {
 	return []labJob{
 		{"flush-relayed-symmetric-symmetric", func(t *testing.T) { testFlushRelayed(t, script, prefix(0)) }},
 		{"flush-cone-cone", recovers(1, "cone", "cone", recoveryIdle, func(l *natLab) { l.t.Log(l.run("flush")) })},
-		{"readdress-public-cone", recovers(2, "public", "cone", recoveryIdle, func(l *natLab) { l.t.Log(l.run("readdress", "a", "198.51.100.12")) })},
+		// Toward a cone NAT, packets from alice's new public address are
+		// filtered: only the relay can carry on, once alice has re-bound
+		// her end of it. That usually recovers; when it does not, both
+		// sides must say so within the idle timeout (the issue accepts
+		// either), and the outcome is logged.
+		{"readdress-public-cone", func(t *testing.T) {
+			s := transferAround(t, script, prefix(2), "public", "cone", recoveryIdle, func(l *natLab) { l.t.Log(l.run("readdress", "a", "198.51.100.12")) })
+			s.wantRecoveredOrFailedClearly(recoveryIdle)
+		}},
 		{"readdress-cone-cone", recovers(3, "cone", "cone", recoveryIdle, func(l *natLab) { l.t.Log(l.run("readdress", "a", "10.0.1.12")) })},
 		// Toward a peer that filters nothing, the moved side's packets get
 		// through at once: this shows the roaming itself works, whatever
@@ -158,6 +166,22 @@ func (s *session) wantAllData() {
 	if got := s.alice.stdout.String(); got != s.reply {
 		s.t.Fatalf("alice got %q, want %q", got, s.reply)
 	}
+}
+
+// wantRecoveredOrFailedClearly accepts a session that completed with every
+// byte, or one where both sides failed clearly within the idle timeout.
+func (s *session) wantRecoveredOrFailedClearly(idle time.Duration) {
+	s.t.Helper()
+	if s.codeA == exitOK && s.codeB == exitOK {
+		s.wantAllData()
+		s.t.Logf("OUTCOME: recovered, done %v after the event; alice: %s; bob: %s",
+			s.endedAt.Sub(s.eventAt).Round(time.Millisecond), movedLines(s.alice), movedLines(s.bob))
+		return
+	}
+	if err := s.failedClearly(idle); err != nil {
+		s.t.Fatalf("neither recovered nor failed clearly: %v%s", err, s.logs())
+	}
+	s.t.Logf("OUTCOME: failed clearly %v after the event (idle timeout %v)", s.endedAt.Sub(s.eventAt).Round(time.Millisecond), idle)
 }
 
 // failedClearly reports whether both sides exited 1 saying they lost the

@@ -60,7 +60,9 @@ func transfer(ctx context.Context, st *stream.Conn, cfg Config) error {
 
 func explain(err error, cfg Config) error {
 	switch {
-	case errors.Is(err, stream.ErrIdleTimeout):
+	case errors.Is(err, stream.ErrIdleTimeout), errors.Is(err, context.DeadlineExceeded):
+		// The second: the peer did not acknowledge the end of our data
+		// within the idle timeout (Shutdown).
 		return fmt.Errorf("lost the connection to %s: no answer for %s", cfg.Peer, cfg.IdleTimeout)
 	case errors.Is(err, stream.ErrPeerAborted):
 		return fmt.Errorf("%s ended the session before it was complete: %w", cfg.Peer, err)

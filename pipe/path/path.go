@@ -844,6 +844,13 @@ func (c *Conn) Confirm(from netip.AddrPort) {
 // Confirmed is closed once a packet from the peer authenticated.
 func (c *Conn) Confirmed() <-chan struct{} { return c.confirmedC }
 
+// PathSwitches counts the times the confirmed address changed.
+func (c *Conn) PathSwitches() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.stats.Switches
+}
+
 // RelayError returns why the server ended the relay (wrapping
 // ErrRelayEnded), or nil.
 func (c *Conn) RelayError() error {

@@ -195,6 +195,15 @@ func (c *Conn) now() int64 { return int64(time.Since(c.start)) }
 // Every path carries it.
 func (c *Conn) MaxPayload() int { return maxDatagram - dataHeaderSize - gcmTagSize }
 
+// PathSwitches counts the times the link's path changed (the peer roamed,
+// or the session moved to or from a relay), when the link tells.
+func (c *Conn) PathSwitches() uint64 {
+	if l, ok := c.link.(interface{ PathSwitches() uint64 }); ok {
+		return l.PathSwitches()
+	}
+	return 0
+}
+
 // PayloadLimit returns the largest p Send and SendBatch accept, for paths
 // that carry datagrams larger than 1200 bytes (see MaxPayload): only send
 // more than MaxPayload after the peer acknowledged a probe of that size.

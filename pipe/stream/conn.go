@@ -141,6 +141,7 @@ type Conn struct {
 	maxPayload     int       // the packet size: grows after a path MTU probe (guarded by mu)
 	baseMaxPayload int       // the Transport's MaxPayload, which every path carries
 	payloadLimit   int       // the largest payload the Transport takes (LargeTransport), or 0
+	pathSwitches   uint64    // the PathTransport's count when last checked
 	bufSize        int       // the largest packet this Conn may ever build
 	epoch          time.Time // times are durations since epoch (monotonic)
 
@@ -883,6 +884,7 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs *[sendBatch][
 	if d := c.ptoDeadline(); d != 0 && now >= d {
 		c.onPTOLocked()
 	}
+	c.checkPathLocked()
 
 	// Close handshake (package documentation).
 	sendDone, finishAfter := false, false

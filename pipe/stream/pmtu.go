@@ -111,6 +111,29 @@ func (c *Conn) onRepeatedPTOLocked() {
 	c.pmtu = newPMTUState(c.baseMaxPayload, c.payloadLimit)
 }
 
+// PathTransport is a Transport that tells when its datagrams start taking
+// another path (the peer roamed, or the session moved to or from a relay):
+// PathSwitches counts the moves.
+type PathTransport interface {
+	PathSwitches() uint64
+}
+
+// checkPathLocked starts path MTU discovery over when the path changed: the
+// new path may carry less than the old one (a relay takes at most about
+// 1450 bytes, a loopback path 64 KiB), and waiting for repeated probe
+// timeouts to show it would stall the session for seconds.
+func (c *Conn) checkPathLocked() {
+	pt, ok := c.tr.(PathTransport)
+	if !ok {
+		return
+	}
+	if n := pt.PathSwitches(); n != c.pathSwitches {
+		c.pathSwitches = n
+		c.log.Debug("stream: the path changed; back to the base packet size")
+		c.onRepeatedPTOLocked()
+	}
+}
+
 func (c *Conn) onProbeLostLocked(pn uint64) {
 	if !c.pmtu.probing || pn != c.pmtu.probePN {
 		return
