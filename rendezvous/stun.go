@@ -170,16 +170,9 @@ func stunUnderstood(t stun.AttrType) bool {
 var stunMessages = sync.Pool{New: func() any { return new(stun.Message) }}
 
 func (s *Server) handleSTUN(batch *outBatch, pkt []byte, from netip.AddrPort) {
-	// The socket the request came in on is the one the batch sends from.
-	var here *stunSocket
-	var primary stunSocket
-	if la, ok := batch.conn.(interface{ LocalAddr() net.Addr }); ok {
-		if ua, ok := la.LocalAddr().(*net.UDPAddr); ok {
-			primary.addr = unmap(ua.AddrPort())
-			here = &primary
-		}
-	}
-	s.answerSTUN(batch, here, s.stun.alternate.Load(), pkt, from)
+	// The readers' batch sends from the primary socket, which Serve
+	// recorded with setPrimary before reading.
+	s.answerSTUN(batch, s.stun.primary.Load(), s.stun.alternate.Load(), pkt, from)
 }
 
 // answerSTUN answers one STUN datagram that came in on socket here (nil if
