@@ -152,6 +152,8 @@ func runPipe(c *cli.Context) error {
 		return hinted{err, "is the server running at " + cfg.Server.String() + "? check --server"}
 	case errors.Is(err, path.ErrRelayEnded):
 		return hinted{err, "the server caps what it relays per session (serve --relay-bytes); 'p2pcat nat-check' on both sides shows why no direct path was found"}
+	case errors.Is(err, pipe.ErrNoRelay):
+		return hinted{err, "this server runs without the relay (serve --no-relay); try --relay auto, or a server that relays"}
 	case errors.Is(err, pipe.ErrNoPath) && relay == pipe.RelayNever:
 		return hinted{err, "--relay never: no direct path between these NATs; allow the relay (--relay auto)"}
 	case errors.Is(err, pipe.ErrNoPath):

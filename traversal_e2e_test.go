@@ -81,3 +81,19 @@ func TestPipeWithSTUN(t *testing.T) {
 		t.Fatalf("bob does not say that the STUN server was silent:\n%s", bob.Stderr())
 	}
 }
+
+// TestRelayOnlyWithoutRelay: --relay only against a server that relays
+// nothing ends at once with exit 5 and says why.
+func TestRelayOnlyWithoutRelay(t *testing.T) {
+	ctx := testCtx(t, time.Minute)
+	server := startServeWith(t, ctx, "--no-relay")
+	env := peerEnv(server, "pw")
+	alice := startP2pcat(t, nil, env, "--name", "alice", "--find", "bob", "--relay", "only")
+	bob := startP2pcat(t, nil, env, "--name", "bob", "--find", "alice", "--relay", "only")
+	for name, p := range map[string]*proc{"alice": alice, "bob": bob} {
+		if code := p.wait(ctx); code != exitNoPath || !strings.Contains(p.Stderr(), "the rendezvous server offers no relay (--relay only)") ||
+			!strings.Contains(p.Stderr(), "hint: this server runs without the relay") {
+			t.Fatalf("%s: exit %d, want %d saying the server offers no relay:\n%s", name, code, exitNoPath, p.Stderr())
+		}
+	}
+}

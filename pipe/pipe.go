@@ -35,6 +35,8 @@ var (
 	// ErrNoPath: the peer was found but no packet of its ever authenticated
 	// over any candidate path.
 	ErrNoPath = errors.New("no path to the peer could be established")
+	// ErrNoRelay: --relay only, and the server offers no relay.
+	ErrNoRelay = errors.New("the rendezvous server offers no relay")
 	// ErrInterrupted: the user interrupted the session (Ctrl-C, SIGTERM).
 	ErrInterrupted = errors.New("interrupted")
 )
@@ -188,7 +190,7 @@ func Run(ctx context.Context, cfg Config) error {
 		last := cfg.PeerAddr.IsValid() || cfg.Relay == RelayOnly || attempt+1 >= cfg.maxAttempts() || time.Until(connectBy) < 2*attemptTimeout
 		if cfg.Relay == RelayOnly && !match.Relay {
 			udp.Close()
-			return fmt.Errorf("%w: the rendezvous server offers no relay (--relay only)", ErrNoPath)
+			return fmt.Errorf("%w: %w (--relay only)", ErrNoPath, ErrNoRelay)
 		}
 		var relayDelay time.Duration // 0: no relayed copies before a path is confirmed
 		if last {
