@@ -93,6 +93,13 @@ func runPipe(c *cli.Context) error {
 		RSABits: bits, Port: port, NoOffload: c.Bool("no-offload"), ProbeMTU: !c.Bool("no-mtu-probe"),
 		Stdin: c.App.Reader, Stdout: c.App.Writer,
 	}
+	// The transfer runs on one P unless GOMAXPROCS says otherwise: a pipe
+	// is one stage of a shell pipeline, whose other processes (and, on
+	// loopback, the peer) want the other cores, and one P saves about a
+	// third of the CPU per byte (README, Performance).
+	if os.Getenv("GOMAXPROCS") == "" {
+		cfg.TransferProcs = 1
+	}
 	if p := c.String("peer"); p != "" {
 		ap, err := netip.ParseAddrPort(p)
 		if err != nil {

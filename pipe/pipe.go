@@ -18,6 +18,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"time"
 
@@ -69,6 +70,15 @@ type Config struct {
 	// RelayAuto (the default) when no direct path appears, RelayNever, or
 	// RelayOnly.
 	Relay RelayMode
+	// TransferProcs, when positive and below the current GOMAXPROCS, is the
+	// number of Go Ps the transfer runs on, from the handshake's end until
+	// Run returns (the setup keeps them all: the RSA key, argon2id). One P
+	// keeps the pipe's goroutines (stdin, send, receive, stdout) on one
+	// thread: their hand-offs become cheap switches instead of thread
+	// wake-ups, which on loopback cost about a third of the CPU per byte
+	// (scripts/bench.sh). GOMAXPROCS is process-wide: only a process that
+	// runs one session at a time (the command line) should set this.
+	TransferProcs int
 
 	Stdin  io.Reader
 	Stdout io.Writer
@@ -275,6 +285,9 @@ func Run(ctx context.Context, cfg Config) error {
 	// Keepalives come often enough that a quiet session outlives an idle
 	// timeout shorter than the stream's default interval.
 	st := stream.New(tr, stream.Config{IdleTimeout: cfg.IdleTimeout, KeepaliveInterval: min(10*time.Second, cfg.IdleTimeout/3), Logger: log})
+	if n := cfg.TransferProcs; n > 0 && n < runtime.GOMAXPROCS(0) {
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(n))
+	}
 	err := transfer(ctx, st, cfg)
 	if rerr := link.RelayError(); rerr != nil && errors.Is(err, path.ErrRelayEnded) {
 		err = fmt.Errorf("lost the connection to %s: %w", cfg.Peer, rerr)
