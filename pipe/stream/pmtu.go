@@ -64,6 +64,7 @@ func (c *Conn) buildMTUProbeLocked(b []byte, now time.Duration) []byte {
 	s := &c.snd
 	size := c.pmtu.candidates[0]
 	c.pmtu.probing, c.pmtu.probePN = true, s.nextPN
+	c.log.Debug("stream: path MTU probe sent", "payload", size, "pn", s.nextPN)
 	b = binary.AppendUvarint(b, s.nextPN)
 	b = append(b, framePing)
 	hdr := len(b)
