@@ -2,6 +2,17 @@
 //
 //	Data      = 0xD0 | counter (8) | AES-256-GCM(payload) | tag (16)
 //	Keepalive = 0xD1 | counter (8) | tag (16)              (empty payload)
+//	DataHead  = 0xD2 | counter (8) | h (1) | protected head (h) | AES-256-GCM(body) | tag (16)
+//
+// A DataHead packet carries the payload head ‖ body, split where the layer
+// above wants it (the stream: its packet's frames, then the bytes of its
+// DATA frame). The head is authenticated as part of the additional data
+// and hidden by head protection as in QUIC (RFC 9001, section 5.4): it is
+// XORed with AES(K_head, sample) ‖ AES(K_head, sample ⊕ 1), where sample is
+// the first 16 bytes of the ciphertext. The body is sealed on its own, so
+// the sender seals it straight from where it lies, and the receiver, who
+// reads the head first, can open it straight to where it belongs: neither
+// copies it (SendSplitBatch, RecvPlaced).
 //
 // A Data packet is at most maxDataDatagram (65507) bytes, the largest UDP
 // payload over IPv4. Senders keep to 1200 bytes (MaxPayload) unless the
@@ -43,6 +54,12 @@ import (
 const (
 	dataHeaderSize = 9
 	gcmTagSize     = 16
+	// A DataHead packet has one byte more of header (the head's length), a
+	// head of 1 to maxHeadLen bytes and a body of at least headSampleSize
+	// bytes, from which the head protection samples.
+	dataHeadHeaderSize = dataHeaderSize + 1
+	maxHeadLen         = 32
+	headSampleSize     = 16
 	// maxDataDatagram is the largest Data packet: the largest UDP payload
 	// over IPv4 (loopback and jumbo-frame paths carry it whole).
 	maxDataDatagram = 65507
@@ -75,6 +92,8 @@ type Conn struct {
 	pairing   pairingID
 	sendAEAD  cipher.AEAD
 	recvAEAD  cipher.AEAD
+	sendHead  cipher.Block // DataHead head protection
+	recvHead  cipher.Block
 	keepalive time.Duration
 
 	counter  atomic.Uint64 // next send counter
@@ -89,10 +108,12 @@ type Conn struct {
 	batchArena []byte
 	batchOut   [][]byte
 	batchNonce [12]byte
+	batchMask  maskBuf
 
 	recvMu    sync.Mutex     // guards everything below, up to stats
 	rbuf      [64 << 10]byte // room for a whole coalesced read (pipe/path reads straight into it)
 	rnonce    [12]byte
+	rmask     maskBuf
 	replay    replayWindow
 	peer      netip.AddrPort // last address confirmed to the link
 	heardPeer bool           // an authentic packet arrived after the handshake
@@ -119,24 +140,46 @@ type Conn struct {
 type sealBuf struct {
 	b     [maxDataDatagram]byte
 	nonce [12]byte
+	mask  maskBuf
 }
 
-// newConn builds a Conn from the two directions' 32-byte keys. It does not
-// start the keepalive goroutine: see run.
-func newConn(link Link, pairing pairingID, sendKey, recvKey []byte, peer netip.AddrPort, keepalive time.Duration) (*Conn, error) {
-	sendAEAD, err := newGCM(sendKey)
+// maskBuf holds a head protection mask and the sample it is made from
+// (kept off the stack: a block cipher's arguments escape).
+type maskBuf struct {
+	mask   [maxHeadLen]byte
+	sample [headSampleSize]byte
+}
+
+// dirKeys are one direction's 32-byte keys: the AEAD key and the head
+// protection key.
+type dirKeys struct{ aead, head []byte }
+
+// newConn builds a Conn from the two directions' keys. It does not start
+// the keepalive goroutine: see run.
+func newConn(link Link, pairing pairingID, send, recv dirKeys, peer netip.AddrPort, keepalive time.Duration) (*Conn, error) {
+	sendAEAD, err := newGCM(send.aead)
 	if err != nil {
 		return nil, err
 	}
-	recvAEAD, err := newGCM(recvKey)
+	recvAEAD, err := newGCM(recv.aead)
 	if err != nil {
 		return nil, err
+	}
+	sendHead, err := aes.NewCipher(send.head)
+	if err != nil {
+		return nil, fmt.Errorf("secure: %w", err)
+	}
+	recvHead, err := aes.NewCipher(recv.head)
+	if err != nil {
+		return nil, fmt.Errorf("secure: %w", err)
 	}
 	c := &Conn{
 		link:      link,
 		pairing:   pairing,
 		sendAEAD:  sendAEAD,
 		recvAEAD:  recvAEAD,
+		sendHead:  sendHead,
+		recvHead:  recvHead,
 		keepalive: keepalive,
 		peer:      peer,
 		start:     time.Now(),
@@ -232,36 +275,51 @@ const batchBytes = 64 << 10
 
 // SendBatch seals every payload of ps, in order, and sends them together
 // when the link can (else one by one). It does not retain ps.
-func (c *Conn) SendBatch(ps [][]byte) error {
-	bl, ok := c.link.(BatchLink)
-	if !ok {
-		for _, p := range ps {
-			if err := c.Send(p); err != nil {
-				return err
-			}
+func (c *Conn) SendBatch(ps [][]byte) error { return c.SendSplitBatch(ps, nil) }
+
+// SendSplitBatch is SendBatch for payloads given in two parts: payload i
+// is heads[i] ‖ bodies[i] (bodies may be nil, or have nil entries: the
+// payload is the head alone). A split payload goes out as a DataHead
+// packet, its body sealed straight from where it lies, when its head is 1
+// to 32 bytes, its body at least 16 and the whole at most PayloadLimit()-1
+// bytes (the head's length takes a byte); otherwise as a Data packet. It
+// does not retain heads or bodies.
+func (c *Conn) SendSplitBatch(heads, bodies [][]byte) error {
+	body := func(i int) []byte {
+		if bodies == nil {
+			return nil
 		}
-		return nil
+		return bodies[i]
+	}
+	for i, h := range heads {
+		if n := len(h) + len(body(i)); n > c.PayloadLimit() {
+			return fmt.Errorf("secure: payload of %d bytes exceeds PayloadLimit %d", n, c.PayloadLimit())
+		}
 	}
 	if c.closed.Load() {
 		return fmt.Errorf("secure: send: %w", net.ErrClosed)
 	}
-	for _, p := range ps {
-		if len(p) > c.PayloadLimit() {
-			return fmt.Errorf("secure: payload of %d bytes exceeds PayloadLimit %d", len(p), c.PayloadLimit())
+	bl, ok := c.link.(BatchLink)
+	if !ok {
+		for i, h := range heads {
+			if err := c.sealParts(h, body(i)); err != nil {
+				return err
+			}
 		}
+		return nil
 	}
 	c.batchMu.Lock()
 	defer c.batchMu.Unlock()
 	if c.batchArena == nil {
 		c.batchArena = make([]byte, 0, batchBytes+maxDataDatagram)
 	}
-	for len(ps) > 0 {
+	for i := 0; i < len(heads); {
 		// Seal up to batchBytes (at least one datagram), then send: the
 		// arena is still in the cache when the kernel copies it out.
 		arena, out := c.batchArena[:0], c.batchOut[:0]
 		n := 0
-		for _, p := range ps {
-			size := dataHeaderSize + len(p) + gcmTagSize
+		for ; i < len(heads); i++ {
+			size := sealedSize(heads[i], body(i))
 			if n > 0 && len(arena)+size > batchBytes {
 				break
 			}
@@ -271,10 +329,7 @@ func (c *Conn) SendBatch(ps [][]byte) error {
 			}
 			d := arena[len(arena) : len(arena)+size : len(arena)+size]
 			arena = arena[:len(arena)+size]
-			d[0] = typeData
-			binary.BigEndian.PutUint64(d[1:dataHeaderSize], ctr)
-			binary.BigEndian.PutUint64(c.batchNonce[4:], ctr)
-			c.sendAEAD.Seal(d[dataHeaderSize:dataHeaderSize], c.batchNonce[:], p, d[:dataHeaderSize])
+			c.sealInto(d, heads[i], body(i), ctr, &c.batchNonce, &c.batchMask)
 			out = append(out, d)
 			n++
 		}
@@ -284,7 +339,76 @@ func (c *Conn) SendBatch(ps [][]byte) error {
 		if err := bl.SendBatch(out); err != nil {
 			return fmt.Errorf("secure: send: %w", err)
 		}
-		ps = ps[n:]
+	}
+	return nil
+}
+
+// splittable reports whether head ‖ body goes out as a DataHead packet.
+func splittable(head, body []byte) bool {
+	return len(head) >= 1 && len(head) <= maxHeadLen && len(body) >= headSampleSize &&
+		dataHeadHeaderSize+len(head)+len(body)+gcmTagSize <= maxDataDatagram
+}
+
+// sealedSize is the datagram size of payload head ‖ body.
+func sealedSize(head, body []byte) int {
+	if splittable(head, body) {
+		return dataHeadHeaderSize + len(head) + len(body) + gcmTagSize
+	}
+	return dataHeaderSize + len(head) + len(body) + gcmTagSize
+}
+
+// sealInto seals payload head ‖ body with counter ctr into d, which is
+// exactly sealedSize long: a DataHead packet when splittable, else a Data
+// packet (whose plaintext is head and body joined in d, sealed in place).
+func (c *Conn) sealInto(d, head, body []byte, ctr uint64, nonce *[12]byte, mask *maskBuf) {
+	binary.BigEndian.PutUint64(d[1:dataHeaderSize], ctr)
+	binary.BigEndian.PutUint64(nonce[4:], ctr)
+	if !splittable(head, body) {
+		d[0] = typeData
+		p := d[dataHeaderSize : dataHeaderSize+len(head)+len(body)]
+		if body == nil {
+			c.sendAEAD.Seal(d[dataHeaderSize:dataHeaderSize], nonce[:], head, d[:dataHeaderSize])
+			return
+		}
+		copy(p[copy(p, head):], body)
+		c.sendAEAD.Seal(p[:0], nonce[:], p, d[:dataHeaderSize])
+		return
+	}
+	h := len(head)
+	d[0] = typeDataHead
+	d[dataHeaderSize] = byte(h)
+	copy(d[dataHeadHeaderSize:], head)
+	ad := d[:dataHeadHeaderSize+h]
+	ct := c.sendAEAD.Seal(d[len(ad):len(ad)], nonce[:], body, ad)
+	headMask(c.sendHead, ct, mask, h)
+	subtle.XORBytes(d[dataHeadHeaderSize:len(ad)], d[dataHeadHeaderSize:len(ad)], mask.mask[:h])
+}
+
+// headMask fills mask[:h] with the head protection mask for a DataHead
+// packet whose ciphertext (body and tag) is ct.
+func headMask(b cipher.Block, ct []byte, m *maskBuf, h int) {
+	copy(m.sample[:], ct)
+	b.Encrypt(m.mask[:16], m.sample[:])
+	if h > 16 {
+		m.sample[15] ^= 1
+		b.Encrypt(m.mask[16:32], m.sample[:])
+	}
+}
+
+// sealParts seals one payload head ‖ body into a pooled buffer and sends it.
+func (c *Conn) sealParts(head, body []byte) error {
+	n, err := c.nextCounter()
+	if err != nil {
+		return err
+	}
+	buf := c.bufs.Get().(*sealBuf)
+	defer c.bufs.Put(buf)
+	d := buf.b[:sealedSize(head, body)]
+	c.sealInto(d, head, body, n, &buf.nonce, &buf.mask)
+	c.lastSend.Store(c.now())
+	c.stats.sealed.Add(1)
+	if err := c.link.Send(d); err != nil {
+		return fmt.Errorf("secure: send: %w", err)
 	}
 	return nil
 }
@@ -335,23 +459,39 @@ func (c *Conn) nextCounter() (uint64, error) {
 // failed to authenticate this session (before any of its packets arrived),
 // Recv returns an error matching ErrAuth.
 func (c *Conn) Recv(buf []byte) (int, error) {
+	n, _, err := c.RecvPlaced(buf, nil)
+	return n, err
+}
+
+// RecvPlaced is Recv for a reader that places bodies itself. For a
+// DataHead packet it unprotects the head and calls place(head, bodyLen)
+// before authenticating anything: place returns where the body should be
+// opened (exactly bodyLen bytes), or nil to have it follow the head in buf.
+// The head is not yet authentic, and when the packet fails to
+// authenticate, whatever place returned is overwritten (with zeros), so
+// place must only offer room that holds nothing of value. When the body
+// went where place said, RecvPlaced returns the head's length and the body
+// (the slice place returned); otherwise the payload's length and a nil
+// body, as Recv does. head is valid only during the call.
+func (c *Conn) RecvPlaced(buf []byte, place func(head []byte, bodyLen int) []byte) (n int, body []byte, err error) {
 	c.recvMu.Lock()
 	defer c.recvMu.Unlock()
 	if c.early != nil {
 		p := c.early
 		c.early = nil
-		return c.deliver(buf, p)
+		n, err := c.deliver(buf, p)
+		return n, nil, err
 	}
 	for {
 		if c.failure != nil {
-			return 0, c.failure
+			return 0, nil, c.failure
 		}
 		n, from, err := c.link.Recv(c.rbuf[:])
 		if err != nil {
 			if c.closed.Load() {
-				return 0, fmt.Errorf("secure: recv: %w", net.ErrClosed)
+				return 0, nil, fmt.Errorf("secure: recv: %w", net.ErrClosed)
 			}
-			return 0, fmt.Errorf("secure: recv: %w", err)
+			return 0, nil, fmt.Errorf("secure: recv: %w", err)
 		}
 		pkt := c.rbuf[:n]
 		if n == 0 || n > maxDataDatagram {
@@ -369,9 +509,22 @@ func (c *Conn) Recv(buf []byte) (int, error) {
 			p, ok := c.openLocked(pkt, from, dst)
 			if ok && pkt[0] == typeData {
 				if dst != nil {
-					return len(p), nil
+					return len(p), nil, nil
 				}
-				return c.deliver(buf, p)
+				n, err := c.deliver(buf, p)
+				return n, nil, err
+			}
+		case typeDataHead:
+			p, body, ok := c.openHeadLocked(pkt, from, buf, place)
+			switch {
+			case !ok:
+			case body != nil:
+				return len(p), body, nil
+			case len(p) == 0 || &p[0] != &pkt[dataHeadHeaderSize]:
+				return len(p), nil, nil // in buf
+			default:
+				n, err := c.deliver(buf, p)
+				return n, nil, err
 			}
 		case typeHello, typeReply, typeFinish, typeFinished, typeAuthFailed:
 			c.stats.handshake.Add(1)
@@ -427,17 +580,85 @@ func (c *Conn) openLocked(pkt []byte, from netip.AddrPort, dst []byte) ([]byte, 
 	return p, true
 }
 
+// openHeadLocked authenticates and decrypts a DataHead packet. With place
+// (and room in buf for the head) the head goes to buf and the body where
+// place says; it returns the head and the body. Otherwise the payload,
+// head and body joined, goes to buf when it fits, else stays in pkt (opened
+// in place); it returns the payload and a nil body. On success it records
+// the counter and notes the peer's address, as openLocked does.
+func (c *Conn) openHeadLocked(pkt []byte, from netip.AddrPort, buf []byte, place func([]byte, int) []byte) (p, body []byte, ok bool) {
+	if len(pkt) < dataHeadHeaderSize+1+headSampleSize+gcmTagSize {
+		c.stats.malformed.Add(1)
+		return nil, nil, false
+	}
+	h := int(pkt[dataHeaderSize])
+	bodyLen := len(pkt) - dataHeadHeaderSize - h - gcmTagSize
+	if h < 1 || h > maxHeadLen || bodyLen < headSampleSize {
+		c.stats.malformed.Add(1)
+		return nil, nil, false
+	}
+	counter := binary.BigEndian.Uint64(pkt[1:dataHeaderSize])
+	if !c.replay.fresh(counter) {
+		c.stats.replayed.Add(1)
+		return nil, nil, false
+	}
+	ad := pkt[:dataHeadHeaderSize+h]
+	ct := pkt[len(ad):]
+	head := ad[dataHeadHeaderSize:]
+	headMask(c.recvHead, ct, &c.rmask, h)
+	subtle.XORBytes(head, head, c.rmask.mask[:h])
+	binary.BigEndian.PutUint64(c.rnonce[4:], counter)
+	var err error
+	switch {
+	case place != nil && len(buf) >= h:
+		if dst := place(head, bodyLen); len(dst) == bodyLen {
+			p = buf[:copy(buf, head)]
+			if body, err = c.recvAEAD.Open(dst[:0], c.rnonce[:], ct, ad); err == nil && len(body) == 0 {
+				body = dst[:0] // never nil for a placed body
+			}
+			break
+		}
+		fallthrough
+	case len(buf) >= h+bodyLen:
+		copy(buf, head)
+		_, err = c.recvAEAD.Open(buf[h:h], c.rnonce[:], ct, ad)
+		p = buf[:h+bodyLen]
+	default:
+		// In place: the plaintext body lands right after the head.
+		_, err = c.recvAEAD.Open(ct[:0], c.rnonce[:], ct, ad)
+		p = pkt[dataHeadHeaderSize : dataHeadHeaderSize+h+bodyLen]
+	}
+	if err != nil {
+		c.stats.forged.Add(1)
+		return nil, nil, false
+	}
+	c.replay.accept(counter)
+	c.stats.opened.Add(1)
+	c.heardPeer = true
+	if from != c.peer {
+		c.peer = from
+		c.link.Confirm(from)
+	}
+	return p, body, true
+}
+
 // acceptEarly handles a data or keepalive packet that reaches the initiator
 // before Finished: if it authenticates, the responder holds the keys, which
 // completes the handshake. A data payload is kept for the first Recv.
 func (c *Conn) acceptEarly(pkt []byte, from netip.AddrPort) bool {
 	c.recvMu.Lock()
 	defer c.recvMu.Unlock()
-	p, ok := c.openLocked(pkt, from, nil)
+	var p []byte
+	var ok bool
+	if pkt[0] == typeDataHead {
+		p, _, ok = c.openHeadLocked(pkt, from, nil, nil)
+	} else {
+		p, ok = c.openLocked(pkt, from, nil)
+	}
 	if !ok {
 		return false
 	}
-	if pkt[0] == typeData {
+	if pkt[0] != typeKeepalive {
 		c.early = bytes.Clone(p)
 	}
 	return true

@@ -27,6 +27,7 @@
 //	             | ref(the message that failed verification) (16)
 //	Data       = 0xD0 | counter (8) | AES-256-GCM ciphertext of the payload | tag (16)
 //	Keepalive  = 0xD1 | counter (8) | tag (16)
+//	DataHead   = 0xD2 | counter (8) | h (1) | protected head (h) | AES-256-GCM ciphertext of the body | tag (16)
 //
 // The type values avoid the first-byte ranges RFC 7983 gives STUN, ZRTP,
 // DTLS, TURN channels and RTP. With 4096-bit keys the largest message,
@@ -496,7 +497,7 @@ func (h *handshake) runInitiator() (*Conn, error) {
 			}
 			h.conn.confirmPeer(from)
 			return h.conn, nil
-		case typeData, typeKeepalive:
+		case typeData, typeDataHead, typeKeepalive:
 			if h.conn != nil && h.conn.acceptEarly(pkt, from) {
 				return h.conn, nil
 			}
@@ -565,7 +566,7 @@ func (h *handshake) acceptReply(m *reply, pkt []byte, from netip.AddrPort) error
 	full := transcriptHash(h.hello, h.reply, h.fin)
 	h.wantConfirmR = mac(keys.confirmR, full[:])
 
-	h.conn, err = newConn(h.link, h.p.PairingID, keys.initiatorToResponder, keys.responderToInitiator, from, h.keepalive())
+	h.conn, err = newConn(h.link, h.p.PairingID, dirKeys{keys.initiatorToResponder, keys.headIR}, dirKeys{keys.responderToInitiator, keys.headRI}, from, h.keepalive())
 	if err != nil {
 		return err
 	}
@@ -682,7 +683,7 @@ func (h *handshake) acceptFinish(m *finish, pkt []byte, from netip.AddrPort) (*C
 	copy(fd.tag[:], mac(keys.confirmR, full[:]))
 	h.finished = fd.marshal()
 
-	conn, err := newConn(h.link, h.p.PairingID, keys.responderToInitiator, keys.initiatorToResponder, from, h.keepalive())
+	conn, err := newConn(h.link, h.p.PairingID, dirKeys{keys.responderToInitiator, keys.headRI}, dirKeys{keys.initiatorToResponder, keys.headIR}, from, h.keepalive())
 	if err != nil {
 		return nil, err
 	}
@@ -780,13 +781,16 @@ type sessionKeys struct {
 	all                                        []byte
 	confirmI, confirmR                         []byte
 	initiatorToResponder, responderToInitiator []byte
+	headIR, headRI                             []byte // DataHead head protection (conn.go)
 }
 
 func deriveKeys(isk, secretI, secretR, transcript []byte) (*sessionKeys, error) {
 	ikm := make([]byte, 0, len(isk)+len(secretI)+len(secretR))
 	ikm = append(append(append(ikm, isk...), secretI...), secretR...)
 	defer clear(ikm)
-	all, err := hkdf.Key(sha256.New, ikm, transcript, infoKeys, 4*32)
+	// HKDF-Expand's output is prefix-stable: the head protection keys
+	// follow the first four keys without changing them.
+	all, err := hkdf.Key(sha256.New, ikm, transcript, infoKeys, 6*32)
 	if err != nil {
 		return nil, fmt.Errorf("secure: hkdf: %w", err)
 	}
@@ -796,6 +800,8 @@ func deriveKeys(isk, secretI, secretR, transcript []byte) (*sessionKeys, error) 
 		confirmR:             all[32:64],
 		initiatorToResponder: all[64:96],
 		responderToInitiator: all[96:128],
+		headIR:               all[128:160],
+		headRI:               all[160:192],
 	}, nil
 }
 

@@ -3,7 +3,7 @@
 // bytes is malformed. The first byte of every datagram is its type:
 //
 //	0xE1 Hello       0xE2 Reply      0xE3 Finish     0xE4 Finished
-//	0xE5 AuthFailed  0xD0 Data       0xD1 Keepalive
+//	0xE5 AuthFailed  0xD0 Data       0xD1 Keepalive  0xD2 DataHead
 //
 // (The values avoid the first-byte ranges RFC 7983 gives STUN, ZRTP, DTLS,
 // TURN channels and RTP, so a socket can be shared with them.)
@@ -38,6 +38,7 @@ const (
 	typeAuthFailed byte = 0xE5
 	typeData       byte = 0xD0
 	typeKeepalive  byte = 0xD1
+	typeDataHead   byte = 0xD2
 )
 
 const (

@@ -153,9 +153,12 @@ func TestPolicedLink(t *testing.T) {
 // taken for one, below ltTrialLossRate none is even tried, and the
 // throughput stays close to the link's (before the policer rules: 4.1–4.2
 // MB/s at 1% and 5%, about 1.1 MB/s at 15%, where highLossRate caps the
-// window).
+// window). The throughput bound is loose on purpose: this runs in real
+// time, and under -race beside other packages on 2 cores a stalled
+// receiver looks like a slow link (66% was seen at 5% loss; 88-100% when
+// the machine is free). The policer checks above it are the exact ones.
 func TestRandomLossIsNotPolicing(t *testing.T) {
-	for _, tc := range []struct{ loss, want float64 }{{0.01, 0.9}, {0.05, 0.8}, {0.15, 0}} {
+	for _, tc := range []struct{ loss, want float64 }{{0.01, 0.6}, {0.05, 0.5}, {0.15, 0}} {
 		t.Run(fmt.Sprintf("loss=%v", tc.loss), func(t *testing.T) {
 			checkGoroutines(t)
 			const rate = 4e6

@@ -63,6 +63,26 @@ type BatchTransport interface {
 	SendBatch(ps [][]byte) error
 }
 
+// SplitTransport is a BatchTransport that takes a packet in two parts, so
+// that a DATA frame's bytes are never copied between the stream's buffers
+// and the datagrams (pipe/secure's DataHead packets):
+//
+//   - SendSplitBatch sends packet i = heads[i] ‖ bodies[i]; a body is the
+//     bytes of the packet's last frame, a DATA frame, and is read straight
+//     from the send buffer. A split packet must be at least a byte shorter
+//     than the largest packet allowed (the split costs a byte on the wire).
+//   - RecvPlaced receives like Recv, but first shows a split packet's head
+//     (not yet authentic) to place, which returns where in the receive
+//     buffer its body belongs: room that holds nothing yet, since a packet
+//     that fails to authenticate leaves it overwritten. It returns the
+//     head's length and the placed body, or the whole packet's length and
+//     a nil body when it did not place it.
+type SplitTransport interface {
+	BatchTransport
+	SendSplitBatch(heads, bodies [][]byte) error
+	RecvPlaced(buf []byte, place func(head []byte, bodyLen int) []byte) (n int, body []byte, err error)
+}
+
 // Errors that end a Conn.
 var (
 	ErrIdleTimeout = errors.New("stream: peer silent for too long")
@@ -135,6 +155,7 @@ type counters struct {
 // and fills the receive buffer, the reader (stdout) drains it.
 type Conn struct {
 	tr             Transport
+	split          SplitTransport // tr, when it takes packets in two parts
 	log            *slog.Logger
 	idle           time.Duration
 	keepalive      time.Duration
@@ -149,16 +170,17 @@ type Conn struct {
 	// order: sendMu before mu.
 	sendMu sync.Mutex
 
-	mu       sync.Mutex
-	readable sync.Cond
-	writable sync.Cond
-	snd      sendState
-	rcv      recvState
-	rtt      rttEstimator
-	cc       bbr
-	stats    counters
-	ackScr   [maxAckRanges]pnRange
-	pmtu     pmtuState
+	mu         sync.Mutex
+	readable   sync.Cond
+	writable   sync.Cond
+	snd        sendState
+	rcv        recvState
+	rtt        rttEstimator
+	cc         bbr
+	stats      counters
+	ackScr     [maxAckRanges]pnRange
+	placeFrame frame // placeBody's, which runs on the receive loop
+	pmtu       pmtuState
 
 	lastRecv   time.Duration
 	lastSent   time.Duration
@@ -193,6 +215,7 @@ func New(tr Transport, cfg Config) *Conn {
 		done:           make(chan struct{}),
 		wake:           make(chan struct{}, 1),
 	}
+	c.split, _ = tr.(SplitTransport)
 	if c.log == nil {
 		c.log = slog.New(slog.DiscardHandler)
 	}
@@ -260,7 +283,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 		if s.finWritten {
 			return written, ErrWriteClosed
 		}
-		free := uint64(s.buf.max) - (s.end - s.una)
+		free := uint64(s.buf.max) - (s.end - s.held())
 		if free == 0 {
 			c.writable.Wait()
 			continue
@@ -353,7 +376,7 @@ func (c *Conn) reserveWrite(max int) ([]byte, error) {
 		if s.finWritten {
 			return nil, ErrWriteClosed
 		}
-		used := s.end - s.una
+		used := s.end - s.held()
 		if free := uint64(s.buf.max) - used; free > 0 {
 			// Fill the ring as it is; grow it only once it is full, so
 			// that small reads (a terminal) keep a small ring.
@@ -589,8 +612,16 @@ func (c *Conn) recvLoop() {
 	rbuf := make([]byte, max(64<<10, c.bufSize))
 	abuf := make([]byte, 0, c.maxPayload)
 	var f frame
+	place := c.placeBody // bound once: a method value allocates
 	for {
-		n, err := c.tr.Recv(rbuf)
+		var n int
+		var body []byte // a DATA frame's bytes, already in the receive buffer
+		var err error
+		if c.split != nil {
+			n, body, err = c.split.RecvPlaced(rbuf, place)
+		} else {
+			n, err = c.tr.Recv(rbuf)
+		}
 		if err != nil {
 			c.mu.Lock()
 			c.failLocked(fmt.Errorf("stream: transport: %w", err))
@@ -598,7 +629,7 @@ func (c *Conn) recvLoop() {
 			return
 		}
 		c.mu.Lock()
-		wantAck, wantSend := c.handlePacketLocked(rbuf[:n], &f)
+		wantAck, wantSend := c.handlePacketLocked(rbuf[:n], body, &f)
 		fin := c.finished
 		c.mu.Unlock()
 		if fin {
@@ -628,9 +659,11 @@ func (c *Conn) recvLoop() {
 	}
 }
 
-// handlePacketLocked applies one received packet. It reports whether an
+// handlePacketLocked applies one received packet. body, when not nil, is
+// the packet's last frame's bytes, which follow p and already lie in the
+// receive buffer where they belong (placeBody). It reports whether an
 // immediate ack is due and whether the send loop should run.
-func (c *Conn) handlePacketLocked(p []byte, f *frame) (ackNow, wake bool) {
+func (c *Conn) handlePacketLocked(p, body []byte, f *frame) (ackNow, wake bool) {
 	if c.finished {
 		return false, false
 	}
@@ -642,12 +675,17 @@ func (c *Conn) handlePacketLocked(p []byte, f *frame) (ackNow, wake bool) {
 	}
 	// Validate the whole packet before applying any of it.
 	eliciting, hasData, dataOff, dataEnd := false, false, uint64(0), uint64(0)
+	bodyLen, claimed := -1, false
+	if body != nil {
+		bodyLen = len(body)
+	}
 	for rest := frames; len(rest) > 0; {
-		if rest, err = parseFrame(rest, f); err != nil {
+		if rest, err = parseFrameWith(rest, f, body, bodyLen); err != nil {
 			c.stats.badFrames++
 			c.log.Debug("stream: dropping malformed packet", "err", err)
 			return false, false
 		}
+		claimed = claimed || f.claimed
 		switch f.typ {
 		case frameData, frameDataFin:
 			if hasData { // the wire format allows one per packet
@@ -659,6 +697,10 @@ func (c *Conn) handlePacketLocked(p []byte, f *frame) (ackNow, wake bool) {
 		case framePing, frameDone, frameClose:
 			eliciting = true
 		}
+	}
+	if body != nil && !claimed {
+		c.stats.badFrames++ // a body no DATA frame claims
+		return false, false
 	}
 	c.stats.packetsRecv++
 	c.lastRecv = now
@@ -677,7 +719,7 @@ func (c *Conn) handlePacketLocked(p []byte, f *frame) (ackNow, wake bool) {
 		return r.ackNow, false
 	}
 	for rest := frames; len(rest) > 0; {
-		rest, _ = parseFrame(rest, f)
+		rest, _ = parseFrameWith(rest, f, body, bodyLen)
 		switch f.typ {
 		case frameAck:
 			if c.onAckLocked(f, now) {
@@ -818,12 +860,13 @@ func (c *Conn) sendLoop() {
 	// Packets are built back to back in one arena, so the layer below can
 	// hand them to the kernel in one GSO send without copying them.
 	arena := make([]byte, batchBytes+c.bufSize)
-	var bufs [sendBatch][]byte
+	var bufs, bodies [sendBatch][]byte
 	for {
 		c.sendMu.Lock()
 		c.mu.Lock()
 		now := c.now()
-		n, more, next := c.produceLocked(now, arena, &bufs)
+		n, more, next := c.produceLocked(now, arena, &bufs, &bodies)
+		pinned := c.snd.pinned
 		finished := c.finished
 		if more {
 			c.sleepUntil = 0
@@ -834,12 +877,24 @@ func (c *Conn) sendLoop() {
 		}
 		c.mu.Unlock()
 		// A failed send is a lost packet: recovery resends it.
-		if bt, ok := c.tr.(BatchTransport); ok && n > 1 {
+		if c.split != nil && n > 0 {
+			_ = c.split.SendSplitBatch(bufs[:n], bodies[:n])
+			clear(bodies[:n])
+		} else if bt, ok := c.tr.(BatchTransport); ok && n > 1 {
 			_ = bt.SendBatch(bufs[:n])
 		} else {
 			for i := 0; i < n; i++ {
 				_ = c.tr.Send(bufs[i])
 			}
+		}
+		if pinned {
+			// The bodies are sealed: the writer may reuse their room.
+			c.mu.Lock()
+			if c.snd.pin < c.snd.una {
+				c.writable.Broadcast() // the pin held the writer back
+			}
+			c.snd.pinned = false
+			c.mu.Unlock()
 		}
 		c.sendMu.Unlock()
 		if finished {
@@ -867,7 +922,12 @@ func (c *Conn) sendLoop() {
 // send) and sendBatch, so that bursts on a slow path stay small. It
 // reports whether more could be sent at once, and otherwise when it wants
 // to run next (0: only when woken).
-func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs *[sendBatch][]byte) (n int, more bool, next time.Duration) {
+//
+// With a SplitTransport a DATA frame's bytes are not copied into the arena:
+// bodies[i] is packet i's body in the send buffer (nil when the packet is
+// whole in bufs[i]), and the buffer is pinned (sendState.pinned) until the
+// batch is sent.
+func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sendBatch][]byte) (n int, more bool, next time.Duration) {
 	if c.finished {
 		return 0, false, 0
 	}
@@ -907,15 +967,17 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs *[sendBatch][
 	}
 	ping := !netDone && now-c.lastSent >= c.keepalive
 
-	used := 0 // bytes of arena taken
+	used := 0  // bytes of arena taken
+	total := 0 // bytes of packets built, bodies included
 	if c.pmtu.due(s) && !c.complete {
 		bufs[n] = c.buildMTUProbeLocked(arena[:0], now)
 		used += len(bufs[n])
+		total += len(bufs[n])
 		n++
 	}
 	budget := min(c.cc.quantum(), batchBytes)
 	for {
-		if n == sendBatch || n > 0 && used+c.maxPayload > budget {
+		if n == sendBatch || n > 0 && total+c.maxPayload > budget {
 			more = true
 			break
 		}
@@ -942,16 +1004,18 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs *[sendBatch][
 			eliciting, ping = true, false
 		}
 		p := s.ring.push()
+		var body []byte
 		if canData {
-			b = c.appendDataLocked(b, p)
+			b, body = c.appendDataLocked(b, p)
 			eliciting = true
 		}
-		c.recordSentLocked(p, now, len(b), eliciting)
+		c.recordSentLocked(p, now, len(b)+len(body), eliciting)
 		if probe && eliciting {
 			s.probes--
 		}
-		bufs[n] = b
+		bufs[n], bodies[n] = b, body
 		used += len(b)
+		total += len(b) + len(body)
 		n++
 		if finishAfter {
 			c.failLocked(nil)
@@ -995,34 +1059,49 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs *[sendBatch][
 
 // appendDataLocked appends one DATA frame, lost data first, and fills the
 // record p.
-func (c *Conn) appendDataLocked(b []byte, p *sentPacket) []byte {
+func (c *Conn) appendDataLocked(b []byte, p *sentPacket) (head, body []byte) {
 	s := &c.snd
 	room := c.maxPayload - len(b)
+	if c.split != nil {
+		room-- // what a split packet costs on the wire (SplitTransport)
+	}
+	var off uint64
+	var n int
+	var fin bool
 	if rr, ok := s.nextRetx(); ok {
-		n := min(int(rr.n), room-dataHeaderLen(rr.off, int(rr.n)))
-		fin := rr.fin && n == int(rr.n)
-		b = appendDataHeader(b, fin, rr.off, n)
-		b = s.buf.appendTo(b, rr.off, n)
-		p.off, p.n, p.fin = rr.off, uint32(n), fin
+		off = rr.off
+		n = min(int(rr.n), room-dataHeaderLen(rr.off, int(rr.n)))
+		fin = rr.fin && n == int(rr.n)
 		rr.off += uint64(n)
 		rr.n -= uint32(n)
 		if rr.n == 0 && (fin || !rr.fin) {
 			s.retxHead++
 		}
 		c.stats.retransmits++
-		return b
+	} else {
+		off = s.nxt
+		n = int(min(s.end-s.nxt, s.peerWindow-min(s.peerWindow, s.nxt)))
+		n = min(n, room-dataHeaderLen(s.nxt, n))
+		fin = s.finWritten && s.nxt+uint64(n) == s.end
+		s.nxt += uint64(n)
+		if fin {
+			s.finSent = true
+		}
 	}
-	n := int(min(s.end-s.nxt, s.peerWindow-min(s.peerWindow, s.nxt)))
-	n = min(n, room-dataHeaderLen(s.nxt, n))
-	fin := s.finWritten && s.nxt+uint64(n) == s.end
-	b = appendDataHeader(b, fin, s.nxt, n)
-	b = s.buf.appendTo(b, s.nxt, n)
-	p.off, p.n, p.fin = s.nxt, uint32(n), fin
-	s.nxt += uint64(n)
-	if fin {
-		s.finSent = true
+	p.off, p.n, p.fin = off, uint32(n), fin
+	b = appendDataHeader(b, fin, off, n)
+	if c.split != nil && n > 0 {
+		if span := s.buf.span(off, n); len(span) == n {
+			// Sealed straight from the send buffer: keep the writer off
+			// this room until the batch is sent.
+			if !s.pinned || off < s.pin {
+				s.pin = off
+			}
+			s.pinned = true
+			return b, span
+		}
 	}
-	return b
+	return s.buf.appendTo(b, off, n), nil
 }
 
 var _ io.ReadWriter = (*Conn)(nil)

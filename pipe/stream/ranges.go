@@ -24,6 +24,19 @@ func (ss *spanSet) contains(x uint64) bool {
 	return false
 }
 
+// overlaps reports whether any of [lo, hi) is in the set.
+func (ss *spanSet) overlaps(lo, hi uint64) bool {
+	for i := len(ss.s) - 1; i >= 0; i-- {
+		if ss.s[i].hi <= lo {
+			return false
+		}
+		if ss.s[i].lo < hi {
+			return true
+		}
+	}
+	return false
+}
+
 // add inserts [lo, hi), merging with neighbours.
 func (ss *spanSet) add(lo, hi uint64) {
 	if lo >= hi {
@@ -133,6 +146,16 @@ func (r *byteRing) write(off uint64, p []byte) {
 }
 
 // read copies len(p) bytes from offset off.
+// holds reports whether p is the buffer's own storage for offset off
+// (bytes opened in place there).
+func (r *byteRing) holds(off uint64, p []byte) bool {
+	if len(p) == 0 {
+		return false
+	}
+	pos := off % uint64(len(r.buf))
+	return &r.buf[pos] == &p[0]
+}
+
 func (r *byteRing) read(off uint64, p []byte) {
 	pos := off % uint64(len(r.buf))
 	k := copy(p, r.buf[pos:])

@@ -98,7 +98,9 @@ func (r *recvState) onData(off uint64, data []byte, fin bool) (readable, old boo
 		off = r.nxt
 	}
 	r.buf.fit(r.readOff, end)
-	r.buf.write(off, data)
+	if !r.buf.holds(off, data) { // a placed body is already there
+		r.buf.write(off, data)
+	}
 	if off > r.nxt {
 		r.ooo.add(off, end)
 		return false, false
@@ -127,6 +129,44 @@ func (r *recvState) read(p []byte) int {
 func (r *recvState) readErr() error {
 	if r.allDelivered() {
 		return io.EOF
+	}
+	return nil
+}
+
+// placeBody is the place function of SplitTransport.RecvPlaced: for a
+// packet whose head ends with a DATA frame of bodyLen bytes, it returns
+// where in the receive buffer those bytes go, when that room holds nothing
+// yet (new data, inside the window, no out-of-order range in it) and is
+// contiguous; otherwise nil, and the body is copied in as usual. Only the
+// receive loop writes to the buffer beyond nxt, so the room stays free
+// until the packet is applied.
+func (c *Conn) placeBody(head []byte, bodyLen int) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.finished || bodyLen <= 0 {
+		return nil
+	}
+	_, frames, err := parsePacketNumber(head)
+	if err != nil {
+		return nil
+	}
+	f := &c.placeFrame
+	for rest := frames; len(rest) > 0; {
+		if rest, err = parseFrameWith(rest, f, nil, bodyLen); err != nil {
+			return nil
+		}
+	}
+	if !f.claimed {
+		return nil
+	}
+	r := &c.rcv
+	off, end := f.offset, f.offset+uint64(bodyLen)
+	if off < r.nxt || end > r.window() || r.ooo.overlaps(off, end) {
+		return nil
+	}
+	r.buf.fit(r.readOff, end)
+	if room := r.buf.span(off, bodyLen); len(room) == bodyLen {
+		return room
 	}
 	return nil
 }

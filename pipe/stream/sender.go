@@ -111,6 +111,20 @@ type sendState struct {
 	appLimitedUntil uint64
 
 	paceNext time.Duration
+
+	// pinned: a batch being sealed reads the buffer from pin on (bodies
+	// of a SplitTransport), so the writer must not reuse that room even
+	// when it is acknowledged meanwhile.
+	pinned bool
+	pin    uint64
+}
+
+// held is the lowest offset the buffer must keep: una, or pin below it.
+func (s *sendState) held() uint64 {
+	if s.pinned && s.pin < s.una {
+		return s.pin
+	}
+	return s.una
 }
 
 func (s *sendState) hasRetx() bool { return s.retxHead < len(s.retx) }

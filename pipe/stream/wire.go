@@ -97,8 +97,9 @@ type frame struct {
 	nRanges  int
 
 	// DATA, DATA_FIN
-	offset uint64
-	data   []byte // aliases the packet
+	offset  uint64
+	data    []byte // aliases the packet, or the body it claimed
+	claimed bool   // data is the body that follows the packet (parseFrameWith)
 
 	// CLOSE
 	reason []byte // aliases the packet
@@ -118,7 +119,14 @@ func parsePacketNumber(p []byte) (pn uint64, frames []byte, err error) {
 }
 
 // parseFrame decodes the first frame of b into f and returns the rest.
-func parseFrame(b []byte, f *frame) ([]byte, error) {
+func parseFrame(b []byte, f *frame) ([]byte, error) { return parseFrameWith(b, f, nil, -1) }
+
+// parseFrameWith is parseFrame for a packet whose last frame's bytes
+// follow it elsewhere: with bodyLen >= 0, a DATA frame that ends b and
+// whose length is bodyLen claims body (of that length, or nil while only
+// the head is known) as its data.
+func parseFrameWith(b []byte, f *frame, body []byte, bodyLen int) ([]byte, error) {
+	f.claimed = false
 	if len(b) == 0 {
 		return nil, fmt.Errorf("%w: empty frame", errMalformed)
 	}
@@ -145,11 +153,15 @@ func parseFrame(b []byte, f *frame) ([]byte, error) {
 		if n, b, err = readUvarint(b); err != nil {
 			return nil, err
 		}
-		if n > uint64(len(b)) {
-			return nil, fmt.Errorf("%w: data length %d exceeds packet", errMalformed, n)
-		}
 		if f.offset+n < f.offset {
 			return nil, fmt.Errorf("%w: data offset overflows", errMalformed)
+		}
+		if bodyLen >= 0 && len(b) == 0 && n == uint64(bodyLen) {
+			f.data, f.claimed = body, true
+			return b, nil
+		}
+		if n > uint64(len(b)) {
+			return nil, fmt.Errorf("%w: data length %d exceeds packet", errMalformed, n)
 		}
 		f.data = b[:n]
 		return b[n:], nil

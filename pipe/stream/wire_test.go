@@ -130,6 +130,14 @@ func FuzzParseFrame(f *testing.F) {
 	f.Add(frameClose, []byte{2, 'o', 'k'})
 	f.Fuzz(func(t *testing.T, typ byte, body []byte) {
 		var fr frame
+		// As a head whose DATA frame's bytes follow elsewhere (placeBody):
+		// a claim is only ever of the whole input, for the length given.
+		for _, bodyLen := range []int{0, 16, 1000} {
+			rest, err := parseFrameWith(append([]byte{typ}, body...), &fr, nil, bodyLen)
+			if err == nil && fr.claimed && (len(rest) != 0 || fr.typ != frameData && fr.typ != frameDataFin) {
+				t.Fatalf("claimed a body with %d bytes left, type %#x", len(rest), fr.typ)
+			}
+		}
 		rest, err := parseFrame(append([]byte{typ}, body...), &fr)
 		if err != nil {
 			return
