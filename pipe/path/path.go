@@ -59,7 +59,7 @@ import (
 
 // ProbeType is the first byte of a punch probe. It is outside the ranges
 // that STUN, the rendezvous protocol (0x50) and the secure layer
-// (0xD0-0xD1, 0xE1-0xE5) use.
+// (0xD0-0xD2, 0xE1-0xE5) use.
 const ProbeType = 0xF0
 
 // probeLen is the size of a probe: type and pairing id.

@@ -608,22 +608,21 @@ func (c *Conn) openHeadLocked(pkt []byte, from netip.AddrPort, buf []byte, place
 	headMask(c.recvHead, ct, &c.rmask, h)
 	subtle.XORBytes(head, head, c.rmask.mask[:h])
 	binary.BigEndian.PutUint64(c.rnonce[4:], counter)
-	var err error
-	switch {
-	case place != nil && len(buf) >= h:
-		if dst := place(head, bodyLen); len(dst) == bodyLen {
-			p = buf[:copy(buf, head)]
-			if body, err = c.recvAEAD.Open(dst[:0], c.rnonce[:], ct, ad); err == nil && len(body) == 0 {
-				body = dst[:0] // never nil for a placed body
-			}
-			break
+	var dst []byte
+	if place != nil && len(buf) >= h {
+		if dst = place(head, bodyLen); len(dst) != bodyLen {
+			dst = nil
 		}
-		fallthrough
-	case len(buf) >= h+bodyLen:
+	}
+	var err error
+	if dst != nil {
+		p = buf[:copy(buf, head)]
+		body, err = c.recvAEAD.Open(dst[:0], c.rnonce[:], ct, ad)
+	} else if len(buf) >= h+bodyLen {
 		copy(buf, head)
 		_, err = c.recvAEAD.Open(buf[h:h], c.rnonce[:], ct, ad)
 		p = buf[:h+bodyLen]
-	default:
+	} else {
 		// In place: the plaintext body lands right after the head.
 		_, err = c.recvAEAD.Open(ct[:0], c.rnonce[:], ct, ad)
 		p = pkt[dataHeadHeaderSize : dataHeadHeaderSize+h+bodyLen]

@@ -3,6 +3,9 @@ package secure
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"io"
 	"net/netip"
 	"sync"
 	"testing"
@@ -180,3 +183,86 @@ func capture(n *memNet, from *memLink) *[][]byte {
 type discardBatchLink struct{ discardLink }
 
 func (l *discardBatchLink) SendBatch([][]byte) error { return nil }
+
+// TestDataHeadShortBuffer: a buffer too short for the payload, with or
+// without a placement refused, loses the packet with io.ErrShortBuffer as
+// Recv does (never a panic or a write past the buffer).
+func TestDataHeadShortBuffer(t *testing.T) {
+	_, _, _, a, b := connPair(t, 10)
+	head, body := []byte("0123456789"), bytes.Repeat([]byte("b"), 500)
+	for _, place := range []func([]byte, int) []byte{nil, func([]byte, int) []byte { return nil }} {
+		if err := a.SendSplitBatch([][]byte{head}, [][]byte{body}); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 100, 100)
+		if n, got, err := b.RecvPlaced(buf, place); !errors.Is(err, io.ErrShortBuffer) || got != nil {
+			t.Fatalf("RecvPlaced into 100 bytes: n=%d body=%v err=%v", n, got != nil, err)
+		}
+	}
+}
+
+// TestDataHeadPlacedForgery: a forged DataHead packet whose body was given
+// room returns nothing, is counted, and leaves the room without the forged
+// plaintext (Go's GCM zeroes it); the next genuine packet still arrives.
+func TestDataHeadPlacedForgery(t *testing.T) {
+	n, la, lb, a, b := connPair(t, 12)
+	sent := capture(n, la)
+	head, body := []byte("forge-head"), bytes.Repeat([]byte{9}, 200)
+	if err := a.SendSplitBatch([][]byte{head}, [][]byte{body}); err != nil {
+		t.Fatal(err)
+	}
+	recvOne(t, b) // the genuine one
+	forged := bytes.Clone((*sent)[0])
+	binary.BigEndian.PutUint64(forged[1:dataHeaderSize], 77) // a fresh counter
+	forged[len(forged)-1] ^= 1
+	lb.inject(la.source(), forged)
+	if err := a.Send([]byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	room := bytes.Repeat([]byte{0xAA}, len(body))
+	placed := false
+	buf := make([]byte, b.MaxPayload())
+	got, bodyGot, err := b.RecvPlaced(buf, func(h []byte, n int) []byte {
+		placed = true
+		return room
+	})
+	if err != nil || bodyGot != nil || string(buf[:got]) != "after" {
+		t.Fatalf("after a forgery: %q body=%v err=%v", buf[:got], bodyGot != nil, err)
+	}
+	if !placed || bytes.Contains(room, body[:16]) {
+		t.Fatalf("placed %v; the forged body's plaintext was left in the room", placed)
+	}
+	if b.Stats().Forged != 1 {
+		t.Fatalf("stats %+v, want one forgery", b.Stats())
+	}
+}
+
+// TestDataHeadMask checks the head protection against the specification
+// (PROTOCOL.md 3.6.1), computed here independently: the head on the wire
+// is the head XOR AES(K_h, sample) ‖ AES(K_h, sample ⊕ 1), sample being the
+// first 16 ciphertext bytes, with the sender's head key.
+func TestDataHeadMask(t *testing.T) {
+	nw, la, _, a, _ := connPair(t, 13)
+	sent := capture(nw, la)
+	head := make([]byte, 30) // two mask blocks
+	for i := range head {
+		head[i] = byte(i)
+	}
+	if err := a.SendSplitBatch([][]byte{head}, [][]byte{make([]byte, 100)}); err != nil {
+		t.Fatal(err)
+	}
+	d := (*sent)[0]
+	if d[0] != typeDataHead || int(d[dataHeaderSize]) != len(head) {
+		t.Fatalf("type %#x, h %d", d[0], d[dataHeaderSize])
+	}
+	var sample, mask [32]byte
+	copy(sample[:16], d[dataHeadHeaderSize+len(head):])
+	a.sendHead.Encrypt(mask[:16], sample[:16])
+	sample[15] ^= 1
+	a.sendHead.Encrypt(mask[16:], sample[:16])
+	for i := range head {
+		if d[dataHeadHeaderSize+i]^mask[i] != head[i] {
+			t.Fatalf("head byte %d: wire %#x ^ mask %#x != %#x", i, d[dataHeadHeaderSize+i], mask[i], head[i])
+		}
+	}
+}

@@ -57,8 +57,8 @@
 //	K_early   = HKDF(ikm = ISK, salt = pairing id, info = "p2pcat v1 early confirm", 32 bytes)
 //	early tag = HMAC(K_early, H(Hello || Reply without its tag))
 //	T         = H(Hello || Reply || Finish without confirm_I)
-//	K_cI || K_cR || K_IR || K_RI
-//	          = HKDF(ikm = ISK || secret_I || secret_R, salt = T, info = "p2pcat v1 keys", 128 bytes)
+//	K_cI || K_cR || K_IR || K_RI || K_hIR || K_hRI
+//	          = HKDF(ikm = ISK || secret_I || secret_R, salt = T, info = "p2pcat v1 keys", 192 bytes)
 //	confirm_I = HMAC(K_cI, T)
 //	confirm_R = HMAC(K_cR, H(Hello || Reply || Finish))
 //

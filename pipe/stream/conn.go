@@ -116,11 +116,15 @@ const (
 	minPayload         = 200
 	minBuffer          = 64 << 10 // also the window assumed before the peer's first ack
 	sleepForever       = time.Duration(1<<63 - 1)
-	maxLinger          = 3 * time.Second
-	sendBatch          = 64    // packets built per lock, sent per wake-up (UDP_MAX_SEGMENTS)
-	batchBytes         = 64000 // bytes built per lock: sealed, one GSO send (64 KiB) in pipe/path
-	pacerGranularity   = 2 * time.Millisecond
-	abortCopies        = 3
+	// A packet goes split (SplitTransport) only as pipe/secure's DataHead
+	// packets take it: a head of at most 32 bytes, a body of at least 16.
+	splitMaxHead     = 32
+	splitMinBody     = 16
+	maxLinger        = 3 * time.Second
+	sendBatch        = 64    // packets built per lock, sent per wake-up (UDP_MAX_SEGMENTS)
+	batchBytes       = 64000 // bytes built per lock: sealed, one GSO send (64 KiB) in pipe/path
+	pacerGranularity = 2 * time.Millisecond
+	abortCopies      = 3
 )
 
 // Stats is a snapshot of a Conn's counters and estimates.
@@ -289,7 +293,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			continue
 		}
 		n := min(free, uint64(len(p)))
-		s.buf.fit(s.una, s.end+n)
+		s.buf.fit(s.held(), s.end+n)
 		s.buf.write(s.end, p[:n])
 		s.end += n
 		p = p[n:]
@@ -384,7 +388,7 @@ func (c *Conn) reserveWrite(max int) ([]byte, error) {
 			if room := uint64(len(s.buf.buf)) - used; room > 0 {
 				n = min(n, room)
 			}
-			s.buf.fit(s.una, s.end+n)
+			s.buf.fit(s.held(), s.end+n)
 			return s.buf.span(s.end, int(n)), nil
 		}
 		c.writable.Wait()
@@ -1062,16 +1066,34 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 func (c *Conn) appendDataLocked(b []byte, p *sentPacket) (head, body []byte) {
 	s := &c.snd
 	room := c.maxPayload - len(b)
-	if c.split != nil {
-		room-- // what a split packet costs on the wire (SplitTransport)
+	rr, retx := s.nextRetx()
+	off, avail, finAll := s.nxt, int(min(s.end-s.nxt, s.peerWindow-min(s.peerWindow, s.nxt))), s.finWritten
+	if retx {
+		off, avail, finAll = rr.off, int(rr.n), rr.fin
 	}
-	var off uint64
-	var n int
-	var fin bool
-	if rr, ok := s.nextRetx(); ok {
-		off = rr.off
-		n = min(int(rr.n), room-dataHeaderLen(rr.off, int(rr.n)))
-		fin = rr.fin && n == int(rr.n)
+	n := min(avail, room-dataHeaderLen(off, avail))
+	fin := finAll && n == avail
+	if !retx {
+		fin = s.finWritten && s.nxt+uint64(n) == s.end
+	}
+	// A body sealed straight from the send buffer (SplitTransport) costs a
+	// byte on the wire: give it up only when the packet goes split.
+	split := false
+	if c.split != nil && n >= splitMinBody && len(b)+dataHeaderLen(off, n) <= splitMaxHead {
+		if len(b)+dataHeaderLen(off, n)+n == c.maxPayload {
+			n--
+			fin = false
+		}
+		split = len(s.buf.span(off, n)) == n
+		if !split {
+			n = min(avail, room-dataHeaderLen(off, avail))
+			fin = finAll && n == avail
+			if !retx {
+				fin = s.finWritten && s.nxt+uint64(n) == s.end
+			}
+		}
+	}
+	if retx {
 		rr.off += uint64(n)
 		rr.n -= uint32(n)
 		if rr.n == 0 && (fin || !rr.fin) {
@@ -1079,10 +1101,6 @@ func (c *Conn) appendDataLocked(b []byte, p *sentPacket) (head, body []byte) {
 		}
 		c.stats.retransmits++
 	} else {
-		off = s.nxt
-		n = int(min(s.end-s.nxt, s.peerWindow-min(s.peerWindow, s.nxt)))
-		n = min(n, room-dataHeaderLen(s.nxt, n))
-		fin = s.finWritten && s.nxt+uint64(n) == s.end
 		s.nxt += uint64(n)
 		if fin {
 			s.finSent = true
@@ -1090,16 +1108,14 @@ func (c *Conn) appendDataLocked(b []byte, p *sentPacket) (head, body []byte) {
 	}
 	p.off, p.n, p.fin = off, uint32(n), fin
 	b = appendDataHeader(b, fin, off, n)
-	if c.split != nil && n > 0 {
-		if span := s.buf.span(off, n); len(span) == n {
-			// Sealed straight from the send buffer: keep the writer off
-			// this room until the batch is sent.
-			if !s.pinned || off < s.pin {
-				s.pin = off
-			}
-			s.pinned = true
-			return b, span
+	if split {
+		// Kept for the batch being built: the writer stays off this room
+		// until the batch is sealed (even if an ack frees it meanwhile).
+		if !s.pinned || off < s.pin {
+			s.pin = off
 		}
+		s.pinned = true
+		return b, s.buf.span(off, n)
 	}
 	return s.buf.appendTo(b, off, n), nil
 }

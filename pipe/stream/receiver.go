@@ -151,12 +151,14 @@ func (c *Conn) placeBody(head []byte, bodyLen int) []byte {
 		return nil
 	}
 	f := &c.placeFrame
+	claimed := false
 	for rest := frames; len(rest) > 0; {
 		if rest, err = parseFrameWith(rest, f, nil, bodyLen); err != nil {
 			return nil
 		}
+		claimed = f.claimed // only the last frame can claim the body
 	}
-	if !f.claimed {
+	if !claimed {
 		return nil
 	}
 	r := &c.rcv
