@@ -22,8 +22,12 @@ type table struct {
 
 	mu      sync.Mutex
 	entries map[entryKey]*entry
-	perIP   map[netip.Addr]int // entries held per client IP
+	perIP   map[netip.Addr]int // pending entries per client IP
 	pending int                // entries not yet matched
+	// Matched entries only answer re-sent finds; they do not count toward
+	// a client IP's pending cap (a host that runs many sessions in a row
+	// would otherwise be refused for MatchTTL), and at most maxTotal are
+	// kept: past that a pairing is still answered, but not remembered.
 }
 
 type entryKey struct{ session, name, peer string }
@@ -96,11 +100,12 @@ func (t *table) pairLocked(me, other entryKey, p *entry, f *wire.Find, addr neti
 		PairingID: id, Role: wire.RoleInitiator,
 		PeerObserved: addr, PeerCandidates: cloneAddrs(f.Candidates),
 	}
-	p.matched = theirs
-	p.expires = now.Add(t.matchTTL)
-	t.pending--
 	t.removeLocked(me)
-	t.addLocked(me, &entry{reqID: f.ReqID, addr: addr, expires: now.Add(t.matchTTL), matched: mine})
+	t.removeLocked(other)
+	if len(t.entries)-t.pending+2 <= t.maxTotal {
+		t.addLocked(other, &entry{reqID: p.reqID, addr: p.addr, expires: now.Add(t.matchTTL), matched: theirs})
+		t.addLocked(me, &entry{reqID: f.ReqID, addr: addr, expires: now.Add(t.matchTTL), matched: mine})
+	}
 	return findResult{reply: *mine, push: theirs, pushAddr: p.addr, paired: true}
 }
 
@@ -125,7 +130,9 @@ func (t *table) putPendingLocked(k entryKey, f *wire.Find, addr netip.AddrPort, 
 
 func (t *table) addLocked(k entryKey, e *entry) {
 	t.entries[k] = e
-	t.perIP[e.addr.Addr()]++
+	if e.matched == nil {
+		t.perIP[e.addr.Addr()]++
+	}
 }
 
 func (t *table) removeLocked(k entryKey) {
@@ -134,9 +141,10 @@ func (t *table) removeLocked(k entryKey) {
 		return
 	}
 	delete(t.entries, k)
-	if e.matched == nil {
-		t.pending--
+	if e.matched != nil {
+		return
 	}
+	t.pending--
 	ip := e.addr.Addr()
 	if t.perIP[ip] <= 1 {
 		delete(t.perIP, ip)

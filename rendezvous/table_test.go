@@ -94,3 +94,31 @@ func TestTableMatchesAndExpires(t *testing.T) {
 		t.Fatalf("11th pending from one IP: %v, want errIPFull", err)
 	}
 }
+
+// TestTableManySessionsFromOneIP: a host that runs session after session
+// (a script, a cron job, one NAT for a whole office) is never refused for
+// the pairings it completed: only pending finds count toward the per-IP
+// cap. Matched entries are capped in all, and past the cap a pairing is
+// still answered.
+func TestTableManySessionsFromOneIP(t *testing.T) {
+	now := time.Now()
+	tab := newTable(time.Minute, 30*time.Second, 8, 4)
+	a := netip.MustParseAddrPort("192.0.2.1:1000")
+	b := netip.MustParseAddrPort("192.0.2.1:2000")
+	for i := range 40 {
+		s := fmt.Sprint("s", i)
+		if r, err := tab.find(&wire.Find{ReqID: uint64(2 * i), Session: s, Name: "alice", Peer: "bob"}, a, now); err != nil || r.reply.Status != wire.FindWaiting {
+			t.Fatalf("session %d: alice: %v %+v", i, err, r.reply)
+		}
+		r, err := tab.find(&wire.Find{ReqID: uint64(2*i + 1), Session: s, Name: "bob", Peer: "alice"}, b, now)
+		if err != nil || !r.paired {
+			t.Fatalf("session %d: bob: %v, paired %v", i, err, r.paired)
+		}
+		if p, m := tab.counts(); p != 0 || m > 8 {
+			t.Fatalf("session %d: %d pending, %d matched (cap 8)", i, p, m)
+		}
+	}
+	if _, m := tab.counts(); m != 8 {
+		t.Fatalf("%d matched entries remembered, want the cap, 8", m)
+	}
+}
