@@ -570,6 +570,14 @@ func (c *Conn) openLocked(pkt []byte, from netip.AddrPort, dst []byte) ([]byte, 
 		c.stats.forged.Add(1)
 		return nil, false
 	}
+	c.acceptedLocked(counter, from)
+	return p, true
+}
+
+// acceptedLocked records an authentic data or keepalive packet: its
+// counter, and its source as the peer's address (a roaming peer is
+// confirmed to the link).
+func (c *Conn) acceptedLocked(counter uint64, from netip.AddrPort) {
 	c.replay.accept(counter)
 	c.stats.opened.Add(1)
 	c.heardPeer = true
@@ -577,7 +585,6 @@ func (c *Conn) openLocked(pkt []byte, from netip.AddrPort, dst []byte) ([]byte, 
 		c.peer = from
 		c.link.Confirm(from)
 	}
-	return p, true
 }
 
 // openHeadLocked authenticates and decrypts a DataHead packet. With place
@@ -631,13 +638,7 @@ func (c *Conn) openHeadLocked(pkt []byte, from netip.AddrPort, buf []byte, place
 		c.stats.forged.Add(1)
 		return nil, nil, false
 	}
-	c.replay.accept(counter)
-	c.stats.opened.Add(1)
-	c.heardPeer = true
-	if from != c.peer {
-		c.peer = from
-		c.link.Confirm(from)
-	}
+	c.acceptedLocked(counter, from)
 	return p, body, true
 }
 
