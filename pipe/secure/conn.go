@@ -225,7 +225,7 @@ func (c *Conn) routineKeepalive() {
 			if time.Duration(c.now()-c.lastSend.Load()) >= c.keepalive {
 				// A failed keepalive is not fatal: the link reports real
 				// trouble to Recv, and the next tick tries again.
-				_ = c.seal(typeKeepalive, nil)
+				_ = c.seal(typeKeepalive, nil, nil)
 			}
 		}
 	}
@@ -258,7 +258,7 @@ func (c *Conn) Send(p []byte) error {
 	if len(p) > c.PayloadLimit() {
 		return fmt.Errorf("secure: payload of %d bytes exceeds PayloadLimit %d", len(p), c.PayloadLimit())
 	}
-	return c.seal(typeData, p)
+	return c.seal(typeData, p, nil)
 }
 
 // BatchLink is a Link that can send several datagrams with one system call
@@ -302,7 +302,7 @@ func (c *Conn) SendSplitBatch(heads, bodies [][]byte) error {
 	bl, ok := c.link.(BatchLink)
 	if !ok {
 		for i, h := range heads {
-			if err := c.sealParts(h, body(i)); err != nil {
+			if err := c.seal(typeData, h, body(i)); err != nil {
 				return err
 			}
 		}
@@ -329,7 +329,7 @@ func (c *Conn) SendSplitBatch(heads, bodies [][]byte) error {
 			}
 			d := arena[len(arena) : len(arena)+size : len(arena)+size]
 			arena = arena[:len(arena)+size]
-			c.sealInto(d, heads[i], body(i), ctr, &c.batchNonce, &c.batchMask)
+			c.sealInto(d, typeData, heads[i], body(i), ctr, &c.batchNonce, &c.batchMask)
 			out = append(out, d)
 			n++
 		}
@@ -358,13 +358,14 @@ func sealedSize(head, body []byte) int {
 }
 
 // sealInto seals payload head ‖ body with counter ctr into d, which is
-// exactly sealedSize long: a DataHead packet when splittable, else a Data
-// packet (whose plaintext is head and body joined in d, sealed in place).
-func (c *Conn) sealInto(d, head, body []byte, ctr uint64, nonce *[12]byte, mask *maskBuf) {
+// exactly sealedSize long: a DataHead packet when splittable, else a packet
+// of type typ, Data or Keepalive (whose plaintext is head and body joined
+// in d, sealed in place).
+func (c *Conn) sealInto(d []byte, typ byte, head, body []byte, ctr uint64, nonce *[12]byte, mask *maskBuf) {
 	binary.BigEndian.PutUint64(d[1:dataHeaderSize], ctr)
 	binary.BigEndian.PutUint64(nonce[4:], ctr)
 	if !splittable(head, body) {
-		d[0] = typeData
+		d[0] = typ
 		p := d[dataHeaderSize : dataHeaderSize+len(head)+len(body)]
 		if body == nil {
 			c.sendAEAD.Seal(d[dataHeaderSize:dataHeaderSize], nonce[:], head, d[:dataHeaderSize])
@@ -395,25 +396,9 @@ func headMask(b cipher.Block, ct []byte, m *maskBuf, h int) {
 	}
 }
 
-// sealParts seals one payload head ‖ body into a pooled buffer and sends it.
-func (c *Conn) sealParts(head, body []byte) error {
-	n, err := c.nextCounter()
-	if err != nil {
-		return err
-	}
-	buf := c.bufs.Get().(*sealBuf)
-	defer c.bufs.Put(buf)
-	d := buf.b[:sealedSize(head, body)]
-	c.sealInto(d, head, body, n, &buf.nonce, &buf.mask)
-	c.lastSend.Store(c.now())
-	c.stats.sealed.Add(1)
-	if err := c.link.Send(d); err != nil {
-		return fmt.Errorf("secure: send: %w", err)
-	}
-	return nil
-}
-
-func (c *Conn) seal(typ byte, p []byte) error {
+// seal seals one payload head ‖ body (a Keepalive: none) into a pooled
+// buffer and sends it.
+func (c *Conn) seal(typ byte, head, body []byte) error {
 	if c.closed.Load() {
 		return fmt.Errorf("secure: send: %w", net.ErrClosed)
 	}
@@ -423,14 +408,11 @@ func (c *Conn) seal(typ byte, p []byte) error {
 	}
 	buf := c.bufs.Get().(*sealBuf)
 	defer c.bufs.Put(buf)
-	hdr := buf.b[:dataHeaderSize]
-	hdr[0] = typ
-	binary.BigEndian.PutUint64(hdr[1:], n)
-	binary.BigEndian.PutUint64(buf.nonce[4:], n)
-	out := c.sendAEAD.Seal(buf.b[dataHeaderSize:dataHeaderSize], buf.nonce[:], p, hdr)
+	d := buf.b[:sealedSize(head, body)]
+	c.sealInto(d, typ, head, body, n, &buf.nonce, &buf.mask)
 	c.lastSend.Store(c.now())
 	c.stats.sealed.Add(1)
-	if err := c.link.Send(buf.b[:dataHeaderSize+len(out)]); err != nil {
+	if err := c.link.Send(d); err != nil {
 		return fmt.Errorf("secure: send: %w", err)
 	}
 	return nil

@@ -90,7 +90,7 @@ func TestBadPacketsDroppedAndCounted(t *testing.T) {
 
 	ic.hold(true)
 	a.Send([]byte("two"))
-	a.seal(typeKeepalive, nil)
+	a.seal(typeKeepalive, nil, nil)
 	held := ic.hold(false)
 	if len(held) != 2 {
 		t.Fatalf("held %d packets", len(held))
@@ -201,7 +201,7 @@ func TestNonceNeverReused(t *testing.T) {
 		wg.Go(func() {
 			for i := range 200 {
 				if i%10 == 0 {
-					a.seal(typeKeepalive, nil)
+					a.seal(typeKeepalive, nil, nil)
 				} else if err := a.Send([]byte(fmt.Sprint(g, i))); err != nil {
 					t.Error(err)
 				}
@@ -241,7 +241,7 @@ func TestCounterExhaustion(t *testing.T) {
 		if err := a.Send([]byte("x")); !errors.Is(err, ErrCounterExhausted) {
 			t.Fatalf("Send at the limit: %v, want ErrCounterExhausted", err)
 		}
-		if err := a.seal(typeKeepalive, nil); !errors.Is(err, ErrCounterExhausted) {
+		if err := a.seal(typeKeepalive, nil, nil); !errors.Is(err, ErrCounterExhausted) {
 			t.Fatalf("keepalive at the limit: %v", err)
 		}
 	}

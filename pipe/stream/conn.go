@@ -1067,32 +1067,25 @@ func (c *Conn) appendDataLocked(b []byte, p *sentPacket) (head, body []byte) {
 	s := &c.snd
 	room := c.maxPayload - len(b)
 	rr, retx := s.nextRetx()
-	off, avail, finAll := s.nxt, int(min(s.end-s.nxt, s.peerWindow-min(s.peerWindow, s.nxt))), s.finWritten
+	off, avail := s.nxt, int(min(s.end-s.nxt, s.peerWindow-min(s.peerWindow, s.nxt)))
+	finAll := s.finWritten && s.nxt+uint64(avail) == s.end // all that is left, FIN included
 	if retx {
 		off, avail, finAll = rr.off, int(rr.n), rr.fin
 	}
 	n := min(avail, room-dataHeaderLen(off, avail))
-	fin := finAll && n == avail
-	if !retx {
-		fin = s.finWritten && s.nxt+uint64(n) == s.end
-	}
 	// A body sealed straight from the send buffer (SplitTransport) costs a
 	// byte on the wire: give it up only when the packet goes split.
 	split := false
 	if c.split != nil && n >= splitMinBody && len(b)+dataHeaderLen(off, n) <= splitMaxHead {
-		if len(b)+dataHeaderLen(off, n)+n == c.maxPayload {
-			n--
-			fin = false
+		k := n
+		if len(b)+dataHeaderLen(off, k)+k == c.maxPayload {
+			k--
 		}
-		split = len(s.buf.span(off, n)) == n
-		if !split {
-			n = min(avail, room-dataHeaderLen(off, avail))
-			fin = finAll && n == avail
-			if !retx {
-				fin = s.finWritten && s.nxt+uint64(n) == s.end
-			}
+		if split = len(s.buf.span(off, k)) == k; split {
+			n = k
 		}
 	}
+	fin := finAll && n == avail
 	if retx {
 		rr.off += uint64(n)
 		rr.n -= uint32(n)
