@@ -119,3 +119,52 @@ func TestChatInTerminal(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// Ctrl-C works in every state at a terminal: at the hidden password
+// prompt (the echo comes back) and while the chat waits for its peer
+// (the terminal is not raw yet, so Ctrl-C is still SIGINT). Both exit 130.
+func TestInterruptAtTerminal(t *testing.T) {
+	tm := newTmux(t)
+	ctx := testCtx(t, 60*time.Second)
+	_, server := startServe(t, ctx)
+	bin, err := exec.LookPath("p2pcat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, env, waitFor string
+	}{
+		// P2PCAT_TEST_TTY="" lets the prompt open the real terminal.
+		{"password prompt", "P2PCAT_TEST_TTY=/dev/tty", "Password for nobody"},
+		{"waiting for the peer", "P2PCAT_PASSWORD=pw", "waiting for nobody"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status := t.TempDir() + "/exit"
+			shell := fmt.Sprintf("%s P2PCAT_SERVER=%s %s --name alice --find nobody --session intr --timeout 50s; code=$?; stty -a | grep -o -- '-\\?echo ' > %s.echo; echo $code > %s; sleep 60",
+				tc.env, server, bin, status, status)
+			tm.run("new-session", "-d", "-s", "chat", "-x", "100", "-y", "20", shell)
+			defer tm.run("kill-session", "-t", "chat")
+			tm.waitFor(tc.waitFor, false, 20*time.Second)
+			start := time.Now()
+			tm.run("send-keys", "-t", "chat", "C-c")
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				b, _ := os.ReadFile(status)
+				if code := strings.TrimSpace(string(b)); code != "" {
+					if code != "130" {
+						t.Fatalf("exit %s after Ctrl-C, want 130; screen:\n%s", code, tm.screen(false))
+					}
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("no exit within 10 s of Ctrl-C; screen:\n%s", tm.screen(false))
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			t.Logf("exited 130 %v after Ctrl-C", time.Since(start).Round(time.Millisecond))
+			if echo, _ := os.ReadFile(status + ".echo"); strings.TrimSpace(string(echo)) != "echo" {
+				t.Fatalf("the terminal's echo is %q after the interrupt, want it back on", echo)
+			}
+		})
+	}
+}

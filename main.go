@@ -53,6 +53,7 @@ const (
 	exitNoPath   = 5   // no path to the peer could be established
 	exitTaken    = 6   // register: the session is registered with another password
 	exitSignal   = 130 // interrupted by Ctrl-C or SIGTERM (the peer is told)
+	exitPipe     = 141 // stdout was closed by its reader (EPIPE, as SIGPIPE in a pipeline); the peer is told
 	exitsHelpTxt = `EXIT CODES:
    0  success: every byte delivered and acknowledged both ways
    1  runtime failure (peer lost mid-session, server unreachable, I/O error)
@@ -61,7 +62,8 @@ const (
    4  authentication failed: wrong password, or someone in the middle
    5  no path to the peer could be established
    6  register: the session is registered with another password
- 130  interrupted (Ctrl-C, SIGTERM); the peer is told and exits promptly`
+ 130  interrupted (Ctrl-C, SIGTERM), in any state; the peer is told and exits 1 at once
+ 141  stdout was closed by its reader (| head); the peer is told and exits 1 at once`
 )
 
 // usageError marks errors in what the user typed or configured.
@@ -101,12 +103,24 @@ func main() {
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// A closed stdout (`p2pcat ... | head`) must not kill us silently with
+	// SIGPIPE: with the signal caught, the write fails with EPIPE, and the
+	// peer is told that we stopped reading.
+	sigpipe := make(chan os.Signal, 1)
+	signal.Notify(sigpipe, syscall.SIGPIPE)
+	defer signal.Stop(sigpipe)
 	app := newApp(stdin, stdout, stderr)
 	err := app.RunContext(ctx, interspersed(app, args))
 	if err == nil {
 		return exitOK
 	}
 	code := exitCode(err)
+	if ctx.Err() != nil && code != exitUsage {
+		// A signal arrived: whatever the command was doing failed because
+		// of it (a prompt, a wait, a transfer), and scripts get 130 for
+		// every one of them.
+		code, err = exitSignal, pipe.ErrInterrupted
+	}
 	fmt.Fprintf(stderr, "p2pcat: error: %s\n", oneLine(err.Error()))
 	var h hinted
 	if errors.As(err, &h) && h.hint != "" {
@@ -172,6 +186,8 @@ func exitCode(err error) int {
 		return exitNoPath
 	case errors.Is(err, pipe.ErrInterrupted):
 		return exitSignal
+	case errors.Is(err, pipe.ErrOutputClosed):
+		return exitPipe
 	case errors.Is(err, rendezvous.ErrTaken):
 		return exitTaken
 	case errors.Is(err, rendezvous.ErrPeerNotFound):
@@ -291,7 +307,7 @@ embedded database under --data. One UDP port serves everything.`,
 			&cli.IntFlag{Name: "burst", Value: 40, EnvVars: []string{"P2PCAT_BURST"}, Usage: "burst size of --rate"},
 			&cli.IntFlag{Name: "max-pending", Value: 100_000, EnvVars: []string{"P2PCAT_MAX_PENDING"}, Usage: "pending finds kept in all"},
 			&cli.IntFlag{Name: "max-pending-per-ip", Value: 64, EnvVars: []string{"P2PCAT_MAX_PENDING_PER_IP"}, Usage: "pending finds kept per client IP"},
-			&cli.DurationFlag{Name: "pending-ttl", Value: 60 * time.Second, EnvVars: []string{"P2PCAT_PENDING_TTL"}, Usage: "how long a find waits after its last re-send"},
+			&cli.DurationFlag{Name: "pending-ttl", Value: rendezvous.DefaultPendingTTL, EnvVars: []string{"P2PCAT_PENDING_TTL"}, Usage: "how long a find waits after its last re-send (clients re-send every 2 s)"},
 			&cli.StringFlag{Name: "stun-alternate", Value: "auto", EnvVars: []string{"P2PCAT_STUN_ALTERNATE"}, Usage: "second UDP `ADDR` for STUN, so 'p2pcat nat-check' can tell NAT behaviours apart: auto (the --listen port + 1), an address, or off"},
 			&cli.BoolFlag{Name: "no-relay", EnvVars: []string{"P2PCAT_NO_RELAY"}, Usage: "do not relay sessions that find no direct path"},
 			&cli.StringFlag{Name: "relay-rate", Value: "10MB", EnvVars: []string{"P2PCAT_RELAY_RATE"}, Usage: "relay bandwidth per session, bytes per second (`SIZE`: 500KB, 10MB, 1GiB ...)"},
@@ -492,7 +508,7 @@ func register(c *cli.Context) error {
 			return usagef("--generate makes a new password; unset %s or drop --generate", term.PasswordEnv)
 		}
 		password = []byte(rendezvous.GeneratePassphrase())
-	} else if password, err = term.Password("Password for session "+session+": ", true); err != nil {
+	} else if password, err = term.Password(c.Context, "Password for session "+session+": ", true); err != nil {
 		return err
 	}
 	conn, err := net.ListenUDP("udp", nil)

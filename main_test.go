@@ -18,7 +18,11 @@ func TestMain(m *testing.M) {
 	// executes, uses a cheap argon2id and never prompts on the developer's
 	// terminal.
 	rendezvous.SetTestOnlyCredentialParams(rendezvous.Argon2Params{Time: 1, MemoryK: 64, Threads: 1})
-	term.SetTestOnlyTTY(filepath.Join(os.TempDir(), "p2pcat-test-no-tty"))
+	tty := filepath.Join(os.TempDir(), "p2pcat-test-no-tty")
+	if v := os.Getenv("P2PCAT_TEST_TTY"); v != "" {
+		tty = v // a test that drives a real terminal (tmux) asks for its prompt
+	}
+	term.SetTestOnlyTTY(tty)
 	testscript.Main(m, map[string]func(){
 		"p2pcat": func() { os.Exit(run(os.Args, os.Stdin, os.Stdout, os.Stderr)) },
 	})

@@ -131,7 +131,7 @@ func runPipe(c *cli.Context) error {
 	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
 	cfg.Logger = log
 
-	password, err := term.Password("Password for "+peer+" (session "+session+"): ", false)
+	password, err := term.Password(c.Context, "Password for "+peer+" (session "+session+"): ", false)
 	if err != nil {
 		return err
 	}
@@ -157,6 +157,8 @@ func runPipe(c *cli.Context) error {
 	switch {
 	case errors.Is(err, rendezvous.ErrNoServer):
 		return hinted{err, "is the server running at " + cfg.Server.String() + "? check --server"}
+	case errors.Is(err, rendezvous.ErrServerLost):
+		return hinted{err, "the server at " + cfg.Server.String() + " stopped answering; is it still running? try again when it is"}
 	case errors.Is(err, path.ErrRelayEnded):
 		return hinted{err, "the server caps what it relays per session (serve --relay-bytes); 'p2pcat nat-check' on both sides shows why no direct path was found"}
 	case errors.Is(err, pipe.ErrNoRelay):

@@ -40,6 +40,9 @@ var (
 	ErrNoRelay = errors.New("the rendezvous server offers no relay")
 	// ErrInterrupted: the user interrupted the session (Ctrl-C, SIGTERM).
 	ErrInterrupted = errors.New("interrupted")
+	// ErrOutputClosed: the reader of stdout went away (EPIPE: `| head`)
+	// before the session was complete. The peer is told.
+	ErrOutputClosed = errors.New("stdout was closed by its reader before the session was complete")
 )
 
 // Config describes one session. Zero values mean the documented defaults.
@@ -164,11 +167,12 @@ func Run(ctx context.Context, cfg Config) error {
 	// later still takes over (pipe/path).
 	connectBy := time.Time{}
 	var (
-		sconn   *secure.Conn
-		link    *path.Conn
-		role    secure.Role
-		start   time.Time
-		lastErr error
+		sconn     *secure.Conn
+		link      *path.Conn
+		role      secure.Role
+		start     time.Time
+		lastErr   error
+		lastHeard time.Time // the peer's last datagram in any attempt (path.Stats.LastHeard)
 	)
 	for attempt := 0; ; attempt++ {
 		udp, err := path.Listen(cfg.Port, log)
@@ -179,7 +183,12 @@ func Run(ctx context.Context, cfg Config) error {
 		if err != nil {
 			udp.Close()
 			if attempt > 0 && errors.Is(err, rendezvous.ErrPeerNotFound) {
-				return lastErr // the peer gave up on its side
+				// The peer did not come back for another attempt: it gave
+				// up on its side, or it is gone.
+				if lost := cfg.lostWhileConnecting(lastHeard); lost != nil {
+					return lost
+				}
+				return lastErr
 			}
 			return err
 		}
@@ -249,12 +258,20 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		st := link.Stats()
 		link.Close()
+		if !st.LastHeard.IsZero() {
+			lastHeard = st.LastHeard
+		}
 		switch {
 		case errors.Is(err, secure.ErrAuth):
 			return err
 		case ctx.Err() != nil:
 			return ErrInterrupted
+		case errors.Is(err, secure.ErrPeerCancelled):
+			return cfg.peerCancelled()
 		case confirmed && last:
+			if lost := cfg.lostWhileConnecting(lastHeard); lost != nil {
+				return lost
+			}
 			return fmt.Errorf("handshake with %s did not complete: %w", cfg.Peer, err)
 		case confirmed:
 			// A path, but the handshake was too slow (a loaded machine):
@@ -265,6 +282,9 @@ func Run(ctx context.Context, cfg Config) error {
 		lastErr = fmt.Errorf("%w to %s within %s (tried %d addresses in %d attempts; the peer's probes %s%s)", ErrNoPath, cfg.Peer, cfg.ConnectTimeout,
 			len(candidates), attempt+1, map[bool]string{true: "did arrive", false: "never arrived"}[st.ProbesReceived > 0], cfg.relayNote(match))
 		if last {
+			if lost := cfg.lostWhileConnecting(lastHeard); lost != nil {
+				return lost
+			}
 			return lastErr
 		}
 		log.Info("no direct path yet; punching again from a new port", "attempt", attempt+2)
@@ -278,6 +298,12 @@ func Run(ctx context.Context, cfg Config) error {
 	log.Info("connected", "path", kind, "peer", link.Peer().String(), "handshake", elapsed.Round(time.Microsecond).String(), "role", role.String())
 	cfg.Status("connected to %s (%s, %s)", cfg.Peer, kind, link.Peer())
 
+	if cfg.Chat != nil {
+		if err := cfg.Chat.Start(); err != nil {
+			sconn.Close()
+			return err
+		}
+	}
 	var tr stream.Transport = sconn
 	if !cfg.ProbeMTU {
 		tr = safeSizeOnly{sconn}
@@ -298,6 +324,31 @@ func Run(ctx context.Context, cfg Config) error {
 		"retransmits", s.Retransmits, "lost", s.LostPackets, "srtt", s.SRTT.String(), "min_rtt", s.MinRTT.String(), "cwnd", s.Cwnd, "pacing_mbps", int(s.PacingRate*8/1e6), "inflight", s.BytesInFlight,
 		"sealed", ss.Sealed, "opened", ss.Opened, "forged", ss.Forged, "replayed", ss.Replayed, "malformed", ss.Malformed, "err", err)
 	return err
+}
+
+// silentPeer: a peer we heard while connecting and that then stayed silent
+// this long, until the connection attempts ran out, has stopped (it was
+// killed, or its network went away), as opposed to a peer behind a NAT
+// that lets none of its packets through.
+const silentPeer = 2 * time.Second
+
+// lostWhileConnecting explains a failed connection to a peer that we heard
+// at first and that then fell silent; nil when we never heard it or heard
+// it until the end (then there is no path: a NAT problem).
+func (c *Config) lostWhileConnecting(lastHeard time.Time) error {
+	if lastHeard.IsZero() {
+		return nil
+	}
+	quiet := time.Since(lastHeard)
+	if quiet < silentPeer {
+		return nil
+	}
+	return fmt.Errorf("lost the connection to %s: no answer for %s (it fell silent while we were connecting)", c.Peer, quiet.Round(100*time.Millisecond))
+}
+
+// peerCancelled is the error when the peer gave the connection up.
+func (c *Config) peerCancelled() error {
+	return fmt.Errorf("%s gave up the connection before it was complete (it was interrupted): %w", c.Peer, secure.ErrPeerCancelled)
 }
 
 // Punch attempts (see Run).

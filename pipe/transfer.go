@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"syscall"
 
 	"github.com/p2pcat/p2pcat/pipe/frame"
 	"github.com/p2pcat/p2pcat/pipe/secure"
@@ -12,7 +13,10 @@ import (
 )
 
 // transfer links the stream to stdin/stdout (or the chat) until both
-// directions are closed, then ends the stream gracefully.
+// directions are closed, then ends the stream gracefully. Every way out is
+// bounded: the stream fails on its own when the peer falls silent (the idle
+// timeout) or aborts, and transfer returns then even while the uplink is
+// still blocked reading stdin.
 func transfer(ctx context.Context, st *stream.Conn, cfg Config) error {
 	down := make(chan error, 1)
 	go func() { down <- downlink(st, cfg) }()
@@ -26,14 +30,25 @@ func transfer(ctx context.Context, st *stream.Conn, cfg Config) error {
 		select {
 		case err := <-up:
 			upDone = true
-			if err != nil {
-				st.Abort("local input failed")
+			var in *inputError
+			switch {
+			case errors.As(err, &in):
+				st.Abort(stream.AbortInputFailed, reasonOf(in.err))
+				return err
+			case err != nil:
 				return explain(err, cfg)
 			}
 		case err := <-down:
 			downDone = true
-			if err != nil {
-				st.Abort("local output failed")
+			var out *outputError
+			switch {
+			case errors.As(err, &out) && errors.Is(out.err, syscall.EPIPE):
+				st.Abort(stream.AbortOutputClosed, "its output was closed")
+				return fmt.Errorf("%w; %s was told", ErrOutputClosed, cfg.Peer)
+			case errors.As(err, &out):
+				st.Abort(stream.AbortOutputFailed, reasonOf(out.err))
+				return err
+			case err != nil:
 				return explain(err, cfg)
 			}
 			if cfg.EndOnPeerEOF && !upDone {
@@ -41,36 +56,95 @@ func transfer(ctx context.Context, st *stream.Conn, cfg Config) error {
 				st.CloseWrite()
 				upDone = true
 			}
+		case <-st.Done():
+			// The stream ended while a direction was still open: the peer
+			// aborted or fell silent (a clean end needs both directions
+			// closed, so there is always an error here).
+			if err := st.Err(); err != nil {
+				st.Close()
+				return explain(err, cfg)
+			}
+			return nil
 		case <-ctx.Done():
-			st.Abort("interrupted")
+			st.Abort(stream.AbortInterrupted, "interrupted")
 			return ErrInterrupted
 		}
 	}
-	sctx, cancel := context.WithTimeout(ctx, cfg.IdleTimeout)
-	defer cancel()
-	if err := st.Shutdown(sctx); err != nil {
-		st.Close()
+	// No deadline of our own: the stream fails when the peer falls silent
+	// for the idle timeout, and a peer that answers but does not read yet
+	// holds us as a full pipe would.
+	if err := st.Shutdown(ctx); err != nil {
 		if ctx.Err() != nil {
+			st.Abort(stream.AbortInterrupted, "interrupted")
 			return ErrInterrupted
 		}
+		st.Close()
 		return explain(err, cfg)
 	}
 	return nil
 }
 
+// inputError and outputError mark failures of stdin and stdout, as opposed
+// to the stream's own.
+type inputError struct{ err error }
+
+func (e *inputError) Error() string { return "reading stdin: " + e.err.Error() }
+func (e *inputError) Unwrap() error { return e.err }
+
+type outputError struct{ err error }
+
+func (e *outputError) Error() string { return e.err.Error() }
+func (e *outputError) Unwrap() error { return e.err }
+
+// reasonOf is what the peer is told about a local failure: the system's
+// words for it, without our file names.
+func reasonOf(err error) string {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		return errno.Error()
+	}
+	return err.Error()
+}
+
+// explain turns the stream's error into one the user reads.
 func explain(err error, cfg Config) error {
+	var pa *stream.PeerAbortError
 	switch {
-	case errors.Is(err, stream.ErrIdleTimeout), errors.Is(err, context.DeadlineExceeded):
-		// The second: the peer did not acknowledge the end of our data
-		// within the idle timeout (Shutdown).
+	case errors.Is(err, stream.ErrIdleTimeout):
 		return fmt.Errorf("lost the connection to %s: no answer for %s", cfg.Peer, cfg.IdleTimeout)
-	case errors.Is(err, stream.ErrPeerAborted):
-		return fmt.Errorf("%s ended the session before it was complete: %w", cfg.Peer, err)
-	case errors.Is(err, secure.ErrAuth):
-		return err
+	case errors.As(err, &pa):
+		return &PeerEndedError{Peer: cfg.Peer, Code: pa.Code, Reason: pa.Reason}
+	case errors.Is(err, secure.ErrPeerCancelled):
+		return cfg.peerCancelled()
 	}
 	return err
 }
+
+// PeerEndedError: the peer aborted the session before it was complete.
+type PeerEndedError struct {
+	Peer   string
+	Code   stream.AbortCode
+	Reason string // the peer's words, safe to print
+}
+
+func (e *PeerEndedError) Error() string {
+	why := ""
+	switch e.Code {
+	case stream.AbortInterrupted:
+		why = "it was interrupted (Ctrl-C or SIGTERM)"
+	case stream.AbortOutputClosed:
+		why = "it stopped reading (its output was closed)"
+	case stream.AbortOutputFailed:
+		why = fmt.Sprintf("its output failed (%s)", e.Reason)
+	case stream.AbortInputFailed:
+		why = fmt.Sprintf("its input failed (%s)", e.Reason)
+	default:
+		why = fmt.Sprintf("%q", e.Reason)
+	}
+	return fmt.Sprintf("%s ended the session before it was complete: %s", e.Peer, why)
+}
+
+func (e *PeerEndedError) Unwrap() error { return stream.ErrPeerAborted }
 
 // downlink writes the peer's bytes to stdout in whole lines (or hands them
 // to the chat) until the peer's EOF. Stdout is written straight from the
@@ -98,7 +172,7 @@ func downlink(st *stream.Conn, cfg Config) error {
 		n, werr := w.WriteLines(a, b, atEOF)
 		st.Consume(n)
 		if werr != nil {
-			return werr
+			return &outputError{werr}
 		}
 		held = len(a) + len(b) - n
 		if atEOF && held == 0 {
@@ -124,7 +198,7 @@ func uplink(st *stream.Conn, cfg Config) error {
 	in := &sourceReader{r: cfg.Stdin}
 	if _, err := st.ReadFrom(in); err != nil {
 		if in.err != nil {
-			return fmt.Errorf("reading stdin: %w", in.err)
+			return &inputError{in.err}
 		}
 		return nil // the session ended; the downlink reports why
 	}

@@ -32,8 +32,16 @@ var (
 	ErrTaken         = errors.New("session taken: it is registered with another password")
 	ErrPeerNotFound  = errors.New("peer did not show up")
 	ErrNoServer      = errors.New("rendezvous server did not answer")
+	ErrServerLost    = errors.New("lost the rendezvous server")
 	ErrServerRefused = errors.New("rendezvous server refused the request")
 )
+
+// DefaultServerTimeout is how long the server may leave everything we send
+// unanswered before a call gives up: ErrNoServer when it never answered,
+// ErrServerLost when it stopped. A waiting find is re-sent every 2 s and
+// answered each time, so this is five unanswered re-sends in a row; a
+// server that restarts within it is not noticed.
+const DefaultServerTimeout = 10 * time.Second
 
 // Client asks a rendezvous server for pairings and registrations.
 type Client struct {
@@ -44,6 +52,9 @@ type Client struct {
 	// (defaults 250 ms and 2 s). While a find is waiting for its peer it is
 	// re-sent every MaxRetry, which also keeps the NAT mapping alive.
 	Retry, MaxRetry time.Duration
+	// ServerTimeout bounds the server's silence (DefaultServerTimeout when
+	// zero).
+	ServerTimeout time.Duration
 
 	serverID [16]byte
 	cookie   []byte
@@ -65,6 +76,13 @@ func (c *Client) retries() (time.Duration, time.Duration) {
 		m = 2 * time.Second
 	}
 	return r, max(r, m)
+}
+
+func (c *Client) serverTimeout() time.Duration {
+	if c.ServerTimeout > 0 {
+		return c.ServerTimeout
+	}
+	return DefaultServerTimeout
 }
 
 // ServerError is an Error reply from the server that has no sentinel of its
@@ -94,14 +112,14 @@ func (c *Client) Register(ctx context.Context, session string, password []byte, 
 	ex := c.newExchange(ctx)
 	ch, err := ex.challenge(session)
 	if err != nil {
-		return RegisterResult{}, err
+		return RegisterResult{}, ex.final(err)
 	}
 	cred := Credential(password, ch.ServerID, session)
 	req := &wire.Register{ReqID: ex.reqID, Cookie: ch.Cookie, Session: session, Credential: cred, TTLSeconds: uint32(ttl / time.Second)}
 	for {
 		reply, err := ex.roundTrip(req)
 		if err != nil {
-			return RegisterResult{}, err
+			return RegisterResult{}, ex.final(err)
 		}
 		switch r := reply.(type) {
 		case *wire.RegisterResp:
@@ -145,7 +163,7 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (Match, error) {
 	ex := c.newExchange(ctx)
 	ch, err := ex.challenge(fr.Session)
 	if err != nil {
-		return Match{}, err
+		return Match{}, ex.final(err)
 	}
 	req := &wire.Find{ReqID: ex.reqID, Session: fr.Session, Name: fr.Name, Peer: fr.Peer, Candidates: fr.Candidates}
 	var cred *[32]byte
@@ -162,19 +180,28 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (Match, error) {
 	}
 	adopt(ch)
 	waiting := false
+	matched := false
+	defer func() {
+		if !matched && req.Cookie != nil {
+			// We gave up (interrupted, or --timeout): withdraw the find,
+			// so that the peer is not paired with a client that is gone.
+			ex.leave(&wire.Leave{ReqID: ex.reqID, Cookie: req.Cookie, Session: fr.Session, Name: fr.Name, Peer: fr.Peer})
+		}
+	}()
 	for {
 		reply, err := ex.roundTrip(req)
 		if err != nil {
-			if errors.Is(err, ErrNoServer) && waiting {
+			if errors.Is(err, context.DeadlineExceeded) && ex.heardAny {
 				return Match{}, ErrPeerNotFound
 			}
-			return Match{}, err
+			return Match{}, ex.final(err)
 		}
 		switch r := reply.(type) {
 		case *wire.Challenge:
 			adopt(r)
 		case *wire.FindResp:
 			if r.Status == wire.FindMatched {
+				matched = true
 				return Match{
 					PairingID: r.PairingID, Role: r.Role, Observed: r.Observed,
 					PeerObserved: r.PeerObserved, PeerCandidates: r.PeerCandidates, Server: c.Server, Relay: r.Relay,
@@ -190,7 +217,10 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (Match, error) {
 			// Re-send at the slow pace until the peer arrives; the server
 			// pushes the match to us the moment it does.
 			if err := ex.wait(req); err != nil {
-				return Match{}, ErrPeerNotFound
+				if errors.Is(err, context.DeadlineExceeded) {
+					return Match{}, ErrPeerNotFound
+				}
+				return Match{}, ex.final(err)
 			}
 		}
 	}
@@ -206,12 +236,56 @@ type exchange struct {
 	buf   []byte
 	// pending is an answer read while waiting that belongs to the next round.
 	pending wire.Message
+	// heardAt is when the server last answered (the exchange's start until
+	// it first does); heardAny says whether it ever did.
+	heardAt  time.Time
+	heardAny bool
 }
 
 func (c *Client) newExchange(ctx context.Context) *exchange {
 	var b [8]byte
 	rand.Read(b[:])
-	return &exchange{c: c, ctx: ctx, reqID: binary.BigEndian.Uint64(b[:]), buf: make([]byte, 2048)}
+	return &exchange{c: c, ctx: ctx, reqID: binary.BigEndian.Uint64(b[:]), buf: make([]byte, 2048), heardAt: time.Now()}
+}
+
+// errSilent: the server left us unanswered for longer than ServerTimeout.
+var errSilent = errors.New("no answer")
+
+// silent reports whether the server has been quiet for too long.
+func (ex *exchange) silent() error {
+	if d := time.Since(ex.heardAt); d >= ex.c.serverTimeout() {
+		return errSilent
+	}
+	return nil
+}
+
+// final turns an exchange's failure into the error a caller returns: ctx's
+// own error when it was cancelled (interrupted), ErrNoServer when the
+// server never answered, ErrServerLost when it stopped.
+func (ex *exchange) final(err error) error {
+	switch {
+	case errors.Is(err, context.Canceled):
+		return err
+	case errors.Is(err, errSilent), errors.Is(err, context.DeadlineExceeded):
+		if !ex.heardAny {
+			return fmt.Errorf("%w at %s", ErrNoServer, ex.c.Server)
+		}
+		if errors.Is(err, errSilent) {
+			return fmt.Errorf("%w at %s: no answer for %s", ErrServerLost, ex.c.Server, ex.c.serverTimeout())
+		}
+		return fmt.Errorf("%w at %s: the request did not complete in time", ErrServerLost, ex.c.Server)
+	}
+	return err
+}
+
+// leave sends a Leave, twice in case one is lost, without waiting for
+// anything: the server does not answer it.
+func (ex *exchange) leave(m *wire.Leave) {
+	for range 2 {
+		if ex.send(m) != nil {
+			return
+		}
+	}
 }
 
 func (ex *exchange) challenge(session string) (*wire.Challenge, error) {
@@ -263,6 +337,9 @@ func (ex *exchange) roundTrip(m wire.Message) (wire.Message, error) {
 		if reply != nil {
 			return ex.answer(reply)
 		}
+		if err := ex.silent(); err != nil {
+			return nil, err
+		}
 		retry = min(2*retry, maxRetry)
 	}
 }
@@ -283,6 +360,9 @@ func (ex *exchange) wait(m wire.Message) error {
 			ex.pending = reply
 			return nil
 		}
+		if err := ex.silent(); err != nil {
+			return err
+		}
 		if err := ex.send(m); err != nil {
 			return err
 		}
@@ -302,16 +382,19 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 	}()
 	for {
 		if err := ex.ctx.Err(); err != nil {
-			return nil, fmt.Errorf("%w at %s", ErrNoServer, ex.c.Server)
+			return nil, err
 		}
 		ex.c.Conn.SetReadDeadline(deadline)
 		n, from, err := ex.c.Conn.ReadFromUDPAddrPort(ex.buf)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if ex.ctx.Err() != nil {
-					return nil, fmt.Errorf("%w at %s", ErrNoServer, ex.c.Server)
+				if err := ex.ctx.Err(); err != nil {
+					return nil, err
 				}
 				return nil, nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return nil, err
 			}
 			// ICMP port unreachable surfaces as a read error on some
 			// systems: the server is not there (yet); keep trying.
@@ -329,6 +412,7 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 		if id, _ := wire.ReqIDOf(ex.buf[:n]); id != ex.reqID {
 			continue
 		}
+		ex.heardAt, ex.heardAny = time.Now(), true
 		return msg, nil
 	}
 }

@@ -97,7 +97,7 @@ func newMetrics(reg prometheus.Registerer, pendingFn, registeredFn, relayFn func
 			Help: "Bytes forwarded by the relay (relay header included).",
 		}),
 	}
-	for _, t := range []wire.Type{wire.TypeHello, wire.TypeChallenge, wire.TypeRegister, wire.TypeRegisterResp, wire.TypeFind, wire.TypeFindResp, wire.TypeError, wire.TypeRelayBind} {
+	for _, t := range []wire.Type{wire.TypeHello, wire.TypeChallenge, wire.TypeRegister, wire.TypeRegisterResp, wire.TypeFind, wire.TypeFindResp, wire.TypeError, wire.TypeRelayBind, wire.TypeLeave} {
 		m.packets[t] = packets.WithLabelValues(t.String())
 	}
 	m.packetsOther = packets.WithLabelValues("other")

@@ -34,7 +34,7 @@ type Config struct {
 	// Registry receives the server's Prometheus metrics; nil registers none.
 	Registry prometheus.Registerer
 
-	PendingTTL      time.Duration // a find waits this long after its last re-send (default 60 s)
+	PendingTTL      time.Duration // a find waits this long after its last re-send (DefaultPendingTTL)
 	MatchTTL        time.Duration // a pairing answer is kept for re-sends this long (default 30 s)
 	CookieTTL       time.Duration // address cookies are valid this long (default 2 min)
 	MaxPending      int           // pending finds in all (default 100,000)
@@ -53,13 +53,19 @@ type Config struct {
 	RelayIdle  time.Duration // a pairing not relayed for this long is forgotten (default 10 min)
 }
 
+// DefaultPendingTTL is how long a find waits after its last re-send.
+// Clients re-send every 2 s while they wait, so five lost re-sends in a row
+// end it; a client killed while it waited leaves a ghost that a later peer
+// can be paired with for at most this long.
+const DefaultPendingTTL = 10 * time.Second
+
 func (c *Config) setDefaults() {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
 			*d = v
 		}
 	}
-	def(&c.PendingTTL, 60*time.Second)
+	def(&c.PendingTTL, DefaultPendingTTL)
 	def(&c.MatchTTL, 30*time.Second)
 	def(&c.CookieTTL, 2*time.Minute)
 	def(&c.MaxRegisterTTL, 30*24*time.Hour)
@@ -282,6 +288,10 @@ func (s *Server) handle(batch *outBatch, pkt []byte, from netip.AddrPort) {
 	case *wire.RelayBind:
 		if s.admit(out, m.ReqID, m.Cookie, "", now) {
 			s.handleRelayBind(out, m, now)
+		}
+	case *wire.Leave:
+		if s.admit(out, m.ReqID, m.Cookie, m.Session, now) && s.table.leave(m, out.to) {
+			s.log.Debug("find withdrawn", "session", m.Session, "name", m.Name, "peer", m.Peer)
 		}
 	default:
 		s.metrics.drop(dropUnexpected)

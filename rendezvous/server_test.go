@@ -146,22 +146,39 @@ func TestPeerNotFoundAndExpiry(t *testing.T) {
 	var offset atomic.Int64
 	srv.SetClock(func() time.Time { return time.Now().Add(time.Duration(offset.Load())) })
 
+	// A client that gives up withdraws its find (Leave): bob, arriving
+	// later, waits instead of being paired with a client that is gone.
 	ca := srv.Client(t)
 	ca.MaxRetry = 100 * time.Millisecond
 	_, err := ca.Find(ctxTimeout(t, 700*time.Millisecond), rendezvous.FindRequest{Session: "s", Name: "alice", Peer: "bob"})
 	if !errors.Is(err, rendezvous.ErrPeerNotFound) {
 		t.Fatalf("absent peer: err = %v, want ErrPeerNotFound", err)
 	}
-	if got := srv.Metric("p2pcat_rendezvous_pending"); got != 1 {
-		t.Fatalf("pending = %v, want alice's find still pending", got)
-	}
-	// Two minutes later alice's find has expired: bob must wait, not be
-	// paired with a client that left.
-	offset.Store(int64(2 * time.Minute))
+	waitMetricBelow(t, srv, "p2pcat_rendezvous_pending", 1)
 	cb := srv.Client(t)
 	_, err = cb.Find(ctxTimeout(t, 700*time.Millisecond), rendezvous.FindRequest{Session: "s", Name: "bob", Peer: "alice"})
 	if !errors.Is(err, rendezvous.ErrPeerNotFound) {
-		t.Fatalf("bob after alice expired: err = %v, want ErrPeerNotFound", err)
+		t.Fatalf("bob after alice left: err = %v, want ErrPeerNotFound", err)
+	}
+	waitMetricBelow(t, srv, "p2pcat_rendezvous_pending", 1)
+
+	// A client that vanishes without a word (killed: its socket closes
+	// while it waits) leaves its find pending until it expires; then a
+	// later peer must wait too.
+	cc := srv.Client(t)
+	conn := cc.Conn.(*net.UDPConn)
+	_, err = cc.Find(ctxTimeout(t, 5*time.Second), rendezvous.FindRequest{Session: "s", Name: "carol", Peer: "dave", OnWaiting: func() { conn.Close() }})
+	if !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("find over a closed socket: err = %v, want net.ErrClosed", err)
+	}
+	if got := srv.Metric("p2pcat_rendezvous_pending"); got != 1 {
+		t.Fatalf("pending = %v, want carol's find still pending", got)
+	}
+	offset.Store(int64(2 * time.Minute))
+	cd := srv.Client(t)
+	_, err = cd.Find(ctxTimeout(t, 700*time.Millisecond), rendezvous.FindRequest{Session: "s", Name: "dave", Peer: "carol"})
+	if !errors.Is(err, rendezvous.ErrPeerNotFound) {
+		t.Fatalf("dave after carol expired: err = %v, want ErrPeerNotFound", err)
 	}
 
 	// Registrations expire too: after the ttl another password may take it.
@@ -175,6 +192,47 @@ func TestPeerNotFoundAndExpiry(t *testing.T) {
 	offset.Store(int64(4 * time.Minute))
 	if _, err := srv.Client(t).Register(ctx, "short", []byte("two"), time.Minute); err != nil {
 		t.Fatalf("after expiry another password may register: %v", err)
+	}
+}
+
+// waitMetricBelow waits (at most 5 s) until the metric is below limit.
+func waitMetricBelow(t *testing.T, srv *rendezvoustest.Server, name string, limit float64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Metric(name) >= limit {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s = %v, want below %v", name, srv.Metric(name), limit)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A server that stops answering while a find waits is noticed within the
+// client's ServerTimeout (ErrServerLost), not only when the find's own
+// timeout ends; one that never answers gives ErrNoServer just as soon.
+func TestServerLostWhileWaiting(t *testing.T) {
+	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	c := srv.Client(t)
+	c.MaxRetry = 100 * time.Millisecond
+	c.ServerTimeout = 500 * time.Millisecond
+	start := time.Now()
+	_, err := c.Find(ctxTimeout(t, time.Minute), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b", OnWaiting: srv.Stop})
+	if !errors.Is(err, rendezvous.ErrServerLost) {
+		t.Fatalf("err = %v, want ErrServerLost", err)
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Fatalf("noticed after %v", el)
+	}
+
+	dead, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	deadAddr := dead.LocalAddr().(*net.UDPAddr).AddrPort()
+	dead.Close()
+	conn, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	defer conn.Close()
+	c = &rendezvous.Client{Conn: conn, Server: deadAddr, ServerTimeout: 500 * time.Millisecond}
+	_, err = c.Find(ctxTimeout(t, time.Minute), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"})
+	if !errors.Is(err, rendezvous.ErrNoServer) {
+		t.Fatalf("never answered: err = %v, want ErrNoServer", err)
 	}
 }
 

@@ -85,6 +85,21 @@ func (t *table) find(f *wire.Find, addr netip.AddrPort, now time.Time) (findResu
 	return findResult{reply: wire.FindResp{ReqID: f.ReqID, Status: wire.FindWaiting, Observed: addr}}, nil
 }
 
+// leave removes the pending find that l withdraws: only the find with the
+// same key and request id, from the same address, so nobody else can
+// withdraw it. It reports whether it removed one.
+func (t *table) leave(l *wire.Leave, addr netip.AddrPort) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	k := entryKey{l.Session, l.Name, l.Peer}
+	e := t.entries[k]
+	if e == nil || e.matched != nil || e.reqID != l.ReqID || e.addr != addr {
+		return false
+	}
+	t.removeLocked(k)
+	return true
+}
+
 // pairLocked matches the new find f with the pending entry p: p arrived first
 // and initiates the handshake.
 func (t *table) pairLocked(me, other entryKey, p *entry, f *wire.Find, addr netip.AddrPort, now time.Time) findResult {

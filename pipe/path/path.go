@@ -143,6 +143,11 @@ type Stats struct {
 	ProbesSent, ProbesReceived uint64
 	Dropped                    uint64 // from the server, or malformed/stray probes
 	Switches                   uint64 // times the confirmed address changed
+	// LastHeard is when the last datagram that looked like the peer's
+	// arrived (a valid probe, a peer packet, a relayed datagram), zero if
+	// none did. It is not authenticated: only a diagnosis uses it (did the
+	// peer fall silent, or was it never reachable?).
+	LastHeard time.Time
 }
 
 // Conn is the punched path to one peer. It implements the secure layer's
@@ -172,6 +177,8 @@ type Conn struct {
 	unanswered   atomic.Int64  // unix ns of the first direct send not followed by a receive, or 0
 	received     atomic.Uint64 // datagrams from the peer, for the quiet check
 	sent         atomic.Uint64 // datagrams sent to the peer, likewise
+	heardAt      atomic.Int64  // unix ns of the last datagram that looked like the peer's (Stats.LastHeard)
+	isConfirmed  atomic.Bool   // a packet from the peer authenticated (confirmedC is closed)
 	role         wire.Role     // ours in the pairing, for RelayBind
 	bindReqID    uint64        // of the last RelayBind
 	relayMu      sync.Mutex
@@ -654,6 +661,7 @@ func (c *Conn) inbound(p []byte, from netip.AddrPort) ([]byte, error) {
 			c.unanswered.Store(0)
 		}
 		c.received.Add(1)
+		c.heard()
 		return p, nil
 	}
 	c.count(func(s *Stats) { s.Dropped++ })
@@ -673,6 +681,7 @@ func (c *Conn) fromServer(p []byte) ([]byte, error) {
 			return nil, nil // the echo of our relay keepalive, or a bind's answer
 		}
 		c.received.Add(1)
+		c.heard()
 		return payload, nil
 	}
 	if m, err := wire.Decode(p); err == nil {
@@ -782,6 +791,7 @@ func (c *Conn) handleProbe(p []byte, from netip.AddrPort) {
 		c.count(func(s *Stats) { s.Dropped++ })
 		return
 	}
+	c.heard()
 	c.mu.Lock()
 	c.stats.ProbesReceived++
 	confirmed := c.peer.IsValid()
@@ -829,6 +839,7 @@ func (c *Conn) Confirm(from netip.AddrPort) {
 	c.mu.Unlock()
 	switch {
 	case !old.IsValid():
+		c.isConfirmed.Store(true)
 		close(c.confirmedC)
 		c.log.Debug("path confirmed", "peer", from.String(), "relay", from == c.server)
 	case from == c.server:
@@ -870,11 +881,24 @@ func (c *Conn) Peer() netip.AddrPort {
 	return c.peer
 }
 
+// heard notes a datagram that looks like the peer's (Stats.LastHeard)
+// while the path is not confirmed; after that the stream above watches the
+// peer's liveness, and the data path is spared a clock read per datagram.
+func (c *Conn) heard() {
+	if !c.isConfirmed.Load() {
+		c.heardAt.Store(time.Now().UnixNano())
+	}
+}
+
 // Stats returns a snapshot of the counters.
 func (c *Conn) Stats() Stats {
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.stats
+	st := c.stats
+	c.mu.Unlock()
+	if ns := c.heardAt.Load(); ns != 0 {
+		st.LastHeard = time.Unix(0, ns)
+	}
+	return st
 }
 
 // Close stops punching and closes the socket, which unblocks Recv.

@@ -508,7 +508,7 @@ func (c *Conn) RecvPlaced(buf []byte, place func(head []byte, bodyLen int) []byt
 				n, err := c.deliver(buf, p)
 				return n, nil, err
 			}
-		case typeHello, typeReply, typeFinish, typeFinished, typeAuthFailed:
+		case typeHello, typeReply, typeFinish, typeFinished, typeAuthFailed, typeCancel:
 			c.stats.handshake.Add(1)
 			c.lateHandshakeLocked(pkt)
 		default:
@@ -671,6 +671,14 @@ func (c *Conn) lateHandshakeLocked(pkt []byte) {
 		if subtle.ConstantTimeCompare(h[:], c.finishHash[:]) == 1 {
 			// Best effort: if it is lost too, the peer asks again.
 			_ = c.link.Send(c.finished)
+		}
+	case typeCancel:
+		// The peer gave up before it heard from us (our Finished was
+		// lost, say): honoured, as AuthFailed, only until it proved it has
+		// the keys.
+		m, err := parseCancel(pkt)
+		if err == nil && m.pairing == c.pairing && !c.heardPeer && len(c.refs) > 0 && m.hello == c.refs[0] {
+			c.failure = ErrPeerCancelled
 		}
 	case typeAuthFailed:
 		m, err := parseAuthFailed(pkt)

@@ -194,6 +194,10 @@ var ErrAuth = errors.New("authentication failed: wrong password or someone in th
 
 func authError(reason string) error { return fmt.Errorf("%w (%s)", ErrAuth, reason) }
 
+// ErrPeerCancelled means the peer gave the handshake up before it was
+// complete (its user interrupted it) and said so with a Cancel notice.
+var ErrPeerCancelled = errors.New("the peer gave up the connection before it was complete")
+
 // Defaults for Params' zero values.
 const (
 	DefaultRSABits    = 2048
@@ -334,16 +338,23 @@ func Handshake(ctx context.Context, link Link, p Params) (*Conn, error) {
 	}
 	p.RSAKey = nil // from here on only h.key, which wipe drops
 
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, durationOr(p.Timeout, DefaultTimeout))
 	defer cancel()
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("secure: handshake: %w", err)
 	}
-	// Link.Recv has no deadline: closing the link is the only way to
-	// unblock it when ctx ends.
-	stopClosing := context.AfterFunc(ctx, func() { _ = link.Close() })
-
 	h := newHandshake(link, &p, key)
+	// Link.Recv has no deadline: closing the link is the only way to
+	// unblock it when ctx ends. When the caller gave up (not the timeout,
+	// which the peer runs into too), the peer is told first.
+	stopClosing := context.AfterFunc(ctx, func() {
+		if parent.Err() != nil {
+			h.sendCancel()
+		}
+		_ = link.Close()
+	})
+
 	var conn *Conn
 	var err error
 	if p.Role == Initiator {
@@ -368,15 +379,16 @@ func Handshake(ctx context.Context, link Link, p Params) (*Conn, error) {
 // handshake is the state of one side. It is used by one goroutine, except
 // for send, which the initiator's resender also calls.
 type handshake struct {
-	p       *Params
-	link    Link
-	key     *rsa.PrivateKey
-	pk      []byte // our modulus, as sent
-	ci      []byte
-	buf     [maxDatagram + 1]byte
-	resend  *resender
-	sendMu  sync.Mutex
-	sendErr error // the last Send error, reported if the handshake times out
+	p        *Params
+	link     Link
+	key      *rsa.PrivateKey
+	pk       []byte // our modulus, as sent
+	ci       []byte
+	buf      [maxDatagram + 1]byte
+	resend   *resender
+	sendMu   sync.Mutex
+	sendErr  error // the last Send error, reported if the handshake times out
+	helloRef *ref  // ref(Hello) once there is one, for a Cancel notice (guarded by sendMu)
 
 	// The transcript: whole datagrams, in order, once sent or accepted.
 	hello, reply, fin, finished []byte
@@ -408,6 +420,36 @@ func (h *handshake) send(b []byte) {
 		h.sendErr = err
 		h.sendMu.Unlock()
 	}
+}
+
+// setHello records the Hello of this handshake (sent or answered).
+func (h *handshake) setHello(hello []byte) {
+	r := refOf(hello)
+	h.sendMu.Lock()
+	h.helloRef = &r
+	h.sendMu.Unlock()
+}
+
+// sendCancel tells the peer, with copies in case some are lost, that we
+// give the handshake up. Before there is a Hello there is nothing the peer
+// could check a notice against, and nothing is sent.
+func (h *handshake) sendCancel() {
+	h.sendMu.Lock()
+	r := h.helloRef
+	h.sendMu.Unlock()
+	if r == nil {
+		return
+	}
+	b := (&cancel{pairing: h.p.PairingID, hello: *r}).marshal()
+	for range noticeCopies {
+		_ = h.link.Send(b)
+	}
+}
+
+// cancelMatches reports whether pkt is a Cancel notice for this handshake.
+func (h *handshake) cancelMatches(pkt []byte) bool {
+	m, err := parseCancel(pkt)
+	return err == nil && h.hello != nil && m.pairing == h.p.PairingID && m.hello == refOf(h.hello)
 }
 
 func (h *handshake) recv() ([]byte, netip.AddrPort, error) {
@@ -455,6 +497,7 @@ func (h *handshake) runInitiator() (*Conn, error) {
 	m := hello{pairing: h.p.PairingID, pk: h.pk}
 	copy(m.ya[:], ya)
 	h.hello = m.marshal()
+	h.setHello(h.hello)
 
 	first := durationOr(h.p.Retransmit, DefaultRetransmit)
 	h.resend = startResender(h.send, first, retransmitBackoff*first)
@@ -504,6 +547,10 @@ func (h *handshake) runInitiator() (*Conn, error) {
 		case typeAuthFailed:
 			if h.noticeMatches(pkt) {
 				return nil, authError("the responder rejected the handshake")
+			}
+		case typeCancel:
+			if h.cancelMatches(pkt) {
+				return nil, ErrPeerCancelled
 			}
 		}
 	}
@@ -610,6 +657,10 @@ func (h *handshake) runResponder() (*Conn, error) {
 			if h.noticeMatches(pkt) {
 				return nil, authError("the initiator rejected the handshake")
 			}
+		case typeCancel:
+			if h.cancelMatches(pkt) {
+				return nil, ErrPeerCancelled
+			}
 		}
 	}
 }
@@ -640,6 +691,7 @@ func (h *handshake) answerHello(m *hello, pkt []byte) error {
 		return fmt.Errorf("secure: encrypting to the initiator's key: %w", err)
 	}
 	h.hello = bytes.Clone(pkt)
+	h.setHello(h.hello)
 	h.isk = isk
 	r := reply{pairing: h.p.PairingID, ref: refOf(h.hello), pk: h.pk, ct: ct}
 	copy(r.yb[:], yb)

@@ -669,3 +669,69 @@ func TestHandshakeFollowsNewSourceAddress(t *testing.T) {
 	}
 	checkTalk(t, ei, er)
 }
+
+// A side whose caller gives up mid-handshake (the user interrupted it)
+// tells the peer with a Cancel notice naming the Hello, and the peer stops
+// at once with ErrPeerCancelled instead of waiting for its timeout. A
+// notice naming another Hello changes nothing.
+func TestCancelNoticeStopsThePeer(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		hold   byte // the message type the network drops, to hold both sides mid-handshake
+		cancel Role // the side whose caller gives up
+	}{
+		{"initiator gives up", typeReply, Initiator},
+		{"responder gives up", typeFinish, Responder},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, li, lr := newMemPair(12)
+			answered := make(chan struct{})
+			var once sync.Once
+			n.setTap(func(_ *memLink, b []byte) [][]byte {
+				if b[0] == tc.hold {
+					once.Do(func() { close(answered) })
+					return nil
+				}
+				return [][]byte{b}
+			})
+			ctx, giveUp := context.WithCancel(t.Context())
+			defer giveUp()
+			pi, pr := testParams(Initiator, testPassword), testParams(Responder, testPassword)
+			ctxI, ctxR := t.Context(), t.Context()
+			if tc.cancel == Initiator {
+				ctxI = ctx
+			} else {
+				ctxR = ctx
+			}
+			errs := make(chan error, 2)
+			go func() { _, err := Handshake(ctxI, li, pi); errs <- err }()
+			go func() { _, err := Handshake(ctxR, lr, pr); errs <- err }()
+			<-answered
+			// A forged notice about another Hello is ignored.
+			forged := (&cancel{pairing: testPairing, hello: ref{1, 2, 3}}).marshal()
+			li.inject(lr.source(), forged)
+			lr.inject(li.source(), forged)
+			time.Sleep(50 * time.Millisecond)
+			start := time.Now()
+			giveUp()
+			var gotCancelled, gotCanceled bool
+			for range 2 {
+				err := <-errs
+				switch {
+				case errors.Is(err, ErrPeerCancelled):
+					gotCancelled = true
+				case errors.Is(err, context.Canceled):
+					gotCanceled = true
+				default:
+					t.Errorf("handshake ended with %v", err)
+				}
+			}
+			if !gotCancelled || !gotCanceled {
+				t.Fatalf("want one side Canceled and the other ErrPeerCancelled")
+			}
+			if el := time.Since(start); el > 2*time.Second {
+				t.Fatalf("the peer took %v to stop (its timeout is 10 s): the notice did not work", el)
+			}
+		})
+	}
+}

@@ -36,6 +36,7 @@ const (
 	typeFinish     byte = 0xE3
 	typeFinished   byte = 0xE4
 	typeAuthFailed byte = 0xE5
+	typeCancel     byte = 0xE6
 	typeData       byte = 0xD0
 	typeKeepalive  byte = 0xD1
 	typeDataHead   byte = 0xD2
@@ -148,6 +149,30 @@ func (m *authFailed) marshal() []byte {
 	b = append(b, m.pairing[:]...)
 	b = append(b, m.hello[:]...)
 	return append(b, m.failed[:]...)
+}
+
+// cancel tells the peer that this side gave up the handshake (the user
+// interrupted it). Like authFailed it is not authenticated; it names the
+// Hello both sides saw, so only someone who saw it can forge one.
+type cancel struct {
+	pairing pairingID
+	hello   ref
+}
+
+func (m *cancel) marshal() []byte {
+	b := make([]byte, 0, 1+16+refSize)
+	b = append(b, typeCancel)
+	b = append(b, m.pairing[:]...)
+	return append(b, m.hello[:]...)
+}
+
+func parseCancel(b []byte) (*cancel, error) {
+	r := reader{b: b}
+	m := &cancel{}
+	r.expectType(typeCancel)
+	r.read(m.pairing[:])
+	r.read(m.hello[:])
+	return m, r.done()
 }
 
 func parseHello(b []byte) (*hello, error) {

@@ -86,11 +86,40 @@ type SplitTransport interface {
 // Errors that end a Conn.
 var (
 	ErrIdleTimeout = errors.New("stream: peer silent for too long")
+	// ErrPeerAborted is matched by the *PeerAbortError of a Conn whose peer
+	// sent a CLOSE frame.
 	ErrPeerAborted = errors.New("stream: peer aborted the session")
 	ErrAborted     = errors.New("stream: session aborted")
 	ErrClosed      = errors.New("stream: closed")
 	ErrWriteClosed = errors.New("stream: write after CloseWrite")
 )
+
+// AbortCode says why a side aborted the session: the code of its CLOSE
+// frame. The peer's program phrases its own message from it, so that the
+// reason shown never depends on text chosen by the peer.
+type AbortCode uint8
+
+const (
+	AbortError        AbortCode = 0 // a failure not listed below
+	AbortInterrupted  AbortCode = 1 // the user interrupted it (Ctrl-C, SIGTERM)
+	AbortInputFailed  AbortCode = 2 // reading its input failed
+	AbortOutputFailed AbortCode = 3 // writing its output failed (a full disk, ...)
+	AbortOutputClosed AbortCode = 4 // the reader of its output went away (EPIPE)
+)
+
+// PeerAbortError is a Conn's error when the peer aborted the session.
+// Reason is the peer's text, already made safe to print.
+type PeerAbortError struct {
+	Code   AbortCode
+	Reason string
+}
+
+func (e *PeerAbortError) Error() string {
+	return fmt.Sprintf("%v (code %d): %q", ErrPeerAborted, e.Code, e.Reason)
+}
+
+// Is makes errors.Is(err, ErrPeerAborted) true.
+func (e *PeerAbortError) Is(target error) bool { return target == ErrPeerAborted }
 
 // Config tunes a Conn. Zero values mean the documented defaults.
 type Config struct {
@@ -508,9 +537,10 @@ func (c *Conn) Shutdown(ctx context.Context) error {
 	return err
 }
 
-// Abort sends a close notice (several copies, in case some are lost) so
-// that the peer fails promptly with ErrPeerAborted, then tears down.
-func (c *Conn) Abort(reason string) error {
+// Abort sends a close notice with code and reason (several copies, in
+// case some are lost) so that the peer fails promptly with a
+// *PeerAbortError, then tears down.
+func (c *Conn) Abort(code AbortCode, reason string) error {
 	c.sendMu.Lock()
 	c.mu.Lock()
 	if c.finished {
@@ -521,7 +551,7 @@ func (c *Conn) Abort(reason string) error {
 	pkt := make([]byte, 0, c.maxPayload)
 	pkt = binary.AppendUvarint(pkt, c.snd.nextPN)
 	c.recordSentLocked(c.snd.ring.push(), c.now(), len(pkt)+1, false)
-	pkt = appendClose(pkt, reason[:min(len(reason), c.maxPayload-len(pkt)-4, maxReasonBytes)])
+	pkt = appendClose(pkt, code, reason[:min(len(reason), c.maxPayload-len(pkt)-8, maxReasonBytes)])
 	c.failLocked(ErrAborted)
 	c.mu.Unlock()
 	var err error
@@ -749,7 +779,11 @@ func (c *Conn) handlePacketLocked(p, body []byte, f *frame) (ackNow, wake bool) 
 				wake = true
 			}
 		case frameClose:
-			c.failLocked(fmt.Errorf("%w: %q", ErrPeerAborted, sanitize(f.reason)))
+			code := AbortCode(f.code)
+			if f.code > uint64(AbortOutputClosed) {
+				code = AbortError
+			}
+			c.failLocked(&PeerAbortError{Code: code, Reason: sanitize(f.reason)})
 			return false, false
 		}
 	}

@@ -249,7 +249,7 @@ func TestAbort(t *testing.T) {
 		_, err := io.Copy(io.Discard, b)
 		readErr <- err
 	}()
-	if err := a.Abort("user pressed ^C\x1b[2J"); err != nil {
+	if err := a.Abort(AbortInterrupted, "user pressed ^C\x1b[2J"); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -259,6 +259,10 @@ func TestAbort(t *testing.T) {
 	}
 	if !errors.Is(b.Err(), ErrPeerAborted) {
 		t.Fatalf("peer Err = %v, want ErrPeerAborted", b.Err())
+	}
+	var pa *PeerAbortError
+	if !errors.As(b.Err(), &pa) || pa.Code != AbortInterrupted {
+		t.Fatalf("peer Err = %#v, want a PeerAbortError with code AbortInterrupted", b.Err())
 	}
 	if bytes.Contains([]byte(b.Err().Error()), []byte("\x1b")) {
 		t.Fatalf("escape sequence leaked into the error: %q", b.Err())

@@ -27,8 +27,11 @@
 //	0x05 DONE      no body. "I am complete": all my data and FIN were
 //	               acknowledged, your FIN arrived and every byte of yours
 //	               was handed to my reader.
-//	0x06 CLOSE     length:varint (at most 256) reason bytes[length] (UTF-8).
-//	               The sender aborted the session; the receiver fails.
+//	0x06 CLOSE     code:varint length:varint (at most 256) reason bytes[length]
+//	               (UTF-8). The sender aborted the session; the receiver
+//	               fails. code says why (AbortCode: 0 another failure, 1
+//	               interrupted, 2 its input failed, 3 its output failed, 4 its
+//	               output was closed by its reader); unknown codes read as 0.
 //
 // Any other type byte makes the whole packet malformed.
 //
@@ -102,6 +105,7 @@ type frame struct {
 	claimed bool   // data is the body that follows the packet (parseFrameWith)
 
 	// CLOSE
+	code   uint64
 	reason []byte // aliases the packet
 }
 
@@ -166,6 +170,9 @@ func parseFrameWith(b []byte, f *frame, body []byte, bodyLen int) ([]byte, error
 		f.data = b[:n]
 		return b[n:], nil
 	case frameClose:
+		if f.code, b, err = readUvarint(b); err != nil {
+			return nil, err
+		}
 		var n uint64
 		if n, b, err = readUvarint(b); err != nil {
 			return nil, err
@@ -270,11 +277,12 @@ func dataHeaderLen(offset uint64, n int) int {
 	return 1 + uvarintLen(offset) + uvarintLen(uint64(n))
 }
 
-func appendClose(b []byte, reason string) []byte {
+func appendClose(b []byte, code AbortCode, reason string) []byte {
 	if len(reason) > maxReasonBytes {
 		reason = reason[:maxReasonBytes]
 	}
 	b = append(b, frameClose)
+	b = binary.AppendUvarint(b, uint64(code))
 	b = binary.AppendUvarint(b, uint64(len(reason)))
 	return append(b, reason...)
 }

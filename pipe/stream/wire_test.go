@@ -46,7 +46,7 @@ func TestDataAndCloseRoundTrip(t *testing.T) {
 	b = appendDataHeader(b, true, 1<<40, 5)
 	b = append(b, "hello"...)
 	b = append(b, framePing, framePadding, frameDone)
-	b = appendClose(b, "bye")
+	b = appendClose(b, AbortOutputClosed, "bye")
 	pn, rest, err := parsePacketNumber(b)
 	if err != nil || pn != 77 {
 		t.Fatalf("pn %d, %v", pn, err)
@@ -64,8 +64,8 @@ func TestDataAndCloseRoundTrip(t *testing.T) {
 				t.Fatalf("data frame %d %q", f.offset, f.data)
 			}
 		case frameClose:
-			if string(f.reason) != "bye" {
-				t.Fatalf("reason %q", f.reason)
+			if string(f.reason) != "bye" || AbortCode(f.code) != AbortOutputClosed {
+				t.Fatalf("code %d reason %q", f.code, f.reason)
 			}
 		}
 	}
@@ -88,7 +88,7 @@ func TestMalformed(t *testing.T) {
 		"ack range negative": {frameAck, 5, 0, 0, 0, 0, 6},
 		"ack gap negative":   {frameAck, 5, 0, 0, 0, 1, 2, 4, 0},
 		"too many ranges":    {frameAck, 5, 0, 0, 0, 64, 0},
-		"long close reason":  append([]byte{frameClose}, binary.AppendUvarint(nil, 300)...),
+		"long close reason":  append([]byte{frameClose, 0}, binary.AppendUvarint(nil, 300)...),
 	} {
 		var f frame
 		if _, err := parseFrame(b, &f); !errors.Is(err, errMalformed) {
@@ -104,7 +104,7 @@ func FuzzParsePacket(f *testing.F) {
 	f.Add(append(binary.AppendUvarint(nil, 3), framePing, frameDone))
 	f.Add(appendAck([]byte{9}, 100, 5, 1000, 2000, []pnRange{{90, 100}, {10, 20}}))
 	f.Add(append(appendDataHeader([]byte{1}, false, 42, 3), 'a', 'b', 'c'))
-	f.Add(appendClose([]byte{2}, "reason"))
+	f.Add(appendClose([]byte{2}, AbortInterrupted, "reason"))
 	f.Fuzz(func(t *testing.T, p []byte) {
 		_, rest, err := parsePacketNumber(p)
 		if err != nil {
@@ -127,7 +127,7 @@ func FuzzParseFrame(f *testing.F) {
 	f.Add(frameAck, []byte{5, 0, 0, 0, 1, 2, 0, 0})
 	f.Add(frameData, []byte{0, 2, 'h', 'i'})
 	f.Add(frameDataFin, []byte{10, 0})
-	f.Add(frameClose, []byte{2, 'o', 'k'})
+	f.Add(frameClose, []byte{1, 2, 'o', 'k'})
 	f.Fuzz(func(t *testing.T, typ byte, body []byte) {
 		var fr frame
 		// As a head whose DATA frame's bytes follow elsewhere (placeBody):

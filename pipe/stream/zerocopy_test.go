@@ -180,7 +180,7 @@ func TestPeekAfterAbort(t *testing.T) {
 		_, _, err := b.Peek(1)
 		res <- err
 	}()
-	a.Abort("test over")
+	a.Abort(AbortError, "test over")
 	select {
 	case err := <-res:
 		if !errors.Is(err, ErrPeerAborted) {

@@ -20,33 +20,46 @@ import (
 //     control characters shown as '?', so a peer cannot drive our terminal;
 //   - the peer's name is shown in cyan, status messages in dim yellow.
 type Chat struct {
+	in, out *os.File
 	t       *term.Terminal
 	peer    string
-	restore func()
 	mu      sync.Mutex
+	started bool
+	restore func()
 }
 
-// NewChat puts the terminal in raw mode (restored by Close) and returns the
-// chat. in and out must be the same terminal.
+// NewChat returns the chat on a terminal (in and out must be the same
+// one), still in its normal mode: until Start, Ctrl-C interrupts p2pcat
+// as usual and status lines are plain lines.
 func NewChat(in, out *os.File, peer string) (*Chat, error) {
-	fd := int(in.Fd())
-	old, err := term.MakeRaw(fd)
-	if err != nil {
-		return nil, fmt.Errorf("terminal: %w", err)
-	}
 	rw := struct {
 		io.Reader
 		io.Writer
 	}{in, out}
-	c := &Chat{
-		t:       term.NewTerminal(rw, "> "),
-		peer:    Sanitize(peer),
-		restore: func() { term.Restore(fd, old) },
-	}
+	c := &Chat{in: in, out: out, t: term.NewTerminal(rw, "> "), peer: Sanitize(peer)}
 	if w, h, err := term.GetSize(int(out.Fd())); err == nil {
 		c.t.SetSize(w, h)
 	}
 	return c, nil
+}
+
+// Start puts the terminal in raw mode (restored by Close) and shows the
+// prompt: the chat begins. From then on Ctrl-C is a key that leaves the
+// chat. It is idempotent.
+func (c *Chat) Start() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.started {
+		return nil
+	}
+	fd := int(c.in.Fd())
+	old, err := term.MakeRaw(fd)
+	if err != nil {
+		return fmt.Errorf("terminal: %w", err)
+	}
+	c.started = true
+	c.restore = func() { term.Restore(fd, old) }
+	return nil
 }
 
 // ReadLine returns the next line the user typed (without newline), or
@@ -66,6 +79,10 @@ func (c *Chat) Status(format string, args ...any) {
 func (c *Chat) print(s string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !c.started {
+		fmt.Fprint(c.out, s) // no prompt to redraw yet
+		return
+	}
 	c.t.Write([]byte(s))
 }
 

@@ -4,6 +4,7 @@ package term
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -35,8 +36,11 @@ func SetTestOnlyTTY(path string) { ttyPath = path }
 
 // Password returns the password from P2PCAT_PASSWORD, or else prompts on the
 // controlling terminal without echo (even when stdin is a pipe, so
-// `cat file | p2pcat ...` still prompts). With confirm it asks twice.
-func Password(prompt string, confirm bool) ([]byte, error) {
+// `cat file | p2pcat ...` still prompts). With confirm it asks twice. When
+// ctx ends during the prompt (Ctrl-C: the terminal keeps sending SIGINT
+// while it hides the input), the terminal's echo is restored and ctx's
+// error is returned.
+func Password(ctx context.Context, prompt string, confirm bool) ([]byte, error) {
 	if v, ok := os.LookupEnv(PasswordEnv); ok {
 		if v == "" {
 			return nil, fmt.Errorf("%w: %s is set but empty", ErrEmptyPassword, PasswordEnv)
@@ -52,14 +56,36 @@ func Password(prompt string, confirm bool) ([]byte, error) {
 	if !term.IsTerminal(fd) {
 		return nil, ErrNoPassword
 	}
+	saved, err := term.GetState(fd)
+	if err != nil {
+		return nil, fmt.Errorf("reading the password from the terminal: %w", err)
+	}
 	ask := func(p string) ([]byte, error) {
 		fmt.Fprint(tty, p)
-		pw, err := term.ReadPassword(fd)
-		fmt.Fprintln(tty)
-		if err != nil {
-			return nil, fmt.Errorf("reading the password from the terminal: %w", err)
+		type result struct {
+			pw  []byte
+			err error
 		}
-		return pw, nil
+		// ReadPassword cannot be cancelled: it runs on its own goroutine,
+		// which is left blocked on the terminal if ctx ends first (the
+		// process is about to exit then).
+		done := make(chan result, 1)
+		go func() {
+			pw, err := term.ReadPassword(fd)
+			done <- result{pw, err}
+		}()
+		select {
+		case r := <-done:
+			fmt.Fprintln(tty)
+			if r.err != nil {
+				return nil, fmt.Errorf("reading the password from the terminal: %w", r.err)
+			}
+			return r.pw, nil
+		case <-ctx.Done():
+			term.Restore(fd, saved)
+			fmt.Fprintln(tty)
+			return nil, ctx.Err()
+		}
 	}
 	pw, err := ask(prompt)
 	if err != nil {

@@ -29,6 +29,8 @@
 //	             peer observed address, peer candidates u8 count × address
 //	Error        reqID u64, code u8, message string
 //	RelayBind    reqID u64, cookie string, pairingID [16]byte, role u8 (the sender's)
+//	Leave        reqID u64, cookie string, session string, name string, peer string
+//	             (withdraws the pending Find with that reqID; no answer)
 //
 // Decoders never panic: any malformed, truncated or oversized input is an
 // error that wraps ErrMalformed (or ErrVersion / ErrType for those cases).
@@ -79,6 +81,7 @@ const (
 	TypeFindResp     Type = 0x06
 	TypeError        Type = 0x07
 	TypeRelayBind    Type = 0x08
+	TypeLeave        Type = 0x09
 )
 
 func (t Type) String() string {
@@ -99,6 +102,8 @@ func (t Type) String() string {
 		return "error"
 	case TypeRelayBind:
 		return "relay_bind"
+	case TypeLeave:
+		return "leave"
 	}
 	return "unknown"
 }
@@ -206,6 +211,18 @@ type Find struct {
 	Candidates []netip.AddrPort
 }
 
+// Leave withdraws a Find that is still waiting for its peer (the client
+// was interrupted or gave up), so that the peer, arriving later, is not
+// paired with a client that has gone. ReqID is the Find's. The server
+// sends no answer.
+type Leave struct {
+	ReqID   uint64
+	Cookie  []byte
+	Session string
+	Name    string
+	Peer    string
+}
+
 // FindStatus tells whether the peer has shown up yet.
 type FindStatus uint8
 
@@ -303,6 +320,7 @@ func (*Find) Type() Type         { return TypeFind }
 func (*FindResp) Type() Type     { return TypeFindResp }
 func (*Error) Type() Type        { return TypeError }
 func (*RelayBind) Type() Type    { return TypeRelayBind }
+func (*Leave) Type() Type        { return TypeLeave }
 
 func appendHeader(b []byte, t Type) []byte {
 	b = append(b, Magic[:]...)
@@ -397,6 +415,15 @@ func (m *Find) AppendTo(b []byte) []byte {
 	b = appendString(b, m.Peer)
 	b = append(b, m.Proof[:]...)
 	return appendAddrs(b, m.Candidates)
+}
+
+func (m *Leave) AppendTo(b []byte) []byte {
+	b = appendHeader(b, TypeLeave)
+	b = binary.BigEndian.AppendUint64(b, m.ReqID)
+	b = appendBytes(b, m.Cookie)
+	b = appendString(b, m.Session)
+	b = appendString(b, m.Name)
+	return appendString(b, m.Peer)
 }
 
 func (m *FindResp) AppendTo(b []byte) []byte {
@@ -673,6 +700,14 @@ func Decode(b []byte) (Message, error) {
 		v.Peer = r.name("peer")
 		r.array(v.Proof[:], "proof")
 		v.Candidates = r.addrs("candidates")
+		r.padding()
+		m = v
+	case TypeLeave:
+		v := &Leave{ReqID: r.u64("request id")}
+		v.Cookie = r.bytes(MaxCookieLen, "cookie")
+		v.Session = r.name("session")
+		v.Name = r.name("name")
+		v.Peer = r.name("peer")
 		r.padding()
 		m = v
 	case TypeFindResp:

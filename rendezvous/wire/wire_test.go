@@ -28,6 +28,7 @@ func sampleMessages() []Message {
 		&FindResp{ReqID: 10, Status: FindMatched, Observed: v6, PairingID: [16]byte{0xbb}, Role: RoleInitiator, Relay: true,
 			PeerObserved: v4},
 		&RelayBind{ReqID: 11, Cookie: []byte{1, 2, 3}, PairingID: [16]byte{0xcc}, Role: RoleResponder},
+		&Leave{ReqID: 12, Cookie: []byte{4, 5}, Session: "team", Name: "alice", Peer: "bob"},
 	}
 }
 
@@ -54,7 +55,7 @@ func TestRoundTrip(t *testing.T) {
 func TestPaddedRequestsDecode(t *testing.T) {
 	for _, m := range sampleMessages() {
 		switch m.(type) {
-		case *Hello, *Register, *Find:
+		case *Hello, *Register, *Find, *Leave:
 		default:
 			continue
 		}
