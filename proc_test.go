@@ -42,6 +42,29 @@ func startP2pcat(t testing.TB, stdin io.Reader, env []string, args ...string) *p
 // exec`); "" is this namespace.
 func startP2pcatIn(t testing.TB, ns string, stdin io.Reader, env []string, args ...string) *proc {
 	t.Helper()
+	return startP2pcatTo(t, ns, stdin, nil, env, args...)
+}
+
+// startP2pcatPipedOut is startP2pcat with stdout a real pipe, whose read
+// end it returns (proc.stdout stays empty): a test that reads some bytes
+// and closes it plays `p2pcat | head -c N`. The read end is closed when
+// the test ends.
+func startP2pcatPipedOut(t testing.TB, stdin io.Reader, env []string, args ...string) (*proc, *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	p := startP2pcatTo(t, "", stdin, w, env, args...)
+	w.Close() // the child has its own copy: only the child writes to it
+	return p, r
+}
+
+// startP2pcatTo is startP2pcatIn with stdout going to stdout (nil:
+// proc.stdout).
+func startP2pcatTo(t testing.TB, ns string, stdin io.Reader, stdout io.Writer, env []string, args ...string) *proc {
+	t.Helper()
 	path, err := exec.LookPath("p2pcat")
 	if err != nil {
 		t.Fatalf("p2pcat not in PATH (testscript.Main sets it up): %v", err)
@@ -59,6 +82,9 @@ func startP2pcatIn(t testing.TB, ns string, stdin io.Reader, env []string, args 
 	p.cmd.Env = dropEmpty(p.cmd.Env)
 	p.cmd.Stdin = stdin
 	p.cmd.Stdout = &p.stdout
+	if stdout != nil {
+		p.cmd.Stdout = stdout
+	}
 	errPipe, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -167,6 +193,77 @@ func (p *proc) wait(ctx context.Context) int {
 }
 
 func (p *proc) signal(sig syscall.Signal) { p.cmd.Process.Signal(sig) }
+
+// exitStatus is the exit status of the exited process as a shell shows it
+// in $?: the exit code, or 128 + the signal's number when a signal killed
+// it (signaled is then true), as 141 for SIGPIPE.
+func (p *proc) exitStatus() (code int, signaled bool) {
+	if ws, ok := p.cmd.ProcessState.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal()), true
+	}
+	return p.cmd.ProcessState.ExitCode(), false
+}
+
+// waitStderr waits until a stderr line (any since the start) contains
+// substr and reports whether one did before ctx ended or the process
+// exited. It reads the recorded lines, not p.lines, so it takes nothing
+// from other waiters and misses nothing.
+func (p *proc) waitStderr(ctx context.Context, substr string) bool {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		exited := false
+		select {
+		case <-p.done: // every line is recorded by then
+			exited = true
+		default:
+		}
+		if p.sawStderr(substr) {
+			return true
+		}
+		if exited {
+			return false
+		}
+		select {
+		case <-p.done:
+		case <-ctx.Done():
+			return p.sawStderr(substr)
+		case <-tick.C:
+		}
+	}
+}
+
+// sawStderr reports whether a stderr line so far contains substr.
+func (p *proc) sawStderr(substr string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.stderr {
+		if strings.Contains(l, substr) {
+			return true
+		}
+	}
+	return false
+}
+
+// errorLine is the last "p2pcat: error: " line on stderr, "" if none.
+func (p *proc) errorLine() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := len(p.stderr) - 1; i >= 0; i-- {
+		if strings.HasPrefix(p.stderr[i], "p2pcat: error: ") {
+			return p.stderr[i]
+		}
+	}
+	return ""
+}
+
+// stderrTail is the last n lines of stderr, for failure messages of runs
+// with -vv.
+func (p *proc) stderrTail(n int) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return strings.Join(p.stderr[max(0, len(p.stderr)-n):], "\n")
+}
 
 func (p *proc) Stderr() string {
 	p.mu.Lock()

@@ -1,7 +1,8 @@
 package netem
 
 // The impairment model. One model serves one direction and sees that
-// direction's datagrams in arrival order. For each datagram:
+// direction's datagrams in arrival order, except those dropped before it by
+// a cut (Proxy.SetCut) or by Config.Drop. For each datagram:
 //
 //  1. Loss: it is dropped with probability Loss.
 //  2. Duplicate: with probability Duplicate a second copy follows the first.

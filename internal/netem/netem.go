@@ -66,6 +66,15 @@ type Config struct {
 	// direction, possibly concurrently; it may keep the slice and should
 	// return quickly, as it delays the datagram it sees.
 	Capture func(dir Direction, datagram []byte)
+
+	// Drop, if set, is asked about every datagram after Capture and before
+	// the impairment: a datagram it reports true for is dropped and counted
+	// as DroppedLoss, and the impairment model never sees it (it consumes no
+	// random draws), like a firewall in front of the path. It lets a test
+	// drop packets by content, say one protocol message type. It runs on
+	// the reader goroutines like Capture, must not keep the slice, and
+	// should return quickly.
+	Drop func(dir Direction, datagram []byte) bool
 }
 
 // DirStats counts what happened to one direction's datagrams.
@@ -180,6 +189,13 @@ func (p *Proxy) Stats() Stats {
 	return Stats{AtoB: p.dirs[AtoB].stats.snapshot(), BtoA: p.dirs[BtoA].stats.snapshot()}
 }
 
+// SetCut cuts direction dir (cut true) or restores it (false). While a
+// direction is cut, every datagram arriving in it is dropped and counted as
+// DroppedLoss, before Drop and the impairment (which never see it); Capture
+// still does. Copies already in the delay line are still delivered. A test
+// uses it to make a peer fall silent mid-session.
+func (p *Proxy) SetCut(dir Direction, cut bool) { p.dirs[dir].cut.Store(cut) }
+
 // Done is closed once the proxy begins to stop: on Close, when the context
 // given to Start is done, or on a socket failure. Close still has to be
 // called; it waits for the proxy's goroutines to return.
@@ -215,7 +231,9 @@ type direction struct {
 	from    *peer // the sender, learned from in if not configured
 	to      *peer // where out sends
 	capture func(Direction, []byte)
-	model   *model // owned by routineRead
+	drop    func(Direction, []byte) bool
+	cut     atomic.Bool // Proxy.SetCut
+	model   *model      // owned by routineRead
 	line    *delayLine
 	stats   counters
 }
@@ -232,6 +250,7 @@ func newDirection(dir Direction, cfg Config, in, out *net.UDPConn, from, to *pee
 		from:    from,
 		to:      to,
 		capture: cfg.Capture,
+		drop:    cfg.Drop,
 		model:   newModel(imp, cfg.Seed, dir),
 		line:    newDelayLine(),
 	}
@@ -273,6 +292,10 @@ func (p *Proxy) admit(d *direction, now time.Duration, datagram []byte) {
 	defer d.stats.received.Add(1)
 	if d.capture != nil {
 		d.capture(d.dir, bytes.Clone(datagram))
+	}
+	if d.cut.Load() || (d.drop != nil && d.drop(d.dir, datagram)) {
+		d.stats.droppedLoss.Add(1)
+		return
 	}
 	v := d.model.decide(now, len(datagram))
 	if v.lost {
