@@ -156,7 +156,9 @@ func endingCases() []endingCase {
 		headCloses = endingWant{codes(endingExitEPIPE), []string{"stdout was closed"}, endingPrompt}
 		notRead    = endingWant{codes(exitFailure), []string{"bob ended the session before it was complete", "stopped reading"}, 2 * time.Second}
 		// Linger: complete on both sides, nothing can be lost any more.
-		complete = endingWant{codes(exitOK), nil, 3 * time.Second}
+		// (up to 3 s of linger once complete, and a round trip or two to
+		// become complete after the fault)
+		complete = endingWant{codes(exitOK), nil, 5 * time.Second}
 	)
 	return []endingCase{
 		// state        fault        target    we            peer
