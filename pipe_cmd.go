@@ -15,6 +15,7 @@ import (
 
 	"github.com/p2pcat/p2pcat/pipe"
 	"github.com/p2pcat/p2pcat/pipe/path"
+	"github.com/p2pcat/p2pcat/pipe/secure"
 	"github.com/p2pcat/p2pcat/pipe/term"
 	"github.com/p2pcat/p2pcat/rendezvous"
 )
@@ -28,6 +29,7 @@ func pipeFlags() []cli.Flag {
 		&cli.StringFlag{Name: "find", Aliases: []string{"f"}, EnvVars: []string{"P2PCAT_FIND"}, Usage: "the peer's `NAME`: pair with the p2pcat that runs --find <your name>"},
 		&cli.StringFlag{Name: "name", Aliases: []string{"n"}, EnvVars: []string{"P2PCAT_NAME"}, Usage: "your `NAME` as the peer finds you (default: your login name)"},
 		&cli.StringFlag{Name: "session", EnvVars: []string{"P2PCAT_SESSION"}, Value: "default", Usage: "session `NAME` to meet in (register one with 'p2pcat register')"},
+		&cli.StringFlag{Name: "session-key-file", Aliases: []string{"k"}, EnvVars: []string{"P2PCAT_SESSION_KEY_FILE"}, Usage: "the registered session's key, from `FILE` (or the key itself in P2PCAT_SESSION_KEY)"},
 		serverFlag(),
 		&cli.DurationFlag{Name: "timeout", Aliases: []string{"t"}, EnvVars: []string{"P2PCAT_TIMEOUT"}, Value: 2 * time.Minute, Usage: "how long to wait for the peer to show up (exit 3 after)"},
 		&cli.DurationFlag{Name: "connect-timeout", EnvVars: []string{"P2PCAT_CONNECT_TIMEOUT"}, Value: 15 * time.Second, Usage: "how long to try to reach the peer once it is found (exit 5 after)"},
@@ -71,8 +73,8 @@ func runPipe(c *cli.Context) error {
 		return usagef("--find %q is your own name; give the peer's name (and --name for yours)", peer)
 	}
 	bits := c.Int("rsa-bits")
-	if bits < 2048 || bits > 4096 {
-		return usagef("--rsa-bits %d: must be between 2048 and 4096", bits)
+	if err := secure.CheckRSABits(bits); err != nil {
+		return usagef("--rsa-bits: %v", err)
 	}
 	port := c.Int("port")
 	if port < 0 || port > 65535 {
@@ -131,6 +133,12 @@ func runPipe(c *cli.Context) error {
 	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
 	cfg.Logger = log
 
+	if cfg.SessionKey, err = pipeSessionKey(c.String("session-key-file")); err != nil {
+		return err
+	}
+	cfg.Warn = func(format string, args ...any) {
+		fmt.Fprintf(c.App.ErrWriter, "p2pcat: warning: %s\n", fmt.Sprintf(format, args...))
+	}
 	password, err := term.Password(c.Context, "Password for "+peer+" (session "+session+"): ", false)
 	if err != nil {
 		return err
@@ -157,6 +165,12 @@ func runPipe(c *cli.Context) error {
 	switch {
 	case errors.Is(err, rendezvous.ErrNoServer):
 		return hinted{err, "is the server running at " + cfg.Server.String() + "? check --server"}
+	case errors.Is(err, rendezvous.ErrSessionKeyNeeded):
+		return usageError{hinted{err, "get the session key from whoever registered the session, and give it with --session-key-file FILE or P2PCAT_SESSION_KEY"}}
+	case errors.Is(err, rendezvous.ErrVersionMismatch), errors.Is(err, secure.ErrPeerVersion):
+		return hinted{err, "run the same p2pcat version on both sides and on the server"}
+	case errors.Is(err, secure.ErrUnconfirmed):
+		return hinted{err, "if the peer gave the same password (and session key), someone else took its place: run again, and check who you are paired with (-v)"}
 	case errors.Is(err, rendezvous.ErrServerLost):
 		return hinted{err, "the server at " + cfg.Server.String() + " stopped answering; is it still running? try again when it is"}
 	case errors.Is(err, path.ErrRelayEnded):
@@ -169,6 +183,27 @@ func runPipe(c *cli.Context) error {
 		return hinted{err, "'p2pcat nat-check' on both sides shows the NAT types; a server with the relay connects any pair"}
 	}
 	return err
+}
+
+// pipeSessionKey reads the session key from --session-key-file or
+// P2PCAT_SESSION_KEY; nil when neither is given.
+func pipeSessionKey(file string) (*rendezvous.SessionKey, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, usagef("--session-key-file: %v", err)
+		}
+		k, err := rendezvous.ParseSessionKey(string(b))
+		if err != nil {
+			return nil, usagef("--session-key-file %s: %v", file, err)
+		}
+		return &k, nil
+	}
+	k, ok, err := sessionKeyFromEnv()
+	if err != nil || !ok {
+		return nil, err
+	}
+	return &k, nil
 }
 
 func isTerminal(v any) bool {

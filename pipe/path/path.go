@@ -54,6 +54,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/p2pcat/p2pcat/internal/textsafe"
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
@@ -62,8 +63,19 @@ import (
 // (0xD0-0xD2, 0xE1-0xE5) use.
 const ProbeType = 0xF0
 
-// probeLen is the size of a probe: type and pairing id.
-const probeLen = 1 + 16
+// probeLen is the size of a probe: type, pairing id and zero padding. The
+// padding buys room under the amplification rule: toward an address that
+// has not proven itself we send at most ampFactor times what came from it,
+// so one probe from a peer behind a symmetric NAT lets a whole Hello go to
+// the port it came from.
+const probeLen = 128
+
+// ampFactor bounds what we send to an address learned from a probe (a
+// peer-reflexive candidate, which anyone can claim by spoofing a probe's
+// source) until a packet from it authenticates: at most ampFactor times
+// the bytes received from it, as QUIC bounds a server before address
+// validation (RFC 9000 section 8.1).
+const ampFactor = 3
 
 // MaxCandidates bounds the addresses probed, learned ones included.
 const MaxCandidates = 16
@@ -143,6 +155,7 @@ type Stats struct {
 	ProbesSent, ProbesReceived uint64
 	Dropped                    uint64 // from the server, or malformed/stray probes
 	Switches                   uint64 // times the confirmed address changed
+	AmpLimited                 uint64 // datagrams not sent to an unproven address (ampFactor)
 	// LastHeard is when the last datagram that looked like the peer's
 	// arrived (a valid probe, a peer packet, a relayed datagram), zero if
 	// none did. It is not authenticated: only a diagnosis uses it (did the
@@ -174,15 +187,24 @@ type Conn struct {
 	lastTrial    time.Time     // last copy sent to directHint
 	noTrialUntil time.Time     // after falling back to the relay
 	relayErr     error         // the server ended the relay
-	unanswered   atomic.Int64  // unix ns of the first direct send not followed by a receive, or 0
-	received     atomic.Uint64 // datagrams from the peer, for the quiet check
+	unanswered   atomic.Int64  // unix ns of the first direct send not followed by an authentic receive, or 0
+	received     atomic.Uint64 // authentic datagrams from the peer, for the quiet check
 	sent         atomic.Uint64 // datagrams sent to the peer, likewise
+	ampLimited   atomic.Uint64 // Stats.AmpLimited
 	heardAt      atomic.Int64  // unix ns of the last datagram that looked like the peer's (Stats.LastHeard)
 	isConfirmed  atomic.Bool   // a packet from the peer authenticated (confirmedC is closed)
 	role         wire.Role     // ours in the pairing, for RelayBind
+	relayToken   [16]byte      // authenticates RelayBind and RelayEnded
 	bindReqID    uint64        // of the last RelayBind
 	relayMu      sync.Mutex
 	relayBuf     []byte // guarded by relayMu
+
+	// Addresses learned from probes that no authentic packet has come
+	// from yet, with the bytes received from and sent to each (ampFactor).
+	ampMu    sync.Mutex
+	unproven map[netip.AddrPort]*ampBudget
+	// holdUntil: nothing leaves before it (Options.ProbeDelay).
+	holdUntil time.Time
 
 	stopPunch context.CancelFunc
 	punchDone chan struct{}
@@ -216,10 +238,11 @@ type Options struct {
 	// mishandles them): datagrams still go out and come in many per system
 	// call where the system has sendmmsg/recvmmsg, one per call elsewhere.
 	NoOffload bool
-	// ProbeDelay holds back the first probe. Two NATs that punch at each
-	// other can trip over each other's first packets (a conntrack entry
-	// created by the peer's probe makes our own mapping change port); on a
-	// second attempt one side waits so that the other's packets go first.
+	// ProbeDelay holds back every datagram, probes and handshake alike,
+	// for this long. Two NATs that punch at each other can trip over each
+	// other's first packets (a conntrack entry created by the peer's probe
+	// makes our own mapping change port); on a second attempt one side
+	// waits so that the other's packets go first.
 	ProbeDelay time.Duration
 	// Relay allows the server's relay (the server offered it for this
 	// pairing): a confirmed session falls back to it when the direct path
@@ -232,6 +255,10 @@ type Options struct {
 	RelayOnly bool
 	// Role is ours in the pairing: the relay knows the two ends by role.
 	Role wire.Role
+	// RelayToken is our end's secret from the server's pairing answer: it
+	// authenticates our RelayBind and the server's RelayEnded, so nobody
+	// who only saw the pairing id can move or end our end of the relay.
+	RelayToken [16]byte
 }
 
 // quietNudges: after the peer falls quiet on a direct path, for this many
@@ -257,6 +284,10 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 		udp: udp, server: unmap(server), pairingID: pairingID, log: log,
 		confirmedC: make(chan struct{}),
 		punchDone:  make(chan struct{}),
+		unproven:   make(map[netip.AddrPort]*ampBudget),
+	}
+	if opt.ProbeDelay > 0 {
+		c.holdUntil = time.Now().Add(opt.ProbeDelay)
 	}
 	// Datagrams must not be fragmented: a size the path cannot carry
 	// whole should be lost, so that path MTU probing above (pipe/stream)
@@ -278,6 +309,7 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 	if opt.Relay || opt.RelayOnly {
 		c.relayAllowed = true
 		c.role = opt.Role
+		c.relayToken = opt.RelayToken
 		c.relayOnly = opt.RelayOnly
 		switch {
 		case opt.RelayOnly:
@@ -401,6 +433,7 @@ func (c *Conn) sendRelayBind(cookie []byte) {
 		c.bindReqID = randUint64()
 	}
 	m := &wire.RelayBind{ReqID: c.bindReqID, Cookie: cookie, PairingID: c.pairingID, Role: c.role}
+	m.MAC = wire.RelayBindMAC(c.relayToken, c.pairingID, c.role, cookie)
 	c.mu.Unlock()
 	c.write(wire.Pad(m.AppendTo(nil)), c.server)
 }
@@ -440,8 +473,67 @@ func (c *Conn) count(f func(*Stats)) {
 }
 
 func (c *Conn) write(b []byte, to netip.AddrPort) error {
+	if !c.holdUntil.IsZero() && time.Now().Before(c.holdUntil) {
+		return nil // held back: lost, as a datagram the network dropped
+	}
+	if !c.spend(to, len(b)) {
+		return nil
+	}
 	_, err := c.udp.WriteToUDPAddrPort(b, to)
 	return err
+}
+
+// ampBudget is what came from and went to an unproven address.
+type ampBudget struct{ received, sent int }
+
+// learnUnproven starts the budget of an address learned from a probe of n
+// bytes (or adds n to it).
+func (c *Conn) learnUnproven(a netip.AddrPort, n int) {
+	c.ampMu.Lock()
+	defer c.ampMu.Unlock()
+	b := c.unproven[a]
+	if b == nil {
+		if len(c.unproven) >= MaxCandidates {
+			return
+		}
+		b = &ampBudget{}
+		c.unproven[a] = b
+	}
+	b.received += n
+}
+
+// receivedFrom adds n bytes that came from a to its budget, if it is
+// unproven.
+func (c *Conn) receivedFrom(a netip.AddrPort, n int) {
+	c.ampMu.Lock()
+	if b := c.unproven[a]; b != nil {
+		b.received += n
+	}
+	c.ampMu.Unlock()
+}
+
+// spend reports whether n more bytes may go to a (always, unless a is
+// unproven), and counts them.
+func (c *Conn) spend(a netip.AddrPort, n int) bool {
+	c.ampMu.Lock()
+	defer c.ampMu.Unlock()
+	b := c.unproven[a]
+	if b == nil {
+		return true
+	}
+	if b.sent+n > ampFactor*b.received {
+		c.ampLimited.Add(1)
+		return false
+	}
+	b.sent += n
+	return true
+}
+
+// proven lifts the budget of a: a packet from it authenticated.
+func (c *Conn) proven(a netip.AddrPort) {
+	c.ampMu.Lock()
+	delete(c.unproven, a)
+	c.ampMu.Unlock()
 }
 
 // Send sends b to the confirmed peer address, or before confirmation to
@@ -657,10 +749,9 @@ func (c *Conn) inbound(p []byte, from netip.AddrPort) ([]byte, error) {
 		c.handleProbe(p, from)
 		return nil, nil
 	default:
-		if c.unanswered.Load() != 0 {
-			c.unanswered.Store(0)
-		}
-		c.received.Add(1)
+		// Not yet authentic: only the secure layer's Heard, for the packets
+		// that authenticate, moves the path's state.
+		c.receivedFrom(from, len(p))
 		c.heard()
 		return p, nil
 	}
@@ -680,7 +771,6 @@ func (c *Conn) fromServer(p []byte) ([]byte, error) {
 		if len(payload) == 0 {
 			return nil, nil // the echo of our relay keepalive, or a bind's answer
 		}
-		c.received.Add(1)
 		c.heard()
 		return payload, nil
 	}
@@ -694,15 +784,18 @@ func (c *Conn) fromServer(p []byte) ([]byte, error) {
 				return nil, nil
 			}
 		}
-		if e, ok := m.(*wire.Error); ok && e.Code == wire.CodeRelayEnded && e.ReqID == binary.BigEndian.Uint64(c.pairingID[:8]) {
+		if e, ok := m.(*wire.RelayEnded); ok && e.PairingID == c.pairingID && e.Verify(c.relayToken) {
+			// Believed only under our token: the server, which gave it to
+			// us alone, ended the relay.
+			reason := textsafe.Line(e.Reason)
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			c.relayEnded.Store(true)
-			c.relayErr = fmt.Errorf("%w: %q", ErrRelayEnded, e.Message)
+			c.relayErr = fmt.Errorf("%w: %q", ErrRelayEnded, reason)
 			if c.peer == c.server || !c.peer.IsValid() {
 				return nil, c.relayErr
 			}
-			c.log.Info("the server ended the relay; the direct path goes on", "reason", e.Message)
+			c.log.Info("the server ended the relay; the direct path goes on", "reason", reason)
 			return nil, nil
 		}
 	}
@@ -787,7 +880,7 @@ func (c *Conn) recvGRO(buf []byte) (int, netip.AddrPort, error) {
 }
 
 func (c *Conn) handleProbe(p []byte, from netip.AddrPort) {
-	if len(p) != probeLen || !bytes.Equal(p[1:], c.pairingID[:]) {
+	if len(p) != probeLen || !bytes.Equal(p[1:17], c.pairingID[:]) || !allZero(p[17:]) {
 		c.count(func(s *Stats) { s.Dropped++ })
 		return
 	}
@@ -796,12 +889,20 @@ func (c *Conn) handleProbe(p []byte, from netip.AddrPort) {
 	c.stats.ProbesReceived++
 	confirmed := c.peer.IsValid()
 	relaying := confirmed && c.peer == c.server
+	isNew := !slices.Contains(c.candidates, from) && from != c.peer
 	learned := (!confirmed || relaying) && c.addCandidateLocked(from)
 	if relaying {
 		// A direct path may work: try it (see route).
 		c.directHint, c.hintAt = from, time.Now()
 	}
 	c.mu.Unlock()
+	if isNew && (learned || relaying) {
+		// Anyone can claim this address by spoofing a probe: what we send
+		// there is bounded by what comes from it until it authenticates.
+		c.learnUnproven(from, len(p))
+	} else {
+		c.receivedFrom(from, len(p))
+	}
 	if learned {
 		c.log.Debug("learned a peer candidate from its probe", "addr", from.String())
 	}
@@ -813,9 +914,20 @@ func (c *Conn) handleProbe(p []byte, from netip.AddrPort) {
 	}
 }
 
+// Heard notes an authentic packet from from (the secure layer calls it for
+// every one): the peer is alive, and a direct path that carries it works.
+// Nothing unauthenticated moves these.
+func (c *Conn) Heard(from netip.AddrPort) {
+	c.received.Add(1)
+	if from != c.server && c.unanswered.Load() != 0 {
+		c.unanswered.Store(0)
+	}
+}
+
 // Confirm makes from the peer's address: a packet from it authenticated.
 func (c *Conn) Confirm(from netip.AddrPort) {
 	from = unmap(from)
+	c.proven(from)
 	c.mu.Lock()
 	old := c.peer
 	if old == from {
@@ -851,6 +963,11 @@ func (c *Conn) Confirm(from netip.AddrPort) {
 		c.log.Info("peer moved", "from", old.String(), "to", from.String())
 	}
 }
+
+// SetReadDeadline bounds a blocked Recv (the handshake's attempts, which
+// stop at a deadline and may go on over the same path). The zero time
+// removes the bound.
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.udp.SetReadDeadline(t) }
 
 // Confirmed is closed once a packet from the peer authenticated.
 func (c *Conn) Confirmed() <-chan struct{} { return c.confirmedC }
@@ -898,6 +1015,7 @@ func (c *Conn) Stats() Stats {
 	if ns := c.heardAt.Load(); ns != 0 {
 		st.LastHeard = time.Unix(0, ns)
 	}
+	st.AmpLimited = c.ampLimited.Load()
 	return st
 }
 
@@ -910,6 +1028,15 @@ func (c *Conn) Close() error {
 		<-c.punchDone
 	})
 	return err
+}
+
+func allZero(b []byte) bool {
+	for _, v := range b {
+		if v != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 func unmap(a netip.AddrPort) netip.AddrPort {

@@ -43,12 +43,12 @@ func TestSendBatchChunks(t *testing.T) {
 	k1, k2 := make([]byte, 32), make([]byte, 32)
 	rand.Read(k1)
 	rand.Read(k2)
-	a, err := newConn(link, testPairing, dirKeys{k1, k2}, dirKeys{k2, k1}, netip.AddrPort{}, -1)
+	a, err := newConn(link, testID, dirKeys{k1, k2}, dirKeys{k2, k1}, netip.AddrPort{}, -1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer a.Close()
-	r, err := newConn(newDiscardLink(), testPairing, dirKeys{k2, k1}, dirKeys{k1, k2}, netip.AddrPort{}, -1)
+	r, err := newConn(newDiscardLink(), testID, dirKeys{k2, k1}, dirKeys{k1, k2}, netip.AddrPort{}, -1)
 	if err != nil {
 		t.Fatal(err)
 	}

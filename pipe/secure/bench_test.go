@@ -8,7 +8,7 @@ import (
 // BenchmarkSend seals full-size payloads into a link that discards them.
 func BenchmarkSend(b *testing.B) {
 	k1, k2 := make([]byte, 32), make([]byte, 32)
-	c, err := newConn(newDiscardLink(), testPairing, dirKeys{k1, k2}, dirKeys{k2, k1}, netip.AddrPort{}, -1)
+	c, err := newConn(newDiscardLink(), testID, dirKeys{k1, k2}, dirKeys{k2, k1}, netip.AddrPort{}, -1)
 	if err != nil {
 		b.Fatal(err)
 	}

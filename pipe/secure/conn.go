@@ -38,6 +38,7 @@ import (
 	"bytes"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/binary"
@@ -79,7 +80,7 @@ type Stats struct {
 	Opened    uint64 // data and keepalive packets that authenticated
 	Forged    uint64 // dropped: failed authentication (forged, corrupted, wrong key)
 	Replayed  uint64 // dropped: counter already seen or too far behind
-	Malformed uint64 // dropped: too short, too long, unknown type or other pairing
+	Malformed uint64 // dropped: too short, too long or of an unknown type
 	Handshake uint64 // late handshake packets received after the handshake
 }
 
@@ -89,7 +90,8 @@ type Stats struct {
 // retransmissions, without which the peer cannot finish its handshake.
 type Conn struct {
 	link      Link
-	pairing   pairingID
+	heard     HeardLink // link, when it wants to hear of every authentic packet
+	id        handshakeID
 	sendAEAD  cipher.AEAD
 	recvAEAD  cipher.AEAD
 	sendHead  cipher.Block // DataHead head protection
@@ -122,8 +124,10 @@ type Conn struct {
 	// Responder only: the Finished we sent, and what to answer it to.
 	finished   []byte
 	finishHash [sha256.Size]byte
-	// References to this handshake's messages, to match AuthFailed notices.
-	refs []ref
+	// References to this handshake's messages, to match AuthFailed notices,
+	// and K_cancel, to believe a Cancel.
+	refs      []ref
+	cancelKey []byte
 
 	stats struct {
 		sealed, opened, forged, replayed, malformed, handshake atomic.Uint64
@@ -154,9 +158,18 @@ type maskBuf struct {
 // protection key.
 type dirKeys struct{ aead, head []byte }
 
+// setLink moves a Conn that is not running yet (an initiator's, between
+// Finish and Finished) to the link of the handshake's next attempt.
+func (c *Conn) setLink(link Link) {
+	c.recvMu.Lock()
+	defer c.recvMu.Unlock()
+	c.link = link
+	c.heard, _ = link.(HeardLink)
+}
+
 // newConn builds a Conn from the two directions' keys. It does not start
 // the keepalive goroutine: see run.
-func newConn(link Link, pairing pairingID, send, recv dirKeys, peer netip.AddrPort, keepalive time.Duration) (*Conn, error) {
+func newConn(link Link, id handshakeID, send, recv dirKeys, peer netip.AddrPort, keepalive time.Duration) (*Conn, error) {
 	sendAEAD, err := newGCM(send.aead)
 	if err != nil {
 		return nil, err
@@ -175,7 +188,7 @@ func newConn(link Link, pairing pairingID, send, recv dirKeys, peer netip.AddrPo
 	}
 	c := &Conn{
 		link:      link,
-		pairing:   pairing,
+		id:        id,
 		sendAEAD:  sendAEAD,
 		recvAEAD:  recvAEAD,
 		sendHead:  sendHead,
@@ -186,6 +199,7 @@ func newConn(link Link, pairing pairingID, send, recv dirKeys, peer netip.AddrPo
 		done:      make(chan struct{}),
 	}
 	c.bufs.New = func() any { return new(sealBuf) }
+	c.heard, _ = link.(HeardLink)
 	return c, nil
 }
 
@@ -259,6 +273,15 @@ func (c *Conn) Send(p []byte) error {
 		return fmt.Errorf("secure: payload of %d bytes exceeds PayloadLimit %d", len(p), c.PayloadLimit())
 	}
 	return c.seal(typeData, p, nil)
+}
+
+// HeardLink is a Link that is told of every authentic packet from the
+// peer (pipe/path: liveness, and whether a direct path works), so that
+// nothing unauthenticated moves its state. Heard is called on the receive
+// path and must be cheap.
+type HeardLink interface {
+	Link
+	Heard(from netip.AddrPort)
 }
 
 // BatchLink is a Link that can send several datagrams with one system call
@@ -567,6 +590,9 @@ func (c *Conn) acceptedLocked(counter uint64, from netip.AddrPort) {
 		c.peer = from
 		c.link.Confirm(from)
 	}
+	if c.heard != nil {
+		c.heard.Heard(from)
+	}
 }
 
 // openHeadLocked authenticates and decrypts a DataHead packet. With place
@@ -677,12 +703,13 @@ func (c *Conn) lateHandshakeLocked(pkt []byte) {
 		// lost, say): honoured, as AuthFailed, only until it proved it has
 		// the keys.
 		m, err := parseCancel(pkt)
-		if err == nil && m.pairing == c.pairing && !c.heardPeer && len(c.refs) > 0 && m.hello == c.refs[0] {
+		if err == nil && m.id == c.id && !c.heardPeer && len(c.refs) > 0 && m.hello == c.refs[0] &&
+			c.cancelKey != nil && hmac.Equal(m.tag[:], mac(c.cancelKey, m.hello[:])) {
 			c.failure = ErrPeerCancelled
 		}
 	case typeAuthFailed:
 		m, err := parseAuthFailed(pkt)
-		if err != nil || m.pairing != c.pairing || c.heardPeer {
+		if err != nil || m.id != c.id || c.heardPeer {
 			return
 		}
 		for _, r := range c.refs {

@@ -20,11 +20,11 @@ func connPair(t testing.TB, seed uint64) (*memNet, *memLink, *memLink, *Conn, *C
 	k1, k2 := make([]byte, 32), make([]byte, 32)
 	rand.Read(k1)
 	rand.Read(k2)
-	a, err := newConn(la, testPairing, dirKeys{k1, k2}, dirKeys{k2, k1}, lb.source(), -1)
+	a, err := newConn(la, testID, dirKeys{k1, k2}, dirKeys{k2, k1}, lb.source(), -1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, err := newConn(lb, testPairing, dirKeys{k2, k1}, dirKeys{k1, k2}, la.source(), -1)
+	b, err := newConn(lb, testID, dirKeys{k2, k1}, dirKeys{k1, k2}, la.source(), -1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -317,8 +317,8 @@ func TestSizes(t *testing.T) {
 func TestKeepalive(t *testing.T) {
 	n, la, lb := newMemPair(8)
 	keys := [2][]byte{make([]byte, 32), make([]byte, 32)}
-	a, _ := newConn(la, testPairing, dirKeys{keys[0], keys[1]}, dirKeys{keys[1], keys[0]}, lb.source(), 20*time.Millisecond)
-	b, _ := newConn(lb, testPairing, dirKeys{keys[1], keys[0]}, dirKeys{keys[0], keys[1]}, la.source(), -1)
+	a, _ := newConn(la, testID, dirKeys{keys[0], keys[1]}, dirKeys{keys[1], keys[0]}, lb.source(), 20*time.Millisecond)
+	b, _ := newConn(lb, testID, dirKeys{keys[1], keys[0]}, dirKeys{keys[0], keys[1]}, la.source(), -1)
 	seen := make(chan struct{}, 100)
 	n.setTap(func(_ *memLink, p []byte) [][]byte {
 		if p[0] == typeKeepalive {
@@ -350,8 +350,8 @@ func TestKeepalive(t *testing.T) {
 
 func TestAuthFailedNotice(t *testing.T) {
 	hello := []byte("the hello")
-	notice := (&authFailed{pairing: testPairing, hello: refOf(hello), failed: refOf([]byte("x"))}).marshal()
-	stray := (&authFailed{pairing: testPairing, hello: refOf([]byte("other")), failed: refOf([]byte("y"))}).marshal()
+	notice := (&authFailed{id: testID, hello: refOf(hello), failed: refOf([]byte("x"))}).marshal()
+	stray := (&authFailed{id: testID, hello: refOf([]byte("other")), failed: refOf([]byte("y"))}).marshal()
 
 	t.Run("before the peer is heard", func(t *testing.T) {
 		_, la, lb, a, b := connPair(t, 9)
@@ -382,7 +382,7 @@ func FuzzConnRecv(f *testing.F) {
 	f.Add([]byte{typeData, 0, 0, 0, 0, 0, 0, 0, 0})
 	f.Add([]byte{typeKeepalive, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16})
 	f.Add([]byte{typeFinish, 1})
-	f.Add((&authFailed{pairing: testPairing}).marshal())
+	f.Add((&authFailed{id: testID}).marshal())
 	f.Add(append([]byte{typeDataHead, 0, 0, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3}, make([]byte, 40)...))
 	f.Add(append([]byte{typeDataHead, 0, 0, 0, 0, 0, 0, 0, 0, 200}, make([]byte, 40)...))
 	f.Fuzz(func(t *testing.T, pkt []byte) {

@@ -151,7 +151,7 @@ func TestDataHeadTampering(t *testing.T) {
 func TestDataHeadZeroAlloc(t *testing.T) {
 	link := &discardBatchLink{discardLink{done: make(chan struct{})}}
 	k1, k2 := make([]byte, 32), make([]byte, 32)
-	a, err := newConn(link, testPairing, dirKeys{k1, k2}, dirKeys{k2, k1}, netip.AddrPort{}, -1)
+	a, err := newConn(link, testID, dirKeys{k1, k2}, dirKeys{k2, k1}, netip.AddrPort{}, -1)
 	if err != nil {
 		t.Fatal(err)
 	}

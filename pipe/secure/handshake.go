@@ -2,11 +2,12 @@
 // session keys, and then carries their datagrams encrypted and
 // authenticated.
 //
-// # Overview (protocol p2pcat v1)
+// # Overview (protocol p2pcat v2)
 //
-// Inputs, from the rendezvous: the role (initiator or responder), the 16-byte
-// pairing id, the session name, both peer names, and the password, which never
-// leaves the machine.
+// Inputs: the role (initiator or responder: the side whose name sorts first
+// initiates), the session name, both peer names, the password, and for a
+// registered session the session key's CPace input; none of them leaves
+// the machine.
 //
 // Notation: H = SHA-256; lv(x) = LEB128(len(x)) || x; ref(m) = the first 16
 // bytes of H(m) for a whole datagram m; HMAC = HMAC-SHA256; HKDF =
@@ -18,24 +19,26 @@
 // big-endian; a variable field has a 2-byte length of 1 to 512; a datagram
 // with bytes left over is malformed. The first byte is the type:
 //
-//	Hello      = 0xE1 | pairing id (16) | len (2) | pk_I | Ya (32)
-//	Reply      = 0xE2 | pairing id (16) | ref(Hello) (16)
+//	Hello      = 0xE8 | hsid (16) | len (2) | pk_I | Ya (32)
+//	Reply      = 0xE9 | hsid (16) | ref(Hello) (16)
 //	             | len (2) | pk_R | Yb (32) | len (2) | ct_R | early tag (32)
-//	Finish     = 0xE3 | pairing id (16) | ref(Reply) (16) | len (2) | ct_I | confirm_I (32)
-//	Finished   = 0xE4 | pairing id (16) | ref(Finish) (16) | confirm_R (32)
-//	AuthFailed = 0xE5 | pairing id (16) | ref(Hello as the sender saw it) (16)
+//	Finish     = 0xEA | hsid (16) | ref(Reply) (16) | len (2) | ct_I | confirm_I (32)
+//	Finished   = 0xEB | hsid (16) | ref(Finish) (16) | confirm_R (32)
+//	AuthFailed = 0xEC | hsid (16) | ref(Hello as the sender saw it) (16)
 //	             | ref(the message that failed verification) (16)
+//	Cancel     = 0xED | hsid (16) | ref(Hello) (16) | tag (32)
 //	Data       = 0xD0 | counter (8) | AES-256-GCM ciphertext of the payload | tag (16)
 //	Keepalive  = 0xD1 | counter (8) | tag (16)
 //	DataHead   = 0xD2 | counter (8) | h (1) | protected head (h) | AES-256-GCM ciphertext of the body | tag (16)
 //
-// The type values avoid the first-byte ranges RFC 7983 gives STUN, ZRTP,
-// DTLS, TURN channels and RTP. With 4096-bit keys the largest message,
-// Reply, is 1125 bytes. A Data or Keepalive packet is sealed with the
-// sender's direction key; its nonce is 4 zero bytes || counter and its
-// additional data the 9-byte header. The counter starts at 0, grows by one
-// per packet and is never reused; the receiver accepts each counter once,
-// within a window of 4032 behind the highest it accepted.
+// hsid is 16 random bytes drawn by the initiator for its Hello. The type
+// values avoid the first-byte ranges RFC 7983 gives STUN, ZRTP, DTLS, TURN
+// channels and RTP. With 4096-bit keys the largest message, Reply, is 1141
+// bytes. A Data or Keepalive packet is sealed with the sender's direction
+// key; its nonce is 4 zero bytes || counter and its additional data the
+// 9-byte header. The counter starts at 0, grows by one per packet and is
+// never reused; the receiver accepts each counter once, within a window of
+// 4032 behind the highest it accepted.
 //
 // # Key exchange
 //
@@ -45,30 +48,26 @@
 // secret_R. The password is bound with CPace (draft-irtf-cfrg-cpace-21,
 // CPACE-RISTR255-SHA512, initiator-responder setting, package pipe/cpace):
 //
-//	PRS = password
-//	sid = pairing id
-//	CI  = lv("p2pcat v1") || lv(session name) || lv(initiator name) || lv(responder name)
+//	PRS = lv(password) || lv(session key input)      (the second empty for an unregistered session)
+//	sid = hsid
+//	CI  = lv("p2pcat v2") || lv(session name) || lv(initiator name) || lv(responder name)
 //	ADa = H(pk_I)            ADb = H(pk_R)
 //
 // CPace yields the shares Ya, Yb and the 64-byte ISK. Then:
 //
-//	ct_R      = RSA-OAEP-SHA256(pk_I, secret_R, label "p2pcat v1 secret responder")
-//	ct_I      = RSA-OAEP-SHA256(pk_R, secret_I, label "p2pcat v1 secret initiator")
-//	K_early   = HKDF(ikm = ISK, salt = pairing id, info = "p2pcat v1 early confirm", 32 bytes)
+//	ct_R      = RSA-OAEP-SHA256(pk_I, secret_R, label "p2pcat v2 secret responder")
+//	ct_I      = RSA-OAEP-SHA256(pk_R, secret_I, label "p2pcat v2 secret initiator")
+//	K_early   = HKDF(ikm = ISK, salt = hsid, info = "p2pcat v2 early confirm", 32 bytes)
 //	early tag = HMAC(K_early, H(Hello || Reply without its tag))
 //	T         = H(Hello || Reply || Finish without confirm_I)
 //	K_cI || K_cR || K_IR || K_RI || K_hIR || K_hRI
-//	          = HKDF(ikm = ISK || secret_I || secret_R, salt = T, info = "p2pcat v1 keys", 192 bytes)
+//	          = HKDF(ikm = ISK || secret_I || secret_R, salt = T, info = "p2pcat v2 keys", 192 bytes)
 //	confirm_I = HMAC(K_cI, T)
 //	confirm_R = HMAC(K_cR, H(Hello || Reply || Finish))
 //
-// T is the whole transcript except the confirmation that is computed from
-// it. K_IR is the AES-256-GCM key for initiator-to-responder data, K_RI for
-// the other direction (see Wire format).
-//
 // The flow:
 //
-//	I -> R  Hello    {pk_I, Ya}
+//	I -> R  Hello    {hsid, pk_I, Ya}
 //	R -> I  Reply    {ref(Hello), pk_R, Yb, ct_R, early tag}
 //	I -> R  Finish   {ref(Reply), ct_I, confirm_I}
 //	R -> I  Finished {ref(Finish), confirm_R}
@@ -82,6 +81,23 @@
 // or keepalive packet arrives first (only a responder holding the keys can
 // make one).
 //
+// # One guess, and it shows
+//
+// The only password-dependent answer a side gives to someone who has not
+// proven the password is the responder's Reply (its early tag lets whoever
+// sent the Hello test one guess). A handshake therefore answers one Hello,
+// the first usable one, and no other for as long as it runs, which is the
+// whole connect phase of a run: the pipe keeps the same handshake across
+// its punch attempts (the link below changes, the handshake does not), and
+// the initiator retransmits the same Hello. When the handshake ends,
+// however it ends (timeout, the link closed under it), after a Reply went
+// out and no valid Finish came back, it fails with an error matching both
+// ErrAuth and ErrUnconfirmed: a handshake was begun and never confirmed,
+// which is a wrong password or session key on the other side, or someone
+// guessing. The initiator gives nothing password-dependent to an unproven
+// peer: it checks the early tag first, and a Reply that fails it ends the
+// handshake with ErrAuth.
+//
 // Rules for an unreliable network:
 //
 //   - Only the initiator retransmits, on a timer with exponential backoff:
@@ -89,12 +105,13 @@
 //     responder only answers: a repeated Hello gets the same Reply, a
 //     repeated Finish (also after the handshake, from the Conn) gets the same
 //     Finished. Identical datagrams are therefore harmless.
-//   - Every answer names the message it answers by ref. Datagrams that do
-//     not parse, carry another pairing id, or name a message this side did
-//     not send are dropped, so stale and stray packets are ignored.
-//   - The responder answers only the first Hello; a different one is
-//     dropped. So a handshake gives an active attacker at most one password
-//     guess.
+//   - Every answer names the message it answers by ref, and every message
+//     carries hsid. Datagrams that do not parse, carry another hsid, or
+//     name a message this side did not send are dropped, so stale and stray
+//     packets are ignored.
+//   - With Params.OnlyFrom (direct mode) every handshake datagram from
+//     another address is dropped, so nobody else can take the responder's
+//     one answer.
 //   - A message that names ours but fails verification (invalid share,
 //     wrong tag, undecryptable ciphertext) ends the handshake with ErrAuth.
 //     Before returning, the side sends three copies of AuthFailed
@@ -102,7 +119,8 @@
 //     either ref matches a message of its handshake, so both sides fail at
 //     once. The notice is unauthenticated: it can only make a handshake
 //     fail, never succeed. After the handshake the Conn honours it only until
-//     the first authentic packet from the peer.
+//     the first authentic packet from the peer. Cancel, sent when the
+//     caller gives up (ctx cancelled, not a timeout), works the same way.
 //   - A packet from an address other than the current peer's is processed
 //     like any other; once a packet authenticates (Reply or Finished for the
 //     initiator, Finish for the responder, any data packet later), its source
@@ -114,33 +132,17 @@
 //
 // # Threat model
 //
-// A passive eavesdropper sees the pairing id, the RSA public keys, the CPace
-// shares, the ciphertexts, the tags, and the sizes and timing of all
-// packets. It learns neither the password (the CPace shares reveal nothing
-// about it and permit no offline dictionary attack) nor the session keys,
-// and cannot read data. Recorded sessions stay secret if the password leaks
-// later, because the keys also depend on the ephemeral CPace scalars and RSA
-// keys, which are discarded.
-//
-// An active man in the middle who does not know the password can drop,
-// delay, reorder, replay and inject packets, so it can always deny service,
-// including by forging AuthFailed notices for a handshake it observed. It can
-// test one password guess per handshake by playing one end of CPace; a wrong
-// guess makes the honest peer fail with ErrAuth. It cannot make either peer
-// accept a substituted public key, share or ciphertext, cannot make the
-// peers agree on a key it knows, and cannot forge, alter or replay data
-// packets (they are dropped and counted).
-//
-// A malicious rendezvous server knows the pairing id, the names and both
-// addresses, and assigns the roles, but never sees the password. It can act
-// as the man in the middle above (one online guess per pairing, visible as
-// ErrAuth). If it tells the peers different names or session names, CI
-// differs and the handshake fails with ErrAuth; if it gives both peers the
-// same role, the handshake times out. It cannot learn the session keys or
-// the data.
-//
-// Someone who knows the password can impersonate either peer: the password
-// is the only credential.
+// PROTOCOL.md section 5 has the full table. In short: a passive
+// eavesdropper learns neither the password (no offline dictionary attack:
+// the CPace shares reveal nothing about it) nor the keys; recorded sessions
+// stay secret if the password leaks later (the keys depend on ephemeral
+// CPace scalars and RSA keys). An active attacker without the password, the
+// rendezvous server included, can deny service and test one password guess
+// per run of the victim, and the victim sees it as an authentication
+// failure; it cannot make the peers accept a substituted key, share or
+// ciphertext, agree on a key it knows, or forge, alter or replay data
+// packets. Someone who knows the password (and, for a registered session,
+// its key) can impersonate either peer: they are the only credentials.
 package secure
 
 import (
@@ -178,9 +180,10 @@ type Link interface {
 	Close() error
 }
 
-// Role is this side's part in the handshake, assigned by the rendezvous:
-// the Initiator speaks first and retransmits, the Responder answers. It is
-// CPace's role, since the CPace transcript orders the shares by it.
+// Role is this side's part in the handshake: the Initiator speaks first
+// and retransmits, the Responder answers. It is CPace's role, since the
+// CPace transcript orders the shares by it. Both sides derive it from the
+// names (RoleFor), so it is the same in every punch attempt.
 type Role = cpace.Role
 
 const (
@@ -188,15 +191,42 @@ const (
 	Responder = cpace.Responder
 )
 
+// RoleFor returns the role of the side called local talking to peer: the
+// one whose name sorts first (bytewise) initiates.
+func RoleFor(local, peer string) Role {
+	if local < peer {
+		return Initiator
+	}
+	return Responder
+}
+
 // ErrAuth means the handshake failed authentication. Both sides return it
 // (wrapped) when the passwords differ.
 var ErrAuth = errors.New("authentication failed: wrong password or someone in the middle")
 
 func authError(reason string) error { return fmt.Errorf("%w (%s)", ErrAuth, reason) }
 
+// ErrUnconfirmed is matched (together with ErrAuth) by the error of a
+// responder's handshake that answered a Hello and never received a valid
+// Finish: the other side used another password or session key, or someone
+// tested a guess (see the package documentation).
+var ErrUnconfirmed = errors.New("a handshake was begun and never confirmed: a wrong password or session key on the other side, or someone guessing it")
+
+type unconfirmedError struct{ why string }
+
+func (e unconfirmedError) Error() string {
+	return fmt.Sprintf("authentication failed: %v (%s)", ErrUnconfirmed, e.why)
+}
+
+func (unconfirmedError) Is(target error) bool { return target == ErrAuth || target == ErrUnconfirmed }
+
 // ErrPeerCancelled means the peer gave the handshake up before it was
 // complete (its user interrupted it) and said so with a Cancel notice.
 var ErrPeerCancelled = errors.New("the peer gave up the connection before it was complete")
+
+// ErrPeerVersion means the peer speaks protocol version 1 (an older
+// p2pcat): its handshake cannot meet ours.
+var ErrPeerVersion = errors.New("the peer runs an older p2pcat (protocol version 1); run the same version on both sides")
 
 // Defaults for Params' zero values.
 const (
@@ -205,20 +235,21 @@ const (
 	DefaultRetransmit = 250 * time.Millisecond
 	DefaultKeepalive  = 15 * time.Second
 
-	minRSABits = 2048
-	maxRSABits = 4096
+	// MinRSABits and MaxRSABits bound the ephemeral RSA keys, ours and the
+	// peer's.
+	MinRSABits = 2048
+	MaxRSABits = 4096
 	// retransmitBackoff caps the retransmit delay at this multiple of the
 	// first one.
 	retransmitBackoff = 8
-	// noticeCopies is how many AuthFailed notices are sent, so that one
-	// usually survives a lossy path.
+	// noticeCopies is how many AuthFailed or Cancel notices are sent, so
+	// that one usually survives a lossy path.
 	noticeCopies = 3
 )
 
 // Params configures Handshake.
 type Params struct {
-	Role      Role
-	PairingID [16]byte
+	Role Role
 	// Session is the session name; LocalName and PeerName are this side's
 	// and the peer's names. All three are bound into the key: both sides
 	// must see the same values.
@@ -226,6 +257,13 @@ type Params struct {
 	// Password is the shared secret. It is never logged nor put in errors,
 	// and Handshake keeps no copy.
 	Password []byte
+	// SessionKey is the registered session's CPace input (rendezvous
+	// SessionKey.CPaceInput), bound into CPace with the password; empty for
+	// an unregistered session. Both sides must give the same.
+	SessionKey []byte
+	// OnlyFrom, when valid, is the only address handshake datagrams are
+	// taken from (direct mode: the peer's configured address).
+	OnlyFrom netip.AddrPort
 	// RSABits is the size of the generated ephemeral RSA key: 2048 (the
 	// default when zero) to 4096.
 	RSABits int
@@ -252,8 +290,8 @@ type Params struct {
 
 // String describes p without its secrets, for logs.
 func (p Params) String() string {
-	return fmt.Sprintf("secure.Params{Role: %v, PairingID: %x, Session: %q, LocalName: %q, PeerName: %q, Password: <redacted>, RSABits: %d}",
-		p.Role, p.PairingID, p.Session, p.LocalName, p.PeerName, p.RSABits)
+	return fmt.Sprintf("secure.Params{Role: %v, Session: %q, LocalName: %q, PeerName: %q, Password: <redacted>, SessionKey: <%d bytes, redacted>, OnlyFrom: %v, RSABits: %d}",
+		p.Role, p.Session, p.LocalName, p.PeerName, len(p.SessionKey), p.OnlyFrom, p.RSABits)
 }
 
 // GoString is String, so %#v does not print the password either.
@@ -263,7 +301,7 @@ func (p *Params) minBits() int {
 	if p.testOnlyRSABits > 0 {
 		return p.testOnlyRSABits
 	}
-	return minRSABits
+	return MinRSABits
 }
 
 func (p *Params) keyBits() int {
@@ -283,6 +321,15 @@ func durationOr(d, def time.Duration) time.Duration {
 	return d
 }
 
+// CheckRSABits reports whether bits is an RSA key size this package uses
+// and accepts.
+func CheckRSABits(bits int) error {
+	if bits < MinRSABits || bits > MaxRSABits {
+		return fmt.Errorf("RSA key size %d: must be %d to %d bits", bits, MinRSABits, MaxRSABits)
+	}
+	return nil
+}
+
 func (p *Params) check() error {
 	if p.Role != Initiator && p.Role != Responder {
 		return fmt.Errorf("secure: invalid role %v", p.Role)
@@ -290,12 +337,12 @@ func (p *Params) check() error {
 	if len(p.Password) == 0 {
 		return errors.New("secure: empty password")
 	}
-	if bits := p.keyBits(); bits < p.minBits() || bits > maxRSABits {
-		return fmt.Errorf("secure: RSA key size %d outside %d..%d bits", bits, p.minBits(), maxRSABits)
+	if bits := p.keyBits(); bits < p.minBits() || bits > MaxRSABits {
+		return fmt.Errorf("secure: RSA key size %d outside %d..%d bits", bits, p.minBits(), MaxRSABits)
 	}
 	if p.RSAKey != nil {
-		if bits := p.RSAKey.N.BitLen(); bits < p.minBits() || bits > maxRSABits {
-			return fmt.Errorf("secure: RSA key size %d outside %d..%d bits", bits, p.minBits(), maxRSABits)
+		if bits := p.RSAKey.N.BitLen(); bits < p.minBits() || bits > MaxRSABits {
+			return fmt.Errorf("secure: RSA key size %d outside %d..%d bits", bits, p.minBits(), MaxRSABits)
 		}
 		if p.RSAKey.E != rsaExponent {
 			return fmt.Errorf("secure: RSA key exponent %d, want %d", p.RSAKey.E, rsaExponent)
@@ -310,22 +357,69 @@ func (p *Params) check() error {
 const rsaExponent = 65537
 
 var (
-	labelSecretI = []byte("p2pcat v1 secret initiator")
-	labelSecretR = []byte("p2pcat v1 secret responder")
+	labelSecretI = []byte("p2pcat v2 secret initiator")
+	labelSecretR = []byte("p2pcat v2 secret responder")
 )
 
 const (
-	infoEarly = "p2pcat v1 early confirm"
-	infoKeys  = "p2pcat v1 keys"
+	infoEarly  = "p2pcat v2 early confirm"
+	infoCancel = "p2pcat v2 cancel"
+	infoKeys   = "p2pcat v2 keys"
 )
 
-// Handshake runs the p2pcat v1 handshake over link (see the package
+// Handshake runs the p2pcat v2 handshake over link (see the package
 // documentation) and returns the established Conn, which owns link from
-// then on. A failed authentication returns an error matching ErrAuth. If
-// ctx ends or the timeout passes first, Handshake closes link to unblock
-// its Recv and returns an error wrapping ctx's error; after other errors the
-// link is left open for the caller to close.
+// then on: a Handshaker run once until p.Timeout. A failed authentication
+// returns an error matching ErrAuth. If ctx ends or the timeout passes
+// first, it returns an error wrapping ctx's error (or, for a responder that
+// answered a Hello, one matching ErrUnconfirmed), and a link that cannot
+// bound its Recv with a deadline is closed to unblock it.
 func Handshake(ctx context.Context, link Link, p Params) (*Conn, error) {
+	hs, err := NewHandshaker(p)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := hs.Run(ctx, link, time.Now().Add(durationOr(p.Timeout, DefaultTimeout)))
+	cerr := hs.Close()
+	switch {
+	case err == nil:
+		return conn, nil
+	case cerr != nil && ctx.Err() == nil && !errors.Is(err, ErrAuth):
+		return nil, cerr // we answered a Hello, and it was never confirmed
+	}
+	return nil, err
+}
+
+// DeadlineLink is a Link that can bound a blocked Recv (pipe/path: the
+// socket's read deadline), so that a Handshaker stops at its deadline and
+// can go on later over the same link. Over a Link without it, a deadline
+// closes the link.
+type DeadlineLink interface {
+	Link
+	SetReadDeadline(t time.Time) error
+}
+
+// ErrAttemptTimeout: Run reached its deadline; the handshake may go on
+// with another Run. It matches context.DeadlineExceeded.
+var ErrAttemptTimeout = fmt.Errorf("secure: handshake timed out: %w", context.DeadlineExceeded)
+
+// Handshaker is one handshake, which may run over several links in turn:
+// the pipe runs it over each punch attempt's path until one carries it to
+// the end. Its state (the Hello, the one Reply a responder gives, the keys)
+// lives as long as the Handshaker, so that every attempt continues the same
+// handshake and a responder never answers a second Hello: one password
+// guess per run, whatever the attempts. It is used by one goroutine.
+type Handshaker struct {
+	p      Params
+	h      *handshake
+	conn   *Conn // the result, once done
+	failed error // a terminal failure (authentication, cancel, version)
+	closed bool
+}
+
+// NewHandshaker checks p, takes (or generates) the RSA key and prepares the
+// handshake; an initiator draws its Hello now.
+func NewHandshaker(p Params) (*Handshaker, error) {
 	if err := p.check(); err != nil {
 		return nil, err
 	}
@@ -337,58 +431,145 @@ func Handshake(ctx context.Context, link Link, p Params) (*Conn, error) {
 		}
 	}
 	p.RSAKey = nil // from here on only h.key, which wipe drops
+	hs := &Handshaker{p: p}
+	hs.h = newHandshake(nil, &hs.p, key)
+	if p.Role == Initiator {
+		if err := hs.h.makeHello(); err != nil {
+			return nil, err
+		}
+	}
+	return hs, nil
+}
 
-	parent := ctx
-	ctx, cancel := context.WithTimeout(ctx, durationOr(p.Timeout, DefaultTimeout))
-	defer cancel()
+// Answered reports whether this side (a responder) has answered a Hello
+// with its Reply: the one password-dependent answer of the handshake.
+func (hs *Handshaker) Answered() bool { return hs.p.Role == Responder && hs.h.reply != nil }
+
+// HasKeys reports whether this side (an initiator) accepted the peer's
+// Reply and sent Finish: the path carried both directions, and only the
+// peer's confirmation is missing.
+func (hs *Handshaker) HasKeys() bool { return hs.p.Role == Initiator && hs.h.fin != nil }
+
+// Run runs the handshake over link until it completes, fails, ctx ends or
+// the deadline passes. On success it returns the Conn, which owns link. At
+// the deadline it returns ErrAttemptTimeout and the handshake can go on with
+// another Run (over this link or another); a link failure (the caller closed
+// it) can be resumed the same way. Authentication failures, the peer's
+// Cancel and a version 1 peer are final. When ctx ends (the caller gives
+// up), the peer is sent a Cancel notice and ctx's error is returned.
+func (hs *Handshaker) Run(ctx context.Context, link Link, deadline time.Time) (*Conn, error) {
+	switch {
+	case hs.closed:
+		return nil, errors.New("secure: handshake closed")
+	case hs.failed != nil:
+		return nil, hs.failed
+	case hs.conn != nil:
+		return hs.conn, nil
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("secure: handshake: %w", err)
 	}
-	h := newHandshake(link, &p, key)
-	// Link.Recv has no deadline: closing the link is the only way to
-	// unblock it when ctx ends. When the caller gave up (not the timeout,
-	// which the peer runs into too), the peer is told first.
-	stopClosing := context.AfterFunc(ctx, func() {
-		if parent.Err() != nil {
+	h := hs.h
+	h.link = link
+	if h.conn != nil {
+		h.conn.setLink(link)
+	}
+	dctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	// Link.Recv must come back when the run ends: by a past read deadline
+	// where the link has them (the link stays usable), else by closing
+	// it. When the caller gave up (ctx, not the deadline, which the peer
+	// runs into too), the peer is told first.
+	dl, canDeadline := link.(DeadlineLink)
+	if canDeadline {
+		_ = dl.SetReadDeadline(deadline)
+	}
+	fired := make(chan struct{})
+	stop := context.AfterFunc(dctx, func() {
+		defer close(fired)
+		if ctx.Err() != nil {
 			h.sendCancel()
 		}
-		_ = link.Close()
+		if canDeadline {
+			_ = dl.SetReadDeadline(time.Now())
+		} else {
+			_ = link.Close()
+		}
 	})
-
 	var conn *Conn
 	var err error
-	if p.Role == Initiator {
+	if hs.p.Role == Initiator {
 		conn, err = h.runInitiator()
 	} else {
 		conn, err = h.runResponder()
 	}
-	h.wipe()
-	if !stopClosing() {
-		// ctx ended and the link is closed, whatever the loop returned.
-		if err == nil || !errors.Is(err, ErrAuth) {
-			err = h.contextError(ctx)
+	ended := !stop()
+	if ended {
+		<-fired
+	}
+	if canDeadline {
+		_ = dl.SetReadDeadline(time.Time{})
+	}
+	switch {
+	case err == nil && (!ended || canDeadline):
+		hs.conn = conn
+		conn.run()
+		return conn, nil
+	case err == nil:
+		// Done, but the link was closed under the Conn meanwhile: there is
+		// no session to hand over.
+		conn.Close()
+		err = ErrAttemptTimeout
+		if ctx.Err() != nil {
+			err = fmt.Errorf("secure: handshake: %w", context.Cause(ctx))
 		}
-	}
-	if err != nil {
 		return nil, err
+	case errors.Is(err, ErrAuth), errors.Is(err, ErrPeerCancelled), errors.Is(err, ErrPeerVersion):
+		hs.failed = err
+		return nil, err
+	case ctx.Err() != nil:
+		// The caller gave up (interrupted): that is what it wants to hear,
+		// whatever else happened.
+		return nil, fmt.Errorf("secure: handshake: %w", context.Cause(ctx))
+	case dctx.Err() != nil:
+		return nil, h.contextError(dctx)
 	}
-	conn.run()
-	return conn, nil
+	return nil, err
+}
+
+// Close ends the handshake and wipes its secrets (a Conn it made keeps its
+// own keys). It returns an error matching ErrUnconfirmed and ErrAuth when
+// this side answered a Hello and the handshake never completed: a wrong
+// password or session key on the other side, or a guess.
+func (hs *Handshaker) Close() error {
+	if hs.closed {
+		return nil
+	}
+	answered := hs.Answered()
+	hs.h.wipe()
+	hs.closed = true
+	if hs.conn == nil && answered && !errors.Is(hs.failed, ErrAuth) && !errors.Is(hs.failed, ErrPeerCancelled) {
+		// (A Cancel that a responder believes proved the password.)
+		return unconfirmedError{"no valid answer to our reply"}
+	}
+	return nil
 }
 
 // handshake is the state of one side. It is used by one goroutine, except
 // for send, which the initiator's resender also calls.
 type handshake struct {
-	p        *Params
-	link     Link
-	key      *rsa.PrivateKey
-	pk       []byte // our modulus, as sent
-	ci       []byte
-	buf      [maxDatagram + 1]byte
-	resend   *resender
-	sendMu   sync.Mutex
-	sendErr  error // the last Send error, reported if the handshake times out
-	helloRef *ref  // ref(Hello) once there is one, for a Cancel notice (guarded by sendMu)
+	p         *Params
+	link      Link
+	key       *rsa.PrivateKey
+	pk        []byte // our modulus, as sent
+	ci, prs   []byte
+	buf       [maxDatagram + 1]byte
+	resend    *resender
+	sendMu    sync.Mutex
+	sendErr   error  // the last Send error, reported if the handshake times out
+	helloRef  *ref   // ref(Hello) once there is one, for a Cancel notice (guarded by sendMu)
+	cancelKey []byte // K_cancel once there is an ISK (guarded by sendMu)
+	id        handshakeID
 
 	// The transcript: whole datagrams, in order, once sent or accepted.
 	hello, reply, fin, finished []byte
@@ -406,11 +587,16 @@ func newHandshake(link Link, p *Params, key *rsa.PrivateKey) *handshake {
 	if p.Role == Responder {
 		initiatorName, responderName = p.PeerName, p.LocalName
 	}
-	for _, s := range []string{"p2pcat v1", p.Session, initiatorName, responderName} {
-		h.ci = binary.AppendUvarint(h.ci, uint64(len(s)))
-		h.ci = append(h.ci, s...)
+	for _, s := range []string{"p2pcat v2", p.Session, initiatorName, responderName} {
+		h.ci = appendLV(h.ci, []byte(s))
 	}
+	h.prs = appendLV(appendLV(nil, p.Password), p.SessionKey)
 	return h
+}
+
+func appendLV(b, v []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(v)))
+	return append(b, v...)
 }
 
 func (h *handshake) send(b []byte) {
@@ -435,32 +621,82 @@ func (h *handshake) setHello(hello []byte) {
 // could check a notice against, and nothing is sent.
 func (h *handshake) sendCancel() {
 	h.sendMu.Lock()
-	r := h.helloRef
+	r, id, key := h.helloRef, h.id, h.cancelKey
+	m := cancel{id: id}
+	if r != nil {
+		m.hello = *r
+		if key != nil {
+			copy(m.tag[:], mac(key, r[:]))
+		}
+	}
 	h.sendMu.Unlock()
 	if r == nil {
 		return
 	}
-	b := (&cancel{pairing: h.p.PairingID, hello: *r}).marshal()
+	b := m.marshal()
 	for range noticeCopies {
 		_ = h.link.Send(b)
 	}
 }
 
-// cancelMatches reports whether pkt is a Cancel notice for this handshake.
-func (h *handshake) cancelMatches(pkt []byte) bool {
-	m, err := parseCancel(pkt)
-	return err == nil && h.hello != nil && m.pairing == h.p.PairingID && m.hello == refOf(h.hello)
+// setCancelKey derives K_cancel from the ISK, for Cancel notices.
+func (h *handshake) setCancelKey(isk []byte) error {
+	k, err := hkdf.Key(sha256.New, isk, h.id[:], infoCancel, 32)
+	if err != nil {
+		return fmt.Errorf("secure: hkdf: %w", err)
+	}
+	h.sendMu.Lock()
+	h.cancelKey = k
+	h.sendMu.Unlock()
+	return nil
 }
 
+// cancelMatches reports whether pkt is a Cancel notice for this handshake
+// that we may believe: once we hold K_cancel (a responder that answered, an
+// initiator that accepted the Reply), only with its tag, which only a
+// holder of the password can make; a responder's answer is thus never
+// written off as an interruption by someone who only guessed. Before, an
+// initiator takes any Cancel that names its Hello (it has given nothing
+// away: at worst, a denial of service by someone who saw the Hello).
+func (h *handshake) cancelMatches(pkt []byte) bool {
+	m, err := parseCancel(pkt)
+	if err != nil || h.hello == nil || m.id != h.id || m.hello != refOf(h.hello) {
+		return false
+	}
+	h.sendMu.Lock()
+	key := h.cancelKey
+	h.sendMu.Unlock()
+	if key != nil {
+		return hmac.Equal(m.tag[:], mac(key, m.hello[:]))
+	}
+	return h.p.Role == Initiator
+}
+
+// recv returns the next handshake datagram: from the one allowed address
+// when there is one (Params.OnlyFrom), and never a version 1 handshake
+// message, which fails the handshake when it comes from that address.
 func (h *handshake) recv() ([]byte, netip.AddrPort, error) {
 	for {
 		n, from, err := h.link.Recv(h.buf[:])
 		if err != nil {
 			return nil, from, fmt.Errorf("secure: handshake: %w", err)
 		}
-		if n > 0 && n <= maxDatagram {
-			return h.buf[:n], from, nil
+		if n == 0 || n > maxDatagram {
+			continue
 		}
+		pkt := h.buf[:n]
+		if h.p.OnlyFrom.IsValid() && from != h.p.OnlyFrom {
+			if pkt[0] < typeData || pkt[0] > typeDataHead { // data packets authenticate themselves
+				continue
+			}
+		}
+		if isV1Handshake(pkt) {
+			if h.p.OnlyFrom.IsValid() {
+				return nil, from, fmt.Errorf("%w (it answered from %s)", ErrPeerVersion, from)
+			}
+			continue
+		}
+		return pkt, from, nil
 	}
 }
 
@@ -485,25 +721,48 @@ func (h *handshake) wipe() {
 	clear(h.secretR[:])
 	clear(h.wantConfirmR)
 	clear(h.buf[:])
-	h.isk, h.wantConfirmR = nil, nil
+	clear(h.prs)
+	h.sendMu.Lock()
+	clear(h.cancelKey)
+	h.cancelKey = nil
+	h.sendMu.Unlock()
+	h.isk, h.wantConfirmR, h.prs = nil, nil, nil
 }
 
-func (h *handshake) runInitiator() (*Conn, error) {
-	st, ya, err := cpace.Start(h.p.Password, h.ci, h.p.PairingID[:], adOf(h.pk), rand.Reader)
+// makeHello draws the handshake id and the initiator's CPace share and
+// builds the Hello, once per handshake: every Run sends the same one.
+func (h *handshake) makeHello() error {
+	var id handshakeID
+	if _, err := rand.Read(id[:]); err != nil {
+		return fmt.Errorf("secure: %w", err)
+	}
+	h.sendMu.Lock()
+	h.id = id
+	h.sendMu.Unlock()
+	st, ya, err := cpace.Start(h.prs, h.ci, h.id[:], adOf(h.pk), rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("secure: %w", err)
+		return fmt.Errorf("secure: %w", err)
 	}
 	h.cpace = st
-	m := hello{pairing: h.p.PairingID, pk: h.pk}
+	m := hello{id: h.id, pk: h.pk}
 	copy(m.ya[:], ya)
 	h.hello = m.marshal()
 	h.setHello(h.hello)
+	return nil
+}
 
+// runInitiator sends the current message (Hello, or Finish once a Reply
+// was accepted), retransmits it, and processes answers until done.
+func (h *handshake) runInitiator() (*Conn, error) {
+	current := h.hello
+	if h.fin != nil {
+		current = h.fin
+	}
 	first := durationOr(h.p.Retransmit, DefaultRetransmit)
 	h.resend = startResender(h.send, first, retransmitBackoff*first)
 	defer h.resend.stop()
-	h.send(h.hello)
-	h.resend.set(h.hello)
+	h.send(current)
+	h.resend.set(current)
 
 	for {
 		pkt, from, err := h.recv()
@@ -519,7 +778,7 @@ func (h *handshake) runInitiator() (*Conn, error) {
 				continue
 			}
 			m, err := parseReply(pkt)
-			if err != nil || m.pairing != h.p.PairingID || m.ref != refOf(h.hello) {
+			if err != nil || m.id != h.id || m.ref != refOf(h.hello) {
 				continue
 			}
 			if err := h.acceptReply(m, pkt, from); err != nil {
@@ -531,7 +790,7 @@ func (h *handshake) runInitiator() (*Conn, error) {
 				continue
 			}
 			m, err := parseFinished(pkt)
-			if err != nil || m.pairing != h.p.PairingID || m.ref != refOf(h.fin) {
+			if err != nil || m.id != h.id || m.ref != refOf(h.fin) {
 				continue
 			}
 			if !hmac.Equal(m.tag[:], h.wantConfirmR) {
@@ -567,13 +826,16 @@ func (h *handshake) acceptReply(m *reply, pkt []byte, from netip.AddrPort) error
 	}
 	h.cpace = nil
 	defer clear(isk)
-	want, err := earlyTag(isk, h.p.PairingID, h.hello, pkt[:len(pkt)-tagSize])
+	want, err := earlyTag(isk, h.id, h.hello, pkt[:len(pkt)-tagSize])
 	if err != nil {
 		return err
 	}
 	if !hmac.Equal(m.tag[:], want) {
 		h.notify(pkt)
 		return authError("the responder's early confirmation did not verify")
+	}
+	if err := h.setCancelKey(isk); err != nil {
+		return err
 	}
 	// The responder knows the password: from here on it is authenticated.
 	h.link.Confirm(from)
@@ -600,7 +862,7 @@ func (h *handshake) acceptReply(m *reply, pkt []byte, from netip.AddrPort) error
 	}
 
 	h.reply = bytes.Clone(pkt)
-	f := finish{pairing: h.p.PairingID, ref: refOf(h.reply), ct: ct}
+	f := finish{id: h.id, ref: refOf(h.reply), ct: ct}
 	untagged := f.marshalUntagged()
 	t := transcriptHash(h.hello, h.reply, untagged)
 	keys, err := deriveKeys(isk, secretI[:], secretR[:], t[:])
@@ -613,11 +875,12 @@ func (h *handshake) acceptReply(m *reply, pkt []byte, from netip.AddrPort) error
 	full := transcriptHash(h.hello, h.reply, h.fin)
 	h.wantConfirmR = mac(keys.confirmR, full[:])
 
-	h.conn, err = newConn(h.link, h.p.PairingID, dirKeys{keys.initiatorToResponder, keys.headIR}, dirKeys{keys.responderToInitiator, keys.headRI}, from, h.keepalive())
+	h.conn, err = newConn(h.link, h.id, dirKeys{keys.initiatorToResponder, keys.headIR}, dirKeys{keys.responderToInitiator, keys.headRI}, from, h.keepalive())
 	if err != nil {
 		return err
 	}
 	h.conn.refs = []ref{refOf(h.hello), refOf(h.reply), refOf(h.fin)}
+	h.conn.cancelKey = bytes.Clone(h.cancelKey)
 	h.send(h.fin)
 	return nil
 }
@@ -638,7 +901,7 @@ func (h *handshake) runResponder() (*Conn, error) {
 				continue
 			}
 			m, err := parseHello(pkt)
-			if err != nil || m.pairing != h.p.PairingID {
+			if err != nil {
 				continue
 			}
 			if err := h.answerHello(m, pkt); err != nil {
@@ -649,7 +912,7 @@ func (h *handshake) runResponder() (*Conn, error) {
 				continue
 			}
 			m, err := parseFinish(pkt)
-			if err != nil || m.pairing != h.p.PairingID || m.ref != refOf(h.reply) {
+			if err != nil || m.id != h.id || m.ref != refOf(h.reply) {
 				continue
 			}
 			return h.acceptFinish(m, pkt, from)
@@ -673,7 +936,7 @@ func (h *handshake) answerHello(m *hello, pkt []byte) error {
 	if err != nil {
 		return nil
 	}
-	st, yb, err := cpace.Start(h.p.Password, h.ci, h.p.PairingID[:], adOf(h.pk), rand.Reader)
+	st, yb, err := cpace.Start(h.prs, h.ci, m.id[:], adOf(h.pk), rand.Reader)
 	if err != nil {
 		return fmt.Errorf("secure: %w", err)
 	}
@@ -690,12 +953,18 @@ func (h *handshake) answerHello(m *hello, pkt []byte) error {
 		clear(isk)
 		return fmt.Errorf("secure: encrypting to the initiator's key: %w", err)
 	}
+	h.sendMu.Lock()
+	h.id = m.id
+	h.sendMu.Unlock()
 	h.hello = bytes.Clone(pkt)
 	h.setHello(h.hello)
 	h.isk = isk
-	r := reply{pairing: h.p.PairingID, ref: refOf(h.hello), pk: h.pk, ct: ct}
+	if err := h.setCancelKey(isk); err != nil {
+		return err
+	}
+	r := reply{id: h.id, ref: refOf(h.hello), pk: h.pk, ct: ct}
 	copy(r.yb[:], yb)
-	tag, err := earlyTag(isk, h.p.PairingID, h.hello, r.marshalUntagged())
+	tag, err := earlyTag(isk, h.id, h.hello, r.marshalUntagged())
 	if err != nil {
 		return err
 	}
@@ -731,17 +1000,18 @@ func (h *handshake) acceptFinish(m *finish, pkt []byte, from netip.AddrPort) (*C
 
 	h.fin = bytes.Clone(pkt)
 	full := transcriptHash(h.hello, h.reply, h.fin)
-	fd := finished{pairing: h.p.PairingID, ref: refOf(h.fin)}
+	fd := finished{id: h.id, ref: refOf(h.fin)}
 	copy(fd.tag[:], mac(keys.confirmR, full[:]))
 	h.finished = fd.marshal()
 
-	conn, err := newConn(h.link, h.p.PairingID, dirKeys{keys.responderToInitiator, keys.headRI}, dirKeys{keys.initiatorToResponder, keys.headIR}, from, h.keepalive())
+	conn, err := newConn(h.link, h.id, dirKeys{keys.responderToInitiator, keys.headRI}, dirKeys{keys.initiatorToResponder, keys.headIR}, from, h.keepalive())
 	if err != nil {
 		return nil, err
 	}
 	conn.finished = h.finished
 	conn.finishHash = sha256.Sum256(h.fin)
 	conn.refs = []ref{refOf(h.hello), refOf(h.reply), refOf(h.fin), refOf(h.finished)}
+	conn.cancelKey = bytes.Clone(h.cancelKey)
 	h.send(h.finished)
 	return conn, nil
 }
@@ -751,7 +1021,7 @@ func (h *handshake) keepalive() time.Duration { return durationOr(h.p.Keepalive,
 // notify tells the peer that the message failed verification, so it fails
 // too instead of waiting for its timeout.
 func (h *handshake) notify(failed []byte) {
-	n := authFailed{pairing: h.p.PairingID, failed: refOf(failed)}
+	n := authFailed{id: h.id, failed: refOf(failed)}
 	if h.hello != nil {
 		n.hello = refOf(h.hello)
 	} else {
@@ -767,7 +1037,7 @@ func (h *handshake) notify(failed []byte) {
 // handshake: one of its refs names a message we sent or accepted.
 func (h *handshake) noticeMatches(pkt []byte) bool {
 	m, err := parseAuthFailed(pkt)
-	if err != nil || m.pairing != h.p.PairingID {
+	if err != nil || h.hello == nil || m.id != h.id {
 		return false
 	}
 	for _, msg := range [][]byte{h.hello, h.reply, h.fin, h.finished} {
@@ -794,8 +1064,8 @@ func parsePublicKey(pk []byte, minBits int) (*rsa.PublicKey, error) {
 		return nil, errors.New("RSA modulus is not minimally encoded")
 	}
 	n := new(big.Int).SetBytes(pk)
-	if bits := n.BitLen(); bits < minBits || bits > maxRSABits {
-		return nil, fmt.Errorf("RSA key has %d bits, want %d..%d", bits, minBits, maxRSABits)
+	if bits := n.BitLen(); bits < minBits || bits > MaxRSABits {
+		return nil, fmt.Errorf("RSA key has %d bits, want %d..%d", bits, minBits, MaxRSABits)
 	}
 	if n.Bit(0) == 0 {
 		return nil, errors.New("RSA modulus is even")
@@ -819,8 +1089,8 @@ func mac(key, msg []byte) []byte {
 	return m.Sum(nil)
 }
 
-func earlyTag(isk []byte, pairing pairingID, hello, replyUntagged []byte) ([]byte, error) {
-	k, err := hkdf.Key(sha256.New, isk, pairing[:], infoEarly, 32)
+func earlyTag(isk []byte, id handshakeID, hello, replyUntagged []byte) ([]byte, error) {
+	k, err := hkdf.Key(sha256.New, isk, id[:], infoEarly, 32)
 	if err != nil {
 		return nil, fmt.Errorf("secure: hkdf: %w", err)
 	}

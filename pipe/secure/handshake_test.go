@@ -19,7 +19,7 @@ import (
 	"github.com/p2pcat/p2pcat/pipe/cpace"
 )
 
-var testPairing = pairingID{0x7e, 0x4b, 0x47, 0x91, 0xd6, 0xa8, 0xef, 0x01, 0x9b, 0x93, 0x6c, 0x79, 0xfb, 0x7f, 0x2c, 0x57}
+var testID = handshakeID{0x7e, 0x4b, 0x47, 0x91, 0xd6, 0xa8, 0xef, 0x01, 0x9b, 0x93, 0x6c, 0x79, 0xfb, 0x7f, 0x2c, 0x57}
 
 const testPassword = "correct horse battery staple"
 
@@ -28,7 +28,6 @@ const testPassword = "correct horse battery staple"
 func testParams(role Role, password string) Params {
 	p := Params{
 		Role:            role,
-		PairingID:       testPairing,
 		Session:         "backup-job",
 		LocalName:       "alice",
 		PeerName:        "bob",
@@ -522,8 +521,8 @@ func TestEarlyDataCompletesInitiator(t *testing.T) {
 // ignored: the responder answers only the first.
 func TestResponderAnswersFirstHelloOnly(t *testing.T) {
 	_, li, lr := newMemPair(9)
-	stray := &hello{pairing: testPairing, pk: mustKey(t).N.Bytes(), ya: otherElement(t)}
-	otherPairing := &hello{pairing: pairingID{1}, pk: mustKey(t).N.Bytes(), ya: otherElement(t)}
+	stray := &hello{id: testID, pk: mustKey(t).N.Bytes(), ya: otherElement(t)}
+	otherPairing := &hello{id: handshakeID{1}, pk: mustKey(t).N.Bytes(), ya: otherElement(t)}
 	pi := testParams(Initiator, testPassword)
 	var ei, er *endpoint
 	// The real Hello goes first (Handshake sends it before reading); the
@@ -680,8 +679,9 @@ func TestCancelNoticeStopsThePeer(t *testing.T) {
 		hold   byte // the message type the network drops, to hold both sides mid-handshake
 		cancel Role // the side whose caller gives up
 	}{
-		{"initiator gives up", typeReply, Initiator},
-		{"responder gives up", typeFinish, Responder},
+		{"initiator gives up after the Reply", typeFinish, Initiator},
+		{"responder gives up after answering", typeFinish, Responder},
+		{"responder gives up, its Reply lost", typeReply, Responder},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			n, li, lr := newMemPair(12)
@@ -708,7 +708,7 @@ func TestCancelNoticeStopsThePeer(t *testing.T) {
 			go func() { _, err := Handshake(ctxR, lr, pr); errs <- err }()
 			<-answered
 			// A forged notice about another Hello is ignored.
-			forged := (&cancel{pairing: testPairing, hello: ref{1, 2, 3}}).marshal()
+			forged := (&cancel{id: testID, hello: ref{1, 2, 3}}).marshal()
 			li.inject(lr.source(), forged)
 			lr.inject(li.source(), forged)
 			time.Sleep(50 * time.Millisecond)
@@ -734,4 +734,123 @@ func TestCancelNoticeStopsThePeer(t *testing.T) {
 			}
 		})
 	}
+}
+
+// An initiator whose Cancel cannot prove the password (it never got the
+// Reply, so it has no K_cancel) does not make an answered responder call
+// it an interruption: that is what a guesser would send after reading the
+// Reply. The responder ends with ErrUnconfirmed, and the guess shows.
+func TestUnprovenCancelDoesNotHideAGuess(t *testing.T) {
+	n, li, lr := newMemPair(13)
+	answered := make(chan struct{})
+	var once sync.Once
+	n.setTap(func(_ *memLink, b []byte) [][]byte {
+		if b[0] == typeReply {
+			once.Do(func() { close(answered) })
+			return nil
+		}
+		return [][]byte{b}
+	})
+	ctx, giveUp := context.WithCancel(t.Context())
+	defer giveUp()
+	pr := testParams(Responder, testPassword)
+	pr.Timeout = time.Second
+	errs := make(chan error, 1)
+	go func() { _, err := Handshake(ctx, li, testParams(Initiator, testPassword)); _ = err }()
+	go func() { _, err := Handshake(t.Context(), lr, pr); errs <- err }()
+	<-answered
+	giveUp()
+	if err := <-errs; !errors.Is(err, ErrUnconfirmed) {
+		t.Fatalf("responder: %v, want ErrUnconfirmed", err)
+	}
+}
+
+// An attacker who plays the initiator with a guess gets one Reply (its one
+// guess), never a second one for another Hello, and the responder, when
+// no valid Finish follows, fails with ErrUnconfirmed (and ErrAuth): the
+// guess shows. The attacker here checks the early tag with its guess and
+// goes quiet, as a silent guesser would (its AuthFailed notices are
+// dropped).
+func TestResponderAnswersOneGuessAndSaysSo(t *testing.T) {
+	n, li, lr := newMemPair(21)
+	var mu sync.Mutex
+	replies := 0
+	n.setTap(func(from *memLink, b []byte) [][]byte {
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case from == li && b[0] == typeAuthFailed:
+			return nil // the guesser stays silent
+		case from == lr && b[0] == typeReply:
+			replies++
+		}
+		return [][]byte{b}
+	})
+	pr := testParams(Responder, testPassword)
+	pr.Timeout = 2 * time.Second
+	done := make(chan error, 1)
+	go func() { _, err := Handshake(t.Context(), lr, pr); done <- err }()
+
+	guess := testParams(Initiator, "a wrong guess")
+	if _, err := Handshake(t.Context(), li, guess); !errors.Is(err, ErrAuth) {
+		t.Fatalf("guesser: %v, want ErrAuth (its guess was wrong)", err)
+	}
+	// A second guess, a new Hello: no answer.
+	guess2 := testParams(Initiator, "another wrong guess")
+	guess2.Timeout = 500 * time.Millisecond
+	if _, err := Handshake(t.Context(), li, guess2); errors.Is(err, ErrAuth) || err == nil {
+		t.Fatalf("second guess: %v, want a timeout (no Reply at all)", err)
+	}
+	err := <-done
+	if !errors.Is(err, ErrUnconfirmed) || !errors.Is(err, ErrAuth) {
+		t.Fatalf("responder: %v, want ErrUnconfirmed and ErrAuth", err)
+	}
+	if !strings.Contains(err.Error(), "never confirmed") {
+		t.Fatalf("responder's message %q does not say the handshake was never confirmed", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if replies != 1 {
+		t.Fatalf("the responder sent %d Replies, want 1", replies)
+	}
+}
+
+// Direct mode (Params.OnlyFrom): a Hello from another address neither gets
+// an answer nor takes the responder's one answer; the real peer, from the
+// configured address, connects. A version 1 handshake message from the
+// configured address ends the handshake with ErrPeerVersion.
+func TestOnlyFrom(t *testing.T) {
+	t.Run("forged hello elsewhere", func(t *testing.T) {
+		_, li, lr := newMemPair(22)
+		forger := netip.MustParseAddrPort("203.0.113.66:4444")
+		// The forger's Hello arrives first: without OnlyFrom it would take
+		// the responder's one answer and the real initiator would time out.
+		fk := mustKey(t)
+		_, ya, err := cpace.Start([]byte("guess"), []byte("ci"), make([]byte, 16), adOf(fk.N.Bytes()), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		forged := &hello{id: handshakeID{9}, pk: fk.N.Bytes()}
+		copy(forged.ya[:], ya)
+		lr.inject(forger, forged.marshal())
+		pi, pr := testParams(Initiator, testPassword), testParams(Responder, testPassword)
+		pr.OnlyFrom = li.source()
+		ei, er := handshakePair(t, li, lr, pi, pr)
+		if ei.err != nil || er.err != nil {
+			t.Fatalf("handshake: initiator %v, responder %v", ei.err, er.err)
+		}
+		checkTalk(t, ei, er)
+	})
+	t.Run("v1 peer", func(t *testing.T) {
+		_, li, lr := newMemPair(23)
+		defer li.Close()
+		pr := testParams(Responder, testPassword)
+		pr.OnlyFrom = li.source()
+		v1Hello := append([]byte{0xE1}, make([]byte, 16+2+128+32)...)
+		lr.inject(li.source(), v1Hello)
+		_, err := Handshake(t.Context(), lr, pr)
+		if !errors.Is(err, ErrPeerVersion) {
+			t.Fatalf("err = %v, want ErrPeerVersion", err)
+		}
+	})
 }

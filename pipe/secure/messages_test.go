@@ -23,16 +23,16 @@ func randomBytes(n int) []byte {
 // sampleMessages returns one message of each type with 4096-bit sized
 // keys and ciphertexts, the largest the handshake sends.
 func sampleMessages() (*hello, *reply, *finish, *finished, *authFailed) {
-	h := &hello{pairing: testPairing, pk: randomBytes(512)}
+	h := &hello{id: testID, pk: randomBytes(512)}
 	rand.Read(h.ya[:])
-	r := &reply{pairing: testPairing, ref: refOf([]byte("hello")), pk: randomBytes(512), ct: randomBytes(512)}
+	r := &reply{id: testID, ref: refOf([]byte("hello")), pk: randomBytes(512), ct: randomBytes(512)}
 	rand.Read(r.yb[:])
 	rand.Read(r.tag[:])
-	f := &finish{pairing: testPairing, ref: refOf([]byte("reply")), ct: randomBytes(512)}
+	f := &finish{id: testID, ref: refOf([]byte("reply")), ct: randomBytes(512)}
 	rand.Read(f.tag[:])
-	fd := &finished{pairing: testPairing, ref: refOf([]byte("finish"))}
+	fd := &finished{id: testID, ref: refOf([]byte("finish"))}
 	rand.Read(fd.tag[:])
-	af := &authFailed{pairing: testPairing, hello: refOf([]byte("hello")), failed: refOf([]byte("finish"))}
+	af := &authFailed{id: testID, hello: refOf([]byte("hello")), failed: refOf([]byte("finish"))}
 	return h, r, f, fd, af
 }
 
@@ -176,7 +176,7 @@ func FuzzParsePublicKey(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !bytes.Equal(k.N.Bytes(), pk) || k.N.Bit(0) != 1 || k.N.BitLen() < 1024 || k.N.BitLen() > maxRSABits {
+		if !bytes.Equal(k.N.Bytes(), pk) || k.N.Bit(0) != 1 || k.N.BitLen() < 1024 || k.N.BitLen() > MaxRSABits {
 			t.Fatalf("accepted bad modulus %x", pk)
 		}
 	})
@@ -191,9 +191,9 @@ func TestWriteFuzzSeeds(t *testing.T) {
 	}
 	h, r, f, fd, af := sampleMessages()
 	small := func(n int) []byte { return randomBytes(n) }
-	hs := &hello{pairing: testPairing, pk: small(128), ya: h.ya}
-	rs := &reply{pairing: testPairing, ref: r.ref, pk: small(128), yb: r.yb, ct: small(128), tag: r.tag}
-	fs := &finish{pairing: testPairing, ref: f.ref, ct: small(128), tag: f.tag}
+	hs := &hello{id: testID, pk: small(128), ya: h.ya}
+	rs := &reply{id: testID, ref: r.ref, pk: small(128), yb: r.yb, ct: small(128), tag: r.tag}
+	fs := &finish{id: testID, ref: f.ref, ct: small(128), tag: f.tag}
 	data := append([]byte{typeData}, make([]byte, 8+gcmTagSize+4)...)
 	corpora := map[string][][]byte{
 		"FuzzParseHello":      {h.marshal(), hs.marshal(), hs.marshal()[:40]},
