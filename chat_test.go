@@ -7,9 +7,12 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
+
+var tmuxSockets atomic.Int64
 
 // tmux drives a real terminal for the chat test.
 type tmux struct {
@@ -21,7 +24,9 @@ func newTmux(t *testing.T) *tmux {
 	if _, err := exec.LookPath("tmux"); err != nil {
 		t.Skip("SKIPPING the terminal chat test: tmux is not installed (scripts/test.sh installs it with apt-get)")
 	}
-	tm := &tmux{t: t, socket: fmt.Sprintf("p2pcat-test-%d", os.Getpid())}
+	// A socket per terminal: a tmux server whose last session ended is
+	// still shutting down when the next test would connect to it.
+	tm := &tmux{t: t, socket: fmt.Sprintf("p2pcat-test-%d-%d", os.Getpid(), tmuxSockets.Add(1))}
 	t.Cleanup(func() { exec.Command("tmux", "-L", tm.socket, "kill-server").Run() })
 	return tm
 }
@@ -124,7 +129,6 @@ func TestChatInTerminal(t *testing.T) {
 // prompt (the echo comes back) and while the chat waits for its peer
 // (the terminal is not raw yet, so Ctrl-C is still SIGINT). Both exit 130.
 func TestInterruptAtTerminal(t *testing.T) {
-	tm := newTmux(t)
 	ctx := testCtx(t, 60*time.Second)
 	_, server := startServe(t, ctx)
 	bin, err := exec.LookPath("p2pcat")
@@ -139,11 +143,11 @@ func TestInterruptAtTerminal(t *testing.T) {
 		{"waiting for the peer", "P2PCAT_PASSWORD=pw", "waiting for nobody"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			tm := newTmux(t)
 			status := t.TempDir() + "/exit"
 			shell := fmt.Sprintf("%s P2PCAT_SERVER=%s %s --name alice --find nobody --session intr --timeout 50s; code=$?; stty -a | grep -o -- '-\\?echo ' > %s.echo; echo $code > %s; sleep 60",
 				tc.env, server, bin, status, status)
 			tm.run("new-session", "-d", "-s", "chat", "-x", "100", "-y", "20", shell)
-			defer tm.run("kill-session", "-t", "chat")
 			tm.waitFor(tc.waitFor, false, 20*time.Second)
 			start := time.Now()
 			tm.run("send-keys", "-t", "chat", "C-c")
