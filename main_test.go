@@ -15,9 +15,7 @@ import (
 
 func TestMain(m *testing.M) {
 	// Every p2pcat run inside the tests, including the copies testscript
-	// executes, uses a cheap argon2id and never prompts on the developer's
-	// terminal.
-	rendezvous.SetTestOnlyCredentialParams(rendezvous.Argon2Params{Time: 1, MemoryK: 64, Threads: 1})
+	// executes, never prompts on the developer's terminal.
 	tty := filepath.Join(os.TempDir(), "p2pcat-test-no-tty")
 	if v := os.Getenv("P2PCAT_TEST_TTY"); v != "" {
 		tty = v // a test that drives a real terminal (tmux) asks for its prompt

@@ -44,7 +44,7 @@ func securePair(tb testing.TB, offload bool) (a, b *secure.Conn, pa, pb *path.Co
 	pa = path.New(ua, netip.AddrPort{}, id, []netip.AddrPort{bAddr}, nil, opt)
 	pb = path.New(ub, netip.AddrPort{}, id, []netip.AddrPort{aAddr}, nil, opt)
 	params := func(role secure.Role, local, peer string) secure.Params {
-		return secure.Params{Role: role, PairingID: id, Session: "bench", LocalName: local, PeerName: peer,
+		return secure.Params{Role: role, Session: "bench", LocalName: local, PeerName: peer,
 			Password: []byte("bench"), Timeout: 20 * time.Second, Retransmit: 50 * time.Millisecond}
 	}
 	type result struct {

@@ -27,10 +27,10 @@ func pairThroughServer(t *testing.T, srv *rendezvoustest.Server) (ua, ub *net.UD
 	var wg sync.WaitGroup
 	var errA, errB error
 	wg.Go(func() {
-		ma, errA = (&rendezvous.Client{Conn: ua, Server: srv.Addr}).Find(ctx, rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b", Password: []byte("pw")})
+		ma, errA = (&rendezvous.Client{Conn: ua, Server: srv.Addr}).Find(ctx, rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"})
 	})
 	wg.Go(func() {
-		mb, errB = (&rendezvous.Client{Conn: ub, Server: srv.Addr}).Find(ctx, rendezvous.FindRequest{Session: "s", Name: "b", Peer: "a", Password: []byte("pw")})
+		mb, errB = (&rendezvous.Client{Conn: ub, Server: srv.Addr}).Find(ctx, rendezvous.FindRequest{Session: "s", Name: "b", Peer: "a"})
 	})
 	wg.Wait()
 	if errA != nil || errB != nil {
@@ -42,13 +42,20 @@ func pairThroughServer(t *testing.T, srv *rendezvoustest.Server) (ua, ub *net.UD
 	return ua, ub, ma, mb
 }
 
+// endOf is opt for the end of the relay that m describes: its role and
+// token.
+func endOf(opt Options, m rendezvous.Match) Options {
+	opt.Role, opt.RelayToken = m.Role, m.RelayToken
+	return opt
+}
+
 func TestRelayOnly(t *testing.T) {
 	for _, offload := range []bool{true, false} {
 		srv := rendezvoustest.Start(t, rendezvous.Config{})
 		ua, ub, ma, mb := pairThroughServer(t, srv)
 		opt := Options{RelayOnly: true, NoOffload: !offload}
-		a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{mb.Observed}, nil, opt)
-		b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{ma.Observed}, nil, opt)
+		a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{mb.Observed}, nil, endOf(opt, ma))
+		b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{ma.Observed}, nil, endOf(opt, mb))
 		defer a.Close()
 		defer b.Close()
 
@@ -162,8 +169,8 @@ func gatedPair(t *testing.T, open bool, opt Options) (*rendezvoustest.Server, *g
 	ua, ub, ma, mb := pairThroughServer(t, srv)
 	g := newGate(t, ua.LocalAddr().(*net.UDPAddr).AddrPort(), ub.LocalAddr().(*net.UDPAddr).AddrPort())
 	g.open.Store(open)
-	a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{g.addrForA()}, nil, opt)
-	b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{g.addrForB()}, nil, opt)
+	a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{g.addrForA()}, nil, endOf(opt, ma))
+	b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{g.addrForB()}, nil, endOf(opt, mb))
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	runEndpoint(ctx, &wg, a)
@@ -239,8 +246,8 @@ func TestRelayEndedEndsRecv(t *testing.T) {
 	srv := rendezvoustest.Start(t, rendezvous.Config{RelayBytes: 20_000})
 	ua, ub, ma, mb := pairThroughServer(t, srv)
 	opt := Options{RelayOnly: true}
-	a := New(ua, srv.Addr, ma.PairingID, nil, nil, opt)
-	b := New(ub, srv.Addr, mb.PairingID, nil, nil, opt)
+	a := New(ua, srv.Addr, ma.PairingID, nil, nil, endOf(opt, ma))
+	b := New(ub, srv.Addr, mb.PairingID, nil, nil, endOf(opt, mb))
 	defer a.Close()
 	defer b.Close()
 	a.Confirm(srv.Addr)
