@@ -101,7 +101,6 @@ type Conn struct {
 	counter  atomic.Uint64 // next send counter
 	lastSend atomic.Int64  // monotonic nanoseconds since start, for keepalives
 	start    time.Time
-	bufs     sync.Pool // *sealBuf
 
 	batchMu sync.Mutex // guards the SendBatch buffers
 	// batchArena holds up to batchBytes of sealed datagrams back to back
@@ -140,7 +139,14 @@ type Conn struct {
 	closeErr  error
 }
 
-// sealBuf is one outgoing datagram; pooled so Send does not allocate.
+// sealBufs holds the outgoing datagrams of every Conn, so Send does not
+// allocate. One Pool for the package, not one per Conn: the runtime holds
+// each Pool used since the last GC through the next one, so a Pool inside a
+// Conn kept the closed Conn (its 64 KiB read buffer, its link) alive a GC
+// cycle more, and the heap grew with the rate Conns were closed.
+var sealBufs = sync.Pool{New: func() any { return new(sealBuf) }}
+
+// sealBuf is one outgoing datagram (see sealBufs).
 type sealBuf struct {
 	b     [maxDataDatagram]byte
 	nonce [12]byte
@@ -198,7 +204,6 @@ func newConn(link Link, id handshakeID, send, recv dirKeys, peer netip.AddrPort,
 		start:     time.Now(),
 		done:      make(chan struct{}),
 	}
-	c.bufs.New = func() any { return new(sealBuf) }
 	c.heard, _ = link.(HeardLink)
 	return c, nil
 }
@@ -429,8 +434,8 @@ func (c *Conn) seal(typ byte, head, body []byte) error {
 	if err != nil {
 		return err
 	}
-	buf := c.bufs.Get().(*sealBuf)
-	defer c.bufs.Put(buf)
+	buf := sealBufs.Get().(*sealBuf)
+	defer sealBufs.Put(buf)
 	d := buf.b[:sealedSize(head, body)]
 	c.sealInto(d, typ, head, body, n, &buf.nonce, &buf.mask)
 	c.lastSend.Store(c.now())
