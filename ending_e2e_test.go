@@ -452,13 +452,16 @@ func (r *endingRun) startDirect(imp netem.Impairment, drop func(netem.Direction,
 	r.peerIn.started()
 }
 
-func endingIsHandshake(d []byte) bool { return len(d) > 0 && d[0] >= 0xE1 && d[0] <= 0xE5 }
+// endingIsHandshake: the handshake's messages, Hello to AuthFailed (not
+// Cancel, which must get through when a case holds the handshake and then
+// interrupts a side: PROTOCOL.md 3.1).
+func endingIsHandshake(d []byte) bool { return len(d) > 0 && d[0] >= endingHello && d[0] <= 0xEC }
 
 const (
 	endingProbe  = 0xF0
-	endingHello  = 0xE1
-	endingReply  = 0xE2
-	endingFinish = 0xE3
+	endingHello  = 0xE8
+	endingReply  = 0xE9
+	endingFinish = 0xEA
 )
 
 func (r *endingRun) reachConnecting() {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -253,14 +254,39 @@ func TestPipeExitCodes(t *testing.T) {
 		}
 	})
 
-	t.Run("4 registered session, wrong password", func(t *testing.T) {
-		reg := startP2pcat(t, nil, peerEnv(server, "club-pw"), "register", "club")
-		if code := reg.wait(ctx); code != exitOK {
-			t.Fatalf("register: %d %s", code, reg.Stderr())
+	t.Run("4 registered session, wrong key or password; 2 no key", func(t *testing.T) {
+		dir := t.TempDir()
+		keyFile, otherKey := filepath.Join(dir, "club.key"), filepath.Join(dir, "other.key")
+		for _, reg := range []*proc{
+			startP2pcat(t, nil, peerEnv(server, ""), "register", "club", "-k", keyFile),
+			startP2pcat(t, nil, peerEnv(server, ""), "register", "other", "-k", otherKey),
+		} {
+			if code := reg.wait(ctx); code != exitOK {
+				t.Fatalf("register: %d %s", code, reg.Stderr())
+			}
 		}
-		p := startP2pcat(t, nil, peerEnv(server, "guess"), "--name", "mallory", "--find", "bob", "--session", "club")
-		if code := p.wait(ctx); code != exitAuth {
-			t.Fatalf("exit %d\n%s", code, p.Stderr())
+		// Another session's key: the server refuses the find.
+		p := startP2pcat(t, nil, peerEnv(server, "pw"), "--name", "mallory", "--find", "bob", "--session", "club", "-k", otherKey)
+		if code := p.wait(ctx); code != exitAuth || !strings.Contains(p.Stderr(), "wrong session key") {
+			t.Fatalf("wrong key: exit %d\n%s", code, p.Stderr())
+		}
+		// No key: a configuration error, and nothing is sent but Hello.
+		p = startP2pcat(t, nil, peerEnv(server, "pw"), "--name", "mallory", "--find", "bob", "--session", "club")
+		if code := p.wait(ctx); code != exitUsage || !strings.Contains(p.Stderr(), "give its session key") {
+			t.Fatalf("no key: exit %d\n%s", code, p.Stderr())
+		}
+		// The right key and the wrong password: the peers' handshake
+		// fails on both sides.
+		alice := startP2pcat(t, strings.NewReader("x\n"), peerEnv(server, "alice-pw"), "--name", "alice", "--find", "bob", "--session", "club", "-k", keyFile)
+		bob := startP2pcat(t, strings.NewReader("y\n"), peerEnv(server, "bob-pw"), "--name", "bob", "--find", "alice", "--session", "club", "-k", keyFile)
+		if ca, cb := alice.wait(ctx), bob.wait(ctx); ca != exitAuth || cb != exitAuth {
+			t.Fatalf("wrong password with the key: exit codes %d %d\nalice:\n%s\nbob:\n%s", ca, cb, alice.Stderr(), bob.Stderr())
+		}
+		// The right key and password: connected.
+		alice = startP2pcat(t, strings.NewReader("from alice\n"), peerEnv(server, "pw"), "--name", "alice", "--find", "bob", "--session", "club", "-k", keyFile)
+		bob = startP2pcat(t, strings.NewReader("from bob\n"), peerEnv(server, "pw"), "--name", "bob", "--find", "alice", "--session", "club", "-k", keyFile)
+		if ca, cb := alice.wait(ctx), bob.wait(ctx); ca != exitOK || cb != exitOK || bob.stdout.String() != "from alice\n" {
+			t.Fatalf("key and password right: exit codes %d %d, bob got %q\nalice:\n%s\nbob:\n%s", ca, cb, bob.stdout.String(), alice.Stderr(), bob.Stderr())
 		}
 	})
 

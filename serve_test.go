@@ -3,6 +3,7 @@ package main
 import (
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -23,7 +24,8 @@ func TestServeBinary(t *testing.T) {
 	}
 	srv, addr, metrics := startServe()
 
-	reg := startP2pcat(t, nil, []string{"P2PCAT_PASSWORD=pw1", "P2PCAT_SERVER=" + addr}, "register", "team", "--ttl", "1h")
+	keyFile := filepath.Join(t.TempDir(), "team.key")
+	reg := startP2pcat(t, nil, []string{"P2PCAT_SERVER=" + addr}, "register", "team", "--ttl", "1h", "--session-key-file", keyFile)
 	if code := reg.wait(ctx); code != exitOK {
 		t.Fatalf("register: exit %d\n%s", code, reg.Stderr())
 	}
@@ -60,9 +62,13 @@ func TestServeBinary(t *testing.T) {
 	}
 
 	srv, addr, _ = startServe()
-	taken := startP2pcat(t, nil, []string{"P2PCAT_PASSWORD=pw2", "P2PCAT_SERVER=" + addr}, "register", "team")
+	taken := startP2pcat(t, nil, []string{"P2PCAT_SERVER=" + addr}, "register", "team")
 	if code := taken.wait(ctx); code != exitTaken {
-		t.Fatalf("register with another password after restart: exit %d, want %d\n%s", code, exitTaken, taken.Stderr())
+		t.Fatalf("register with another key after restart: exit %d, want %d\n%s", code, exitTaken, taken.Stderr())
+	}
+	refresh := startP2pcat(t, nil, []string{"P2PCAT_SERVER=" + addr}, "register", "team", "--session-key-file", keyFile)
+	if code := refresh.wait(ctx); code != exitOK || !strings.Contains(refresh.Stderr(), "refreshed") {
+		t.Fatalf("refresh with the key after restart: exit %d\n%s", code, refresh.Stderr())
 	}
 	srv.signal(syscall.SIGINT)
 	if code := srv.wait(ctx); code != exitOK {
