@@ -1,36 +1,42 @@
-// Package wire is the rendezvous protocol: the binary messages that p2pcat
-// clients and `p2pcat serve` exchange over UDP. PROTOCOL.md describes the same
-// format for other implementers; keep the two in step.
+// Package wire is the rendezvous protocol, version 2: the binary messages
+// that p2pcat clients and `p2pcat serve` exchange over UDP. PROTOCOL.md
+// describes the same format for other implementers; keep the two in step.
 //
 // Every datagram starts with a 6-byte header:
 //
 //	magic   [4]byte  "P2PC"
-//	version uint8    1
+//	version uint8    2
 //	type    uint8    one of the Type constants
 //
 // followed by the message body. Integers are big-endian. A "string" is a
 // uint8 length followed by that many bytes. An "address" is a family byte (4
 // or 6), the IP (4 or 16 bytes) and a uint16 port. Requests (Hello, Register,
-// Find) may carry trailing zero padding, which decoders ignore: clients pad
-// requests so that the server's answer to an unproven address is never larger
-// than the request (the server is not an amplifier).
+// Find, RelayBind, Leave) may carry trailing zero padding, which decoders
+// ignore: clients pad requests so that the server's answer to an unproven
+// address is never larger than the request (the server is not an
+// amplifier). Replies must end exactly at their last field.
 //
 // Bodies:
 //
 //	Hello        reqID u64, session string
-//	Challenge    reqID u64, cookie string, serverID [16]byte, flags u8 (bit 0: session is registered, Find needs a proof)
-//	Register     reqID u64, cookie string, session string, credential [32]byte, ttl u32 (seconds)
+//	Challenge    reqID u64, cookie string, serverID [16]byte, flags u8 (bit 0: session is registered, Find needs a signature)
+//	Register     reqID u64, cookie string, session string, verifier [32]byte (Ed25519 public key),
+//	             ttl u32 (seconds), signature [64]byte (Ed25519, see rendezvous/sessionkey.go)
 //	RegisterResp reqID u64, status u8 (0 created, 1 refreshed), expires u64 (unix seconds)
 //	Find         reqID u64, cookie string, session string, name string, peer string,
-//	             proof [32]byte (all zero when not required), candidates u8 count (<= 8) × address
+//	             signature [64]byte (all zero when not required), candidates u8 count (<= 8) × address
 //	FindResp     reqID u64, status u8 (0 waiting, 1 matched), observed address (the requester as the server saw it);
 //	             when matched: pairingID [16]byte, role u8 (0 initiator, 1 responder),
 //	             flags u8 (bit 0: the server relays this pairing, see relay.go),
+//	             relayToken [16]byte (only when the relay flag is set: this recipient's end's secret),
 //	             peer observed address, peer candidates u8 count × address
-//	Error        reqID u64, code u8, message string
-//	RelayBind    reqID u64, cookie string, pairingID [16]byte, role u8 (the sender's)
+//	Error        reqID u64, code u8, message string (the same layout in every protocol version)
+//	RelayBind    reqID u64, cookie string, pairingID [16]byte, role u8 (the sender's),
+//	             mac [32]byte (RelayBindMAC under the sender's relay token)
 //	Leave        reqID u64, cookie string, session string, name string, peer string
 //	             (withdraws the pending Find with that reqID; no answer)
+//	RelayEnded   pairingID [16]byte, reason string, mac [32]byte (RelayEndedMAC under the
+//	             recipient's relay token); server to client, no reqID
 //
 // Decoders never panic: any malformed, truncated or oversized input is an
 // error that wraps ErrMalformed (or ErrVersion / ErrType for those cases).
@@ -49,8 +55,12 @@ import (
 // so it never collides with STUN (00) on the same port.
 var Magic = [4]byte{'P', '2', 'P', 'C'}
 
-// Version is the protocol version this package speaks.
-const Version = 1
+// Version is the protocol version this package speaks. Version 1 (p2pcat
+// before session keys) sent password-derived credentials to the server;
+// a server meeting it answers with an Error encoded as version 1
+// (AppendErrorVersion), and a client meeting another version's Error
+// reads it with DecodeAnyVersionError.
+const Version = 2
 
 // HeaderLen is the size of the fixed header.
 const HeaderLen = 6
@@ -82,6 +92,7 @@ const (
 	TypeError        Type = 0x07
 	TypeRelayBind    Type = 0x08
 	TypeLeave        Type = 0x09
+	TypeRelayEnded   Type = 0x0A
 )
 
 func (t Type) String() string {
@@ -104,6 +115,8 @@ func (t Type) String() string {
 		return "relay_bind"
 	case TypeLeave:
 		return "leave"
+	case TypeRelayEnded:
+		return "relay_ended"
 	}
 	return "unknown"
 }
@@ -154,14 +167,18 @@ type Hello struct {
 }
 
 // RelayBind moves one end of a relayed pairing to the address it comes from:
-// a client whose address changed (a new network, a new public IP) sends it
-// from its session socket. The cookie proves that it receives there; without
-// one the server answers with a Challenge.
+// a client whose address changed (a new network, a new public IP, a NAT that
+// gave it another port) sends it from its session socket. The cookie proves
+// that it receives there (without one the server answers with a Challenge);
+// the MAC, under the relay token the server gave that end in its FindResp,
+// proves that it is that end, which the pairing id alone does not: the id
+// travels in clear in every relayed datagram.
 type RelayBind struct {
 	ReqID     uint64
 	Cookie    []byte
 	PairingID [16]byte
-	Role      Role // the sender's role in the pairing
+	Role      Role     // the sender's role in the pairing
+	MAC       [32]byte // RelayBindMAC(the sender's relay token, PairingID, Role, Cookie)
 }
 
 // Challenge answers Hello (or any request whose cookie is missing or stale).
@@ -173,16 +190,22 @@ type Challenge struct {
 }
 
 // ChallengeRegistered is set in Challenge.Flags when the session asked
-// about is registered, so Find must carry a credential proof.
+// about is registered, so Find must carry a session-key signature.
 const ChallengeRegistered = 1 << 0
 
-// Register reserves a session with a credential derived from its password.
+// Register reserves a session for the holders of a session key. Verifier is
+// the key's Ed25519 public key, which is all the server stores; Signature
+// (by the key, over the server id, the cookie, the session, the ttl and the
+// verifier) proves possession, and the cookie in it ties the request to the
+// sender's address, so a captured Register cannot be replayed from
+// elsewhere.
 type Register struct {
 	ReqID      uint64
 	Cookie     []byte
 	Session    string
-	Credential [32]byte
+	Verifier   [32]byte
 	TTLSeconds uint32
+	Signature  [64]byte
 }
 
 // RegisterStatus tells whether a registration was new or refreshed.
@@ -207,7 +230,7 @@ type Find struct {
 	Session    string
 	Name       string
 	Peer       string
-	Proof      [32]byte
+	Signature  [64]byte // by the session key, for registered sessions; all zero otherwise
 	Candidates []netip.AddrPort
 }
 
@@ -251,12 +274,16 @@ const findRespRelay = 1 << 0
 
 // FindResp answers Find: still waiting, or matched with the peer's addresses.
 type FindResp struct {
-	ReqID          uint64
-	Status         FindStatus
-	Observed       netip.AddrPort // the requester's address as the server saw it
-	PairingID      [16]byte
-	Role           Role
-	Relay          bool // the server relays datagrams for this pairing
+	ReqID     uint64
+	Status    FindStatus
+	Observed  netip.AddrPort // the requester's address as the server saw it
+	PairingID [16]byte
+	Role      Role
+	Relay     bool // the server relays datagrams for this pairing
+	// RelayToken is this recipient's secret for its end of the relay
+	// (RelayBind, RelayEnded); each end gets its own. Encoded only when
+	// Relay is set, and zero otherwise.
+	RelayToken     [16]byte
 	PeerObserved   netip.AddrPort
 	PeerCandidates []netip.AddrPort
 }
@@ -274,9 +301,7 @@ const (
 	CodeBusy        ErrorCode = 7
 	CodeInternal    ErrorCode = 8
 	CodeBadArgument ErrorCode = 9
-	// CodeRelayEnded: the server stopped relaying a pairing (its byte cap
-	// was reached). The reqID is the first 8 bytes of the pairing id.
-	CodeRelayEnded ErrorCode = 10
+	// Code 10 was relay_ended in version 1; RelayEnded replaced it.
 )
 
 func (c ErrorCode) String() string {
@@ -299,17 +324,28 @@ func (c ErrorCode) String() string {
 		return "internal"
 	case CodeBadArgument:
 		return "bad_argument"
-	case CodeRelayEnded:
-		return "relay_ended"
 	}
 	return fmt.Sprintf("code_%d", uint8(c))
 }
 
-// Error is the server's refusal of a request.
+// Error is the server's refusal of a request. Its layout is the same in
+// every protocol version, so that a client and a server of different
+// versions can always tell each other so (AppendErrorVersion,
+// DecodeAnyVersionError).
 type Error struct {
 	ReqID   uint64
 	Code    ErrorCode
 	Message string
+}
+
+// RelayEnded tells one end of a relayed pairing that the server stopped
+// relaying it (its byte cap was reached). The MAC, under the recipient's
+// relay token, makes it believable: anyone can see the pairing id, only
+// the server and that end know the token.
+type RelayEnded struct {
+	PairingID [16]byte
+	Reason    string // human-readable; clients sanitize it before printing
+	MAC       [32]byte
 }
 
 func (*Hello) Type() Type        { return TypeHello }
@@ -321,10 +357,15 @@ func (*FindResp) Type() Type     { return TypeFindResp }
 func (*Error) Type() Type        { return TypeError }
 func (*RelayBind) Type() Type    { return TypeRelayBind }
 func (*Leave) Type() Type        { return TypeLeave }
+func (*RelayEnded) Type() Type   { return TypeRelayEnded }
 
 func appendHeader(b []byte, t Type) []byte {
+	return appendVersionHeader(b, Version, t)
+}
+
+func appendVersionHeader(b []byte, version uint8, t Type) []byte {
 	b = append(b, Magic[:]...)
-	return append(b, Version, byte(t))
+	return append(b, version, byte(t))
 }
 
 func appendString(b []byte, s string) []byte {
@@ -373,7 +414,8 @@ func (m *RelayBind) AppendTo(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.ReqID)
 	b = appendBytes(b, m.Cookie)
 	b = append(b, m.PairingID[:]...)
-	return append(b, byte(m.Role))
+	b = append(b, byte(m.Role))
+	return append(b, m.MAC[:]...)
 }
 
 func (m *Hello) AppendTo(b []byte) []byte {
@@ -395,8 +437,9 @@ func (m *Register) AppendTo(b []byte) []byte {
 	b = binary.BigEndian.AppendUint64(b, m.ReqID)
 	b = appendBytes(b, m.Cookie)
 	b = appendString(b, m.Session)
-	b = append(b, m.Credential[:]...)
-	return binary.BigEndian.AppendUint32(b, m.TTLSeconds)
+	b = append(b, m.Verifier[:]...)
+	b = binary.BigEndian.AppendUint32(b, m.TTLSeconds)
+	return append(b, m.Signature[:]...)
 }
 
 func (m *RegisterResp) AppendTo(b []byte) []byte {
@@ -413,7 +456,7 @@ func (m *Find) AppendTo(b []byte) []byte {
 	b = appendString(b, m.Session)
 	b = appendString(b, m.Name)
 	b = appendString(b, m.Peer)
-	b = append(b, m.Proof[:]...)
+	b = append(b, m.Signature[:]...)
 	return appendAddrs(b, m.Candidates)
 }
 
@@ -441,12 +484,23 @@ func (m *FindResp) AppendTo(b []byte) []byte {
 		flags |= findRespRelay
 	}
 	b = append(b, flags)
+	if m.Relay {
+		b = append(b, m.RelayToken[:]...)
+	}
 	b = appendAddr(b, m.PeerObserved)
 	return appendAddrs(b, m.PeerCandidates)
 }
 
 func (m *Error) AppendTo(b []byte) []byte {
-	b = appendHeader(b, TypeError)
+	return AppendErrorVersion(b, Version, m)
+}
+
+// AppendErrorVersion appends m encoded with another version in its header.
+// A server answers a client of another version in that client's version,
+// which the older client can decode (version 1's Error layout is this
+// one), so that it prints why it failed instead of timing out.
+func AppendErrorVersion(b []byte, version uint8, m *Error) []byte {
+	b = appendVersionHeader(b, version, TypeError)
 	b = binary.BigEndian.AppendUint64(b, m.ReqID)
 	b = append(b, byte(m.Code))
 	msg := m.Message
@@ -454,6 +508,17 @@ func (m *Error) AppendTo(b []byte) []byte {
 		msg = msg[:MaxErrorMessage]
 	}
 	return appendString(b, msg)
+}
+
+func (m *RelayEnded) AppendTo(b []byte) []byte {
+	b = appendHeader(b, TypeRelayEnded)
+	b = append(b, m.PairingID[:]...)
+	reason := m.Reason
+	if len(reason) > MaxErrorMessage {
+		reason = reason[:MaxErrorMessage]
+	}
+	b = appendString(b, reason)
+	return append(b, m.MAC[:]...)
 }
 
 // reader consumes a body; the first failure sticks, so decoders read every
@@ -666,6 +731,7 @@ func Decode(b []byte) (Message, error) {
 		if v.Role > RoleResponder {
 			r.fail("role")
 		}
+		r.array(v.MAC[:], "mac")
 		r.padding()
 		m = v
 	case TypeChallenge:
@@ -679,8 +745,9 @@ func Decode(b []byte) (Message, error) {
 		v := &Register{ReqID: r.u64("request id")}
 		v.Cookie = r.bytes(MaxCookieLen, "cookie")
 		v.Session = r.name("session")
-		r.array(v.Credential[:], "credential")
+		r.array(v.Verifier[:], "verifier")
 		v.TTLSeconds = r.u32("ttl")
+		r.array(v.Signature[:], "signature")
 		r.padding()
 		m = v
 	case TypeRegisterResp:
@@ -698,7 +765,7 @@ func Decode(b []byte) (Message, error) {
 		v.Session = r.name("session")
 		v.Name = r.name("name")
 		v.Peer = r.name("peer")
-		r.array(v.Proof[:], "proof")
+		r.array(v.Signature[:], "signature")
 		v.Candidates = r.addrs("candidates")
 		r.padding()
 		m = v
@@ -727,6 +794,9 @@ func Decode(b []byte) (Message, error) {
 				r.fail("flags")
 			}
 			v.Relay = flags&findRespRelay != 0
+			if v.Relay {
+				r.array(v.RelayToken[:], "relay token")
+			}
 			v.PeerObserved = r.addr("peer address")
 			v.PeerCandidates = r.addrs("peer candidates")
 		default:
@@ -735,9 +805,12 @@ func Decode(b []byte) (Message, error) {
 		r.end()
 		m = v
 	case TypeError:
-		v := &Error{ReqID: r.u64("request id")}
-		v.Code = ErrorCode(r.u8("code"))
-		v.Message = r.text(MaxErrorMessage, "message")
+		m = r.errorBody()
+	case TypeRelayEnded:
+		v := &RelayEnded{}
+		r.array(v.PairingID[:], "pairing id")
+		v.Reason = r.text(MaxErrorMessage, "reason")
+		r.array(v.MAC[:], "mac")
 		r.end()
 		m = v
 	default:
@@ -749,11 +822,38 @@ func Decode(b []byte) (Message, error) {
 	return m, nil
 }
 
+func (r *reader) errorBody() *Error {
+	v := &Error{ReqID: r.u64("request id")}
+	v.Code = ErrorCode(r.u8("code"))
+	v.Message = r.text(MaxErrorMessage, "message")
+	r.end()
+	return v
+}
+
+// DecodeAnyVersionError decodes an Error whatever the version byte of its
+// header says (the Error layout is the same in every version), and returns
+// that version. ok is false for anything else, an Error that does not
+// decode included. A client uses it to tell "this server speaks another
+// version" at once, instead of ignoring answers it cannot decode until it
+// times out.
+func DecodeAnyVersionError(b []byte) (e *Error, version uint8, ok bool) {
+	if len(b) > MaxPacket || len(b) < HeaderLen || [4]byte(b[:4]) != Magic || Type(b[5]) != TypeError {
+		return nil, 0, false
+	}
+	r := &reader{b: b[HeaderLen:]}
+	e = r.errorBody()
+	if r.err != nil {
+		return nil, 0, false
+	}
+	return e, b[4], true
+}
+
 // ReqIDOf returns the request id of any message whose body starts with one
-// (all of them do), without decoding the rest: the server uses it to answer
-// a request it cannot otherwise parse.
+// (all but RelayEnded do), without decoding the rest: the server uses it to
+// answer a request it cannot otherwise parse. The id sits at the same
+// offset in version 1.
 func ReqIDOf(b []byte) (uint64, bool) {
-	if len(b) < HeaderLen+8 {
+	if len(b) < HeaderLen+8 || Type(b[5]) == TypeRelayEnded {
 		return 0, false
 	}
 	return binary.BigEndian.Uint64(b[HeaderLen:]), true

@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -16,9 +17,9 @@ func sampleMessages() []Message {
 	return []Message{
 		&Hello{ReqID: 1, Session: "team"},
 		&Challenge{ReqID: 2, Cookie: bytes.Repeat([]byte{7}, 20), ServerID: [16]byte{1, 2, 3}, Flags: ChallengeRegistered},
-		&Register{ReqID: 3, Cookie: []byte{1, 2}, Session: "team", Credential: [32]byte{9}, TTLSeconds: 86400},
+		&Register{ReqID: 3, Cookie: []byte{1, 2}, Session: "team", Verifier: [32]byte{9}, TTLSeconds: 86400, Signature: [64]byte{8, 63: 7}},
 		&RegisterResp{ReqID: 4, Status: RegisterRefreshed, Expires: 1_900_000_000},
-		&Find{ReqID: 5, Cookie: []byte{5}, Session: "team", Name: "alice", Peer: "bob", Proof: [32]byte{4},
+		&Find{ReqID: 5, Cookie: []byte{5}, Session: "team", Name: "alice", Peer: "bob", Signature: [64]byte{4, 63: 3},
 			Candidates: []netip.AddrPort{v4, v6}},
 		&Find{ReqID: 6, Session: "s", Name: "a", Peer: "b"},
 		&FindResp{ReqID: 7, Status: FindWaiting, Observed: v4},
@@ -26,9 +27,10 @@ func sampleMessages() []Message {
 			PeerObserved: v6, PeerCandidates: []netip.AddrPort{v4}},
 		&Error{ReqID: 9, Code: CodeTaken, Message: "session taken"},
 		&FindResp{ReqID: 10, Status: FindMatched, Observed: v6, PairingID: [16]byte{0xbb}, Role: RoleInitiator, Relay: true,
-			PeerObserved: v4},
-		&RelayBind{ReqID: 11, Cookie: []byte{1, 2, 3}, PairingID: [16]byte{0xcc}, Role: RoleResponder},
+			RelayToken: [16]byte{0x11, 15: 0x22}, PeerObserved: v4},
+		&RelayBind{ReqID: 11, Cookie: []byte{1, 2, 3}, PairingID: [16]byte{0xcc}, Role: RoleResponder, MAC: [32]byte{5, 31: 6}},
 		&Leave{ReqID: 12, Cookie: []byte{4, 5}, Session: "team", Name: "alice", Peer: "bob"},
+		&RelayEnded{PairingID: [16]byte{0xdd}, Reason: "the relay's cap was reached", MAC: [32]byte{1, 31: 2}},
 	}
 }
 
@@ -46,7 +48,11 @@ func TestRoundTrip(t *testing.T) {
 			t.Fatalf("type %v != %v", got.Type(), m.Type())
 		}
 		id, ok := ReqIDOf(enc)
-		if !ok || id == 0 {
+		if _, noID := m.(*RelayEnded); noID {
+			if ok {
+				t.Fatalf("ReqIDOf(RelayEnded) = %d, true; it has no request id", id)
+			}
+		} else if !ok || id == 0 {
 			t.Fatalf("%T: ReqIDOf = %d, %v", m, id, ok)
 		}
 	}
@@ -55,7 +61,7 @@ func TestRoundTrip(t *testing.T) {
 func TestPaddedRequestsDecode(t *testing.T) {
 	for _, m := range sampleMessages() {
 		switch m.(type) {
-		case *Hello, *Register, *Find, *Leave:
+		case *Hello, *Register, *Find, *Leave, *RelayBind:
 		default:
 			continue
 		}
@@ -66,6 +72,10 @@ func TestPaddedRequestsDecode(t *testing.T) {
 		got, err := Decode(enc)
 		if err != nil || !reflect.DeepEqual(got, m) {
 			t.Fatalf("%T padded: %v %#v", m, err, got)
+		}
+		enc = append(enc, 0)
+		if got, err := Decode(enc); err != nil || !reflect.DeepEqual(got, m) {
+			t.Fatalf("%T with a zero byte more: %v %#v", m, err, got)
 		}
 		enc[len(enc)-1] = 1 // non-zero padding hides data: refused
 		if _, err := Decode(enc); !errors.Is(err, ErrMalformed) {
@@ -93,17 +103,130 @@ func TestRejects(t *testing.T) {
 	}{
 		"empty":       {nil, ErrNotRendezvous},
 		"stun":        {[]byte{0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42}, ErrNotRendezvous},
-		"version":     {append([]byte("P2PC\x02\x01"), hello[6:]...), ErrVersion},
-		"type":        {append([]byte("P2PC\x01\x7f"), hello[6:]...), ErrType},
+		"version 1":   {append([]byte("P2PC\x01\x01"), hello[6:]...), ErrVersion},
+		"version 3":   {append([]byte("P2PC\x03\x01"), hello[6:]...), ErrVersion},
+		"type":        {append([]byte("P2PC\x02\x7f"), hello[6:]...), ErrType},
 		"oversized":   {append(append([]byte(nil), hello...), make([]byte, MaxPacket)...), ErrMalformed},
 		"bad name":    {(&Hello{ReqID: 1, Session: "a b"}).AppendTo(nil), ErrMalformed},
 		"escape name": {(&Hello{ReqID: 1, Session: "\x1b[31m"}).AppendTo(nil), ErrMalformed},
 		"reply trail": {append((&Error{ReqID: 1, Code: 1}).AppendTo(nil), 0), ErrMalformed},
+		"ended trail": {append((&RelayEnded{Reason: "x"}).AppendTo(nil), 0), ErrMalformed},
+		// The relay token is there exactly when the relay flag is: a
+		// matched FindResp without the flag that still carries 16 more
+		// bytes does not decode.
+		"token without relay": {tokenWithoutRelay(), ErrMalformed},
 	}
 	for name, c := range cases {
 		if _, err := Decode(c.b); !errors.Is(err, c.want) {
 			t.Errorf("%s: err = %v, want %v", name, err, c.want)
 		}
+	}
+}
+
+func tokenWithoutRelay() []byte {
+	m := &FindResp{ReqID: 1, Status: FindMatched, Observed: netip.MustParseAddrPort("192.0.2.1:1"), Relay: true,
+		RelayToken: [16]byte{1}, PeerObserved: netip.MustParseAddrPort("192.0.2.2:2")}
+	b := m.AppendTo(nil)
+	// header 6, reqID 8, status 1, observed 7, pairing id 16, role 1: flags
+	b[6+8+1+7+16+1] = 0
+	return b
+}
+
+// TestVersionHeaders: version 2 in every header; an Error can be written
+// in another version and read back whatever its version says, and nothing
+// else is read that way.
+func TestVersionHeaders(t *testing.T) {
+	for _, m := range sampleMessages() {
+		if b := m.AppendTo(nil); b[4] != 2 || Type(b[5]) != m.Type() {
+			t.Fatalf("%T: header % x", m, b[:6])
+		}
+	}
+	e := &Error{ReqID: 0x2a, Code: CodeVersion, Message: "this server speaks p2pcat protocol version 2"}
+	v1 := AppendErrorVersion(nil, 1, e)
+	if !bytes.Equal(v1[:6], []byte("P2PC\x01\x07")) || !bytes.Equal(v1[6:], e.AppendTo(nil)[6:]) {
+		t.Fatalf("version-1 Error % x: want the same body under a version-1 header", v1)
+	}
+	if _, err := Decode(v1); !errors.Is(err, ErrVersion) {
+		t.Fatalf("Decode of a version-1 Error: %v, want ErrVersion", err)
+	}
+	for _, version := range []uint8{1, 2, 3, 255} {
+		got, v, ok := DecodeAnyVersionError(AppendErrorVersion(nil, version, e))
+		if !ok || v != version || !reflect.DeepEqual(got, e) {
+			t.Fatalf("DecodeAnyVersionError(version %d) = %#v, %d, %v", version, got, v, ok)
+		}
+	}
+	// The Error version 1 servers send: "server speaks protocol version 1".
+	fromV1 := []byte("P2PC\x01\x07\x00\x00\x00\x00\x00\x00\x00\x2a\x02\x20server speaks protocol version 1")
+	if got, v, ok := DecodeAnyVersionError(fromV1); !ok || v != 1 || got.Code != CodeVersion || got.ReqID != 0x2a {
+		t.Fatalf("a version-1 server's answer: %#v, %d, %v", got, v, ok)
+	}
+	for name, b := range map[string][]byte{
+		"hello":     (&Hello{ReqID: 1, Session: "s"}).AppendTo(nil),
+		"trailing":  append(AppendErrorVersion(nil, 1, e), 0),
+		"truncated": v1[:len(v1)-1],
+		"no magic":  append([]byte("Q2PC"), v1[4:]...),
+		"short":     v1[:5],
+		"oversized": append(append([]byte(nil), v1[:15]...), make([]byte, MaxPacket)...),
+	} {
+		if _, _, ok := DecodeAnyVersionError(b); ok {
+			t.Errorf("DecodeAnyVersionError(%s) accepted it", name)
+		}
+	}
+}
+
+// TestRelayMACs: each MAC verifies under its own token only, and covers
+// every field it names.
+func TestRelayMACs(t *testing.T) {
+	tok, other := [16]byte{1}, [16]byte{2}
+	pid := [16]byte{0xaa}
+	bind := &RelayBind{ReqID: 1, Cookie: []byte("cookie"), PairingID: pid, Role: RoleResponder}
+	bind.MAC = RelayBindMAC(tok, pid, RoleResponder, bind.Cookie)
+	if !bind.Verify(tok) || bind.Verify(other) {
+		t.Fatal("RelayBind MAC: verifies under the wrong token, or not under the right one")
+	}
+	for name, change := range map[string]func(*RelayBind){
+		"role":      func(m *RelayBind) { m.Role = RoleInitiator },
+		"pairing":   func(m *RelayBind) { m.PairingID[15] = 1 },
+		"cookie":    func(m *RelayBind) { m.Cookie = []byte("cookiE") },
+		"no cookie": func(m *RelayBind) { m.Cookie = nil },
+	} {
+		m := *bind
+		m.Cookie = bytes.Clone(bind.Cookie)
+		change(&m)
+		if m.Verify(tok) {
+			t.Errorf("RelayBind MAC still verifies with another %s", name)
+		}
+	}
+	// The request id is not covered: it only matches the Challenge.
+	moved := *bind
+	moved.ReqID = 2
+	if !moved.Verify(tok) {
+		t.Error("RelayBind MAC depends on the request id")
+	}
+
+	ended := NewRelayEnded(tok, pid, "cap reached")
+	if !ended.Verify(tok) || ended.Verify(other) {
+		t.Fatal("RelayEnded MAC: verifies under the wrong token, or not under the right one")
+	}
+	for name, m := range map[string]RelayEnded{
+		"reason":  {PairingID: pid, Reason: "cap reached!", MAC: ended.MAC},
+		"pairing": {PairingID: [16]byte{0xab}, Reason: ended.Reason, MAC: ended.MAC},
+	} {
+		if m.Verify(tok) {
+			t.Errorf("RelayEnded MAC still verifies with another %s", name)
+		}
+	}
+	long := NewRelayEnded(tok, pid, string(bytes.Repeat([]byte("x"), 300)))
+	got, err := Decode(long.AppendTo(nil))
+	if err != nil || len(got.(*RelayEnded).Reason) != MaxErrorMessage || !got.(*RelayEnded).Verify(tok) {
+		t.Fatalf("a long reason: %v; what is sent must be what is MACed", err)
+	}
+	// Fixed vectors, so that another implementation can check itself.
+	if got := fmt.Sprintf("%x", RelayBindMAC([16]byte{}, [16]byte{}, RoleInitiator, nil)); got != relayBindVector {
+		t.Errorf("RelayBindMAC(zero) = %s, want %s", got, relayBindVector)
+	}
+	if got := fmt.Sprintf("%x", RelayEndedMAC([16]byte{}, [16]byte{}, "")); got != relayEndedVector {
+		t.Errorf("RelayEndedMAC(zero) = %s, want %s", got, relayEndedVector)
 	}
 }
 
@@ -135,10 +258,23 @@ func FuzzDecode(f *testing.F) {
 	for _, m := range sampleMessages() {
 		f.Add(m.AppendTo(nil))
 	}
+	f.Add(AppendErrorVersion(nil, 1, &Error{ReqID: 1, Code: CodeVersion, Message: "server speaks protocol version 1"}))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// An Error of any version decodes the same way as ours, and
+		// re-encodes to the same bytes.
+		if e, v, ok := DecodeAnyVersionError(b); ok {
+			if again := AppendErrorVersion(nil, v, e); !bytes.Equal(again, b) {
+				t.Fatalf("Error re-encoding % x != % x", again, b)
+			}
+		}
 		m, err := Decode(b)
 		if err != nil {
 			return
+		}
+		if e, ok := m.(*Error); ok {
+			if any, v, ok := DecodeAnyVersionError(b); !ok || v != Version || !reflect.DeepEqual(any, e) {
+				t.Fatalf("DecodeAnyVersionError disagrees with Decode on %x", b)
+			}
 		}
 		// Whatever decodes re-encodes to something that decodes to the same.
 		again, err := Decode(m.AppendTo(nil))
@@ -150,3 +286,13 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+// The MACs of all-zero inputs (token, pairing id, role 0, empty cookie or
+// reason), computed independently:
+//
+//	python3 -c 'import hmac,hashlib; print(hmac.new(bytes(16), b"p2pcat v2 relay bind\0"+bytes(16)+bytes(1)+bytes(4), hashlib.sha256).hexdigest())'
+//	python3 -c 'import hmac,hashlib; print(hmac.new(bytes(16), b"p2pcat v2 relay ended\0"+bytes(16)+bytes(4), hashlib.sha256).hexdigest())'
+const (
+	relayBindVector  = "7743c60c7b69a66cf287d528c7774831c0fe97fbe4244d0d72147a3a4c9156b6"
+	relayEndedVector = "b7a2d557cb22df95f20520d7c4e8f4d540c4e4dbe2e190806f40376281de0613"
+)
