@@ -6,14 +6,21 @@ package store
 //	    key "server-id"  value: 16 random bytes, written once on first open
 //	bucket "sessions"
 //	    key: session name (1..64 bytes)
-//	    value: a registration record, 49 bytes, version 1:
-//	        [0]      version, 1
-//	        [1:33]   credential (argon2id output computed by the client)
+//	    value: a registration record, 49 bytes, version 2:
+//	        [0]      version, 2
+//	        [1:33]   verifier (the Ed25519 public key of the session key's signing key)
 //	        [33:41]  created, unix nanoseconds, big-endian int64
 //	        [41:49]  expires, unix nanoseconds, big-endian int64
 //
 // A record with another length or version is rejected by decodeRecord; it is
 // never guessed at. Later versions must use a new version byte.
+//
+// Version 1 had the same layout with an argon2id credential of the
+// password in [1:33]. Protocol version 2 has no use for it (it sends
+// nothing password-derived to the server), so a version-1 record is
+// skipped like a corrupt one, reported as ErrV1Record (its session must be
+// registered again, with a session key), and deleted by Purge once its
+// expiry has passed.
 
 import (
 	"encoding/binary"
@@ -24,8 +31,9 @@ import (
 )
 
 const (
-	recordVersion = 1
-	recordLen     = 1 + 32 + 8 + 8
+	recordVersion   = 2
+	recordVersionV1 = 1
+	recordLen       = 1 + 32 + 8 + 8
 
 	// MaxSessionLen is the longest session name the store accepts, in bytes.
 	MaxSessionLen = 64
@@ -37,8 +45,16 @@ var (
 	serverIDKey    = []byte("server-id")
 )
 
-// ErrCorruptRecord is wrapped by the errors that SkippedRecords reports.
-var ErrCorruptRecord = errors.New("corrupt registration record")
+var (
+	// ErrCorruptRecord is wrapped by the errors that SkippedRecords reports
+	// for records that do not decode.
+	ErrCorruptRecord = errors.New("corrupt registration record")
+	// ErrV1Record is wrapped by the errors that SkippedRecords reports for
+	// registrations made by p2pcat protocol version 1 (with a password):
+	// they are meaningless now, and their sessions must be registered
+	// again with a session key.
+	ErrV1Record = errors.New("registration from p2pcat protocol version 1 (a password credential): register the session again, with a session key")
+)
 
 // The instants a record can hold: time.Time.UnixNano is only defined within
 // these bounds (years 1677 to 2262).
@@ -50,7 +66,7 @@ var (
 func encodeRecord(r Registration) []byte {
 	buf := make([]byte, recordLen)
 	buf[0] = recordVersion
-	copy(buf[1:33], r.Credential[:])
+	copy(buf[1:33], r.Verifier[:])
 	binary.BigEndian.PutUint64(buf[33:41], uint64(r.Created.UnixNano()))
 	binary.BigEndian.PutUint64(buf[41:49], uint64(r.Expires.UnixNano()))
 	return buf
@@ -61,6 +77,9 @@ func encodeRecord(r Registration) []byte {
 func decodeRecord(session string, buf []byte) (Registration, error) {
 	if len(buf) == 0 {
 		return Registration{}, fmt.Errorf("%w: empty", ErrCorruptRecord)
+	}
+	if buf[0] == recordVersionV1 && len(buf) == recordLen {
+		return Registration{}, ErrV1Record
 	}
 	if buf[0] != recordVersion {
 		return Registration{}, fmt.Errorf("%w: unknown version %d", ErrCorruptRecord, buf[0])
@@ -73,8 +92,17 @@ func decodeRecord(session string, buf []byte) (Registration, error) {
 		Created: fromUnixNanos(int64(binary.BigEndian.Uint64(buf[33:41]))),
 		Expires: fromUnixNanos(int64(binary.BigEndian.Uint64(buf[41:49]))),
 	}
-	copy(r.Credential[:], buf[1:33])
+	copy(r.Verifier[:], buf[1:33])
 	return r, nil
+}
+
+// v1Expired reports whether buf is a version-1 record that expired at or
+// before now: garbage that Purge may delete.
+func v1Expired(buf []byte, now time.Time) bool {
+	if len(buf) != recordLen || buf[0] != recordVersionV1 {
+		return false
+	}
+	return !now.Before(fromUnixNanos(int64(binary.BigEndian.Uint64(buf[41:49]))))
 }
 
 // decodeEntry decodes one key/value pair of the sessions bucket; a key that

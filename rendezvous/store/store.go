@@ -22,14 +22,14 @@ import (
 
 // Registration is one reserved session.
 type Registration struct {
-	Session    string
-	Credential [32]byte
-	Created    time.Time // in UTC
-	Expires    time.Time // in UTC; the registration is live while now < Expires
+	Session  string
+	Verifier [32]byte  // the session key's public verifier (rendezvous/sessionkey.go)
+	Created  time.Time // in UTC
+	Expires  time.Time // in UTC; the registration is live while now < Expires
 }
 
 var (
-	// ErrTaken means the session is registered with another credential and
+	// ErrTaken means the session is registered with another verifier and
 	// has not expired.
 	ErrTaken = errors.New("session taken")
 	// ErrNotFound means there is no live registration for the session.
@@ -70,7 +70,9 @@ type Store struct {
 //
 // Records that cannot be decoded are skipped, not fatal: they are left on
 // disk untouched, are invisible to Lookup and Count, are overwritten by the
-// next Register of that session, and are listed by SkippedRecords.
+// next Register of that session, and are listed by SkippedRecords. So are
+// the registrations of protocol version 1 (ErrV1Record), which Purge
+// deletes once expired.
 func Open(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("creating data directory: %w", err)
@@ -109,8 +111,9 @@ func (s *Store) loadLocked(tx *bbolt.Tx) error {
 	case len(id) == len(s.serverID):
 		copy(s.serverID[:], id)
 	default:
-		// Fatal rather than regenerated: a new id would silently invalidate
-		// every credential the clients derived from the old one.
+		// Fatal rather than regenerated: a new id would make this another
+		// server to clients (their signatures cover the id), and the
+		// operator should know that the database is damaged.
 		return fmt.Errorf("stored server id is %d bytes, want %d", len(id), len(s.serverID))
 	}
 
@@ -129,9 +132,11 @@ func (s *Store) loadLocked(tx *bbolt.Tx) error {
 	})
 }
 
-// SkippedRecords lists the records Open found but could not decode, one error
-// per record (wrapping ErrCorruptRecord, naming the session with %q so stored
-// bytes cannot inject control characters into a log). Empty when all is well.
+// SkippedRecords lists the records Open found but could not use, one error
+// per record, naming the session with %q so stored bytes cannot inject
+// control characters into a log: wrapping ErrV1Record for the registrations
+// of protocol version 1, ErrCorruptRecord for the rest. Empty when all is
+// well.
 func (s *Store) SkippedRecords() []error {
 	return append([]error(nil), s.skipped...)
 }
@@ -155,17 +160,20 @@ func (s *Store) Close() error {
 }
 
 // ServerID returns the random id created on the database's first open. It
-// survives restarts because clients salt their credentials with it.
+// survives restarts: clients' signatures cover it, so that a signature made
+// for one server is worthless at another.
 func (s *Store) ServerID() [16]byte {
 	return s.serverID
 }
 
-// Register reserves session with cred until now+ttl and returns the stored
-// registration. A live registration with the same credential is refreshed:
-// its Expires becomes now+ttl and its Created is kept. A live registration
-// with another credential makes Register fail with ErrTaken. Expired (and
-// undecodable) records count as absent and are overwritten.
-func (s *Store) Register(session string, cred [32]byte, ttl time.Duration, now time.Time) (Registration, error) {
+// Register reserves session for the holders of verifier's key until
+// now+ttl and returns the stored registration. A live registration with the
+// same verifier is refreshed: its Expires becomes now+ttl and its Created
+// is kept. A live registration with another verifier makes Register fail
+// with ErrTaken. Expired (and undecodable, and version-1) records count as
+// absent and are overwritten. Checking that the registrant holds the key
+// is the caller's business.
+func (s *Store) Register(session string, verifier [32]byte, ttl time.Duration, now time.Time) (Registration, error) {
 	if err := checkSession(session); err != nil {
 		return Registration{}, err
 	}
@@ -177,10 +185,10 @@ func (s *Store) Register(session string, cred [32]byte, ttl time.Duration, now t
 		return Registration{}, fmt.Errorf("registration time %v + %v is out of range", now, ttl)
 	}
 	reg := Registration{
-		Session:    session,
-		Credential: cred,
-		Created:    fromUnixNanos(now.UnixNano()),
-		Expires:    fromUnixNanos(expires.UnixNano()),
+		Session:  session,
+		Verifier: verifier,
+		Created:  fromUnixNanos(now.UnixNano()),
+		Expires:  fromUnixNanos(expires.UnixNano()),
 	}
 
 	s.writeMu.Lock()
@@ -197,7 +205,7 @@ func (s *Store) Register(session string, cred [32]byte, ttl time.Duration, now t
 		if v := b.Get(key); v != nil {
 			old, err := decodeRecord(session, v)
 			if err == nil && now.Before(old.Expires) {
-				if !sameCredential(old.Credential, cred) {
+				if !sameVerifier(old.Verifier, verifier) {
 					return ErrTaken
 				}
 				reg.Created = old.Created
@@ -217,9 +225,10 @@ func (s *Store) Register(session string, cred [32]byte, ttl time.Duration, now t
 	return reg, nil
 }
 
-// sameCredential compares in constant time so response timing does not tell
-// a caller how much of a stored credential it guessed.
-func sameCredential(a, b [32]byte) bool {
+// sameVerifier compares in constant time. A verifier is a public key, not a
+// secret, but nothing is lost by not telling a caller through timing how
+// much of a stored one it guessed.
+func sameVerifier(a, b [32]byte) bool {
 	return subtle.ConstantTimeCompare(a[:], b[:]) == 1
 }
 
@@ -243,7 +252,8 @@ func (s *Store) Lookup(session string, now time.Time) (Registration, error) {
 }
 
 // Purge deletes the registrations that expired at or before now and returns
-// how many it deleted. Undecodable records are left alone (see Open).
+// how many it deleted, version-1 registrations included. Undecodable
+// records are left alone (see Open).
 func (s *Store) Purge(now time.Time) (int, error) {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
@@ -257,8 +267,11 @@ func (s *Store) Purge(now time.Time) (int, error) {
 		// skip keys.
 		err := b.ForEach(func(k, v []byte) error {
 			reg, err := decodeEntry(k, v)
-			if err == nil && !now.Before(reg.Expires) {
+			switch {
+			case err == nil && !now.Before(reg.Expires):
 				expired = append(expired, reg.Session)
+			case errors.Is(err, ErrV1Record) && v1Expired(v, now):
+				expired = append(expired, string(k))
 			}
 			return nil
 		})

@@ -31,7 +31,7 @@ func openTestStore(tb testing.TB, dir string) *Store {
 	return s
 }
 
-func credOf(b byte) [32]byte {
+func verifierOf(b byte) [32]byte {
 	var c [32]byte
 	for i := range c {
 		c[i] = b
@@ -39,9 +39,9 @@ func credOf(b byte) [32]byte {
 	return c
 }
 
-func mustRegister(tb testing.TB, s *Store, session string, cred [32]byte, ttl time.Duration, now time.Time) Registration {
+func mustRegister(tb testing.TB, s *Store, session string, verifier [32]byte, ttl time.Duration, now time.Time) Registration {
 	tb.Helper()
-	reg, err := s.Register(session, cred, ttl, now)
+	reg, err := s.Register(session, verifier, ttl, now)
 	if err != nil {
 		tb.Fatalf("Register(%q): %v", session, err)
 	}
@@ -61,8 +61,8 @@ func mustCount(tb testing.TB, s *Store, want int) {
 
 func TestRegisterThenLookup(t *testing.T) {
 	s := openTestStore(t, t.TempDir())
-	reg := mustRegister(t, s, "alpha", credOf(1), time.Minute, t0)
-	want := Registration{Session: "alpha", Credential: credOf(1), Created: t0, Expires: t0.Add(time.Minute)}
+	reg := mustRegister(t, s, "alpha", verifierOf(1), time.Minute, t0)
+	want := Registration{Session: "alpha", Verifier: verifierOf(1), Created: t0, Expires: t0.Add(time.Minute)}
 	if reg != want {
 		t.Fatalf("Register = %+v, want %+v", reg, want)
 	}
@@ -79,10 +79,10 @@ func TestRegisterThenLookup(t *testing.T) {
 	mustCount(t, s, 1)
 }
 
-func TestRefreshWithSameCredentialExtendsExpiry(t *testing.T) {
+func TestRefreshWithSameVerifierExtendsExpiry(t *testing.T) {
 	s := openTestStore(t, t.TempDir())
-	mustRegister(t, s, "alpha", credOf(1), time.Minute, t0)
-	reg := mustRegister(t, s, "alpha", credOf(1), time.Minute, t0.Add(30*time.Second))
+	mustRegister(t, s, "alpha", verifierOf(1), time.Minute, t0)
+	reg := mustRegister(t, s, "alpha", verifierOf(1), time.Minute, t0.Add(30*time.Second))
 	if !reg.Created.Equal(t0) {
 		t.Errorf("Created = %v, want the first registration's %v", reg.Created, t0)
 	}
@@ -100,14 +100,14 @@ func TestRefreshWithSameCredentialExtendsExpiry(t *testing.T) {
 	mustCount(t, s, 1)
 }
 
-func TestOtherCredentialIsTaken(t *testing.T) {
+func TestOtherVerifierIsTaken(t *testing.T) {
 	s := openTestStore(t, t.TempDir())
-	first := mustRegister(t, s, "alpha", credOf(1), time.Minute, t0)
+	first := mustRegister(t, s, "alpha", verifierOf(1), time.Minute, t0)
 	// Differs only in the last byte, so a prefix comparison would not do.
-	other := credOf(1)
+	other := verifierOf(1)
 	other[31] = 2
 	if _, err := s.Register("alpha", other, time.Hour, t0.Add(59*time.Second)); !errors.Is(err, ErrTaken) {
-		t.Fatalf("Register with other credential err = %v, want ErrTaken", err)
+		t.Fatalf("Register with other verifier err = %v, want ErrTaken", err)
 	}
 	got, err := s.Lookup("alpha", t0.Add(59*time.Second))
 	if err != nil || got != first {
@@ -117,15 +117,15 @@ func TestOtherCredentialIsTaken(t *testing.T) {
 
 func TestExpiredRegistrationCanBeTakenByOther(t *testing.T) {
 	s := openTestStore(t, t.TempDir())
-	mustRegister(t, s, "alpha", credOf(1), time.Minute, t0)
+	mustRegister(t, s, "alpha", verifierOf(1), time.Minute, t0)
 	// Exactly at Expires the registration is no longer live.
 	later := t0.Add(time.Minute)
-	reg := mustRegister(t, s, "alpha", credOf(2), time.Minute, later)
-	want := Registration{Session: "alpha", Credential: credOf(2), Created: later, Expires: later.Add(time.Minute)}
+	reg := mustRegister(t, s, "alpha", verifierOf(2), time.Minute, later)
+	want := Registration{Session: "alpha", Verifier: verifierOf(2), Created: later, Expires: later.Add(time.Minute)}
 	if reg != want {
 		t.Fatalf("Register = %+v, want %+v", reg, want)
 	}
-	if _, err := s.Register("alpha", credOf(1), time.Minute, later); !errors.Is(err, ErrTaken) {
+	if _, err := s.Register("alpha", verifierOf(1), time.Minute, later); !errors.Is(err, ErrTaken) {
 		t.Fatalf("old owner re-registering err = %v, want ErrTaken", err)
 	}
 	mustCount(t, s, 1)
@@ -133,7 +133,7 @@ func TestExpiredRegistrationCanBeTakenByOther(t *testing.T) {
 
 func TestLookupAfterExpiryIsNotFound(t *testing.T) {
 	s := openTestStore(t, t.TempDir())
-	reg := mustRegister(t, s, "alpha", credOf(1), time.Minute, t0)
+	reg := mustRegister(t, s, "alpha", verifierOf(1), time.Minute, t0)
 	if _, err := s.Lookup("alpha", reg.Expires.Add(-time.Nanosecond)); err != nil {
 		t.Fatalf("Lookup 1ns before expiry: %v", err)
 	}
@@ -149,9 +149,9 @@ func TestLookupAfterExpiryIsNotFound(t *testing.T) {
 func TestPurgeRemovesOnlyExpired(t *testing.T) {
 	dir := t.TempDir()
 	s := openTestStore(t, dir)
-	mustRegister(t, s, "short1", credOf(1), time.Minute, t0)
-	mustRegister(t, s, "short2", credOf(2), 2*time.Minute, t0)
-	long := mustRegister(t, s, "long", credOf(3), time.Hour, t0)
+	mustRegister(t, s, "short1", verifierOf(1), time.Minute, t0)
+	mustRegister(t, s, "short2", verifierOf(2), 2*time.Minute, t0)
+	long := mustRegister(t, s, "long", verifierOf(3), time.Hour, t0)
 
 	now := t0.Add(2 * time.Minute)
 	n, err := s.Purge(now)
@@ -187,8 +187,8 @@ func TestReopenKeepsRegistrationsAndServerID(t *testing.T) {
 	if id == ([16]byte{}) {
 		t.Fatal("ServerID is all zeros")
 	}
-	alpha := mustRegister(t, s, "alpha", credOf(1), time.Hour, t0)
-	beta := mustRegister(t, s, "beta", credOf(2), time.Hour, t0)
+	alpha := mustRegister(t, s, "alpha", verifierOf(1), time.Hour, t0)
+	beta := mustRegister(t, s, "beta", verifierOf(2), time.Hour, t0)
 	if err := s.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
@@ -203,8 +203,8 @@ func TestReopenKeepsRegistrationsAndServerID(t *testing.T) {
 			t.Fatalf("Lookup(%q) after reopen = %+v, %v; want %+v", want.Session, got, err, want)
 		}
 	}
-	if _, err := s2.Register("alpha", credOf(9), time.Hour, t0); !errors.Is(err, ErrTaken) {
-		t.Fatalf("Register with other credential after reopen err = %v, want ErrTaken", err)
+	if _, err := s2.Register("alpha", verifierOf(9), time.Hour, t0); !errors.Is(err, ErrTaken) {
+		t.Fatalf("Register with other verifier after reopen err = %v, want ErrTaken", err)
 	}
 	if len(s2.SkippedRecords()) != 0 {
 		t.Fatalf("SkippedRecords = %v, want none", s2.SkippedRecords())
@@ -272,7 +272,7 @@ func TestRejectsBadInput(t *testing.T) {
 		{"expiry past 2262", "alpha", 250 * 365 * 24 * time.Hour, t0},
 	}
 	for _, c := range cases {
-		if _, err := s.Register(c.session, credOf(1), c.ttl, c.now); err == nil {
+		if _, err := s.Register(c.session, verifierOf(1), c.ttl, c.now); err == nil {
 			t.Errorf("%s: Register succeeded", c.name)
 		}
 	}
@@ -282,7 +282,7 @@ func TestRejectsBadInput(t *testing.T) {
 			t.Errorf("Lookup(%d-byte name) err = %v, want a validation error", len(session), err)
 		}
 	}
-	mustRegister(t, s, strings.Repeat("x", MaxSessionLen), credOf(1), time.Minute, t0)
+	mustRegister(t, s, strings.Repeat("x", MaxSessionLen), verifierOf(1), time.Minute, t0)
 }
 
 func TestClosedStore(t *testing.T) {
@@ -290,7 +290,7 @@ func TestClosedStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mustRegister(t, s, "alpha", credOf(1), time.Minute, t0)
+	mustRegister(t, s, "alpha", verifierOf(1), time.Minute, t0)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +300,7 @@ func TestClosedStore(t *testing.T) {
 	if _, err := s.Lookup("alpha", t0); !errors.Is(err, ErrClosed) {
 		t.Errorf("Lookup err = %v, want ErrClosed", err)
 	}
-	if _, err := s.Register("alpha", credOf(1), time.Minute, t0); !errors.Is(err, ErrClosed) {
+	if _, err := s.Register("alpha", verifierOf(1), time.Minute, t0); !errors.Is(err, ErrClosed) {
 		t.Errorf("Register err = %v, want ErrClosed", err)
 	}
 	if _, err := s.Purge(t0); !errors.Is(err, ErrClosed) {
@@ -311,9 +311,9 @@ func TestClosedStore(t *testing.T) {
 	}
 }
 
-// Many goroutines race to register a few sessions with their own credential
-// while others look them up. Exactly one credential must win each session, and
-// no Lookup may ever see a credential other than the winner's.
+// Many goroutines race to register a few sessions with their own verifier
+// while others look them up. Exactly one verifier must win each session, and
+// no Lookup may ever see a verifier other than the winner's.
 func TestConcurrentRegisterAndLookup(t *testing.T) {
 	s := openTestStore(t, t.TempDir())
 	const (
@@ -327,17 +327,17 @@ func TestConcurrentRegisterAndLookup(t *testing.T) {
 
 	var (
 		mu       sync.Mutex
-		winners  = map[string]map[[32]byte]bool{} // creds that Register accepted
-		observed = map[string]map[[32]byte]bool{} // creds that Lookup returned
+		winners  = map[string]map[[32]byte]bool{} // verifiers that Register accepted
+		observed = map[string]map[[32]byte]bool{} // verifiers that Lookup returned
 		errs     []error
 	)
-	note := func(m map[string]map[[32]byte]bool, session string, cred [32]byte) {
+	note := func(m map[string]map[[32]byte]bool, session string, verifier [32]byte) {
 		mu.Lock()
 		defer mu.Unlock()
 		if m[session] == nil {
 			m[session] = map[[32]byte]bool{}
 		}
-		m[session][cred] = true
+		m[session][verifier] = true
 	}
 	fail := func(err error) {
 		mu.Lock()
@@ -347,19 +347,19 @@ func TestConcurrentRegisterAndLookup(t *testing.T) {
 
 	var wg sync.WaitGroup
 	for g := range registrars {
-		cred := credOf(byte(g + 1))
+		verifier := verifierOf(byte(g + 1))
 		wg.Go(func() {
 			for i := range rounds {
 				session := name(g + i)
-				reg, err := s.Register(session, cred, time.Hour, t0)
+				reg, err := s.Register(session, verifier, time.Hour, t0)
 				switch {
 				case errors.Is(err, ErrTaken):
 				case err != nil:
 					fail(err)
-				case reg.Credential != cred:
-					fail(fmt.Errorf("Register(%s) returned credential %x, want %x", session, reg.Credential[0], cred[0]))
+				case reg.Verifier != verifier:
+					fail(fmt.Errorf("Register(%s) returned verifier %x, want %x", session, reg.Verifier[0], verifier[0]))
 				default:
-					note(winners, session, cred)
+					note(winners, session, verifier)
 				}
 			}
 		})
@@ -374,7 +374,7 @@ func TestConcurrentRegisterAndLookup(t *testing.T) {
 				case err != nil:
 					fail(err)
 				default:
-					note(observed, session, reg.Credential)
+					note(observed, session, reg.Verifier)
 				}
 			}
 		})
@@ -387,11 +387,11 @@ func TestConcurrentRegisterAndLookup(t *testing.T) {
 	for i := range sessions {
 		session := name(i)
 		if len(winners[session]) != 1 {
-			t.Errorf("%s: %d credentials won, want exactly 1", session, len(winners[session]))
+			t.Errorf("%s: %d verifiers won, want exactly 1", session, len(winners[session]))
 		}
-		for cred := range observed[session] {
-			if !winners[session][cred] {
-				t.Errorf("%s: Lookup saw credential %x that never won", session, cred[0])
+		for verifier := range observed[session] {
+			if !winners[session][verifier] {
+				t.Errorf("%s: Lookup saw verifier %x that never won", session, verifier[0])
 			}
 		}
 	}
@@ -405,12 +405,12 @@ func TestCorruptRecordsAreSkippedAtOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good := mustRegister(t, s, "good", credOf(1), time.Hour, t0)
+	good := mustRegister(t, s, "good", verifierOf(1), time.Hour, t0)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
 
-	badVersion := encodeRecord(Registration{Credential: credOf(2), Created: t0, Expires: t0.Add(time.Hour)})
+	badVersion := encodeRecord(Registration{Verifier: verifierOf(2), Created: t0, Expires: t0.Add(time.Hour)})
 	badVersion[0] = 9
 	longKey := strings.Repeat("k", MaxSessionLen+1)
 	corrupt := map[string][]byte{
@@ -445,7 +445,7 @@ func TestCorruptRecordsAreSkippedAtOpen(t *testing.T) {
 	}
 
 	// Registering over a corrupt record repairs it.
-	repaired := mustRegister(t, s2, "short", credOf(3), time.Hour, t0)
+	repaired := mustRegister(t, s2, "short", verifierOf(3), time.Hour, t0)
 	if err := s2.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -456,6 +456,74 @@ func TestCorruptRecordsAreSkippedAtOpen(t *testing.T) {
 	if got, err := s3.Lookup("short", t0); err != nil || got != repaired {
 		t.Fatalf("Lookup(short) = %+v, %v; want %+v", got, err, repaired)
 	}
+}
+
+// A database written by a version-1 server: its registrations (argon2id
+// credentials of passwords) are skipped at open with a message that says
+// to register again, do not make their sessions taken, and are purged once
+// expired; the server id is kept.
+func TestV1RecordsAreSkippedAtOpen(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := s.ServerID()
+	current := mustRegister(t, s, "current", verifierOf(1), time.Hour, t0)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	v1 := func(expires time.Time) []byte {
+		b := encodeRecord(Registration{Verifier: verifierOf(7), Created: t0, Expires: expires})
+		b[0] = 1
+		return b
+	}
+	writeRaw(t, dir, map[string][]byte{
+		"old-live":    v1(t0.Add(24 * time.Hour)),
+		"old-expired": v1(t0.Add(time.Minute)),
+	})
+
+	s2 := openTestStore(t, dir)
+	if s2.ServerID() != id {
+		t.Fatal("the server id changed")
+	}
+	skipped := s2.SkippedRecords()
+	if len(skipped) != 2 {
+		t.Fatalf("SkippedRecords = %v, want the 2 version-1 records", skipped)
+	}
+	for _, err := range skipped {
+		if !errors.Is(err, ErrV1Record) || errors.Is(err, ErrCorruptRecord) {
+			t.Errorf("skipped %v: want ErrV1Record, not ErrCorruptRecord", err)
+		}
+		if !strings.Contains(err.Error(), "register the session again") {
+			t.Errorf("skipped %q: does not say what to do", err)
+		}
+	}
+	mustCount(t, s2, 1)
+	if got, err := s2.Lookup("current", t0); err != nil || got != current {
+		t.Fatalf("Lookup(current) = %+v, %v", got, err)
+	}
+	if _, err := s2.Lookup("old-live", t0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Lookup(old-live) err = %v, want ErrNotFound", err)
+	}
+	// A live version-1 record does not make its session taken.
+	later := t0.Add(time.Second)
+	reg := mustRegister(t, s2, "old-live", verifierOf(2), time.Hour, later)
+	if !reg.Created.Equal(later) {
+		t.Fatalf("re-registered: %+v, want a new registration (created %v), not a refresh of the version-1 one", reg, later)
+	}
+	// The expired one is purged (counted), the current one is not.
+	if n, err := s2.Purge(t0.Add(2 * time.Minute)); err != nil || n != 1 {
+		t.Fatalf("Purge = %d, %v; want 1 (the expired version-1 record)", n, err)
+	}
+	if err := s2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s3 := openTestStore(t, dir)
+	if n := len(s3.SkippedRecords()); n != 0 {
+		t.Fatalf("after re-registering and purging, %d records skipped: %v", n, s3.SkippedRecords())
+	}
+	mustCount(t, s3, 2)
 }
 
 func TestCorruptServerIDFailsOpen(t *testing.T) {
@@ -526,7 +594,7 @@ func writeRaw(tb testing.TB, dir string, records map[string][]byte) {
 func BenchmarkLookup(b *testing.B) {
 	s := openTestStore(b, b.TempDir())
 	for i := range 1000 {
-		mustRegister(b, s, fmt.Sprintf("session-%d", i), credOf(byte(i)), time.Hour, t0)
+		mustRegister(b, s, fmt.Sprintf("session-%d", i), verifierOf(byte(i)), time.Hour, t0)
 	}
 	b.Run("hit", func(b *testing.B) {
 		b.ReportAllocs()
@@ -564,7 +632,7 @@ func BenchmarkRegister(b *testing.B) {
 		s := openTestStore(b, b.TempDir())
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := s.Register("alpha", credOf(1), time.Hour, t0); err != nil {
+			if _, err := s.Register("alpha", verifierOf(1), time.Hour, t0); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -575,7 +643,7 @@ func BenchmarkRegister(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			i++
-			if _, err := s.Register(fmt.Sprintf("session-%d", i), credOf(1), time.Hour, t0); err != nil {
+			if _, err := s.Register(fmt.Sprintf("session-%d", i), verifierOf(1), time.Hour, t0); err != nil {
 				b.Fatal(err)
 			}
 		}
