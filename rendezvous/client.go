@@ -7,10 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"os"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
@@ -28,13 +31,48 @@ var _ PacketConn = (*net.UDPConn)(nil)
 
 // Errors a client call can return; the CLI maps them to exit codes.
 var (
-	ErrAuth          = errors.New("authentication failed: wrong password for this registered session")
-	ErrTaken         = errors.New("session taken: it is registered with another password")
-	ErrPeerNotFound  = errors.New("peer did not show up")
-	ErrNoServer      = errors.New("rendezvous server did not answer")
-	ErrServerLost    = errors.New("lost the rendezvous server")
-	ErrServerRefused = errors.New("rendezvous server refused the request")
+	// ErrAuth: the server refused our session key (a wrong key for a
+	// registered session, or a Register whose signature it did not accept).
+	ErrAuth = errors.New("authentication failed")
+	// ErrTaken: Register of a session that is registered with another key.
+	ErrTaken = errors.New("session taken: it is registered with another session key")
+	// ErrSessionKeyNeeded: the server says the session is registered and
+	// the user gave no session key. Nothing but the Hello was sent.
+	ErrSessionKeyNeeded = errors.New("the session is registered on this server: give its session key")
+	// ErrVersionMismatch: the server speaks another protocol version.
+	ErrVersionMismatch = errors.New("the rendezvous server speaks another protocol version")
+	ErrPeerNotFound    = errors.New("peer did not show up")
+	ErrNoServer        = errors.New("rendezvous server did not answer")
+	ErrServerLost      = errors.New("lost the rendezvous server")
+	ErrServerRefused   = errors.New("rendezvous server refused the request")
 )
+
+// keyNeededError is ErrSessionKeyNeeded for one session.
+type keyNeededError struct{ session string }
+
+func (e *keyNeededError) Error() string {
+	return fmt.Sprintf("session %q is registered on this server: give its session key (P2PCAT_SESSION_KEY or --session-key-file)", e.session)
+}
+
+func (e *keyNeededError) Unwrap() error { return ErrSessionKeyNeeded }
+
+// versionError is ErrVersionMismatch with what the server said.
+type versionError struct {
+	server  netip.AddrPort
+	version int // the server's, from the Error's header; -1 when it did not say
+	message string
+}
+
+func (e *versionError) Error() string {
+	theirs := "another protocol version"
+	if e.version >= 0 {
+		theirs = fmt.Sprintf("protocol version %d", e.version)
+	}
+	return fmt.Sprintf("the rendezvous server at %s speaks %s, this p2pcat speaks %d (the server says: %s)",
+		e.server, theirs, wire.Version, sanitize(e.message))
+}
+
+func (e *versionError) Unwrap() error { return ErrVersionMismatch }
 
 // DefaultServerTimeout is how long the server may leave everything we send
 // unanswered before a call gives up: ErrNoServer when it never answered,
@@ -55,9 +93,6 @@ type Client struct {
 	// ServerTimeout bounds the server's silence (DefaultServerTimeout when
 	// zero).
 	ServerTimeout time.Duration
-
-	serverID [16]byte
-	cookie   []byte
 }
 
 func (c *Client) log() *slog.Logger {
@@ -104,18 +139,36 @@ type RegisterResult struct {
 	Expires   time.Time
 }
 
-// Register reserves session with the credential derived from password.
-func (c *Client) Register(ctx context.Context, session string, password []byte, ttl time.Duration) (RegisterResult, error) {
+// ValidSession checks a session name as the server will.
+func ValidSession(s string) error { return wire.ValidName(s) }
+
+// Register reserves session on the server for the holders of key, for ttl
+// (which the server bounds: MinRegisterTTL and its own maximum). The server
+// stores only key's verifier; a signature proves that we hold the key.
+// Registering again with the same key refreshes the registration (its
+// expiry becomes now+ttl); with another key it fails with ErrTaken while
+// the registration lasts.
+func (c *Client) Register(ctx context.Context, session string, key SessionKey, ttl time.Duration) (RegisterResult, error) {
 	if err := wire.ValidName(session); err != nil {
 		return RegisterResult{}, fmt.Errorf("session name: %w", err)
 	}
+	secs := uint32(math.MaxUint32) // the server refuses it: too long
+	if s := ttl / time.Second; s >= 0 && s < math.MaxUint32 {
+		secs = uint32(s)
+	}
 	ex := c.newExchange(ctx)
+	ex.authErr = fmt.Errorf("%w: the server did not accept the session key's signature", ErrAuth)
 	ch, err := ex.challenge(session)
 	if err != nil {
 		return RegisterResult{}, ex.final(err)
 	}
-	cred := Credential(password, ch.ServerID, session)
-	req := &wire.Register{ReqID: ex.reqID, Cookie: ch.Cookie, Session: session, Credential: cred, TTLSeconds: uint32(ttl / time.Second)}
+	req := &wire.Register{ReqID: ex.reqID, Session: session, Verifier: key.Verifier(), TTLSeconds: secs}
+	// The signature covers the cookie: a new cookie, a new signature.
+	adopt := func(ch *wire.Challenge) {
+		req.Cookie = ch.Cookie
+		req.Signature = RegisterSignature(key, ch.ServerID, ch.Cookie, session, secs)
+	}
+	adopt(ch)
 	for {
 		reply, err := ex.roundTrip(req)
 		if err != nil {
@@ -125,7 +178,7 @@ func (c *Client) Register(ctx context.Context, session string, password []byte, 
 		case *wire.RegisterResp:
 			return RegisterResult{Refreshed: r.Status == wire.RegisterRefreshed, Expires: time.Unix(int64(r.Expires), 0)}, nil
 		case *wire.Challenge: // our cookie went stale: same request, new cookie
-			req.Cookie = r.Cookie
+			adopt(r)
 		}
 	}
 }
@@ -133,11 +186,18 @@ func (c *Client) Register(ctx context.Context, session string, password []byte, 
 // FindRequest says who we are and whom we want.
 type FindRequest struct {
 	Session, Name, Peer string
-	Password            []byte // used only if the session is registered
-	Candidates          []netip.AddrPort
+	// SessionKey is the session's key, when the user gave one; nil when
+	// not. It is used only if the server says the session is registered:
+	// then a Find without it is never sent (ErrSessionKeyNeeded).
+	SessionKey *SessionKey
+	Candidates []netip.AddrPort
 	// OnWaiting is called once, when the server first confirms that we are
 	// waiting for the peer.
 	OnWaiting func()
+	// OnUnregistered is called once when SessionKey is set but the server
+	// says the session is not registered; the find goes on without a
+	// signature.
+	OnUnregistered func()
 }
 
 // Match is a completed pairing.
@@ -148,43 +208,63 @@ type Match struct {
 	PeerObserved   netip.AddrPort
 	PeerCandidates []netip.AddrPort
 	Server         netip.AddrPort
-	Relay          bool // the server relays this pairing (rendezvous/relay.go)
+	ServerID       [16]byte // the server's id, from its Challenge
+	Relay          bool     // the server relays this pairing (rendezvous/relay.go)
+	// RelayToken is our end's secret for the relay (wire.RelayBindMAC,
+	// wire.RelayEnded.Verify); zero when the pairing is not relayed.
+	RelayToken [16]byte
 }
 
 // Find waits until the server pairs us with the peer or ctx ends. When ctx
 // ends it returns ErrPeerNotFound if the server was answering, ErrNoServer if
 // it never did.
-func (c *Client) Find(ctx context.Context, fr FindRequest) (Match, error) {
+//
+// For a registered session (the Challenge says so) the Find carries a
+// signature by fr.SessionKey; without a key Find returns
+// ErrSessionKeyNeeded at once, having sent nothing but the Hello.
+func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) {
 	for _, n := range []string{fr.Session, fr.Name, fr.Peer} {
 		if err := wire.ValidName(n); err != nil {
 			return Match{}, fmt.Errorf("name %q: %w", sanitize(n), err)
 		}
 	}
 	ex := c.newExchange(ctx)
+	ex.authErr = fmt.Errorf("%w: wrong session key for registered session %q", ErrAuth, fr.Session)
 	ch, err := ex.challenge(fr.Session)
 	if err != nil {
 		return Match{}, ex.final(err)
 	}
 	req := &wire.Find{ReqID: ex.reqID, Session: fr.Session, Name: fr.Name, Peer: fr.Peer, Candidates: fr.Candidates}
-	var cred *[32]byte
-	adopt := func(ch *wire.Challenge) {
+	var serverID [16]byte
+	toldUnregistered := false
+	adopt := func(ch *wire.Challenge) error {
+		serverID = ch.ServerID
 		req.Cookie = ch.Cookie
-		req.Proof = [32]byte{}
-		if ch.Flags&wire.ChallengeRegistered != 0 {
-			if cred == nil {
-				v := Credential(fr.Password, ch.ServerID, fr.Session)
-				cred = &v
+		req.Signature = [64]byte{}
+		registered := ch.Flags&wire.ChallengeRegistered != 0
+		switch {
+		case registered && fr.SessionKey == nil:
+			return &keyNeededError{fr.Session}
+		case registered:
+			req.Signature = FindSignature(*fr.SessionKey, ch.ServerID, ch.Cookie, fr.Session, fr.Name, fr.Peer)
+		case fr.SessionKey != nil && !toldUnregistered:
+			toldUnregistered = true
+			if fr.OnUnregistered != nil {
+				fr.OnUnregistered()
 			}
-			req.Proof = FindProof(*cred, ch.Cookie, fr.Session, fr.Name, fr.Peer)
 		}
+		return nil
 	}
-	adopt(ch)
+	if err := adopt(ch); err != nil {
+		return Match{}, err
+	}
 	waiting := false
 	matched := false
 	defer func() {
-		if !matched && req.Cookie != nil {
-			// We gave up (interrupted, or --timeout): withdraw the find,
-			// so that the peer is not paired with a client that is gone.
+		if !matched && !errors.Is(err, ErrVersionMismatch) {
+			// We gave up (interrupted, --timeout, or the session turned
+			// out to be registered): withdraw the find, so that the peer
+			// is not paired with a client that is gone.
 			ex.leave(&wire.Leave{ReqID: ex.reqID, Cookie: req.Cookie, Session: fr.Session, Name: fr.Name, Peer: fr.Peer})
 		}
 	}()
@@ -198,14 +278,21 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (Match, error) {
 		}
 		switch r := reply.(type) {
 		case *wire.Challenge:
-			adopt(r)
+			if err := adopt(r); err != nil {
+				return Match{}, err
+			}
 		case *wire.FindResp:
 			if r.Status == wire.FindMatched {
 				matched = true
-				return Match{
+				m := Match{
 					PairingID: r.PairingID, Role: r.Role, Observed: r.Observed,
-					PeerObserved: r.PeerObserved, PeerCandidates: r.PeerCandidates, Server: c.Server, Relay: r.Relay,
-				}, nil
+					PeerObserved: r.PeerObserved, PeerCandidates: r.PeerCandidates,
+					Server: c.Server, ServerID: serverID, Relay: r.Relay,
+				}
+				if r.Relay {
+					m.RelayToken = r.RelayToken
+				}
+				return m, nil
 			}
 			if !waiting {
 				waiting = true
@@ -240,6 +327,8 @@ type exchange struct {
 	// it first does); heardAny says whether it ever did.
 	heardAt  time.Time
 	heardAny bool
+	// authErr is what an Error code 4 (auth_failed) means to this exchange.
+	authErr error
 }
 
 func (c *Client) newExchange(ctx context.Context) *exchange {
@@ -404,12 +493,18 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 		if unmap(from) != unmap(ex.c.Server) {
 			continue // a peer's early probe, or noise
 		}
-		msg, err := wire.Decode(ex.buf[:n])
-		if err != nil {
-			ex.c.log().Debug("ignoring undecodable answer", "err", err)
+		if id, ok := wire.ReqIDOf(ex.buf[:n]); !ok || id != ex.reqID {
 			continue
 		}
-		if id, _ := wire.ReqIDOf(ex.buf[:n]); id != ex.reqID {
+		msg, err := wire.Decode(ex.buf[:n])
+		if err != nil {
+			// A server of another version says so in an Error we can read
+			// (its layout is the same in every version): fail at once,
+			// rather than ignore it until we time out.
+			if e, v, ok := wire.DecodeAnyVersionError(ex.buf[:n]); ok && v != wire.Version {
+				return nil, &versionError{server: ex.c.Server, version: int(v), message: e.Message}
+			}
+			ex.c.log().Debug("ignoring undecodable answer", "err", err)
 			continue
 		}
 		ex.heardAt, ex.heardAny = time.Now(), true
@@ -424,9 +519,15 @@ func (ex *exchange) answer(m wire.Message) (wire.Message, error) {
 	}
 	switch e.Code {
 	case wire.CodeAuthFailed:
+		if ex.authErr != nil {
+			return nil, ex.authErr
+		}
 		return nil, ErrAuth
 	case wire.CodeTaken:
 		return nil, ErrTaken
+	case wire.CodeVersion:
+		// In our own version: the server takes us for another one.
+		return nil, &versionError{server: ex.c.Server, version: -1, message: e.Message}
 	}
 	return nil, &ServerError{Code: e.Code, Message: e.Message}
 }
@@ -435,11 +536,16 @@ func unmap(a netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 }
 
-// sanitize makes server- or user-supplied text safe for a terminal line.
+// sanitize makes server- or user-supplied text safe for a terminal line:
+// C0 and C1 controls (ESC, so no escape sequence survives), DEL, and the
+// invisible format characters (Unicode Cf: bidi overrides such as U+202E,
+// zero-width joiners) become '?', and so do bytes that are not UTF-8.
+//
+// TODO: internal/textsafe.Line, once it exists, replaces this.
 func sanitize(s string) string {
 	out := make([]rune, 0, len(s))
 	for _, r := range s {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) {
+		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == utf8.RuneError || unicode.Is(unicode.Cf, r) {
 			r = '?'
 		}
 		out = append(out, r)

@@ -21,7 +21,7 @@ const (
 	dropQueueFull     = "queue_full"
 	dropPanic         = "panic"
 	dropSendError     = "send_error"
-	dropRelayRefused  = "relay_refused" // no such pairing, or not from one of its ends
+	dropRelayRefused  = "relay_refused" // no such pairing, not from one of its ends, or a RelayBind without the end's MAC
 	dropRelayRate     = "relay_rate"    // over the per-session rate
 	dropRelayQuota    = "relay_quota"   // the per-session byte cap was reached
 )
@@ -82,7 +82,7 @@ func newMetrics(reg prometheus.Registerer, pendingFn, registeredFn, relayFn func
 		}),
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "p2pcat_rendezvous_auth_failures_total",
-			Help: "Finds for a registered session with a wrong credential proof.",
+			Help: "Finds for a registered session, and registrations, whose session-key signature does not verify.",
 		}),
 		expired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "p2pcat_rendezvous_pending_expired_total",
@@ -97,7 +97,7 @@ func newMetrics(reg prometheus.Registerer, pendingFn, registeredFn, relayFn func
 			Help: "Bytes forwarded by the relay (relay header included).",
 		}),
 	}
-	for _, t := range []wire.Type{wire.TypeHello, wire.TypeChallenge, wire.TypeRegister, wire.TypeRegisterResp, wire.TypeFind, wire.TypeFindResp, wire.TypeError, wire.TypeRelayBind, wire.TypeLeave} {
+	for _, t := range []wire.Type{wire.TypeHello, wire.TypeChallenge, wire.TypeRegister, wire.TypeRegisterResp, wire.TypeFind, wire.TypeFindResp, wire.TypeError, wire.TypeRelayBind, wire.TypeLeave, wire.TypeRelayEnded} {
 		m.packets[t] = packets.WithLabelValues(t.String())
 	}
 	m.packetsOther = packets.WithLabelValues("other")

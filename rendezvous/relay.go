@@ -1,7 +1,6 @@
 package rendezvous
 
 import (
-	"encoding/binary"
 	"fmt"
 	"net/netip"
 	"sync"
@@ -17,19 +16,21 @@ import (
 // read or alter them.
 //
 // Rules:
-//   - Every pairing is offered the relay (FindResp flag). The offer is a
+//   - Every pairing is offered the relay (FindResp flag), and each of its two
+//     ends gets its own random relay token in its FindResp. The offer is a
 //     small record (about 200 bytes) kept until it has been unused for
 //     RelayIdle; MaxRelays bounds them, the oldest unused going first.
 //   - A datagram is forwarded only when it comes from one of the pairing's
-//     two addresses, both proven by cookies. A client whose NAT moved it to
-//     another port of the same IP is followed there (unless both clients
-//     share the IP, when the relay cannot tell which one moved); a client
-//     on another IP moves its end with a RelayBind, whose cookie proves the
-//     new address.
+//     two recorded end addresses, both proven by cookies, and only to the
+//     other. Nothing else moves an end: not another port of the same IP
+//     (everyone behind one CGNAT address shares that IP), only a RelayBind
+//     whose cookie proves the new address and whose MAC, under that end's
+//     token, proves that it comes from that end. The pairing id alone, seen
+//     by anyone on the path, moves nothing.
 //   - Each pairing has a token bucket of RelayRate bytes per second (burst:
 //     one second's worth) and a total of RelayBytes. Over the rate, datagrams
-//     are dropped (congestion control adapts); past the total, both clients
-//     get an Error (CodeRelayEnded) and the pairing is forgotten.
+//     are dropped (congestion control adapts); past the total, each end gets
+//     a RelayEnded MACed under its own token, and the pairing is forgotten.
 //   - A keepalive (no payload) from one of the ends keeps the pairing and
 //     is echoed to its sender: clients on a direct path send one every
 //     10 s so that their NAT lets the relay in when the direct path fails.
@@ -53,7 +54,8 @@ type relay struct {
 
 type relayPair struct {
 	mu       sync.Mutex
-	ends     [2]netip.AddrPort
+	ends     [2]netip.AddrPort // by role: initiator, responder
+	secrets  [2][16]byte       // each end's relay token, by role
 	tokens   float64
 	last     time.Time // of the last forwarded datagram, or the offer
 	bytes    int64
@@ -72,8 +74,8 @@ func newRelay(cfg Config) *relay {
 }
 
 // offer remembers a new pairing between the initiator at a and the
-// responder at b.
-func (r *relay) offer(id [16]byte, a, b netip.AddrPort, now time.Time) {
+// responder at b, whose relay tokens are secrets (by role).
+func (r *relay) offer(id [16]byte, a, b netip.AddrPort, secrets [2][16]byte, now time.Time) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if _, ok := r.pairs[id]; ok {
@@ -88,7 +90,7 @@ func (r *relay) offer(id [16]byte, a, b netip.AddrPort, now time.Time) {
 		}
 		delete(r.pairs, oldest)
 	}
-	r.pairs[id] = &relayPair{ends: [2]netip.AddrPort{a, b}, tokens: r.burst, last: now}
+	r.pairs[id] = &relayPair{ends: [2]netip.AddrPort{a, b}, secrets: secrets, tokens: r.burst, last: now}
 	r.order = append(r.order, id)
 }
 
@@ -108,8 +110,15 @@ const (
 	relayKeepalive // from one of the ends, no payload: answered, not forwarded
 )
 
+// relayEnds is a pairing's two ends, for the notices when it ends.
+type relayEnds struct {
+	addrs   [2]netip.AddrPort
+	secrets [2][16]byte
+}
+
 // route decides what happens to a relayed datagram of size n from from.
-func (r *relay) route(id [16]byte, from netip.AddrPort, n int, now time.Time) (to netip.AddrPort, ends [2]netip.AddrPort, v relayVerdict) {
+// Only the two recorded ends are heard, and only the other end is sent to.
+func (r *relay) route(id [16]byte, from netip.AddrPort, n int, now time.Time) (to netip.AddrPort, ends relayEnds, v relayVerdict) {
 	r.mu.RLock()
 	p := r.pairs[id]
 	r.mu.RUnlock()
@@ -118,52 +127,51 @@ func (r *relay) route(id [16]byte, from netip.AddrPort, n int, now time.Time) (t
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	side := -1
+	var side int
 	switch from {
 	case p.ends[0]:
 		side = 0
 	case p.ends[1]:
 		side = 1
 	default:
-		// The NAT gave this client another port (its mapping expired, or
-		// it was flushed): follow it, when the IP tells which side it is.
-		a, b := p.ends[0].Addr() == from.Addr(), p.ends[1].Addr() == from.Addr()
-		if a == b {
-			return to, ends, relayUnknown
-		}
-		side = map[bool]int{true: 0, false: 1}[a]
-		p.ends[side] = from
+		return to, ends, relayUnknown
 	}
+	ends = relayEnds{p.ends, p.secrets}
 	if n == wire.RelayHeaderLen {
 		p.last = now
-		return to, p.ends, relayKeepalive
+		return to, ends, relayKeepalive
 	}
 	p.tokens = min(r.burst, p.tokens+now.Sub(p.last).Seconds()*r.rate)
 	p.last = now
 	if p.bytes+int64(n) > r.maxBytes {
-		return to, p.ends, relayQuotaReached
+		return to, ends, relayQuotaReached
 	}
 	if r.rate > 0 && p.tokens < float64(n) {
-		return to, p.ends, relayOverRate
+		return to, ends, relayOverRate
 	}
 	p.tokens -= float64(n)
 	p.bytes += int64(n)
 	p.relaying = true
-	return p.ends[1-side], p.ends, relayForward
+	return p.ends[1-side], ends, relayForward
 }
 
-// bind moves the end of role to addr, which proved with a cookie that it
-// receives there.
-func (r *relay) bind(id [16]byte, role wire.Role, addr netip.AddrPort, now time.Time) bool {
+// bind moves the end of m's role to addr, which proved with a cookie that
+// it receives there, when m's MAC verifies under that end's token. An end
+// never moves onto the other end's address: the relay would then send that
+// address its own datagrams.
+func (r *relay) bind(m *wire.RelayBind, addr netip.AddrPort, now time.Time) bool {
 	r.mu.RLock()
-	p := r.pairs[id]
+	p := r.pairs[m.PairingID]
 	r.mu.RUnlock()
-	if p == nil {
+	if p == nil || m.Role > wire.RoleResponder {
 		return false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.ends[role] = addr
+	if !m.Verify(p.secrets[m.Role]) || p.ends[1-m.Role] == addr {
+		return false
+	}
+	p.ends[m.Role] = addr
 	p.last = now
 	return true
 }
@@ -233,19 +241,21 @@ func (s *Server) handleRelay(batch *outBatch, pkt []byte, from netip.AddrPort) {
 	case relayQuotaReached:
 		s.metrics.drop(dropRelayQuota)
 		s.relay.forget(id)
-		s.log.Info("relay byte cap reached; pairing no longer relayed", "a", ends[0].String(), "b", ends[1].String(), "cap", s.relay.maxBytes)
-		notice := &wire.Error{ReqID: binary.BigEndian.Uint64(id[:8]), Code: wire.CodeRelayEnded,
-			Message: fmt.Sprintf("the relay's cap of %d bytes per session was reached", s.relay.maxBytes)}
-		for _, end := range ends {
-			(&sender{s: s, batch: batch, to: end, proven: true}).send(notice)
+		s.log.Info("relay byte cap reached; pairing no longer relayed", "a", ends.addrs[0].String(), "b", ends.addrs[1].String(), "cap", s.relay.maxBytes)
+		reason := fmt.Sprintf("the relay's cap of %d bytes per session was reached", s.relay.maxBytes)
+		for role, end := range ends.addrs {
+			// Both addresses were proven by cookies (the finds, or a
+			// RelayBind).
+			(&sender{s: s, batch: batch, to: end, proven: true}).send(wire.NewRelayEnded(ends.secrets[role], id, reason))
 		}
 	}
 }
 
 // handleRelayBind moves one end of a relayed pairing to a proven address,
-// and answers with a relay keepalive, which tells the client it worked.
+// when the bind is authentic, and answers with a relay keepalive, which
+// tells the client it worked. Anything else is dropped without an answer.
 func (s *Server) handleRelayBind(out *sender, m *wire.RelayBind, now time.Time) {
-	if s.relay == nil || !s.relay.bind(m.PairingID, m.Role, out.to, now) {
+	if s.relay == nil || !s.relay.bind(m, out.to, now) {
 		s.metrics.drop(dropRelayRefused)
 		return
 	}

@@ -22,7 +22,7 @@ func BenchmarkRelayMemory(b *testing.B) {
 			var id [16]byte
 			binary.BigEndian.PutUint64(id[:], uint64(i))
 			a := netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 40000)
-			r.offer(id, a, netip.AddrPortFrom(a.Addr(), 40001), now)
+			r.offer(id, a, netip.AddrPortFrom(a.Addr(), 40001), [2][16]byte{{1}, {2}}, now)
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
@@ -42,13 +42,13 @@ func TestRelayEvictsOldestUnused(t *testing.T) {
 	addr := func(i int) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 1) }
 	ids := [][16]byte{{1}, {2}, {3}, {4}}
 	for i, id := range ids[:3] {
-		r.offer(id, addr(2*i), addr(2*i+1), now)
+		r.offer(id, addr(2*i), addr(2*i+1), [2][16]byte{}, now)
 	}
 	// The first is relaying, the second only offered.
 	if _, _, v := r.route(ids[0], addr(0), 100, now); v != relayForward {
 		t.Fatalf("verdict %v, want forward", v)
 	}
-	r.offer(ids[3], addr(6), addr(7), now)
+	r.offer(ids[3], addr(6), addr(7), [2][16]byte{}, now)
 	for i, want := range []bool{true, false, true, true} {
 		r.mu.RLock()
 		_, ok := r.pairs[ids[i]]

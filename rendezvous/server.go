@@ -6,7 +6,6 @@ package rendezvous
 
 import (
 	"context"
-	"crypto/hmac"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -150,8 +149,19 @@ func NewServer(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening the store in %s: %w", cfg.DataDir, err)
 	}
+	v1 := 0
 	for _, e := range st.SkippedRecords() {
+		if errors.Is(e, store.ErrV1Record) {
+			v1++
+			continue
+		}
 		cfg.Logger.Warn("skipped an unreadable registration record", "err", e)
+	}
+	if v1 > 0 {
+		// One line, not one per session: after an upgrade they are all
+		// alike, and each says the same.
+		cfg.Logger.Warn("skipped registrations made by p2pcat protocol version 1 (password credentials): their owners must register them again, with a session key",
+			"count", v1)
 	}
 	s := &Server{
 		cfg:       cfg,
@@ -159,7 +169,7 @@ func NewServer(cfg Config) (*Server, error) {
 		store:     st,
 		cookies:   newCookieJar(cfg.CookieTTL),
 		limiter:   newRateLimiter(cfg.RatePerIP, cfg.BurstPerIP, 1_000_000),
-		table:     newTable(cfg.PendingTTL, cfg.MatchTTL, cfg.MaxPending, cfg.MaxPendingPerIP),
+		table:     newTable(cfg.PendingTTL, cfg.MatchTTL, cfg.MaxPending, cfg.MaxPendingPerIP, !cfg.NoRelay),
 		registers: make(chan registerJob, 1024),
 		relay:     newRelay(cfg),
 	}
@@ -175,7 +185,8 @@ func NewServer(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// ServerID is the persistent id that clients salt their credentials with.
+// ServerID is the server's persistent id, which clients' session-key
+// signatures cover.
 func (s *Server) ServerID() [16]byte { return s.store.ServerID() }
 
 // Close closes the store. Call it after Serve has returned.
@@ -298,6 +309,12 @@ func (s *Server) handle(batch *outBatch, pkt []byte, from netip.AddrPort) {
 	}
 }
 
+// VersionMessage is the text of the Error (code 2) that answers a client of
+// another protocol version. Short enough that the answer (88 bytes) is no
+// larger than a version-1 client's padded request (96), which it must not
+// be, the address being unproven.
+const VersionMessage = "this server speaks p2pcat protocol version 2; use the same p2pcat version"
+
 // refuse answers a datagram that did not decode, when it is plausibly from a
 // p2pcat client (it has our magic), with an error no larger than itself.
 func (s *Server) refuse(out *sender, pkt []byte, err error) {
@@ -308,7 +325,16 @@ func (s *Server) refuse(out *sender, pkt []byte, err error) {
 		s.metrics.drop(dropNotOurs)
 	case errors.Is(err, wire.ErrVersion):
 		s.metrics.drop(dropVersion)
-		out.send(&wire.Error{ReqID: id, Code: wire.CodeVersion, Message: fmt.Sprintf("server speaks protocol version %d", wire.Version)})
+		// In the client's own version when that is version 1, whose Error
+		// has this layout, so that it prints why instead of timing out;
+		// in ours otherwise (the Error layout is the same in every
+		// version, and later clients read it whatever its version byte).
+		version := uint8(wire.Version)
+		if pkt[4] == 1 {
+			version = 1
+		}
+		e := &wire.Error{ReqID: id, Code: wire.CodeVersion, Message: VersionMessage}
+		out.sendBytes(func(b []byte) []byte { return wire.AppendErrorVersion(b, version, e) })
 	case errors.Is(err, wire.ErrType):
 		s.metrics.drop(dropUnknownType)
 		out.send(&wire.Error{ReqID: id, Code: wire.CodeUnknownType, Message: "unknown message type"})
@@ -362,6 +388,16 @@ func (s *Server) handleRegister(out *sender, m *wire.Register) {
 			Message: fmt.Sprintf("ttl must be between %s and %s", MinRegisterTTL, s.cfg.MaxRegisterTTL)})
 		return
 	}
+	// Proof of possession of the key behind the verifier. The signature
+	// covers this server's id and the cookie (bound to the sender's
+	// address, and fresh), so a captured Register is good for nothing
+	// elsewhere or later.
+	if !VerifyRegister(m.Verifier, m.Signature, s.ServerID(), m.Cookie, m.Session, m.TTLSeconds) {
+		s.metrics.authFailures.Inc()
+		s.log.Info("register refused: the signature does not verify", "session", m.Session, "from", out.to.String())
+		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeAuthFailed, Message: "session key signature does not verify"})
+		return
+	}
 	select {
 	case s.registers <- registerJob{req: m, from: out.to}:
 	default:
@@ -388,19 +424,19 @@ func (s *Server) commitRegister(conn *net.UDPConn, job registerJob) {
 	out := &sender{s: s, conn: conn, to: job.from, proven: true}
 	now := s.now()
 	before, lookupErr := s.store.Lookup(m.Session, now)
-	reg, err := s.store.Register(m.Session, m.Credential, time.Duration(m.TTLSeconds)*time.Second, now)
+	reg, err := s.store.Register(m.Session, m.Verifier, time.Duration(m.TTLSeconds)*time.Second, now)
 	switch {
 	case errors.Is(err, store.ErrTaken):
 		s.metrics.registrations.WithLabelValues("taken").Inc()
 		s.log.Info("register refused: session taken", "session", m.Session, "from", job.from.String())
-		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeTaken, Message: "session taken: registered with another password"})
+		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeTaken, Message: "session taken: registered with another session key"})
 	case err != nil:
 		s.metrics.registrations.WithLabelValues("error").Inc()
 		s.log.Error("register failed", "session", m.Session, "err", err)
 		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeInternal, Message: "internal error: registration not stored"})
 	default:
 		status, result := wire.RegisterCreated, "created"
-		if lookupErr == nil && before.Credential == m.Credential {
+		if lookupErr == nil && before.Verifier == m.Verifier {
 			status, result = wire.RegisterRefreshed, "refreshed"
 		}
 		s.metrics.registrations.WithLabelValues(result).Inc()
@@ -418,17 +454,16 @@ func (s *Server) handleFind(out *sender, m *wire.Find, now time.Time) {
 		panic("test-only panic")
 	}
 	if reg, err := s.store.Lookup(m.Session, now); err == nil {
-		if m.Proof == ([32]byte{}) {
+		if m.Signature == ([64]byte{}) {
 			// The client did not know the session is registered (or it was
 			// registered since): tell it, with a fresh cookie.
 			s.handleHello(out, &wire.Hello{ReqID: m.ReqID, Session: m.Session}, now)
 			return
 		}
-		want := FindProof(reg.Credential, m.Cookie, m.Session, m.Name, m.Peer)
-		if !hmac.Equal(want[:], m.Proof[:]) {
+		if !VerifyFind(reg.Verifier, m.Signature, s.ServerID(), m.Cookie, m.Session, m.Name, m.Peer) {
 			s.metrics.authFailures.Inc()
-			s.log.Info("find refused: wrong credential", "session", m.Session, "name", m.Name, "from", out.to.String())
-			out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeAuthFailed, Message: "authentication failed: wrong password for this registered session"})
+			s.log.Info("find refused: wrong session key", "session", m.Session, "name", m.Name, "from", out.to.String())
+			out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeAuthFailed, Message: "authentication failed: wrong session key for this registered session"})
 			return
 		}
 	}
@@ -438,16 +473,14 @@ func (s *Server) handleFind(out *sender, m *wire.Find, now time.Time) {
 		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeBusy, Message: "server busy: " + err.Error()})
 		return
 	}
-	if s.relay != nil && res.reply.Status == wire.FindMatched {
-		res.reply.Relay = true
-		if res.paired {
-			res.push.Relay = true
-			initiator, responder := out.to, res.pushAddr
-			if res.reply.Role == wire.RoleResponder {
-				initiator, responder = responder, initiator
-			}
-			s.relay.offer(res.reply.PairingID, initiator, responder, now)
+	if s.relay != nil && res.paired {
+		initiator, responder := out.to, res.pushAddr
+		secrets := [2][16]byte{res.reply.RelayToken, res.push.RelayToken}
+		if res.reply.Role == wire.RoleResponder {
+			initiator, responder = responder, initiator
+			secrets[0], secrets[1] = secrets[1], secrets[0]
 		}
+		s.relay.offer(res.reply.PairingID, initiator, responder, secrets, now)
 	}
 	out.send(&res.reply)
 	if res.paired {
@@ -500,12 +533,15 @@ type sender struct {
 	proven bool
 }
 
-func (o *sender) send(m wire.Message) {
+func (o *sender) send(m wire.Message) { o.sendBytes(m.AppendTo) }
+
+// sendBytes sends what appendTo appends to an empty buffer.
+func (o *sender) sendBytes(appendTo func([]byte) []byte) {
 	var b []byte
 	if o.batch != nil {
-		b = m.AppendTo(o.batch.buffer())
+		b = appendTo(o.batch.buffer())
 	} else {
-		b = m.AppendTo(make([]byte, 0, wire.MaxPacket))
+		b = appendTo(make([]byte, 0, wire.MaxPacket))
 	}
 	if !o.proven && len(b) > o.reqLen {
 		o.s.metrics.drop(dropAmplification)

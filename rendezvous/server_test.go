@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,11 +19,6 @@ import (
 	"github.com/p2pcat/p2pcat/rendezvous/rendezvoustest"
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
-
-func TestMain(m *testing.M) {
-	rendezvous.SetTestOnlyCredentialParams(rendezvous.Argon2Params{Time: 1, MemoryK: 64, Threads: 1})
-	m.Run()
-}
 
 func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
@@ -33,51 +30,74 @@ func localAddr(c *rendezvous.Client) netip.AddrPort {
 	return c.Conn.(*net.UDPConn).LocalAddr().(*net.UDPAddr).AddrPort()
 }
 
+func newKey(t *testing.T) rendezvous.SessionKey {
+	t.Helper()
+	k, err := rendezvous.GenerateSessionKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 func TestRegisterRefreshTaken(t *testing.T) {
 	srv := rendezvoustest.Start(t, rendezvous.Config{})
 	c := srv.Client(t)
 	ctx := ctxTimeout(t, 10*time.Second)
+	key, otherKey := newKey(t), newKey(t)
 
-	first, err := c.Register(ctx, "team", []byte("correct horse"), time.Hour)
+	first, err := c.Register(ctx, "team", key, time.Hour)
 	if err != nil || first.Refreshed {
 		t.Fatalf("first register: %+v, %v", first, err)
 	}
 	if d := time.Until(first.Expires); d < 59*time.Minute || d > 61*time.Minute {
 		t.Fatalf("expiry %v is not an hour away", first.Expires)
 	}
-	again, err := c.Register(ctx, "team", []byte("correct horse"), 2*time.Hour)
+	again, err := c.Register(ctx, "team", key, 2*time.Hour)
 	if err != nil || !again.Refreshed || !again.Expires.After(first.Expires) {
 		t.Fatalf("refresh: %+v, %v", again, err)
 	}
 	other := srv.Client(t)
-	if _, err := other.Register(ctx, "team", []byte("another password"), time.Hour); !errors.Is(err, rendezvous.ErrTaken) {
-		t.Fatalf("register with another password: err = %v, want ErrTaken", err)
+	if _, err := other.Register(ctx, "team", otherKey, time.Hour); !errors.Is(err, rendezvous.ErrTaken) {
+		t.Fatalf("register with another key: err = %v, want ErrTaken", err)
 	}
-	if _, err := other.Register(ctx, "team", []byte("correct horse"), 10*time.Second); err == nil {
+	// A refresh may shorten the registration too (from another address:
+	// only the key counts).
+	short, err := other.Register(ctx, "team", key, time.Minute)
+	if err != nil || !short.Refreshed || !short.Expires.Before(first.Expires) {
+		t.Fatalf("shortening refresh: %+v, %v", short, err)
+	}
+	if _, err := other.Register(ctx, "team", key, 10*time.Second); err == nil {
 		t.Fatal("a ttl under the minimum was accepted")
+	}
+	if _, err := other.Register(ctx, "team", key, 1000*time.Hour); err == nil {
+		t.Fatal("a ttl over the maximum was accepted")
 	}
 	if got := srv.Metric("p2pcat_rendezvous_registered_sessions"); got != 1 {
 		t.Fatalf("registered_sessions = %v", got)
 	}
+	if got := srv.Metric("p2pcat_rendezvous_registrations_total"); got != 4 {
+		t.Fatalf("registrations_total = %v, want 4 (created, refreshed, taken, refreshed)", got)
+	}
 }
 
 // pair runs two finds concurrently (b starting after a has been told to
-// wait when aFirst) and returns both matches.
-func pair(t *testing.T, srv *rendezvoustest.Server, session, a, b string, pwA, pwB string) (ma, mb rendezvous.Match, errA, errB error) {
+// wait) and returns both matches. keyA and keyB are the sides' session
+// keys (nil: none).
+func pair(t *testing.T, srv *rendezvoustest.Server, session, a, b string, keyA, keyB *rendezvous.SessionKey) (ma, mb rendezvous.Match, errA, errB error) {
 	t.Helper()
 	ca, cb := srv.Client(t), srv.Client(t)
 	ctx := ctxTimeout(t, 10*time.Second)
 	aWaiting := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		ma, errA = ca.Find(ctx, rendezvous.FindRequest{Session: session, Name: a, Peer: b, Password: []byte(pwA),
+		ma, errA = ca.Find(ctx, rendezvous.FindRequest{Session: session, Name: a, Peer: b, SessionKey: keyA,
 			Candidates: []netip.AddrPort{localAddr(ca)}, OnWaiting: func() { close(aWaiting) }})
 	})
 	select {
 	case <-aWaiting:
 	case <-ctx.Done():
 	}
-	mb, errB = cb.Find(ctx, rendezvous.FindRequest{Session: session, Name: b, Peer: a, Password: []byte(pwB),
+	mb, errB = cb.Find(ctx, rendezvous.FindRequest{Session: session, Name: b, Peer: a, SessionKey: keyB,
 		Candidates: []netip.AddrPort{localAddr(cb)}})
 	if errB != nil {
 		ca.Conn.(*net.UDPConn).Close() // unblock a
@@ -99,6 +119,12 @@ func pair(t *testing.T, srv *rendezvoustest.Server, session, a, b string, pwA, p
 		if ma.Role != wire.RoleInitiator || mb.Role != wire.RoleResponder {
 			t.Errorf("roles: first arrival %v, second %v", ma.Role, mb.Role)
 		}
+		if ma.ServerID != srv.ServerID() || mb.ServerID != srv.ServerID() {
+			t.Errorf("server ids %x %x, want %x", ma.ServerID, mb.ServerID, srv.ServerID())
+		}
+		if ma.Relay && (ma.RelayToken == [16]byte{} || ma.RelayToken == mb.RelayToken) {
+			t.Errorf("relay tokens %x %x: want two different secrets", ma.RelayToken, mb.RelayToken)
+		}
 	}
 	return
 }
@@ -106,7 +132,7 @@ func pair(t *testing.T, srv *rendezvoustest.Server, session, a, b string, pwA, p
 func TestFindPairsBothOrders(t *testing.T) {
 	srv := rendezvoustest.Start(t, rendezvous.Config{})
 	for _, order := range [][2]string{{"alice", "bob"}, {"bob", "alice"}} {
-		_, _, errA, errB := pair(t, srv, "s", order[0], order[1], "pw", "pw")
+		_, _, errA, errB := pair(t, srv, "s", order[0], order[1], nil, nil)
 		if errA != nil || errB != nil {
 			t.Fatalf("%v first: %v / %v", order[0], errA, errB)
 		}
@@ -116,28 +142,165 @@ func TestFindPairsBothOrders(t *testing.T) {
 	}
 }
 
-func TestRegisteredSessionNeedsPassword(t *testing.T) {
+func TestRegisteredSessionNeedsTheKey(t *testing.T) {
 	srv := rendezvoustest.Start(t, rendezvous.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
-	if _, err := srv.Client(t).Register(ctx, "club", []byte("secret"), time.Hour); err != nil {
+	key, wrong := newKey(t), newKey(t)
+	if _, err := srv.Client(t).Register(ctx, "club", key, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	_, _, errA, errB := pair(t, srv, "club", "alice", "bob", "secret", "secret")
+	_, _, errA, errB := pair(t, srv, "club", "alice", "bob", &key, &key)
 	if errA != nil || errB != nil {
-		t.Fatalf("right password: %v / %v", errA, errB)
+		t.Fatalf("right key: %v / %v", errA, errB)
 	}
-	_, err := srv.Client(t).Find(ctx, rendezvous.FindRequest{Session: "club", Name: "mallory", Peer: "bob", Password: []byte("guess")})
+	_, err := srv.Client(t).Find(ctx, rendezvous.FindRequest{Session: "club", Name: "mallory", Peer: "bob", SessionKey: &wrong})
 	if !errors.Is(err, rendezvous.ErrAuth) {
-		t.Fatalf("wrong password: err = %v, want ErrAuth", err)
+		t.Fatalf("wrong key: err = %v, want ErrAuth", err)
 	}
 	if got := srv.Metric("p2pcat_rendezvous_auth_failures_total"); got != 1 {
 		t.Fatalf("auth_failures_total = %v", got)
 	}
+	start := time.Now()
+	_, err = srv.Client(t).Find(ctx, rendezvous.FindRequest{Session: "club", Name: "carol", Peer: "bob"})
+	if !errors.Is(err, rendezvous.ErrSessionKeyNeeded) || !strings.Contains(err.Error(), `session "club" is registered on this server: give its session key`) {
+		t.Fatalf("no key: err = %v, want ErrSessionKeyNeeded", err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("no key: failed after %v, want at once", el)
+	}
+	if got := srv.Metric("p2pcat_rendezvous_pending"); got != 0 {
+		t.Fatalf("pending = %v: a find without the key was recorded", got)
+	}
 	// Unregistered sessions pair on names alone: the passwords are the
-	// peers' business (their end-to-end handshake decides).
-	_, _, errA, errB = pair(t, srv, "open", "alice", "bob", "one", "two")
-	if errA != nil || errB != nil {
-		t.Fatalf("unregistered session: %v / %v", errA, errB)
+	// peers' business (their end-to-end handshake decides). A key given
+	// for one is not used, and the caller hears about it once.
+	var told atomic.Int32
+	ca, cb := srv.Client(t), srv.Client(t)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		_, errA = ca.Find(ctx, rendezvous.FindRequest{Session: "open", Name: "alice", Peer: "bob", SessionKey: &key,
+			OnUnregistered: func() { told.Add(1) }})
+	})
+	_, errB = cb.Find(ctx, rendezvous.FindRequest{Session: "open", Name: "bob", Peer: "alice"})
+	wg.Wait()
+	if errA != nil || errB != nil || told.Load() != 1 {
+		t.Fatalf("unregistered session: %v / %v, OnUnregistered called %d times, want once", errA, errB, told.Load())
+	}
+}
+
+// TestReplayedRequests: a Register or Find captured on the client's path
+// and sent again from another address gets a Challenge (the cookie, which
+// the signature covers, belongs to the first address); one altered and
+// sent from the same address does not verify.
+func TestReplayedRequests(t *testing.T) {
+	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	key := newKey(t)
+	victim, attacker := dial(t, srv.Addr), dial(t, srv.Addr)
+	ch := ask(t, victim, &wire.Hello{ReqID: 1, Session: "club"}).(*wire.Challenge)
+	reg := &wire.Register{ReqID: 1, Cookie: ch.Cookie, Session: "club", Verifier: key.Verifier(), TTLSeconds: 3600,
+		Signature: rendezvous.RegisterSignature(key, ch.ServerID, ch.Cookie, "club", 3600)}
+	if r, ok := ask(t, victim, reg).(*wire.RegisterResp); !ok || r.Status != wire.RegisterCreated {
+		t.Fatalf("the victim's Register: %#v", r)
+	}
+	expires := time.Unix(int64(ask(t, victim, reg).(*wire.RegisterResp).Expires), 0)
+
+	// The capture, from another address: a Challenge for that address.
+	if _, ok := ask(t, attacker, reg).(*wire.Challenge); !ok {
+		t.Fatal("a replayed Register from another address was not answered with a Challenge")
+	}
+	// Altered to a short ttl, from the victim's own address (spoofed):
+	// the signature does not verify.
+	short := *reg
+	short.TTLSeconds = 60
+	if e, ok := ask(t, victim, &short).(*wire.Error); !ok || e.Code != wire.CodeAuthFailed {
+		t.Fatalf("an altered Register: %#v, want Error auth_failed", e)
+	}
+	// Another verifier under the victim's signature: refused too.
+	evil := newKey(t)
+	taken := *reg
+	taken.Verifier = evil.Verifier()
+	if e, ok := ask(t, victim, &taken).(*wire.Error); !ok || e.Code != wire.CodeAuthFailed {
+		t.Fatalf("a Register with another verifier: %#v, want Error auth_failed", e)
+	}
+	// The attacker's own cookie does not help it: it cannot sign for it.
+	ach := ask(t, attacker, &wire.Hello{ReqID: 2, Session: "club"}).(*wire.Challenge)
+	stolen := *reg
+	stolen.Cookie = ach.Cookie
+	if e, ok := ask(t, attacker, &stolen).(*wire.Error); !ok || e.Code != wire.CodeAuthFailed {
+		t.Fatalf("a Register with the attacker's cookie: %#v, want Error auth_failed", e)
+	}
+	// The registration is what the victim made.
+	r, err := srv.Client(t).Register(ctxTimeout(t, 10*time.Second), "club", key, time.Hour)
+	if err != nil || !r.Refreshed || r.Expires.Before(expires) {
+		t.Fatalf("after the attacks the owner refreshes: %+v, %v (expiry was %v)", r, err, expires)
+	}
+
+	// A Find of the registered session, likewise.
+	fch := ask(t, victim, &wire.Hello{ReqID: 3, Session: "club"}).(*wire.Challenge)
+	if fch.Flags&wire.ChallengeRegistered == 0 {
+		t.Fatal("the Challenge does not say registered")
+	}
+	find := &wire.Find{ReqID: 3, Cookie: fch.Cookie, Session: "club", Name: "alice", Peer: "bob",
+		Signature: rendezvous.FindSignature(key, fch.ServerID, fch.Cookie, "club", "alice", "bob")}
+	if r, ok := ask(t, victim, find).(*wire.FindResp); !ok || r.Status != wire.FindWaiting {
+		t.Fatalf("the victim's Find: %#v", r)
+	}
+	if _, ok := ask(t, attacker, find).(*wire.Challenge); !ok {
+		t.Fatal("a replayed Find from another address was not answered with a Challenge")
+	}
+	// The attacker's own cookie under the victim's signature; the
+	// victim's signature for another name.
+	moved := *find
+	moved.Cookie = ask(t, attacker, &wire.Hello{ReqID: 4, Session: "club"}).(*wire.Challenge).Cookie
+	if e, ok := ask(t, attacker, &moved).(*wire.Error); !ok || e.Code != wire.CodeAuthFailed {
+		t.Fatalf("a Find with the attacker's cookie: %#v, want Error auth_failed", e)
+	}
+	renamed := *find
+	renamed.Name = "mallory"
+	if e, ok := ask(t, victim, &renamed).(*wire.Error); !ok || e.Code != wire.CodeAuthFailed {
+		t.Fatalf("a Find for another name: %#v, want Error auth_failed", e)
+	}
+}
+
+// dial returns a socket connected to addr, closed when the test ends.
+func dial(t *testing.T, addr netip.AddrPort) *net.UDPConn {
+	t.Helper()
+	c, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// datagramConn is a socket that talks to the server only: a connected
+// *net.UDPConn, or an askConn.
+type datagramConn interface {
+	Write(b []byte) (int, error)
+	Read(b []byte) (int, error)
+	SetReadDeadline(t time.Time) error
+}
+
+// ask sends m (padded) on c and returns the answer to it, skipping stray
+// datagrams.
+func ask(t *testing.T, c datagramConn, m wire.Message) wire.Message {
+	t.Helper()
+	if _, err := c.Write(wire.Pad(m.AppendTo(nil))); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := wire.ReqIDOf(m.AppendTo(nil))
+	buf := make([]byte, 2048)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.SetReadDeadline(deadline)
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatalf("no answer to %T: %v", m, err)
+		}
+		reply, err := wire.Decode(buf[:n])
+		if id, _ := wire.ReqIDOf(buf[:n]); err == nil && id == want {
+			return reply
+		}
 	}
 }
 
@@ -183,15 +346,16 @@ func TestPeerNotFoundAndExpiry(t *testing.T) {
 
 	// Registrations expire too: after the ttl another password may take it.
 	ctx := ctxTimeout(t, 10*time.Second)
-	if _, err := srv.Client(t).Register(ctx, "short", []byte("one"), time.Minute); err != nil {
+	one, two := newKey(t), newKey(t)
+	if _, err := srv.Client(t).Register(ctx, "short", one, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := srv.Client(t).Register(ctx, "short", []byte("two"), time.Minute); !errors.Is(err, rendezvous.ErrTaken) {
+	if _, err := srv.Client(t).Register(ctx, "short", two, time.Minute); !errors.Is(err, rendezvous.ErrTaken) {
 		t.Fatalf("before expiry: %v", err)
 	}
 	offset.Store(int64(4 * time.Minute))
-	if _, err := srv.Client(t).Register(ctx, "short", []byte("two"), time.Minute); err != nil {
-		t.Fatalf("after expiry another password may register: %v", err)
+	if _, err := srv.Client(t).Register(ctx, "short", two, time.Minute); err != nil {
+		t.Fatalf("after expiry another key may register: %v", err)
 	}
 }
 
@@ -301,7 +465,8 @@ func TestRestartKeepsRegistrations(t *testing.T) {
 	dir := t.TempDir()
 	srv := rendezvoustest.Start(t, rendezvous.Config{DataDir: dir})
 	ctx := ctxTimeout(t, 10*time.Second)
-	if _, err := srv.Client(t).Register(ctx, "kept", []byte("pw"), time.Hour); err != nil {
+	key := newKey(t)
+	if _, err := srv.Client(t).Register(ctx, "kept", key, time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	id := srv.ServerID()
@@ -309,14 +474,18 @@ func TestRestartKeepsRegistrations(t *testing.T) {
 
 	again := rendezvoustest.Start(t, rendezvous.Config{DataDir: dir})
 	if again.ServerID() != id {
-		t.Fatal("server id changed across a restart: every credential would break")
+		t.Fatal("server id changed across a restart: every signature would be for another server")
 	}
-	if _, err := again.Client(t).Register(ctx, "kept", []byte("other"), time.Hour); !errors.Is(err, rendezvous.ErrTaken) {
+	if _, err := again.Client(t).Register(ctx, "kept", newKey(t), time.Hour); !errors.Is(err, rendezvous.ErrTaken) {
 		t.Fatalf("after restart: err = %v, want ErrTaken", err)
 	}
-	r, err := again.Client(t).Register(ctx, "kept", []byte("pw"), time.Hour)
+	r, err := again.Client(t).Register(ctx, "kept", key, time.Hour)
 	if err != nil || !r.Refreshed {
 		t.Fatalf("after restart the owner refreshes: %+v %v", r, err)
+	}
+	_, _, errA, errB := pair(t, again, "kept", "alice", "bob", &key, &key)
+	if errA != nil || errB != nil {
+		t.Fatalf("after restart the key pairs: %v / %v", errA, errB)
 	}
 }
 
@@ -348,7 +517,7 @@ func TestGarbageFloodDoesNotStopPairing(t *testing.T) {
 			case 1: // our magic, random body
 				n := wire.HeaderLen + i%64
 				rand.Read(buf[:n])
-				copy(buf, "P2PC\x01")
+				copy(buf, "P2PC\x02")
 				pkt = buf[:n]
 			case 2: // truncated valid message
 				pkt = hello[:i%len(hello)]
@@ -359,7 +528,7 @@ func TestGarbageFloodDoesNotStopPairing(t *testing.T) {
 			sent.Add(1)
 		}
 	})
-	_, _, errA, errB := pair(t, srv, "busy", "alice", "bob", "pw", "pw")
+	_, _, errA, errB := pair(t, srv, "busy", "alice", "bob", nil, nil)
 	for sent.Load() < 5000 { // make sure the flood really overlapped the pairing
 		time.Sleep(time.Millisecond)
 	}
@@ -390,10 +559,13 @@ func TestNoAmplification(t *testing.T) {
 		(&wire.Find{ReqID: 3, Session: "s", Name: "a", Peer: "b"}).AppendTo(nil),
 		wire.Pad((&wire.Find{ReqID: 4, Session: "s", Name: "a", Peer: "b"}).AppendTo(nil)),
 		(&wire.Register{ReqID: 5, Session: "s"}).AppendTo(nil),
-		[]byte("P2PC\x02\x01\x00\x00\x00\x00\x00\x00\x00\x06"), // another version
-		[]byte("P2PC\x01\x7f\x00\x00\x00\x00\x00\x00\x00\x07"), // unknown type
-		[]byte("P2PC\x01\x01\x00"),                             // truncated
-		wire.Pad([]byte("P2PC\x01\x7f\x00\x00\x00\x00\x00\x00\x00\x08")),
+		[]byte("P2PC\x01\x01\x00\x00\x00\x00\x00\x00\x00\x06"), // another version
+		[]byte("P2PC\x02\x7f\x00\x00\x00\x00\x00\x00\x00\x07"), // unknown type
+		[]byte("P2PC\x02\x01\x00"),                             // truncated
+		wire.Pad([]byte("P2PC\x02\x7f\x00\x00\x00\x00\x00\x00\x00\x08")),
+		wire.Pad([]byte("P2PC\x01\x01\x00\x00\x00\x00\x00\x00\x00\x09\x01s")), // a version-1 client's Hello
+		wire.Pad((&wire.RelayBind{ReqID: 10, PairingID: [16]byte{1}}).AppendTo(nil)),
+		wire.Pad((&wire.Leave{ReqID: 11, Session: "s", Name: "a", Peer: "b"}).AppendTo(nil)),
 	}
 	answered := 0
 	buf := make([]byte, 2048)
@@ -417,22 +589,158 @@ func TestNoAmplification(t *testing.T) {
 	}
 }
 
+// TestVersionMismatchAnswered: a version-1 client's padded Hello gets an
+// Error in version 1's encoding (which a version-1 client decodes and
+// prints), no larger than the request; another version's gets ours.
 func TestVersionMismatchAnswered(t *testing.T) {
 	srv := rendezvoustest.Start(t, rendezvous.Config{})
-	conn, _ := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(srv.Addr))
-	defer conn.Close()
-	req := wire.Pad([]byte("P2PC\x02\x01\x00\x00\x00\x00\x00\x00\x00\x2a"))
-	conn.Write(req)
-	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	conn := dial(t, srv.Addr)
 	buf := make([]byte, 2048)
-	n, err := conn.Read(buf)
+	for _, version := range []byte{1, 0, 3, 255} {
+		// A version-1 Hello, as a version-1 client sends it: padded to
+		// 96 bytes.
+		req := wire.Pad([]byte("P2PC\x00\x01\x00\x00\x00\x00\x00\x00\x00\x2a\x04team"))
+		req[4] = version
+		conn.Write(req)
+		conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, err := conn.Read(buf)
+		if err != nil {
+			t.Fatalf("version %d: %v", version, err)
+		}
+		want := uint8(wire.Version)
+		if version == 1 {
+			want = 1
+		}
+		e, v, ok := wire.DecodeAnyVersionError(buf[:n])
+		if !ok || v != want || e.Code != wire.CodeVersion || e.ReqID != 0x2a || e.Message != rendezvous.VersionMessage {
+			t.Fatalf("version %d: answer % x (%#v, version %d)", version, buf[:n], e, v)
+		}
+		if n > len(req) {
+			t.Fatalf("version %d: a %d-byte answer to a %d-byte request from an unproven address", version, n, len(req))
+		}
+	}
+	if got := srv.Metric("p2pcat_rendezvous_drops_total"); got != 4 {
+		t.Fatalf("drops = %v, want the 4 version mismatches", got)
+	}
+}
+
+// fakeServer answers every datagram with what reply returns, and records
+// what it received. It stands in for a server that is not this one: an
+// older version, or an attacker's.
+type fakeServer struct {
+	conn *net.UDPConn
+	Addr netip.AddrPort
+	mu   sync.Mutex
+	got  [][]byte
+}
+
+func startFake(t *testing.T, reply func(pkt []byte) [][]byte) *fakeServer {
+	t.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := wire.Decode(buf[:n])
-	e, ok := m.(*wire.Error)
-	if err != nil || !ok || e.Code != wire.CodeVersion || e.ReqID != 0x2a {
-		t.Fatalf("answer %#v, %v", m, err)
+	f := &fakeServer{conn: conn, Addr: conn.LocalAddr().(*net.UDPAddr).AddrPort()}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			pkt := bytes.Clone(buf[:n])
+			f.mu.Lock()
+			f.got = append(f.got, pkt)
+			f.mu.Unlock()
+			for _, b := range reply(pkt) {
+				conn.WriteToUDPAddrPort(b, from)
+			}
+		}
+	})
+	t.Cleanup(func() { conn.Close(); wg.Wait() })
+	return f
+}
+
+func (f *fakeServer) received() [][]byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([][]byte(nil), f.got...)
+}
+
+func (f *fakeServer) client(t *testing.T) *rendezvous.Client {
+	t.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &rendezvous.Client{Conn: conn, Server: f.Addr}
+}
+
+// TestVersionMismatchClient: a version-1 server answers our Hello with its
+// version error (what p2pcat 1 sends: "server speaks protocol version 1",
+// version 1 in the header); the client fails at once with
+// ErrVersionMismatch, for a Find and for a Register, and sends nothing
+// more.
+func TestVersionMismatchClient(t *testing.T) {
+	v1 := startFake(t, func(pkt []byte) [][]byte {
+		id, _ := wire.ReqIDOf(pkt)
+		return [][]byte{wire.AppendErrorVersion(nil, 1, &wire.Error{ReqID: id, Code: wire.CodeVersion, Message: "server speaks protocol version 1\x1b[2J"})}
+	})
+	start := time.Now()
+	_, err := v1.client(t).Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"})
+	if !errors.Is(err, rendezvous.ErrVersionMismatch) {
+		t.Fatalf("Find: err = %v, want ErrVersionMismatch", err)
+	}
+	want := fmt.Sprintf("the rendezvous server at %s speaks protocol version 1, this p2pcat speaks 2", v1.Addr)
+	if !strings.HasPrefix(err.Error(), want) || strings.Contains(err.Error(), "\x1b") {
+		t.Fatalf("Find: err = %q, want it to start with %q and hold no escape", err, want)
+	}
+	_, err = v1.client(t).Register(ctxTimeout(t, 30*time.Second), "s", newKey(t), time.Hour)
+	if !errors.Is(err, rendezvous.ErrVersionMismatch) {
+		t.Fatalf("Register: err = %v, want ErrVersionMismatch", err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("failed after %v, want at once", el)
+	}
+	for _, pkt := range v1.received() {
+		if h, err := wire.ParseHeader(pkt); err != nil || h.Type != wire.TypeHello {
+			t.Fatalf("the client sent % x after the version error", pkt[:min(len(pkt), 8)])
+		}
+	}
+}
+
+// TestRegisteredFlagWithoutKey: whoever answers as the server says the
+// session is registered, and the user gave no key: the client fails with
+// ErrSessionKeyNeeded and sends nothing but its Hello. (With version 2
+// there is nothing password-derived in the client to send anyway; this
+// shows it does not even send a Find or a Leave.)
+func TestRegisteredFlagWithoutKey(t *testing.T) {
+	liar := startFake(t, func(pkt []byte) [][]byte {
+		m, err := wire.Decode(pkt)
+		if err != nil {
+			return nil
+		}
+		if h, ok := m.(*wire.Hello); ok {
+			return [][]byte{(&wire.Challenge{ReqID: h.ReqID, Cookie: []byte("attacker's cookie"), ServerID: [16]byte{0xee},
+				Flags: wire.ChallengeRegistered}).AppendTo(nil)}
+		}
+		return nil
+	})
+	_, err := liar.client(t).Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "default", Name: "alice", Peer: "bob"})
+	if !errors.Is(err, rendezvous.ErrSessionKeyNeeded) {
+		t.Fatalf("err = %v, want ErrSessionKeyNeeded", err)
+	}
+	got := liar.received()
+	if len(got) == 0 {
+		t.Fatal("the fake server received nothing")
+	}
+	for _, pkt := range got {
+		m, err := wire.Decode(pkt)
+		if _, hello := m.(*wire.Hello); err != nil || !hello {
+			t.Fatalf("after the Challenge the client sent %T (% x)", m, pkt[:min(len(pkt), 8)])
+		}
 	}
 }
 
@@ -448,7 +756,7 @@ func TestPanicIsRecovered(t *testing.T) {
 	if got := srv.Metric("p2pcat_rendezvous_drops_total"); got == 0 {
 		t.Fatal("panic not counted")
 	}
-	_, _, errA, errB := pair(t, srv, "fine", "alice", "bob", "pw", "pw")
+	_, _, errA, errB := pair(t, srv, "fine", "alice", "bob", nil, nil)
 	if errA != nil || errB != nil {
 		t.Fatalf("server did not survive the panic: %v / %v", errA, errB)
 	}
@@ -571,5 +879,29 @@ func TestFindLeavesNoDeadline(t *testing.T) {
 	n, _, err := conn.ReadFromUDPAddrPort(buf)
 	if err != nil || string(buf[:n]) != "session data" {
 		t.Fatalf("reading the socket after Find: %q, %v", buf[:n], err)
+	}
+}
+
+// TestStopLeavesNoGoroutines: a server that paired clients and relayed for
+// them, then stopped, leaves no goroutine behind (nor do its clients).
+func TestStopLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	t.Run("serve", func(t *testing.T) {
+		srv := rendezvoustest.Start(t, rendezvous.Config{})
+		key := srv.RegisterSession(t, "club")
+		ma, _, errA, errB := pair(t, srv, "club", "alice", "bob", &key, &key)
+		if errA != nil || errB != nil {
+			t.Fatal(errA, errB)
+		}
+		c := srv.Client(t)
+		c.Conn.WriteToUDPAddrPort(wire.AppendRelayHeader(nil, ma.PairingID), srv.Addr)
+	})
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<20)
+			t.Fatalf("%d goroutines, %d before the server started:\n%s", runtime.NumGoroutine(), before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

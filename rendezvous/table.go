@@ -19,6 +19,8 @@ import (
 type table struct {
 	pendingTTL, matchTTL time.Duration
 	maxTotal, maxPerIP   int
+	// relay: pairings are offered the relay, each end with its own token.
+	relay bool
 
 	mu      sync.Mutex
 	entries map[entryKey]*entry
@@ -45,10 +47,10 @@ var (
 	errIPFull    = errors.New("too many pending finds from this address")
 )
 
-func newTable(pendingTTL, matchTTL time.Duration, maxTotal, maxPerIP int) *table {
+func newTable(pendingTTL, matchTTL time.Duration, maxTotal, maxPerIP int, relay bool) *table {
 	return &table{
 		pendingTTL: pendingTTL, matchTTL: matchTTL,
-		maxTotal: maxTotal, maxPerIP: maxPerIP,
+		maxTotal: maxTotal, maxPerIP: maxPerIP, relay: relay,
 		entries: make(map[entryKey]*entry),
 		perIP:   make(map[netip.Addr]int),
 	}
@@ -101,7 +103,9 @@ func (t *table) leave(l *wire.Leave, addr netip.AddrPort) bool {
 }
 
 // pairLocked matches the new find f with the pending entry p: p arrived first
-// and initiates the handshake.
+// and initiates the handshake. With the relay, each side's answer carries
+// that side's own relay token; the stored answers (for re-sends) carry the
+// same ones.
 func (t *table) pairLocked(me, other entryKey, p *entry, f *wire.Find, addr netip.AddrPort, now time.Time) findResult {
 	var id [16]byte
 	rand.Read(id[:])
@@ -114,6 +118,11 @@ func (t *table) pairLocked(me, other entryKey, p *entry, f *wire.Find, addr neti
 		ReqID: p.reqID, Status: wire.FindMatched, Observed: p.addr,
 		PairingID: id, Role: wire.RoleInitiator,
 		PeerObserved: addr, PeerCandidates: cloneAddrs(f.Candidates),
+	}
+	if t.relay {
+		mine.Relay, theirs.Relay = true, true
+		rand.Read(mine.RelayToken[:])
+		rand.Read(theirs.RelayToken[:])
 	}
 	t.removeLocked(me)
 	t.removeLocked(other)

@@ -17,7 +17,7 @@ import (
 func BenchmarkPendingMemory(b *testing.B) {
 	const n = 100_000
 	for range b.N {
-		tab := newTable(time.Minute, time.Minute, 2*n, 2*n)
+		tab := newTable(time.Minute, time.Minute, 2*n, 2*n, true)
 		// Encoded datagrams, as they arrive: decoding happens inside the
 		// measured window, so the strings and candidate slices the table
 		// keeps are counted.
@@ -55,7 +55,7 @@ func BenchmarkPendingMemory(b *testing.B) {
 }
 
 func TestTableMatchesAndExpires(t *testing.T) {
-	tab := newTable(time.Minute, 30*time.Second, 100, 10)
+	tab := newTable(time.Minute, 30*time.Second, 100, 10, true)
 	now := time.Now()
 	a := netip.MustParseAddrPort("198.51.100.1:1000")
 	b := netip.MustParseAddrPort("198.51.100.2:2000")
@@ -102,7 +102,7 @@ func TestTableMatchesAndExpires(t *testing.T) {
 // still answered.
 func TestTableManySessionsFromOneIP(t *testing.T) {
 	now := time.Now()
-	tab := newTable(time.Minute, 30*time.Second, 8, 4)
+	tab := newTable(time.Minute, 30*time.Second, 8, 4, true)
 	a := netip.MustParseAddrPort("192.0.2.1:1000")
 	b := netip.MustParseAddrPort("192.0.2.1:2000")
 	for i := range 40 {
@@ -120,5 +120,41 @@ func TestTableManySessionsFromOneIP(t *testing.T) {
 	}
 	if _, m := tab.counts(); m != 8 {
 		t.Fatalf("%d matched entries remembered, want the cap, 8", m)
+	}
+}
+
+// TestTableRelayTokens: with the relay, each side's answer carries a token
+// of its own, and a re-sent find gets the same one again; without it,
+// none.
+func TestTableRelayTokens(t *testing.T) {
+	now := time.Now()
+	a := netip.MustParseAddrPort("198.51.100.1:1000")
+	b := netip.MustParseAddrPort("198.51.100.2:2000")
+	fa := &wire.Find{ReqID: 1, Session: "s", Name: "alice", Peer: "bob"}
+	fb := &wire.Find{ReqID: 2, Session: "s", Name: "bob", Peer: "alice"}
+	for _, relay := range []bool{true, false} {
+		tab := newTable(time.Minute, 30*time.Second, 100, 10, relay)
+		tab.find(fa, a, now)
+		r, _ := tab.find(fb, b, now)
+		mine, theirs := r.reply, *r.push
+		if mine.Relay != relay || theirs.Relay != relay {
+			t.Fatalf("relay %v: the answers say %v and %v", relay, mine.Relay, theirs.Relay)
+		}
+		zero := [16]byte{}
+		if relay && (mine.RelayToken == zero || theirs.RelayToken == zero || mine.RelayToken == theirs.RelayToken) {
+			t.Fatalf("tokens %x and %x: want two different secrets", mine.RelayToken, theirs.RelayToken)
+		}
+		if !relay && (mine.RelayToken != zero || theirs.RelayToken != zero) {
+			t.Fatal("tokens without the relay")
+		}
+		for _, c := range []struct {
+			f    *wire.Find
+			addr netip.AddrPort
+			want [16]byte
+		}{{fa, a, theirs.RelayToken}, {fb, b, mine.RelayToken}} {
+			if again, _ := tab.find(c.f, c.addr, now); again.reply.RelayToken != c.want || again.reply.PairingID != mine.PairingID {
+				t.Fatalf("relay %v: a re-send got token %x, want %x", relay, again.reply.RelayToken, c.want)
+			}
+		}
 	}
 }

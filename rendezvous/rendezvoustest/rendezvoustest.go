@@ -121,6 +121,22 @@ func (s *Server) Client(tb testing.TB) *rendezvous.Client {
 	return &rendezvous.Client{Conn: conn, Server: s.Addr}
 }
 
+// RegisterSession registers session on the server with a new session key,
+// for an hour, and returns the key.
+func (s *Server) RegisterSession(tb testing.TB, session string) rendezvous.SessionKey {
+	tb.Helper()
+	key, err := rendezvous.GenerateSessionKey()
+	if err != nil {
+		tb.Fatalf("rendezvoustest: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := s.Client(tb).Register(ctx, session, key, time.Hour); err != nil {
+		tb.Fatalf("rendezvoustest: registering %q: %v", session, err)
+	}
+	return key
+}
+
 // Metric returns the value of the named metric, summed over its labels
 // (0 if absent). Only counters and gauges are read.
 func (s *Server) Metric(name string) float64 {
