@@ -480,6 +480,12 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 				if err := ex.ctx.Err(); err != nil {
 					return nil, err
 				}
+				// ctx's own timer may fire a moment after the socket's:
+				// its deadline is past all the same, and nothing more
+				// (say, a re-sent Find after our Leave) may go out.
+				if d, ok := ex.ctx.Deadline(); ok && !time.Now().Before(d) {
+					return nil, context.DeadlineExceeded
+				}
 				return nil, nil
 			}
 			if errors.Is(err, net.ErrClosed) {

@@ -24,13 +24,14 @@ const (
 	dropRelayRefused  = "relay_refused" // no such pairing, not from one of its ends, or a RelayBind without the end's MAC
 	dropRelayRate     = "relay_rate"    // over the per-session rate
 	dropRelayQuota    = "relay_quota"   // the per-session byte cap was reached
+	dropWithdrawn     = "withdrawn"     // a re-sent find of an attempt its client withdrew (Leave)
 )
 
 var dropReasons = []string{
 	dropNotOurs, dropMalformed, dropVersion, dropUnknownType, dropUnexpected,
 	dropBadCookie, dropStaleCookie, dropRateLimited, dropAmplification,
 	dropTableFull, dropQueueFull, dropPanic, dropSendError,
-	dropRelayRefused, dropRelayRate, dropRelayQuota,
+	dropRelayRefused, dropRelayRate, dropRelayQuota, dropWithdrawn,
 }
 
 // metrics holds the server's counters, resolved once so that the packet path

@@ -301,7 +301,7 @@ func (s *Server) handle(batch *outBatch, pkt []byte, from netip.AddrPort) {
 			s.handleRelayBind(out, m, now)
 		}
 	case *wire.Leave:
-		if s.admit(out, m.ReqID, m.Cookie, m.Session, now) && s.table.leave(m, out.to) {
+		if s.admit(out, m.ReqID, m.Cookie, m.Session, now) && s.table.leave(m, out.to, now) {
 			s.log.Debug("find withdrawn", "session", m.Session, "name", m.Name, "peer", m.Peer)
 		}
 	default:
@@ -471,6 +471,10 @@ func (s *Server) handleFind(out *sender, m *wire.Find, now time.Time) {
 	if err != nil {
 		s.metrics.drop(dropTableFull)
 		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeBusy, Message: "server busy: " + err.Error()})
+		return
+	}
+	if res.withdrawn {
+		s.metrics.drop(dropWithdrawn)
 		return
 	}
 	if s.relay != nil && res.paired {

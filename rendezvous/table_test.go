@@ -123,6 +123,55 @@ func TestTableManySessionsFromOneIP(t *testing.T) {
 	}
 }
 
+// TestTableLeave: a withdrawn find stays withdrawn. The server's readers
+// run in parallel, so a client's last re-sent find and its Leave, sent back
+// to back, can be handled in either order; the re-send must not bring back
+// a client that has gone (the peer would be paired with nobody).
+func TestTableLeave(t *testing.T) {
+	tab := newTable(time.Minute, 30*time.Second, 100, 10, true)
+	now := time.Now()
+	a := netip.MustParseAddrPort("198.51.100.1:1000")
+	b := netip.MustParseAddrPort("198.51.100.2:2000")
+	fa := &wire.Find{ReqID: 1, Session: "s", Name: "alice", Peer: "bob"}
+	leave := &wire.Leave{ReqID: 1, Session: "s", Name: "alice", Peer: "bob"}
+	tab.find(fa, a, now)
+	// Only the same attempt from the same address withdraws it.
+	if tab.leave(&wire.Leave{ReqID: 2, Session: "s", Name: "alice", Peer: "bob"}, a, now) || tab.leave(leave, b, now) {
+		t.Fatal("a Leave of another attempt, or from another address, withdrew the find")
+	}
+	if !tab.leave(leave, a, now) {
+		t.Fatal("the Leave did not withdraw the find")
+	}
+	if p, _ := tab.counts(); p != 0 {
+		t.Fatalf("%d pending after the Leave", p)
+	}
+	if r, _ := tab.find(fa, a, now); !r.withdrawn {
+		t.Fatalf("a re-send after the Leave: %+v, want it ignored", r)
+	}
+	if r, _ := tab.find(&wire.Find{ReqID: 3, Session: "s", Name: "bob", Peer: "alice"}, b, now); r.paired || r.reply.Status != wire.FindWaiting {
+		t.Fatalf("bob after alice left: %+v, want waiting", r.reply)
+	}
+	// A Leave that overtook its attempt's first find.
+	if tab.leave(&wire.Leave{ReqID: 4, Session: "s", Name: "carol", Peer: "dave"}, a, now) {
+		t.Fatal("a Leave without a find reported a withdrawal")
+	}
+	if r, _ := tab.find(&wire.Find{ReqID: 4, Session: "s", Name: "carol", Peer: "dave"}, a, now); !r.withdrawn {
+		t.Fatalf("a find after its own Leave: %+v, want it ignored", r)
+	}
+	// A new attempt of the same names is a find like any other, and pairs.
+	if r, _ := tab.find(&wire.Find{ReqID: 5, Session: "s", Name: "alice", Peer: "bob"}, a, now); !r.paired {
+		t.Fatalf("alice's new attempt: %+v, want paired with the waiting bob", r.reply)
+	}
+	// Withdrawn entries expire like pending ones, without counting as
+	// expired finds.
+	if n := tab.sweep(now.Add(10 * time.Minute)); n != 0 {
+		t.Fatalf("sweep counted %d expired pending finds, want 0", n)
+	}
+	if p, other := tab.counts(); p != 0 || other != 0 {
+		t.Fatalf("after the sweep: %d pending, %d others", p, other)
+	}
+}
+
 // TestTableRelayTokens: with the relay, each side's answer carries a token
 // of its own, and a re-sent find gets the same one again; without it,
 // none.
