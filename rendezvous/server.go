@@ -37,7 +37,7 @@ type Config struct {
 	MatchTTL        time.Duration // a pairing answer is kept for re-sends this long (default 30 s)
 	CookieTTL       time.Duration // address cookies are valid this long (default 2 min)
 	MaxPending      int           // pending finds in all (default 100,000)
-	MaxPendingPerIP int           // pending and recently matched finds per client IP (default 64)
+	MaxPendingPerIP int           // pending finds per client IP (default 64)
 	RatePerIP       float64       // find/register requests per second per client IP (default 20; negative disables)
 	BurstPerIP      int           // bucket size of that rate (default 40)
 	MaxRegisterTTL  time.Duration // longest registration a client may ask for (default 30 days)
