@@ -12,9 +12,8 @@ import (
 	"net/netip"
 	"os"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
+	"github.com/p2pcat/p2pcat/internal/textsafe"
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
@@ -69,7 +68,7 @@ func (e *versionError) Error() string {
 		theirs = fmt.Sprintf("protocol version %d", e.version)
 	}
 	return fmt.Sprintf("the rendezvous server at %s speaks %s, this p2pcat speaks %d (the server says: %s)",
-		e.server, theirs, wire.Version, sanitize(e.message))
+		e.server, theirs, wire.Version, textsafe.Line(e.message))
 }
 
 func (e *versionError) Unwrap() error { return ErrVersionMismatch }
@@ -128,7 +127,7 @@ type ServerError struct {
 }
 
 func (e *ServerError) Error() string {
-	return fmt.Sprintf("rendezvous server: %s", sanitize(e.Message))
+	return fmt.Sprintf("rendezvous server: %s", textsafe.Line(e.Message))
 }
 
 func (e *ServerError) Unwrap() error { return ErrServerRefused }
@@ -225,7 +224,7 @@ type Match struct {
 func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) {
 	for _, n := range []string{fr.Session, fr.Name, fr.Peer} {
 		if err := wire.ValidName(n); err != nil {
-			return Match{}, fmt.Errorf("name %q: %w", sanitize(n), err)
+			return Match{}, fmt.Errorf("name %q: %w", textsafe.Line(n), err)
 		}
 	}
 	ex := c.newExchange(ctx)
@@ -540,21 +539,4 @@ func (ex *exchange) answer(m wire.Message) (wire.Message, error) {
 
 func unmap(a netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
-}
-
-// sanitize makes server- or user-supplied text safe for a terminal line:
-// C0 and C1 controls (ESC, so no escape sequence survives), DEL, and the
-// invisible format characters (Unicode Cf: bidi overrides such as U+202E,
-// zero-width joiners) become '?', and so do bytes that are not UTF-8.
-//
-// TODO: internal/textsafe.Line, once it exists, replaces this.
-func sanitize(s string) string {
-	out := make([]rune, 0, len(s))
-	for _, r := range s {
-		if r < 0x20 || r == 0x7f || (r >= 0x80 && r < 0xa0) || r == utf8.RuneError || unicode.Is(unicode.Cf, r) {
-			r = '?'
-		}
-		out = append(out, r)
-	}
-	return string(out)
 }

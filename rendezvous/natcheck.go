@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/pion/stun"
+
+	"github.com/p2pcat/p2pcat/internal/textsafe"
 )
 
 // ErrNoSTUNAnswer means a STUN server did not answer a Binding request.
@@ -45,7 +47,7 @@ func STUNBinding(ctx context.Context, conn PacketConn, server netip.AddrPort) (n
 		return netip.AddrPort{}, err
 	}
 	if ans.code != 0 {
-		return netip.AddrPort{}, fmt.Errorf("STUN server %s refused the Binding request: %d %s", server, ans.code, sanitize(ans.reason))
+		return netip.AddrPort{}, fmt.Errorf("STUN server %s refused the Binding request: %d %s", server, ans.code, textsafe.Line(ans.reason))
 	}
 	if !ans.mapped.IsValid() {
 		return netip.AddrPort{}, fmt.Errorf("STUN server %s answered without a mapped address", server)
@@ -382,7 +384,7 @@ func CheckNAT(ctx context.Context, server netip.AddrPort, opt NATCheckOptions) (
 	case err != nil:
 		return r, err
 	case t1.code != 0:
-		return r, fmt.Errorf("%w: STUN Binding: %d %s", ErrServerRefused, t1.code, sanitize(t1.reason))
+		return r, fmt.Errorf("%w: STUN Binding: %d %s", ErrServerRefused, t1.code, textsafe.Line(t1.reason))
 	case !t1.mapped.IsValid():
 		return r, fmt.Errorf("server %s answered STUN without a mapped address", server)
 	}
@@ -450,7 +452,7 @@ func CheckNAT(ctx context.Context, server netip.AddrPort, opt NATCheckOptions) (
 	}
 	switch {
 	case answered && ans.code != 0:
-		r.Notes = append(r.Notes, fmt.Sprintf("the server refused to answer from its alternate address (%d %s), so filtering could not be tested", ans.code, sanitize(ans.reason)))
+		r.Notes = append(r.Notes, fmt.Sprintf("the server refused to answer from its alternate address (%d %s), so filtering could not be tested", ans.code, textsafe.Line(ans.reason)))
 	case answered && ans.from == server:
 		r.Notes = append(r.Notes, "the server answered the change request from its primary address, so filtering could not be tested")
 	default:

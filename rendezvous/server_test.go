@@ -686,7 +686,7 @@ func (f *fakeServer) client(t *testing.T) *rendezvous.Client {
 func TestVersionMismatchClient(t *testing.T) {
 	v1 := startFake(t, func(pkt []byte) [][]byte {
 		id, _ := wire.ReqIDOf(pkt)
-		return [][]byte{wire.AppendErrorVersion(nil, 1, &wire.Error{ReqID: id, Code: wire.CodeVersion, Message: "server speaks protocol version 1\x1b[2J"})}
+		return [][]byte{wire.AppendErrorVersion(nil, 1, &wire.Error{ReqID: id, Code: wire.CodeVersion, Message: "server speaks protocol version 1\x1b[2J\u202egnp.exe"})}
 	})
 	start := time.Now()
 	_, err := v1.client(t).Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"})
@@ -694,8 +694,8 @@ func TestVersionMismatchClient(t *testing.T) {
 		t.Fatalf("Find: err = %v, want ErrVersionMismatch", err)
 	}
 	want := fmt.Sprintf("the rendezvous server at %s speaks protocol version 1, this p2pcat speaks 2", v1.Addr)
-	if !strings.HasPrefix(err.Error(), want) || strings.Contains(err.Error(), "\x1b") {
-		t.Fatalf("Find: err = %q, want it to start with %q and hold no escape", err, want)
+	if !strings.HasPrefix(err.Error(), want) || strings.ContainsAny(err.Error(), "\x1b\u202e") {
+		t.Fatalf("Find: err = %q, want it to start with %q and hold no escape or bidi override", err, want)
 	}
 	_, err = v1.client(t).Register(ctxTimeout(t, 30*time.Second), "s", newKey(t), time.Hour)
 	if !errors.Is(err, rendezvous.ErrVersionMismatch) {
