@@ -27,6 +27,11 @@ func TestText(t *testing.T) {
 		"unicode ok: żółw 日本 ✓":              "unicode ok: żółw 日本 ✓",
 		"trailing esc\x1b":                   "trailing esc",
 		"unterminated osc\x1b]0;x":           "unterminated osc",
+		"\x1b[31mred\x1b[0m":                 "red",
+		"\x1b]8;;http://x\x1b\\link":         "link",
+		"cr\rover":                           "cr?over",
+		"\xc2\x9b31mC1 CSI":                  "C1 CSI",
+		"unterminated \x1b[":                 "unterminated ",
 	} {
 		if got := Text(in); got != want {
 			t.Errorf("Text(%q) = %q, want %q", in, got, want)

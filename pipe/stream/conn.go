@@ -42,10 +42,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
-	"unicode"
+
+	"github.com/p2pcat/p2pcat/internal/textsafe"
 )
 
 // Transport carries datagrams between the two ends of a session.
@@ -783,7 +783,7 @@ func (c *Conn) handlePacketLocked(p, body []byte, f *frame) (ackNow, wake bool) 
 			if f.code > uint64(AbortOutputClosed) {
 				code = AbortError
 			}
-			c.failLocked(&PeerAbortError{Code: code, Reason: sanitize(f.reason)})
+			c.failLocked(&PeerAbortError{Code: code, Reason: textsafe.Line(string(f.reason))})
 			return false, false
 		}
 	}
@@ -814,16 +814,6 @@ func (c *Conn) handlePacketLocked(p, body []byte, f *frame) (ackNow, wake bool) 
 		}
 	}
 	return r.ackWanted && r.ackNow, wake
-}
-
-// sanitize keeps peer-supplied text printable.
-func sanitize(b []byte) string {
-	return strings.Map(func(r rune) rune {
-		if unicode.IsPrint(r) {
-			return r
-		}
-		return -1
-	}, string(b))
 }
 
 // buildPureAckLocked builds a packet holding only an ACK frame.
