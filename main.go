@@ -49,19 +49,19 @@ const (
 	exitFailure  = 1   // runtime failure (peer lost mid-session, server unreachable, I/O error)
 	exitUsage    = 2   // usage or configuration error
 	exitNoPeer   = 3   // the peer did not show up within --timeout
-	exitAuth     = 4   // authentication failed: wrong password or a man in the middle
+	exitAuth     = 4   // authentication failed: wrong password or session key, a man in the middle, an unconfirmed handshake
 	exitNoPath   = 5   // no path to the peer could be established
-	exitTaken    = 6   // register: the session is registered with another password
+	exitTaken    = 6   // register: the session is registered with another session key
 	exitSignal   = 130 // interrupted by Ctrl-C or SIGTERM (the peer is told)
 	exitPipe     = 141 // stdout was closed by its reader (EPIPE, as SIGPIPE in a pipeline); the peer is told
 	exitsHelpTxt = `EXIT CODES:
    0  success: every byte delivered and acknowledged both ways
    1  runtime failure (peer lost mid-session, server unreachable, I/O error)
-   2  usage or configuration error
+   2  usage or configuration error (bad flag, missing password, server or session key)
    3  the peer did not show up within --timeout
-   4  authentication failed: wrong password, or someone in the middle
+   4  authentication failed: wrong password or session key, someone in the middle, or a handshake begun and never confirmed
    5  no path to the peer could be established
-   6  register: the session is registered with another password
+   6  register: the session is registered with another session key
  130  interrupted (Ctrl-C, SIGTERM), in any state; the peer is told and exits 1 at once
  141  stdout was closed by its reader (| head); the peer is told and exits 1 at once`
 )
