@@ -158,6 +158,7 @@ import (
 	"fmt"
 	"math/big"
 	"net/netip"
+	"os"
 	"sync"
 	"time"
 
@@ -519,7 +520,7 @@ func (hs *Handshaker) Run(ctx context.Context, link Link, deadline time.Time) (*
 		// Done, but the link was closed under the Conn meanwhile: there is
 		// no session to hand over.
 		conn.Close()
-		err = ErrAttemptTimeout
+		err = h.contextError(dctx)
 		if ctx.Err() != nil {
 			err = fmt.Errorf("secure: handshake: %w", context.Cause(ctx))
 		}
@@ -531,8 +532,9 @@ func (hs *Handshaker) Run(ctx context.Context, link Link, deadline time.Time) (*
 		// The caller gave up (interrupted): that is what it wants to hear,
 		// whatever else happened.
 		return nil, fmt.Errorf("secure: handshake: %w", context.Cause(ctx))
-	case dctx.Err() != nil:
-		return nil, h.contextError(dctx)
+	case dctx.Err() != nil, errors.Is(err, os.ErrDeadlineExceeded):
+		// (The link's read deadline can fire a moment before dctx's.)
+		return nil, h.timeoutError()
 	}
 	return nil, err
 }
@@ -701,16 +703,30 @@ func (h *handshake) recv() ([]byte, netip.AddrPort, error) {
 }
 
 func (h *handshake) contextError(ctx context.Context) error {
-	err := context.Cause(ctx)
-	if !errors.Is(err, context.DeadlineExceeded) {
+	if err := context.Cause(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("secure: handshake: %w", err)
 	}
+	return h.timeoutError()
+}
+
+// timeoutError is the error of a handshake run that reached its deadline.
+func (h *handshake) timeoutError() error {
 	h.sendMu.Lock()
 	defer h.sendMu.Unlock()
 	if h.sendErr != nil {
-		return fmt.Errorf("secure: handshake timed out (last send error: %v): %w", h.sendErr, err)
+		return attemptTimeout(fmt.Sprintf("secure: handshake timed out (last send error: %v)", h.sendErr))
 	}
-	return fmt.Errorf("secure: handshake timed out, no answer from the peer: %w", err)
+	return attemptTimeout("secure: handshake timed out, no answer from the peer")
+}
+
+// attemptTimeout is Run's error at its deadline: it matches
+// ErrAttemptTimeout and context.DeadlineExceeded.
+type attemptTimeout string
+
+func (e attemptTimeout) Error() string { return string(e) + ": " + context.DeadlineExceeded.Error() }
+
+func (attemptTimeout) Is(target error) bool {
+	return target == ErrAttemptTimeout || target == context.DeadlineExceeded
 }
 
 // wipe drops every secret the handshake held.

@@ -854,3 +854,79 @@ func TestOnlyFrom(t *testing.T) {
 		}
 	})
 }
+
+// A Handshaker goes on over a new link when an attempt's link carried it
+// only part of the way (the pipe's punch attempts): the initiator sends the
+// same Hello again, the responder answers it with the same Reply (never a
+// second, different one: one guess per run), and the second attempt
+// completes.
+func TestHandshakerGoesOnAcrossLinks(t *testing.T) {
+	hi, err := NewHandshaker(testParams(Initiator, testPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hr, err := NewHandshaker(testParams(Responder, testPassword))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hi.Close()
+	defer hr.Close()
+	var mu sync.Mutex
+	hellos, replies := map[string]bool{}, map[string]bool{}
+	record := func(b []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		switch b[0] {
+		case typeHello:
+			hellos[string(b)] = true
+		case typeReply:
+			replies[string(b)] = true
+		}
+	}
+	// Attempt 1: Replies are lost.
+	n1, li1, lr1 := newMemPair(31)
+	n1.setTap(func(_ *memLink, b []byte) [][]byte {
+		record(b)
+		if b[0] == typeReply {
+			return nil
+		}
+		return [][]byte{b}
+	})
+	deadline := time.Now().Add(500 * time.Millisecond)
+	errs := make(chan error, 2)
+	go func() { _, err := hi.Run(t.Context(), li1, deadline); errs <- err }()
+	go func() { _, err := hr.Run(t.Context(), lr1, deadline); errs <- err }()
+	for range 2 {
+		if err := <-errs; !errors.Is(err, ErrAttemptTimeout) {
+			t.Fatalf("attempt 1: %v, want ErrAttemptTimeout", err)
+		}
+	}
+	if !hr.Answered() || hi.HasKeys() {
+		t.Fatalf("after attempt 1: responder answered %v, initiator has keys %v; want true, false", hr.Answered(), hi.HasKeys())
+	}
+	// Attempt 2: a new link, which carries everything.
+	n2, li2, lr2 := newMemPair(32)
+	n2.setTap(func(_ *memLink, b []byte) [][]byte { record(b); return [][]byte{b} })
+	type result struct {
+		c   *Conn
+		err error
+	}
+	ri, rr := make(chan result, 1), make(chan result, 1)
+	deadline = time.Now().Add(5 * time.Second)
+	go func() { c, err := hi.Run(t.Context(), li2, deadline); ri <- result{c, err} }()
+	go func() { c, err := hr.Run(t.Context(), lr2, deadline); rr <- result{c, err} }()
+	a, b := <-ri, <-rr
+	if a.err != nil || b.err != nil {
+		t.Fatalf("attempt 2: initiator %v, responder %v", a.err, b.err)
+	}
+	defer a.c.Close()
+	defer b.c.Close()
+	if err := hr.Close(); err != nil {
+		t.Fatalf("responder's Close after success: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(hellos) != 1 || len(replies) != 1 {
+		t.Fatalf("%d different Hellos and %d different Replies over the two attempts, want 1 and 1", len(hellos), len(replies))
+	}
+}
