@@ -70,12 +70,21 @@ const ProbeType = 0xF0
 // the port it came from.
 const probeLen = 128
 
-// ampFactor bounds what we send to an address learned from a probe (a
-// peer-reflexive candidate, which anyone can claim by spoofing a probe's
-// source) until a packet from it authenticates: at most ampFactor times
-// the bytes received from it, as QUIC bounds a server before address
-// validation (RFC 9000 section 8.1).
-const ampFactor = 3
+// Until a packet from an address authenticates, what we send there is
+// bounded, as QUIC bounds a server before address validation (RFC 9000
+// section 8.1): at most ampFactor times the bytes received from it, plus,
+// for a candidate the rendezvous server gave (we must send first to punch),
+// a first allowance of givenAllowance bytes (some 25 probes and the Hello's
+// first copies). An address learned from a probe, which anyone can claim
+// by spoofing a probe's source, has no allowance; an address we know
+// nothing of gets nothing at all. So neither a spoofed probe nor a
+// malicious peer's or server's list of candidates makes a path a
+// reflector: per address named, at most givenAllowance bytes, then three
+// times what came back.
+const (
+	ampFactor      = 3
+	givenAllowance = 4096
+)
 
 // MaxCandidates bounds the addresses probed, learned ones included.
 const MaxCandidates = 16
@@ -191,6 +200,7 @@ type Conn struct {
 	received     atomic.Uint64 // authentic datagrams from the peer, for the quiet check
 	sent         atomic.Uint64 // datagrams sent to the peer, likewise
 	ampLimited   atomic.Uint64 // Stats.AmpLimited
+	provenPeer   atomic.Pointer[netip.AddrPort] // the last address Confirm proved (spend's fast path)
 	heardAt      atomic.Int64  // unix ns of the last datagram that looked like the peer's (Stats.LastHeard)
 	isConfirmed  atomic.Bool   // a packet from the peer authenticated (confirmedC is closed)
 	role         wire.Role     // ours in the pairing, for RelayBind
@@ -199,10 +209,11 @@ type Conn struct {
 	relayMu      sync.Mutex
 	relayBuf     []byte // guarded by relayMu
 
-	// Addresses learned from probes that no authentic packet has come
-	// from yet, with the bytes received from and sent to each (ampFactor).
-	ampMu    sync.Mutex
-	unproven map[netip.AddrPort]*ampBudget
+	// Every address we may send to but the server's: the candidates given
+	// and learned, with the bytes received from and sent to each until a
+	// packet from it authenticates (ampFactor).
+	ampMu sync.Mutex
+	known map[netip.AddrPort]*ampBudget
 	// holdUntil: nothing leaves before it (Options.ProbeDelay).
 	holdUntil time.Time
 
@@ -284,7 +295,7 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 		udp: udp, server: unmap(server), pairingID: pairingID, log: log,
 		confirmedC: make(chan struct{}),
 		punchDone:  make(chan struct{}),
-		unproven:   make(map[netip.AddrPort]*ampBudget),
+		known:      make(map[netip.AddrPort]*ampBudget),
 	}
 	if opt.ProbeDelay > 0 {
 		c.holdUntil = time.Now().Add(opt.ProbeDelay)
@@ -321,7 +332,9 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 	}
 	if !c.relayOnly {
 		for _, a := range candidates {
-			c.addCandidateLocked(a)
+			if c.addCandidateLocked(a) {
+				c.knowGiven(unmap(a))
+			}
 		}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -483,45 +496,79 @@ func (c *Conn) write(b []byte, to netip.AddrPort) error {
 	return err
 }
 
-// ampBudget is what came from and went to an unproven address.
-type ampBudget struct{ received, sent int }
-
-// learnUnproven starts the budget of an address learned from a probe of n
-// bytes (or adds n to it).
-func (c *Conn) learnUnproven(a netip.AddrPort, n int) {
-	c.ampMu.Lock()
-	defer c.ampMu.Unlock()
-	b := c.unproven[a]
-	if b == nil {
-		if len(c.unproven) >= MaxCandidates {
-			return
-		}
-		b = &ampBudget{}
-		c.unproven[a] = b
-	}
-	b.received += n
+// ampBudget is what came from and went to an address that has not proven
+// itself yet (proven: no bound).
+type ampBudget struct {
+	allowance, received, sent int
+	proven                    bool
 }
 
-// receivedFrom adds n bytes that came from a to its budget, if it is
-// unproven.
+// knowGiven makes a a known address with the first allowance of a
+// candidate the server gave.
+func (c *Conn) knowGiven(a netip.AddrPort) {
+	c.ampMu.Lock()
+	defer c.ampMu.Unlock()
+	if c.known[a] == nil {
+		c.known[a] = &ampBudget{allowance: givenAllowance}
+	}
+}
+
+// learn makes a, the source of an n-byte probe, a known address (without
+// allowance) or adds n to what came from it. It reports whether a was new.
+// At most 2*MaxCandidates addresses are known; past that a probe from a new
+// one is not learned.
+func (c *Conn) learn(a netip.AddrPort, n int) (isNew bool) {
+	c.ampMu.Lock()
+	defer c.ampMu.Unlock()
+	b := c.known[a]
+	if b == nil {
+		if len(c.known) >= 2*MaxCandidates {
+			return false
+		}
+		b = &ampBudget{}
+		c.known[a] = b
+		isNew = true
+	}
+	b.received += n
+	return isNew
+}
+
+// isKnown reports whether a is one of the addresses we may send to.
+func (c *Conn) isKnown(a netip.AddrPort) bool {
+	c.ampMu.Lock()
+	defer c.ampMu.Unlock()
+	return c.known[a] != nil
+}
+
+// receivedFrom adds n bytes that came from a to its budget.
 func (c *Conn) receivedFrom(a netip.AddrPort, n int) {
 	c.ampMu.Lock()
-	if b := c.unproven[a]; b != nil {
+	if b := c.known[a]; b != nil {
 		b.received += n
 	}
 	c.ampMu.Unlock()
 }
 
-// spend reports whether n more bytes may go to a (always, unless a is
-// unproven), and counts them.
+// spend reports whether n more bytes may go to a, and counts them: always
+// to the server and to a proven address, within the budget to a known one,
+// never to an address we know nothing of.
 func (c *Conn) spend(a netip.AddrPort, n int) bool {
-	c.ampMu.Lock()
-	defer c.ampMu.Unlock()
-	b := c.unproven[a]
-	if b == nil {
+	if a == c.server {
 		return true
 	}
-	if b.sent+n > ampFactor*b.received {
+	if p := c.provenPeer.Load(); p != nil && *p == a {
+		return true // the data path's case: no lock
+	}
+	c.ampMu.Lock()
+	defer c.ampMu.Unlock()
+	b := c.known[a]
+	switch {
+	case b == nil:
+		c.ampLimited.Add(1)
+		return false
+	case b.proven:
+		return true
+	case b.sent+n > b.allowance+ampFactor*b.received:
 		c.ampLimited.Add(1)
 		return false
 	}
@@ -529,11 +576,16 @@ func (c *Conn) spend(a netip.AddrPort, n int) bool {
 	return true
 }
 
-// proven lifts the budget of a: a packet from it authenticated.
+// proven lifts the bound on a: a packet from it authenticated.
 func (c *Conn) proven(a netip.AddrPort) {
 	c.ampMu.Lock()
-	delete(c.unproven, a)
+	if b := c.known[a]; b != nil {
+		b.proven = true
+	} else {
+		c.known[a] = &ampBudget{proven: true}
+	}
 	c.ampMu.Unlock()
+	c.provenPeer.Store(&a)
 }
 
 // Send sends b to the confirmed peer address, or before confirmation to
@@ -750,7 +802,15 @@ func (c *Conn) inbound(p []byte, from netip.AddrPort) ([]byte, error) {
 		return nil, nil
 	default:
 		// Not yet authentic: only the secure layer's Heard, for the packets
-		// that authenticate, moves the path's state.
+		// that authenticate, moves the path's state. Before the path is
+		// confirmed, only the addresses we know (the candidates the server
+		// gave, and those that sent a probe with the pairing id) are heard
+		// at all: someone who merely knows our port cannot put a Hello in
+		// front of the peer's. After it, a packet from anywhere may be the
+		// peer roaming, and the secure layer authenticates it.
+		if !c.isConfirmed.Load() && !c.isKnown(from) {
+			break
+		}
 		c.receivedFrom(from, len(p))
 		c.heard()
 		return p, nil
@@ -885,31 +945,29 @@ func (c *Conn) handleProbe(p []byte, from netip.AddrPort) {
 		return
 	}
 	c.heard()
+	// Anyone can claim this address by spoofing a probe: what we send there
+	// is bounded by what comes from it until it authenticates (spend).
+	isNew := c.learn(from, len(p))
+	known := c.isKnown(from)
 	c.mu.Lock()
 	c.stats.ProbesReceived++
 	confirmed := c.peer.IsValid()
 	relaying := confirmed && c.peer == c.server
-	isNew := !slices.Contains(c.candidates, from) && from != c.peer
 	learned := (!confirmed || relaying) && c.addCandidateLocked(from)
-	if relaying {
+	if relaying && known {
 		// A direct path may work: try it (see route).
 		c.directHint, c.hintAt = from, time.Now()
 	}
 	c.mu.Unlock()
-	if isNew && (learned || relaying) {
-		// Anyone can claim this address by spoofing a probe: what we send
-		// there is bounded by what comes from it until it authenticates.
-		c.learnUnproven(from, len(p))
-	} else {
-		c.receivedFrom(from, len(p))
-	}
 	if learned {
 		c.log.Debug("learned a peer candidate from its probe", "addr", from.String())
 	}
-	if !confirmed {
-		// Open our NAT toward it, and tell it about us. (While relaying,
-		// both sides probe every second anyway; answering would start a
-		// ping-pong.)
+	if !confirmed && isNew {
+		// Open our NAT toward it, and tell it about us, once: the punch
+		// routine probes every candidate anyway, and answering every
+		// probe would make two unconfirmed sides answer each other's
+		// answers forever. (While relaying, both sides probe every second
+		// anyway.)
 		c.write(c.probe(), from)
 	}
 }

@@ -130,26 +130,31 @@ func testStrayProbesAndServerIgnored(t *testing.T, offload bool) {
 	ua, aAddr := listen(t)
 	us, server := listen(t)
 	defer us.Close()
-	a := New(ua, server, [16]byte{9}, nil, nil, Options{NoOffload: !offload})
+	peer, peerAddr := listen(t)
+	defer peer.Close()
+	a := New(ua, server, [16]byte{9}, []netip.AddrPort{peerAddr}, nil, Options{NoOffload: !offload})
 	defer a.Close()
 	other, _ := listen(t)
 	defer other.Close()
-	// A probe for another pairing and a late rendezvous answer are dropped;
-	// the next real datagram comes through.
-	other.WriteToUDPAddrPort(append([]byte{ProbeType}, make([]byte, 16)...), aAddr)
+	// A probe for another pairing, a late rendezvous answer and, before the
+	// path is confirmed, a datagram from an address that is no candidate
+	// are dropped; the next datagram from the peer's candidate comes
+	// through.
+	other.WriteToUDPAddrPort(append([]byte{ProbeType}, make([]byte, probeLen-1)...), aAddr)
 	us.WriteToUDPAddrPort([]byte("P2PC late answer"), aAddr)
-	other.WriteToUDPAddrPort([]byte("data"), aAddr)
+	other.WriteToUDPAddrPort([]byte("from a stranger"), aAddr)
+	peer.WriteToUDPAddrPort([]byte("data"), aAddr)
 	got, _ := recvTimeout(t, a, 5*time.Second)
 	if string(got) != "data" {
 		t.Fatalf("got %q", got)
 	}
-	if a.Stats().Dropped < 2 {
+	if a.Stats().Dropped < 3 {
 		t.Fatalf("dropped %d", a.Stats().Dropped)
 	}
 	a.mu.Lock()
 	n := len(a.candidates)
 	a.mu.Unlock()
-	if n != 0 {
+	if n != 1 {
 		t.Fatalf("a stray probe became a candidate")
 	}
 }
