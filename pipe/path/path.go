@@ -193,19 +193,19 @@ type Conn struct {
 	relayOnly    bool           // no direct path is tried
 	directHint   netip.AddrPort // where the peer's probes came from while relaying
 	hintAt       time.Time
-	lastTrial    time.Time     // last copy sent to directHint
-	noTrialUntil time.Time     // after falling back to the relay
-	relayErr     error         // the server ended the relay
-	unanswered   atomic.Int64  // unix ns of the first direct send not followed by an authentic receive, or 0
-	received     atomic.Uint64 // authentic datagrams from the peer, for the quiet check
-	sent         atomic.Uint64 // datagrams sent to the peer, likewise
-	ampLimited   atomic.Uint64 // Stats.AmpLimited
+	lastTrial    time.Time                      // last copy sent to directHint
+	noTrialUntil time.Time                      // after falling back to the relay
+	relayErr     error                          // the server ended the relay
+	unanswered   atomic.Int64                   // unix ns of the first direct send not followed by an authentic receive, or 0
+	received     atomic.Uint64                  // authentic datagrams from the peer, for the quiet check
+	sent         atomic.Uint64                  // datagrams sent to the peer, likewise
+	ampLimited   atomic.Uint64                  // Stats.AmpLimited
 	provenPeer   atomic.Pointer[netip.AddrPort] // the last address Confirm proved (spend's fast path)
-	heardAt      atomic.Int64  // unix ns of the last datagram that looked like the peer's (Stats.LastHeard)
-	isConfirmed  atomic.Bool   // a packet from the peer authenticated (confirmedC is closed)
-	role         wire.Role     // ours in the pairing, for RelayBind
-	relayToken   [16]byte      // authenticates RelayBind and RelayEnded
-	bindReqID    uint64        // of the last RelayBind
+	heardAt      atomic.Int64                   // unix ns of the last datagram that looked like the peer's (Stats.LastHeard)
+	isConfirmed  atomic.Bool                    // a packet from the peer authenticated (confirmedC is closed)
+	role         wire.Role                      // ours in the pairing, for RelayBind
+	relayToken   [16]byte                       // authenticates RelayBind and RelayEnded
+	bindReqID    uint64                         // of the last RelayBind
 	relayMu      sync.Mutex
 	relayBuf     []byte // guarded by relayMu
 
