@@ -106,6 +106,10 @@ type Config struct {
 	// Warn shows a warning on stderr, even in a script (nil: nowhere).
 	Warn   func(format string, args ...any)
 	Logger *slog.Logger
+
+	// testOnlyConnected, if set, is called with the path once the session
+	// is connected (the soak test closes it: a peer that dies).
+	testOnlyConnected func(*path.Conn)
 }
 
 // RelayMode says when a session may use the server's relay.
@@ -181,6 +185,9 @@ func Run(ctx context.Context, cfg Config) error {
 	sconn, link, took, err := cfg.connect(ctx, keyc, log)
 	if err != nil {
 		return err
+	}
+	if cfg.testOnlyConnected != nil {
+		cfg.testOnlyConnected(link)
 	}
 	kind := "direct"
 	if link.Relayed() {
