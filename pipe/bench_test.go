@@ -263,8 +263,8 @@ func BenchmarkPipe(b *testing.B) {
 			total := warmup + int64(b.N)*op
 			out := &sink{mark: warmup, passed: make(chan struct{})}
 			up, down := make(chan error, 1), make(chan error, 1)
-			go func() { up <- uplink(a, Config{Stdin: &source{block: block, n: total}}) }()
-			go func() { down <- downlink(c, Config{Stdout: out}) }()
+			go func() { up <- uplink(a, Config{Stdin: &source{block: block, n: total}}, nil) }()
+			go func() { down <- downlink(c, Config{Stdout: out}, nil) }()
 			select {
 			case <-out.passed:
 			case err := <-down:
@@ -332,8 +332,8 @@ func TestDataPath(t *testing.T) {
 			}
 			out := &lineChecker{}
 			up, down := make(chan error, 1), make(chan error, 1)
-			go func() { up <- uplink(a, Config{Stdin: &chunks{data: data, rng: rng}}) }()
-			go func() { down <- downlink(c, Config{Stdout: out}) }()
+			go func() { up <- uplink(a, Config{Stdin: &chunks{data: data, rng: rng}}, nil) }()
+			go func() { down <- downlink(c, Config{Stdout: out}, nil) }()
 			timeout := time.After(time.Minute)
 			for range 2 {
 				select {

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
+	"sync"
 	"time"
 
 	"github.com/p2pcat/p2pcat/pipe/path"
@@ -83,6 +84,16 @@ type Config struct {
 	// runs one session at a time (the command line) should set this.
 	TransferProcs int
 
+	// Stdin and Stdout are the session's input and output. Run returns
+	// with no goroutine of its own left when it can end a pending Read of
+	// Stdin or Write of Stdout: where they have SetReadDeadline or
+	// SetWriteDeadline (os.Pipe, net.Conn, a non-blocking *os.File), Run
+	// ends that call with a past deadline, then clears the deadline (one
+	// the caller set is lost); what the call got is dropped. A call that
+	// nothing can interrupt (a blocking fd such as a terminal, whose
+	// SetReadDeadline fails with os.ErrNoDeadline; any other io.Reader;
+	// the chat) is left pending: its goroutine, the only one of Run's that
+	// can outlive it, ends when the call returns, touching nothing else.
 	Stdin  io.Reader
 	Stdout io.Writer
 	// Chat, when set, replaces Stdin/Stdout with the interactive chat.
@@ -95,6 +106,10 @@ type Config struct {
 	// Warn shows a warning on stderr, even in a script (nil: nowhere).
 	Warn   func(format string, args ...any)
 	Logger *slog.Logger
+
+	// testOnlyConnected, if set, is called with the path once the session
+	// is connected (the soak test closes it: a peer that dies).
+	testOnlyConnected func(*path.Conn)
 }
 
 // RelayMode says when a session may use the server's relay.
@@ -146,7 +161,9 @@ func (c *Config) setDefaults() {
 
 // Run performs one session and returns nil only when every byte was
 // delivered and acknowledged both ways: find the peer, connect (punch,
-// handshake, relay fallback: connect.go), transfer.
+// handshake, relay fallback: connect.go), transfer. Every goroutine it
+// starts has ended when it returns, but for a read of Stdin or a write of
+// Stdout that nothing can interrupt (see Config.Stdin).
 func Run(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
 	log := cfg.Logger
@@ -154,16 +171,23 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	// The session's one RSA key is generated while the rendezvous answers,
-	// so it adds no latency.
+	// so it adds no latency. Generating it cannot be cancelled: a Run that
+	// ends before it is ready (an interrupt within its first tenth of a
+	// second) waits for it.
 	keyc := make(chan keyResult, 1)
-	go func() {
+	var keyGen sync.WaitGroup
+	defer keyGen.Wait()
+	keyGen.Go(func() {
 		k, err := rsa.GenerateKey(rand.Reader, cfg.RSABits)
 		keyc <- keyResult{k, err}
-	}()
+	})
 
 	sconn, link, took, err := cfg.connect(ctx, keyc, log)
 	if err != nil {
 		return err
+	}
+	if cfg.testOnlyConnected != nil {
+		cfg.testOnlyConnected(link)
 	}
 	kind := "direct"
 	if link.Relayed() {

@@ -462,10 +462,17 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 	if d, ok := ex.ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	stop := context.AfterFunc(ex.ctx, func() { ex.c.Conn.SetReadDeadline(time.Now()) })
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ex.ctx, func() {
+		defer close(fired)
+		ex.c.Conn.SetReadDeadline(time.Now())
+	})
 	defer func() {
-		stop()
-		// The socket goes on to carry the session: leave no deadline on it.
+		// The socket goes on to carry the session: leave no deadline on it,
+		// and no wake-up that still runs and could set one after we clear it.
+		if !stop() {
+			<-fired
+		}
 		ex.c.Conn.SetReadDeadline(time.Time{})
 	}()
 	for {

@@ -70,10 +70,17 @@ type stunAnswer struct {
 // an error.
 func stunRoundTrip(ctx context.Context, conn PacketConn, server netip.AddrPort, change uint32) (stunAnswer, error) {
 	req, txid := newBindingRequest(change)
-	stop := context.AfterFunc(ctx, func() { conn.SetReadDeadline(time.Now()) })
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		conn.SetReadDeadline(time.Now())
+	})
 	defer func() {
-		stop()
-		// The socket may go on to carry a session: leave no deadline on it.
+		// The socket may go on to carry a session: leave no deadline on it,
+		// and no wake-up that still runs and could set one after we clear it.
+		if !stop() {
+			<-fired
+		}
 		conn.SetReadDeadline(time.Time{})
 	}()
 	buf := make([]byte, maxDatagram)
