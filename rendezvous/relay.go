@@ -81,10 +81,14 @@ func (r *relay) offer(id [16]byte, a, b netip.AddrPort, secrets [2][16]byte, now
 	if _, ok := r.pairs[id]; ok {
 		return
 	}
-	for len(r.pairs) >= r.max && len(r.order) > 0 {
+	// One second chance each, at most: when every pairing is relaying,
+	// the oldest goes all the same (without the bound this loop would
+	// spin for ever, holding the lock every reader needs).
+	for chances := len(r.order); len(r.pairs) >= r.max && len(r.order) > 0; {
 		oldest := r.order[0]
 		r.order = r.order[1:]
-		if p := r.pairs[oldest]; p != nil && p.active(now, r.idle) && len(r.order) > 0 {
+		if p := r.pairs[oldest]; p != nil && chances > 0 && p.active(now, r.idle) && len(r.order) > 0 {
+			chances--
 			r.order = append(r.order, oldest) // in use: a second chance
 			continue
 		}

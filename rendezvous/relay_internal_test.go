@@ -58,3 +58,37 @@ func TestRelayEvictsOldestUnused(t *testing.T) {
 		}
 	}
 }
+
+// TestRelayEvictsWhenAllRelaying: at MaxRelays with every pairing
+// relaying, a new offer still returns, pushing out the oldest (it used to
+// spin for ever with the relay's lock held, which stopped every reader).
+func TestRelayEvictsWhenAllRelaying(t *testing.T) {
+	r := newRelay(Config{RelayRate: 1e9, RelayBytes: 1 << 40, MaxRelays: 2, RelayIdle: time.Minute})
+	now := time.Now()
+	addr := func(i int) netip.AddrPort { return netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, byte(i)}), 1) }
+	ids := [][16]byte{{1}, {2}, {3}}
+	for i, id := range ids[:2] {
+		r.offer(id, addr(2*i), addr(2*i+1), [2][16]byte{}, now)
+		if _, _, v := r.route(id, addr(2*i), 100, now); v != relayForward {
+			t.Fatalf("verdict %v, want forward", v)
+		}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.offer(ids[2], addr(4), addr(5), [2][16]byte{}, now)
+	}()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("offer did not return with every pairing relaying")
+	}
+	for i, want := range []bool{false, true, true} {
+		r.mu.RLock()
+		_, ok := r.pairs[ids[i]]
+		r.mu.RUnlock()
+		if ok != want {
+			t.Errorf("pairing %d kept=%v, want %v", i+1, ok, want)
+		}
+	}
+}
