@@ -71,13 +71,14 @@ const (
 type endingState string
 
 const (
-	stWaiting    endingState = "waiting"     // at the rendezvous server, the peer not there
-	stConnecting endingState = "connecting"  // found, punching and handshaking
-	stBothOpen   endingState = "both-open"   // transferring, both stdins open
-	stOursOpen   endingState = "ours-open"   // transferring, the peer's stdin at EOF
-	stTheirsOpen endingState = "theirs-open" // transferring, our stdin at EOF
-	stClosing    endingState = "closing"     // both stdins at EOF, our FIN not acknowledged
-	stLinger     endingState = "linger"      // both sides complete, we wait for the peer's last word
+	stWaiting     endingState = "waiting"     // at the rendezvous server, the peer not there
+	stConnecting  endingState = "connecting"  // found, punching and handshaking
+	stBothOpen    endingState = "both-open"   // transferring, both stdins open
+	stOursOpen    endingState = "ours-open"   // transferring, the peer's stdin at EOF
+	stTheirsOpen  endingState = "theirs-open" // transferring, our stdin at EOF
+	stClosing     endingState = "closing"     // both stdins at EOF, our FIN not acknowledged
+	stUnconfirmed endingState = "unconfirmed" // we are complete and wait for the peer's word that it wrote everything out
+	stLinger      endingState = "linger"      // both sides complete, the peer said so; we wait for its ack of our word
 )
 
 // endingFault is what happens to the target.
@@ -162,6 +163,9 @@ func endingCases() []endingCase {
 		// (up to 3 s of linger once complete, and a round trip or two to
 		// become complete after the fault)
 		complete = endingWant{codes(exitOK), nil, 5 * time.Second}
+		// Complete, but the peer never said it wrote everything out: a
+		// clean end cannot be claimed.
+		unconfirmed = endingWant{codes(exitFailure), []string{"lost the connection to bob: no answer for " + endingIdle.String(), "never said it wrote it out"}, endingIdle}
 	)
 	return []endingCase{
 		// state        fault        target    we            peer
@@ -208,6 +212,9 @@ func endingCases() []endingCase {
 		{stClosing, fTerm, sideWe, intr, toldAlice},
 		{stClosing, fInt, sideWe, intr, toldAlice},
 
+		{stUnconfirmed, fKill, sidePeer, unconfirmed, unchecked},
+		{stUnconfirmed, fCut, sidePeer, unconfirmed, unchecked},
+
 		{stLinger, fKill, sidePeer, complete, unchecked},
 		{stLinger, fCut, sidePeer, complete, unchecked},
 	}
@@ -238,7 +245,7 @@ func runEndingCase(t *testing.T, c endingCase) {
 		r.reachWaiting()
 	case stConnecting:
 		r.reachConnecting()
-	case stLinger:
+	case stLinger, stUnconfirmed:
 		r.reachLinger()
 	default:
 		r.reachTransfer()
@@ -573,9 +580,14 @@ func endingBulk(name string) string {
 	return strings.Repeat(line, (1<<20)/len(line)) + "last line from " + name + "\n"
 }
 
-// reachLinger: both sides complete, and we linger for the peer's last
-// packet (its DONE). The path's delay, 300 ms each way, keeps that packet
-// a round trip away when we complete, so the fault comes before it.
+// reachLinger: we are complete. The path's delay, 300 ms each way, leaves
+// a round trip for the fault between what we wait for and what comes next.
+// The side whose stdin ends first completes first, when the other's FIN
+// arrives, and waits for the other's DONE (stUnconfirmed: we close first);
+// the other completes when its FIN is acknowledged, gets the first side's
+// DONE a moment later and answers it, and then waits only for the
+// acknowledgement of its own (stLinger: we close second), which the fault
+// keeps from coming.
 func (r *endingRun) reachLinger() {
 	t := r.t
 	const oneWay = 300 * time.Millisecond
@@ -585,17 +597,25 @@ func (r *endingRun) reachLinger() {
 	r.write(r.peerIn, "line from bob\n")
 	r.waitStdout(r.peer, "line from alice\n")
 	r.waitStdout(r.we, "line from bob\n")
-	// Our FIN first, acknowledged; then the peer's: its arrival completes
-	// us, and the peer's own completion is a round trip later.
-	r.weIn.close()
+	// Complete without the peer's DONE; or complete with it (the DONE may
+	// come just before our completion or just after it).
+	first, second, wants := r.weIn, r.peerIn, []string{`"stream: complete" peerDone=false`}
+	if r.c.state == stLinger {
+		first, second, wants = r.peerIn, r.weIn, []string{`"stream: complete" peerDone=true`, `"stream: the peer confirmed the end" complete=true`}
+	}
+	first.close()
 	time.Sleep(5 * oneWay)
-	r.peerIn.close()
-	if !r.we.waitStderr(r.ctx, "stream: complete") {
-		t.Fatalf("we never completed:\n%s", r.we.stderrTail(25))
+	second.close()
+	deadline := time.Now().Add(20 * time.Second)
+	for !slices.ContainsFunc(wants, r.we.sawStderr) {
+		if time.Now().After(deadline) {
+			t.Fatalf("we never logged %q:\n%s", wants, r.we.stderrTail(25))
+		}
+		time.Sleep(2 * time.Millisecond)
 	}
 	select {
 	case <-r.we.done:
-		t.Logf("note: we had already finished lingering when the fault came")
+		t.Logf("note: we had already finished when the fault came")
 	default:
 	}
 }

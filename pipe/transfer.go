@@ -214,6 +214,8 @@ func reasonOf(err error) string {
 func explain(err error, cfg Config) error {
 	var pa *stream.PeerAbortError
 	switch {
+	case errors.Is(err, stream.ErrUnconfirmedEnd):
+		return fmt.Errorf("lost the connection to %s: no answer for %s (all our data reached it, but it never said it wrote it out)", cfg.Peer, cfg.IdleTimeout)
 	case errors.Is(err, stream.ErrIdleTimeout):
 		return fmt.Errorf("lost the connection to %s: no answer for %s", cfg.Peer, cfg.IdleTimeout)
 	case errors.As(err, &pa):

@@ -14,25 +14,35 @@
 // # Ending a session
 //
 // A side is complete when its own data and FIN were acknowledged, the
-// peer's FIN arrived, and every byte before it was handed to Read. Then:
+// peer's FIN arrived, and every byte before it was handed to Read. The
+// peer's acknowledgements only say that our bytes reached its buffer; only
+// its DONE says that it handed them all to its reader. So:
 //
-//   - A complete side sends DONE, and sends it again after each probe
-//     timeout (PTO), and at once whenever the peer sends an ack-eliciting
-//     packet (a retransmission shows it has not seen DONE yet).
-//   - A complete side that receives DONE answers DONE once and finishes.
-//     DONE also acknowledges the whole stream (the peer is complete, so
-//     it holds all our data and FIN), so a side whose last ack was lost
+//   - A complete side sends DONE, again after a probe timeout (PTO),
+//     doubling up to the keepalive interval, and at once whenever the peer
+//     sends an ack-eliciting packet (a retransmission shows it has not seen
+//     DONE yet). DONE is ack-eliciting.
+//   - DONE also acknowledges the whole stream (the peer is complete, so it
+//     holds all our data and FIN), so a side whose last ack was lost
 //     becomes complete on the peer's DONE.
-//   - A complete side that hears no DONE lingers for 3 × PTO, extended
-//     to 3 × PTO after each packet from the peer but never past maxLinger
-//     (3 s) after it became complete, answering retransmissions with ACK
-//     and DONE; then it finishes anyway: it is complete, the peer only
-//     lacked an ack, which lingering re-sends when the peer's FIN comes
-//     again.
+//   - A complete side finishes, cleanly, once it has the peer's DONE and
+//     the peer acknowledged a packet that carried ours. With the peer's
+//     DONE but no acknowledgement of ours, it lingers for 3 × PTO,
+//     extended to 3 × PTO after each packet from the peer but never past
+//     maxLinger (3 s), answering with DONE, and then finishes cleanly
+//     anyway: the peer confirmed that it has everything, and only lacks
+//     our word that we do.
+//   - A complete side without the peer's DONE waits for it as long as the
+//     peer is alive (its acknowledgements of our DONEs and keepalives keep
+//     the idle timeout away: a peer whose stdout drains slowly is not
+//     dead). When the peer falls silent first, the Conn fails with
+//     ErrUnconfirmedEnd (which matches ErrIdleTimeout): everything of ours
+//     reached the peer, but it never said it wrote it out.
 //
 // Finishing this way is a clean end: Done is closed, Err returns nil and
-// Shutdown returns nil. This replaces TCP's TIME_WAIT guesswork: both ends
-// know exactly when every byte was delivered and acknowledged both ways.
+// Shutdown returns nil. This replaces TCP's TIME_WAIT guesswork: a clean
+// end means every byte was delivered to the other side's reader and
+// acknowledged, both ways.
 package stream
 
 import (
@@ -86,6 +96,10 @@ type SplitTransport interface {
 // Errors that end a Conn.
 var (
 	ErrIdleTimeout = errors.New("stream: peer silent for too long")
+	// ErrUnconfirmedEnd: complete, but the peer fell silent before its
+	// DONE said that it handed all our bytes to its reader. It matches
+	// ErrIdleTimeout.
+	ErrUnconfirmedEnd = fmt.Errorf("%w before it confirmed the end (all our data reached it; it never said it wrote it out)", ErrIdleTimeout)
 	// ErrPeerAborted is matched by the *PeerAbortError of a Conn whose peer
 	// sent a CLOSE frame.
 	ErrPeerAborted = errors.New("stream: peer aborted the session")
@@ -154,6 +168,7 @@ const (
 	batchBytes       = 64000 // bytes built per lock: sealed, one GSO send (64 KiB) in pipe/path
 	pacerGranularity = 2 * time.Millisecond
 	abortCopies      = 3
+	abortSpacing     = 10 * time.Millisecond // copies at 0, 10 and 40 ms
 )
 
 // Stats is a snapshot of a Conn's counters and estimates.
@@ -221,11 +236,13 @@ type Conn struct {
 
 	complete     bool
 	completeAt   time.Duration
-	lingerEnd    time.Duration
+	lingerEnd    time.Duration // with the peer's DONE: finish by then even without an ack of ours
 	doneNext     time.Duration
+	doneEvery    time.Duration // DONE's resend interval, doubling up to the keepalive
 	doneSent     int
-	doneOnce     bool // answer DONE once, then finish
-	finished     bool // terminal
+	donePNs      [8]uint64 // the last packets that carried our DONE
+	doneAcked    bool      // the peer acknowledged one of them
+	finished     bool      // terminal
 	err          error
 	done         chan struct{}
 	wake         chan struct{}
@@ -555,7 +572,10 @@ func (c *Conn) Abort(code AbortCode, reason string) error {
 	c.failLocked(ErrAborted)
 	c.mu.Unlock()
 	var err error
-	for range abortCopies {
+	for i := range abortCopies {
+		// Spread out: mid-transfer the path is full, and copies sent back
+		// to back tend to be lost together behind the data in flight.
+		time.Sleep(time.Duration(i*i) * abortSpacing)
 		if e := c.tr.Send(pkt); e != nil && err == nil {
 			err = fmt.Errorf("stream: sending close notice: %w", e)
 		}
@@ -759,6 +779,10 @@ func (c *Conn) handlePacketLocked(p, body []byte, f *frame) (ackNow, wake bool) 
 			if c.onAckLocked(f, now) {
 				wake = true
 			}
+			if c.doneSent > 0 && !c.doneAcked && c.ackCoversDoneLocked(f) {
+				c.doneAcked = true
+				wake = true
+			}
 		case frameData, frameDataFin:
 			fin := f.typ == frameDataFin
 			readable, old := r.onData(f.offset, f.data, fin)
@@ -770,12 +794,18 @@ func (c *Conn) handlePacketLocked(p, body []byte, f *frame) (ackNow, wake bool) 
 			}
 		case frameDone:
 			if c.snd.finSent && !r.peerDone {
-				// The peer is complete: it holds our whole stream.
+				// The peer is complete: it holds our whole stream, and
+				// handed all of it to its reader.
 				r.peerDone = true
 				c.snd.una = c.snd.end
 				c.snd.finAcked = true
 				c.snd.clearInFlight()
 				c.writable.Broadcast()
+				if c.complete {
+					c.lingerEnd = now + min(3*c.rtt.pto(), maxLinger)
+					c.doneNext = now // answer at once
+				}
+				c.log.Debug("stream: the peer confirmed the end", "complete", c.complete)
 				wake = true
 			}
 		case frameClose:
@@ -789,10 +819,13 @@ func (c *Conn) handlePacketLocked(p, body []byte, f *frame) (ackNow, wake bool) 
 	}
 	if eliciting && c.complete {
 		// The peer still sends: it has not seen our DONE (which also
-		// acknowledges everything). Answer with DONE now, and stay
-		// around while it keeps trying, within maxLinger.
+		// acknowledges everything). Answer with DONE now, and, lingering
+		// with its DONE, stay around while it keeps trying, within
+		// maxLinger.
 		c.doneNext = now
-		c.lingerEnd = min(max(c.lingerEnd, now+3*c.rtt.pto()), c.completeAt+maxLinger)
+		if r.peerDone {
+			c.lingerEnd = min(max(c.lingerEnd, now+3*c.rtt.pto()), c.completeAt+maxLinger)
+		}
 		wake = true
 	}
 	if eliciting {
@@ -960,9 +993,17 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 		return 0, false, 0
 	}
 	s, r := &c.snd, &c.rcv
-	netDone := s.finAcked && r.finKnown && r.nxt == r.finOff // nothing more needed from the peer
-	if !netDone && now-c.lastRecv >= c.idle {
-		c.failLocked(ErrIdleTimeout)
+	// We need the peer until we are complete and have its DONE: until
+	// then its silence for the idle timeout ends the Conn, and we keep it
+	// talking (keepalives, DONEs), so that a live peer is never taken for
+	// a dead one.
+	needPeer := !(c.complete && r.peerDone)
+	if needPeer && now-c.lastRecv >= c.idle {
+		if c.complete {
+			c.failLocked(ErrUnconfirmedEnd)
+		} else {
+			c.failLocked(ErrIdleTimeout)
+		}
 		return 0, false, 0
 	}
 	if s.lossTime != 0 && now >= s.lossTime {
@@ -979,21 +1020,26 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 	if !c.complete && s.finAcked && r.allDelivered() {
 		c.complete, c.completeAt = true, now
 		c.lingerEnd = now + min(3*c.rtt.pto(), maxLinger)
-		c.doneNext = now
+		c.doneNext, c.doneEvery = now, c.rtt.pto()
 		c.log.Debug("stream: complete", "peerDone", r.peerDone)
 	}
 	if c.complete {
-		if r.peerDone {
-			sendDone, finishAfter = true, true
-		} else if now >= c.lingerEnd {
-			c.failLocked(nil)
-			return 0, false, 0
-		} else if now >= c.doneNext {
+		switch {
+		case r.peerDone && (c.doneAcked || now >= c.lingerEnd):
+			if !r.ackWanted {
+				c.failLocked(nil)
+				return 0, false, 0
+			}
+			// Acknowledge the peer's DONE first, so that it need not
+			// linger for ours.
+			r.ackNow, finishAfter = true, true
+		case now >= c.doneNext:
 			sendDone = true
-			c.doneNext = now + c.rtt.pto()
+			c.doneNext = now + c.doneEvery
+			c.doneEvery = min(2*c.doneEvery, c.keepalive)
 		}
 	}
-	ping := !netDone && now-c.lastSent >= c.keepalive
+	ping := needPeer && now-c.lastSent >= c.keepalive
 
 	used := 0  // bytes of arena taken
 	total := 0 // bytes of packets built, bodies included
@@ -1024,6 +1070,7 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 		eliciting := false
 		if sendDone {
 			b = append(b, frameDone)
+			c.donePNs[c.doneSent%len(c.donePNs)] = s.nextPN
 			c.doneSent++
 			sendDone = false
 		}
@@ -1053,7 +1100,7 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 
 	// Next wake-up: the earliest timer.
 	next = c.lastRecv + c.idle
-	if netDone {
+	if !needPeer {
 		next = 0
 	}
 	at := func(t time.Duration) {
@@ -1061,7 +1108,7 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 			next = t
 		}
 	}
-	if !netDone {
+	if needPeer {
 		at(c.lastSent + c.keepalive)
 	}
 	at(s.lossTime)
@@ -1070,7 +1117,9 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 		at(r.ackDeadline)
 	}
 	if c.complete {
-		at(c.lingerEnd)
+		if r.peerDone {
+			at(c.lingerEnd)
+		}
 		at(c.doneNext)
 	}
 	hasData := s.hasRetx() || s.newDataReady()
@@ -1083,6 +1132,20 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 		s.appLimitedUntil = max(s.delivered+uint64(s.bytesInFlight), 1)
 	}
 	return n, more, next
+}
+
+// ackCoversDoneLocked reports whether the ACK frame f acknowledges one of
+// the last packets that carried our DONE.
+func (c *Conn) ackCoversDoneLocked(f *frame) bool {
+	for i := range min(c.doneSent, len(c.donePNs)) {
+		pn := c.donePNs[i]
+		for _, r := range f.ranges[:f.nRanges] {
+			if pn >= r.lo && pn <= r.hi {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // appendDataLocked appends one DATA frame, lost data first, and fills the

@@ -81,6 +81,13 @@ func drain(c *Conn) ([32]byte, int64, error) {
 // intact, then shuts both ends down and checks both Shutdowns return nil.
 func exchange(t *testing.T, a, b *Conn, aData, bData []byte) {
 	t.Helper()
+	exchangeData(t, a, b, aData, bData, true)
+}
+
+// exchangeData sends aData a→b and bData b→a and checks what arrives;
+// with shutdown it then shuts both down and checks they end cleanly.
+func exchangeData(t *testing.T, a, b *Conn, aData, bData []byte, shutdown bool) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
 	defer cancel()
 	type result struct {
@@ -131,23 +138,30 @@ func exchange(t *testing.T, a, b *Conn, aData, bData []byte) {
 			t.Fatalf("write: %v", err)
 		}
 	}
-	shutdownBoth(t, a, b)
+	if shutdown {
+		shutdownBoth(t, a, b)
+	}
 }
 
 func shutdownBoth(t *testing.T, a, b *Conn) {
 	t.Helper()
+	errA, errB := shutdownResults(a, b)
+	if errB != nil {
+		t.Fatalf("b.Shutdown: %v (stats %+v)", errB, b.Stats())
+	}
+	if errA != nil {
+		t.Fatalf("a.Shutdown: %v (stats %+v)", errA, a.Stats())
+	}
+}
+
+// shutdownResults shuts a and b down at once and returns how each ended.
+func shutdownResults(a, b *Conn) (errA, errB error) {
 	ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
 	defer cancel()
-	start := time.Now()
-	errA := make(chan error, 1)
-	go func() { errA <- a.Shutdown(ctx) }()
-	if err := b.Shutdown(ctx); err != nil {
-		t.Fatalf("b.Shutdown: %v (stats %+v)", err, b.Stats())
-	}
-	if err := <-errA; err != nil {
-		t.Fatalf("a.Shutdown: %v (stats %+v)", err, a.Stats())
-	}
-	t.Logf("shutdown took %v", time.Since(start))
+	ca := make(chan error, 1)
+	go func() { ca <- a.Shutdown(ctx) }()
+	errB = b.Shutdown(ctx)
+	return <-ca, errB
 }
 
 func TestTransferClean(t *testing.T) {
@@ -408,9 +422,14 @@ func TestCloseHandshakeLosses(t *testing.T) {
 	for _, tc := range []struct {
 		name           string
 		dropAB, dropBA func(types []byte, ack *frame) bool
+		// Without the peer's DONE a side cannot say the peer wrote
+		// everything out: when a path loses every DONE one way, the side
+		// that never gets one ends with ErrUnconfirmedEnd, at its idle
+		// timeout; the other, which got one, ends cleanly.
+		failA, failB bool
 	}{
-		{name: "all DONE lost both ways", dropAB: dropFirst(many, isDone), dropBA: dropFirst(many, isDone)},
-		{name: "DONE lost b to a", dropBA: dropFirst(many, isDone)},
+		{name: "all DONE lost both ways", dropAB: dropFirst(many, isDone), dropBA: dropFirst(many, isDone), failA: true, failB: true},
+		{name: "DONE lost b to a", dropBA: dropFirst(many, isDone), failA: true},
 		{name: "all FIN acks lost b to a", dropBA: dropFirst(many, acksFin(aLen))},
 		{name: "all FIN acks lost a to b", dropAB: dropFirst(many, acksFin(bLen))},
 		{name: "first FIN acks and DONEs lost both ways",
@@ -431,9 +450,26 @@ func TestCloseHandshakeLosses(t *testing.T) {
 			ta, tb, _, _ := newMemPair(
 				linkConfig{seed: 1, delay: time.Millisecond, drop: hook(tc.dropAB)},
 				linkConfig{seed: 2, delay: time.Millisecond, drop: hook(tc.dropBA)})
-			a, b := newConnPair(t, ta, tb, Config{})
+			cfg := Config{}
+			if tc.failA || tc.failB {
+				cfg.IdleTimeout = time.Second
+			}
+			a, b := newConnPair(t, ta, tb, cfg)
 			start := time.Now()
-			exchange(t, a, b, randomBytes(aLen, 1), randomBytes(bLen, 2))
+			exchangeData(t, a, b, randomBytes(aLen, 1), randomBytes(bLen, 2), false)
+			errA, errB := shutdownResults(a, b)
+			for _, side := range []struct {
+				name string
+				err  error
+				fail bool
+			}{{"a", errA, tc.failA}, {"b", errB, tc.failB}} {
+				switch {
+				case side.fail && !errors.Is(side.err, ErrUnconfirmedEnd):
+					t.Errorf("%s: %v, want ErrUnconfirmedEnd", side.name, side.err)
+				case !side.fail && side.err != nil:
+					t.Errorf("%s: %v, want a clean end", side.name, side.err)
+				}
+			}
 			if d := time.Since(start); d > 5*time.Second {
 				t.Errorf("ending took %v", d)
 			}
