@@ -132,15 +132,23 @@ func ParseRelayMode(s string) (RelayMode, error) {
 	return "", fmt.Errorf("relay mode %q: want auto, never or only", s)
 }
 
+// Defaults of Config's zero values (the command line's flags use them
+// too).
+const (
+	DefaultTimeout        = 2 * time.Minute  // for the peer to show up
+	DefaultConnectTimeout = 15 * time.Second // for a path and handshake once paired
+	DefaultIdleTimeout    = 30 * time.Second // peer silence that ends a session
+)
+
 func (c *Config) setDefaults() {
 	if c.Timeout <= 0 {
-		c.Timeout = 2 * time.Minute
+		c.Timeout = DefaultTimeout
 	}
 	if c.ConnectTimeout <= 0 {
-		c.ConnectTimeout = 15 * time.Second
+		c.ConnectTimeout = DefaultConnectTimeout
 	}
 	if c.IdleTimeout <= 0 {
-		c.IdleTimeout = 30 * time.Second
+		c.IdleTimeout = DefaultIdleTimeout
 	}
 	if c.RSABits == 0 {
 		c.RSABits = secure.DefaultRSABits
