@@ -29,7 +29,8 @@
 # at the deadline are not counted) and the peak RSS of any one worker,
 # sampled twice a second. It exits non-zero if any target fails: a crash
 # (its input, under the package's testdata/fuzz, is printed), a worker over
-# RSS_LIMIT_MB, or an error. New interesting inputs stay in Go's cache
+# RSS_LIMIT_MB, or an error; Go's own end-of-window race (go.dev/issue/75804)
+# is shown as ok* and does not fail the run. New interesting inputs stay in Go's cache
 # ($(go env GOCACHE)/fuzz), so each run continues from the last.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,6 +99,7 @@ env=()
 echo "fuzzing ${#targets[@]} targets, $FUZZTIME each, -parallel $PARALLEL, worker RSS limit ${RSS_LIMIT_MB} MB, GOMEMLIMIT=${WORKER_MEMLIMIT:-none}, -fuzzminimizetime $MINIMIZETIME"
 echo "logs in $logdir"
 failed=()
+raced=()
 summary=()
 for t in "${targets[@]}"; do
 	read -r pkg target <<<"$t"
@@ -133,6 +135,17 @@ for t in "${targets[@]}"; do
 		summary+=("ok   $line")
 		continue
 	fi
+	# Go's fuzzing coordinator before 1.27 can report its own -fuzztime
+	# deadline as a failure (go.dev/issue/75804): "context deadline
+	# exceeded" as the only error, at the end of the window, with no input
+	# written and no panic. That is not a finding; say so and go on.
+	if [ -z "$over" ] && [ "$(grep -c . <<<"$(grep -v '^fuzz: elapsed' "$log" | grep -v -e '^--- FAIL' -e '^FAIL' -e '^exit status' -e 'context deadline exceeded$')")" = 0 ] &&
+		grep -q 'context deadline exceeded$' "$log"; then
+		echo "ok*  $line"
+		summary+=("ok*  $line")
+		raced+=("$target")
+		continue
+	fi
 	echo "FAIL $line"
 	summary+=("FAIL $line")
 	failed+=("$target")
@@ -151,5 +164,8 @@ printf '%s\n' "${summary[@]}"
 if [ ${#failed[@]} -gt 0 ]; then
 	echo "FAILED: ${failed[*]}"
 	exit 1
+fi
+if [ ${#raced[@]} -gt 0 ]; then
+	echo "ok* ${raced[*]}: ran the whole window clean; Go's coordinator then reported its own deadline (go.dev/issue/75804, fixed in Go 1.27)"
 fi
 echo "all ${#targets[@]} targets ran clean"

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"testing"
 )
 
@@ -164,7 +165,9 @@ func checkAckRoundTrip(t *testing.T, fr *frame) {
 	if _, err := parseFrame(b, &g); err != nil {
 		t.Fatalf("re-encoded ack does not parse: %v", err)
 	}
-	if g.largest != fr.largest || g.nRanges != fr.nRanges || g.ranges != fr.ranges {
+	// Only the first nRanges entries are the frame's: a frame parsed into a
+	// reused struct keeps a longer earlier ACK's ranges past them.
+	if g.largest != fr.largest || !slices.Equal(g.ranges[:g.nRanges], fr.ranges[:fr.nRanges]) {
 		t.Fatalf("ack round trip changed it: %+v vs %+v", g.ranges[:g.nRanges], fr.ranges[:fr.nRanges])
 	}
 }
