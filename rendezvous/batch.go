@@ -5,7 +5,8 @@ import (
 	"net/netip"
 
 	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
+
+	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 // batchSize is how many datagrams one read or write system call may carry
@@ -13,23 +14,10 @@ import (
 // it reads what has queued up in one call and sends the answers in another.
 const batchSize = 64
 
-// batchConn is the part of x/net's ipv4/ipv6 PacketConn the server uses.
-type batchConn interface {
-	ReadBatch(ms []ipv4.Message, flags int) (int, error)
-	WriteBatch(ms []ipv4.Message, flags int) (int, error)
-}
-
-func newBatchConn(conn *net.UDPConn) batchConn {
-	if a, ok := conn.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
-		return ipv6.NewPacketConn(conn) // also dual-stack sockets bound to ::
-	}
-	return ipv4.NewPacketConn(conn)
-}
-
 // outBatch collects the answers produced while handling one read batch and
 // sends them with as few system calls as possible.
 type outBatch struct {
-	conn batchConn
+	conn udpio.BatchConn
 	msgs []ipv4.Message
 	bufs [][]byte
 	n    int
@@ -37,7 +25,7 @@ type outBatch struct {
 	onError func(err error)
 }
 
-func newOutBatch(conn batchConn, onError func(error)) *outBatch {
+func newOutBatch(conn udpio.BatchConn, onError func(error)) *outBatch {
 	o := &outBatch{conn: conn, msgs: make([]ipv4.Message, batchSize), bufs: make([][]byte, batchSize), onError: onError}
 	for i := range o.bufs {
 		o.bufs[i] = make([]byte, 0, 1500)

@@ -15,6 +15,8 @@ import (
 
 	"github.com/p2pcat/p2pcat/internal/textsafe"
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
+
+	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 // PacketConn is the socket the client talks through. *net.UDPConn
@@ -502,7 +504,7 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 			ex.c.log().Debug("rendezvous read error", "err", err)
 			continue
 		}
-		if unmap(from) != unmap(ex.c.Server) {
+		if udpio.Unmap(from) != udpio.Unmap(ex.c.Server) {
 			continue // a peer's early probe, or noise
 		}
 		if id, ok := wire.ReqIDOf(ex.buf[:n]); !ok || id != ex.reqID {
@@ -542,8 +544,4 @@ func (ex *exchange) answer(m wire.Message) (wire.Message, error) {
 		return nil, &versionError{server: ex.c.Server, version: -1, message: e.Message}
 	}
 	return nil, &ServerError{Code: e.Code, Message: e.Message}
-}
-
-func unmap(a netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 }

@@ -15,6 +15,8 @@ import (
 	"github.com/pion/stun"
 
 	"github.com/p2pcat/p2pcat/internal/textsafe"
+
+	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 // ErrNoSTUNAnswer means a STUN server did not answer a Binding request.
@@ -41,7 +43,7 @@ var stunSoftware = []byte("p2pcat")
 // ctx ends. Datagrams that are not the answer to this transaction are read
 // and dropped. It leaves no read deadline on conn.
 func STUNBinding(ctx context.Context, conn PacketConn, server netip.AddrPort) (netip.AddrPort, error) {
-	server = unmap(server)
+	server = udpio.Unmap(server)
 	ans, err := stunRoundTrip(ctx, conn, server, 0)
 	if err != nil {
 		return netip.AddrPort{}, err
@@ -128,7 +130,7 @@ func stunReceive(ctx context.Context, conn PacketConn, buf []byte, txid [stun.Tr
 			continue
 		}
 		if ans, ok := parseSTUNAnswer(buf[:n], txid); ok {
-			ans.from = unmap(from)
+			ans.from = udpio.Unmap(from)
 			return ans, true, nil
 		}
 	}
@@ -367,7 +369,7 @@ func CheckNAT(ctx context.Context, server netip.AddrPort, opt NATCheckOptions) (
 	if opt.Wait <= 0 {
 		opt.Wait = 1500 * time.Millisecond
 	}
-	server = unmap(server)
+	server = udpio.Unmap(server)
 	r := NATReport{Server: server, Mapping: NATUnknown, Filtering: NATUnknown}
 	local := opt.Local
 	if !local.IsValid() {
@@ -382,7 +384,7 @@ func CheckNAT(ctx context.Context, server netip.AddrPort, opt NATCheckOptions) (
 		return r, fmt.Errorf("opening a UDP socket on %s: %w", local, err)
 	}
 	defer conn.Close()
-	r.Local = unmap(conn.LocalAddr().(*net.UDPAddr).AddrPort())
+	r.Local = udpio.Unmap(conn.LocalAddr().(*net.UDPAddr).AddrPort())
 
 	t1, err := stunRoundTrip(ctx, conn, server, 0)
 	switch {
@@ -544,5 +546,5 @@ func sourceIPFor(server netip.AddrPort) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("no route to %s: %w", server, err)
 	}
 	defer c.Close()
-	return unmap(c.LocalAddr().(*net.UDPAddr).AddrPort()).Addr(), nil
+	return udpio.Unmap(c.LocalAddr().(*net.UDPAddr).AddrPort()).Addr(), nil
 }

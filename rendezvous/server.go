@@ -22,6 +22,8 @@ import (
 
 	"github.com/p2pcat/p2pcat/rendezvous/store"
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
+
+	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 // Config configures a Server. Zero values mean the documented defaults.
@@ -225,7 +227,7 @@ func (s *Server) Serve(ctx context.Context, conn *net.UDPConn) error {
 }
 
 func (s *Server) routineRead(ctx context.Context, conn *net.UDPConn) error {
-	bc := newBatchConn(conn)
+	bc := udpio.NewBatchConn(conn)
 	out := newOutBatch(bc, func(err error) {
 		s.metrics.drop(dropSendError)
 		s.log.Debug("send failed", "err", err)

@@ -64,6 +64,8 @@ import (
 	"time"
 
 	"github.com/pion/stun"
+
+	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 const (
@@ -107,7 +109,7 @@ func newSTUNSocket(conn *net.UDPConn) (*stunSocket, error) {
 	if !ok {
 		return nil, errors.New("rendezvous: STUN socket has no local UDP address")
 	}
-	return &stunSocket{conn: conn, addr: unmap(ua.AddrPort())}, nil
+	return &stunSocket{conn: conn, addr: udpio.Unmap(ua.AddrPort())}, nil
 }
 
 // reaches reports whether an answer to client can leave from this socket:
@@ -363,7 +365,7 @@ func (s *Server) ServeSTUNAlternate(ctx context.Context, alt *net.UDPConn) error
 	// Wake the read when ctx ends: a past deadline fails it.
 	stop := context.AfterFunc(ctx, func() { alt.SetReadDeadline(time.Now()) })
 	defer stop()
-	out := newOutBatch(newBatchConn(alt), func(err error) {
+	out := newOutBatch(udpio.NewBatchConn(alt), func(err error) {
 		s.metrics.drop(dropSendError)
 		s.log.Debug("STUN send failed", "err", err)
 	})
@@ -382,7 +384,7 @@ func (s *Server) ServeSTUNAlternate(ctx context.Context, alt *net.UDPConn) error
 			s.log.Debug("STUN alternate read error", "err", err)
 			continue
 		}
-		s.handleAlternate(out, k, buf[:n], unmap(from))
+		s.handleAlternate(out, k, buf[:n], udpio.Unmap(from))
 		out.flush()
 	}
 }

@@ -21,6 +21,8 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
+
+	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 // stunTestServer is a running server with its STUN sockets.
@@ -105,7 +107,7 @@ func loopbackFor(a netip.AddrPort) netip.AddrPort {
 }
 
 func addrOf(c *net.UDPConn) netip.AddrPort {
-	return unmap(c.LocalAddr().(*net.UDPAddr).AddrPort())
+	return udpio.Unmap(c.LocalAddr().(*net.UDPAddr).AddrPort())
 }
 
 // stunClient is a UDP socket on ip:0, closed when the test ends.
@@ -177,7 +179,7 @@ func roundTrip(t *testing.T, c *net.UDPConn, to netip.AddrPort, req []byte) ([]b
 	if n > stunMaxAmplification*len(req) {
 		t.Errorf("a %d-byte request got a %d-byte answer: more than %d times", len(req), n, stunMaxAmplification)
 	}
-	return buf[:n], unmap(from)
+	return buf[:n], udpio.Unmap(from)
 }
 
 // decodeAnswer decodes a Binding answer to txid or fails the test.
@@ -235,7 +237,7 @@ func TestIsSTUN(t *testing.T) {
 func TestSTUNAddrRoundTrip(t *testing.T) {
 	for _, s := range []string{"192.0.2.1:32853", "[2001:db8:1234:5678:11:2233:4455:6677]:32853", "[::ffff:10.0.0.1]:1", "0.0.0.0:0", "[::]:65535"} {
 		a := netip.MustParseAddrPort(s)
-		want := unmap(a)
+		want := udpio.Unmap(a)
 		for _, xor := range []bool{true, false} {
 			m := new(stun.Message)
 			rand.Read(m.TransactionID[:])

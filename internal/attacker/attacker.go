@@ -38,6 +38,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 // Datagram is one datagram received by a socket of this package.
@@ -79,10 +81,6 @@ func listenLoopback() (*net.UDPConn, netip.AddrPort, error) {
 	return c, c.LocalAddr().(*net.UDPAddr).AddrPort(), nil
 }
 
-func unmap(a netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
-}
-
 // readLoop reads c until it is closed, handing each datagram (a copy) to
 // f. It is the body of every socket goroutine here.
 func readLoop(c *net.UDPConn, f func(Datagram)) {
@@ -95,7 +93,7 @@ func readLoop(c *net.UDPConn, f func(Datagram)) {
 			}
 			continue // an ICMP report about an earlier send
 		}
-		f(Datagram{From: unmap(from), At: time.Now(), Data: append([]byte(nil), buf[:n]...)})
+		f(Datagram{From: udpio.Unmap(from), At: time.Now(), Data: append([]byte(nil), buf[:n]...)})
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 // BenchmarkProxy measures how many datagrams per second one direction of
@@ -40,7 +42,7 @@ func benchmarkPath(b *testing.B, imp Impairment, window, size int) {
 	sender, receiver := listen(), listen()
 	defer sender.Close()
 	defer receiver.Close()
-	addr := func(c *net.UDPConn) netip.AddrPort { return unmap(c.LocalAddr().(*net.UDPAddr).AddrPort()) }
+	addr := func(c *net.UDPConn) netip.AddrPort { return udpio.Unmap(c.LocalAddr().(*net.UDPAddr).AddrPort()) }
 	p, err := Start(context.Background(), Config{A: addr(sender), B: addr(receiver), AtoB: imp})
 	if err != nil {
 		b.Fatal(err)

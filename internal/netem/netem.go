@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"golang.org/x/net/ipv4"
+
+	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 // Direction names one direction of the path.
@@ -135,8 +137,8 @@ func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 			return nil, fmt.Errorf("netem: %v impairment: %w", d.dir, err)
 		}
 	}
-	cfg.A = unmap(cfg.A)
-	cfg.B = unmap(cfg.B)
+	cfg.A = udpio.Unmap(cfg.A)
+	cfg.B = udpio.Unmap(cfg.B)
 	if cfg.Listen.IsValid() {
 		cfg.Listen = cfg.Listen.Unmap()
 	}
@@ -178,10 +180,14 @@ func Start(ctx context.Context, cfg Config) (*Proxy, error) {
 }
 
 // FaceA is the address peer A must send to, and the one B's datagrams reach A from.
-func (p *Proxy) FaceA() netip.AddrPort { return unmap(p.faceA.LocalAddr().(*net.UDPAddr).AddrPort()) }
+func (p *Proxy) FaceA() netip.AddrPort {
+	return udpio.Unmap(p.faceA.LocalAddr().(*net.UDPAddr).AddrPort())
+}
 
 // FaceB is the address peer B must send to, and the one A's datagrams reach B from.
-func (p *Proxy) FaceB() netip.AddrPort { return unmap(p.faceB.LocalAddr().(*net.UDPAddr).AddrPort()) }
+func (p *Proxy) FaceB() netip.AddrPort {
+	return udpio.Unmap(p.faceB.LocalAddr().(*net.UDPAddr).AddrPort())
+}
 
 // Stats returns the counters so far. The fields are read one by one, so a
 // snapshot taken while datagrams flow may be off by the ones in transit.
@@ -259,7 +265,7 @@ func newDirection(dir Direction, cfg Config, in, out *net.UDPConn, from, to *pee
 // routineRead receives datagrams on d.in, decides their fate and queues the
 // surviving copies on d's delay line.
 func (p *Proxy) routineRead(ctx context.Context, d *direction) {
-	in := newBatchConn(d.in)
+	in := udpio.NewBatchConn(d.in)
 	msgs := newReadBatch()
 	for {
 		n, err := in.ReadBatch(msgs, 0)
@@ -278,7 +284,7 @@ func (p *Proxy) routineRead(ctx context.Context, d *direction) {
 		now := p.now()
 		for _, m := range msgs[:n] {
 			if src, ok := m.Addr.(*net.UDPAddr); ok {
-				d.from.learn(unmap(src.AddrPort()))
+				d.from.learn(udpio.Unmap(src.AddrPort()))
 			}
 			p.admit(d, now, m.Buffers[0][:m.N])
 		}
@@ -325,7 +331,7 @@ func (p *Proxy) admit(d *direction, now time.Duration, datagram []byte) {
 // routineWrite sends each packet of d's delay line when its time comes,
 // sleeping on one timer armed for the earliest deadline.
 func (p *Proxy) routineWrite(ctx context.Context, d *direction) {
-	out := newBatchConn(d.out)
+	out := udpio.NewBatchConn(d.out)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	var due []*packet
@@ -362,7 +368,7 @@ func (p *Proxy) routineWrite(ctx context.Context, d *direction) {
 
 // send delivers due to d's peer. msgs is scratch space kept between calls,
 // so that a busy writer does not allocate per datagram; send returns it.
-func (p *Proxy) send(d *direction, out batchConn, due []*packet, msgs []ipv4.Message) []ipv4.Message {
+func (p *Proxy) send(d *direction, out udpio.BatchConn, due []*packet, msgs []ipv4.Message) []ipv4.Message {
 	to, ok := d.to.addr()
 	if !ok {
 		d.stats.undelivered.Add(uint64(len(due)))
@@ -458,13 +464,6 @@ func listenFace(listen netip.Addr, peer, other netip.AddrPort) (*net.UDPConn, er
 	}
 	setSocketBuffers(conn, socketBufferBytes)
 	return conn, nil
-}
-
-func unmap(ap netip.AddrPort) netip.AddrPort {
-	if !ap.IsValid() {
-		return ap
-	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // isTransient reports read errors that an unconnected UDP socket can return

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 // testTimeout bounds every wait in these tests; only a broken proxy or a
@@ -51,7 +53,7 @@ func newTestPeer(t *testing.T, network, addr string) *testPeer {
 			if err != nil {
 				return // closed by cleanup
 			}
-			a := arrival{size: n, from: unmap(from), at: time.Now()}
+			a := arrival{size: n, from: udpio.Unmap(from), at: time.Now()}
 			if n >= 8 {
 				a.seq = binary.BigEndian.Uint64(buf)
 			}
@@ -66,7 +68,7 @@ func newTestPeer(t *testing.T, network, addr string) *testPeer {
 }
 
 func (p *testPeer) addr() netip.AddrPort {
-	return unmap(p.conn.LocalAddr().(*net.UDPAddr).AddrPort())
+	return udpio.Unmap(p.conn.LocalAddr().(*net.UDPAddr).AddrPort())
 }
 
 // send sends datagrams seq first..first+n-1 of the given size to face.
@@ -204,7 +206,7 @@ func TestLargeDatagramsPassIntact(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	p := startProxy(t, Config{A: a.addr(), B: unmap(b.LocalAddr().(*net.UDPAddr).AddrPort())})
+	p := startProxy(t, Config{A: a.addr(), B: udpio.Unmap(b.LocalAddr().(*net.UDPAddr).AddrPort())})
 
 	payload := make([]byte, 65507) // the largest IPv4 UDP payload
 	for i := range payload {
@@ -518,7 +520,7 @@ func TestCloseStopsEverything(t *testing.T) {
 	before := runtime.NumGoroutine()
 
 	p, err := Start(context.Background(), Config{
-		A:    unmap(sender.LocalAddr().(*net.UDPAddr).AddrPort()),
+		A:    udpio.Unmap(sender.LocalAddr().(*net.UDPAddr).AddrPort()),
 		B:    netip.MustParseAddrPort("127.0.0.1:9"), // discard; nothing will reach it
 		AtoB: Impairment{Delay: time.Hour},
 	})

@@ -44,8 +44,9 @@ import (
 	"unsafe"
 
 	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 	"golang.org/x/sys/unix"
+
+	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 const (
@@ -54,16 +55,11 @@ const (
 	recvSlotSize  = 64 << 10 // any UDP datagram
 )
 
-// batchWriter is the sendmmsg of x/net's ipv4 and ipv6 PacketConn.
-type batchWriter interface {
-	WriteBatch(ms []ipv4.Message, flags int) (int, error)
-}
-
 // plainSender sends batches with sendmmsg. Its zero value is ready: the
 // first batch sets it up (GSO may be turned off long after New).
 type plainSender struct {
-	conn  batchWriter // nil until the first batch
-	off   bool        // no sendmmsg here: one datagram per call
+	conn  udpio.BatchConn // nil until the first batch
+	off   bool            // no sendmmsg here: one datagram per call
 	msgs  []ipv4.Message
 	peer  netip.AddrPort // whom addr is for
 	addr  *net.UDPAddr   // cached: one per batch would allocate
@@ -92,13 +88,6 @@ type plainReceiver struct {
 	calls  uint64 // recvmmsg calls that returned datagrams, for tests
 }
 
-func newBatchWriter(conn *net.UDPConn) batchWriter {
-	if a, ok := conn.LocalAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
-		return ipv6.NewPacketConn(conn) // also dual-stack sockets bound to ::
-	}
-	return ipv4.NewPacketConn(conn)
-}
-
 // sendPlainLocked sends bufs to peer with as few sendmmsg calls as
 // possible. The caller holds sendMu.
 func (c *Conn) sendPlainLocked(bufs [][]byte, peer netip.AddrPort) error {
@@ -107,7 +96,7 @@ func (c *Conn) sendPlainLocked(bufs [][]byte, peer netip.AddrPort) error {
 		return c.sendEachLocked(bufs, peer) // for one datagram, sendto is as cheap
 	}
 	if s.conn == nil {
-		s.conn = newBatchWriter(c.udp)
+		s.conn = udpio.NewBatchConn(c.udp)
 		s.msgs = make([]ipv4.Message, sendBatchSize)
 		for i := range s.msgs {
 			s.msgs[i].Buffers = make([][]byte, 1)

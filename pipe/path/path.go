@@ -56,6 +56,8 @@ import (
 
 	"github.com/p2pcat/p2pcat/internal/textsafe"
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
+
+	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 // ProbeType is the first byte of a punch probe. It is outside the ranges
@@ -292,7 +294,7 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Conn{
-		udp: udp, server: unmap(server), pairingID: pairingID, log: log,
+		udp: udp, server: udpio.Unmap(server), pairingID: pairingID, log: log,
 		confirmedC: make(chan struct{}),
 		punchDone:  make(chan struct{}),
 		known:      make(map[netip.AddrPort]*ampBudget),
@@ -333,7 +335,7 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 	if !c.relayOnly {
 		for _, a := range candidates {
 			if c.addCandidateLocked(a) {
-				c.knowGiven(unmap(a))
+				c.knowGiven(udpio.Unmap(a))
 			}
 		}
 	}
@@ -344,7 +346,7 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 }
 
 func (c *Conn) addCandidateLocked(a netip.AddrPort) bool {
-	a = unmap(a)
+	a = udpio.Unmap(a)
 	if !a.IsValid() || a.Port() == 0 || a.Addr().IsUnspecified() || slices.Contains(c.candidates, a) || len(c.candidates) >= MaxCandidates {
 		return false
 	}
@@ -778,7 +780,7 @@ func (c *Conn) recvEach(buf []byte) (int, netip.AddrPort, error) {
 			}
 			return 0, netip.AddrPort{}, err
 		}
-		from = unmap(from)
+		from = udpio.Unmap(from)
 		p, err := c.inbound(buf[:n], from)
 		if err != nil {
 			return 0, netip.AddrPort{}, err
@@ -916,7 +918,7 @@ func (c *Conn) recvGRO(buf []byte) (int, netip.AddrPort, error) {
 			}
 			return 0, netip.AddrPort{}, err
 		}
-		from = unmap(from)
+		from = udpio.Unmap(from)
 		if n == 0 {
 			continue
 		}
@@ -984,7 +986,7 @@ func (c *Conn) Heard(from netip.AddrPort) {
 
 // Confirm makes from the peer's address: a packet from it authenticated.
 func (c *Conn) Confirm(from netip.AddrPort) {
-	from = unmap(from)
+	from = udpio.Unmap(from)
 	c.proven(from)
 	c.mu.Lock()
 	old := c.peer
@@ -1095,10 +1097,6 @@ func allZero(b []byte) bool {
 		}
 	}
 	return true
-}
-
-func unmap(a netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 }
 
 func randUint64() uint64 {
