@@ -1,0 +1,49 @@
+package secure
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// ErrAuth means the handshake failed authentication. Both sides return it
+// (wrapped) when the passwords differ.
+var ErrAuth = errors.New("authentication failed: wrong password or someone in the middle")
+
+func authError(reason string) error { return fmt.Errorf("%w (%s)", ErrAuth, reason) }
+
+// ErrUnconfirmed is matched (together with ErrAuth) by the error of a
+// responder's handshake that answered a Hello and never received a valid
+// Finish: the other side used another password or session key, or someone
+// tested a guess (see the package documentation).
+var ErrUnconfirmed = errors.New("a handshake was begun and never confirmed: a wrong password or session key on the other side, or someone guessing it")
+
+type unconfirmedError struct{ why string }
+
+func (e unconfirmedError) Error() string {
+	return fmt.Sprintf("authentication failed: %v (%s)", ErrUnconfirmed, e.why)
+}
+
+func (unconfirmedError) Is(target error) bool { return target == ErrAuth || target == ErrUnconfirmed }
+
+// ErrPeerCancelled means the peer gave the handshake up before it was
+// complete (its user interrupted it) and said so with a Cancel notice.
+var ErrPeerCancelled = errors.New("the peer gave up the connection before it was complete")
+
+// ErrPeerVersion means the peer speaks protocol version 1 (an older
+// p2pcat): its handshake cannot meet ours.
+var ErrPeerVersion = errors.New("the peer runs an older p2pcat (protocol version 1); run the same version on both sides")
+
+// ErrAttemptTimeout: Run reached its deadline; the handshake may go on
+// with another Run. It matches context.DeadlineExceeded.
+var ErrAttemptTimeout = fmt.Errorf("secure: handshake timed out: %w", context.DeadlineExceeded)
+
+// attemptTimeout is Run's error at its deadline: it matches
+// ErrAttemptTimeout and context.DeadlineExceeded.
+type attemptTimeout string
+
+func (e attemptTimeout) Error() string { return string(e) + ": " + context.DeadlineExceeded.Error() }
+
+func (attemptTimeout) Is(target error) bool {
+	return target == ErrAttemptTimeout || target == context.DeadlineExceeded
+}
