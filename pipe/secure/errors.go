@@ -47,3 +47,7 @@ func (e attemptTimeout) Error() string { return string(e) + ": " + context.Deadl
 func (attemptTimeout) Is(target error) bool {
 	return target == ErrAttemptTimeout || target == context.DeadlineExceeded
 }
+
+// ErrCounterExhausted is returned by Send once the packet counter reached
+// its limit; the Conn cannot send again and a new handshake is needed.
+var ErrCounterExhausted = errors.New("secure: packet counter exhausted, start a new session")

@@ -29,3 +29,19 @@ type DeadlineLink interface {
 	Link
 	SetReadDeadline(t time.Time) error
 }
+
+// HeardLink is a Link that is told of every authentic packet from the
+// peer (pipe/path: liveness, and whether a direct path works), so that
+// nothing unauthenticated moves its state. Heard is called on the receive
+// path and must be cheap.
+type HeardLink interface {
+	Link
+	Heard(from netip.AddrPort)
+}
+
+// BatchLink is a Link that can send several datagrams with one system call
+// (pipe/path does, with UDP GSO).
+type BatchLink interface {
+	Link
+	SendBatch(bufs [][]byte) error
+}
