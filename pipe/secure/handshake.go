@@ -110,10 +110,23 @@ func (hs *Handshaker) Run(ctx context.Context, link Link, deadline time.Time) (*
 	}
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	// Link.Recv must come back when the run ends: by a past read deadline
-	// where the link has them (the link stays usable), else by closing
-	// it. When the caller gave up (ctx, not the deadline, which the peer
-	// runs into too), the peer is told first.
+	release := h.unblockAtEnd(ctx, dctx, link, deadline)
+	var conn *Conn
+	var err error
+	if hs.p.Role == Initiator {
+		conn, err = h.runInitiator()
+	} else {
+		conn, err = h.runResponder()
+	}
+	return hs.settle(ctx, dctx, conn, err, release())
+}
+
+// unblockAtEnd makes link.Recv come back when dctx ends: by a past read
+// deadline where the link has them (the link stays usable), else by closing
+// it. When the caller gave up (ctx, not the deadline, which the peer runs
+// into too), the peer is told first. The run calls release when its loop
+// returned; release reports whether the link was closed under it.
+func (h *handshake) unblockAtEnd(ctx, dctx context.Context, link Link, deadline time.Time) (release func() (closed bool)) {
 	dl, canDeadline := link.(DeadlineLink)
 	if canDeadline {
 		_ = dl.SetReadDeadline(deadline)
@@ -130,22 +143,24 @@ func (hs *Handshaker) Run(ctx context.Context, link Link, deadline time.Time) (*
 			_ = link.Close()
 		}
 	})
-	var conn *Conn
-	var err error
-	if hs.p.Role == Initiator {
-		conn, err = h.runInitiator()
-	} else {
-		conn, err = h.runResponder()
+	return func() bool {
+		ended := !stop()
+		if ended {
+			<-fired
+		}
+		if canDeadline {
+			_ = dl.SetReadDeadline(time.Time{})
+		}
+		return ended && !canDeadline
 	}
-	ended := !stop()
-	if ended {
-		<-fired
-	}
-	if canDeadline {
-		_ = dl.SetReadDeadline(time.Time{})
-	}
+}
+
+// settle turns the outcome of one run (its loop's result, and whether the
+// link was closed under it) into Run's result: a Conn handed over, a final
+// failure remembered, or the error of a run that may be resumed.
+func (hs *Handshaker) settle(ctx, dctx context.Context, conn *Conn, err error, linkClosed bool) (*Conn, error) {
 	switch {
-	case err == nil && (!ended || canDeadline):
+	case err == nil && !linkClosed:
 		hs.conn = conn
 		conn.run()
 		return conn, nil
@@ -153,7 +168,7 @@ func (hs *Handshaker) Run(ctx context.Context, link Link, deadline time.Time) (*
 		// Done, but the link was closed under the Conn meanwhile: there is
 		// no session to hand over.
 		conn.Close()
-		err = h.contextError(dctx)
+		err = hs.h.contextError(dctx)
 		if ctx.Err() != nil {
 			err = fmt.Errorf("secure: handshake: %w", context.Cause(ctx))
 		}
@@ -167,7 +182,7 @@ func (hs *Handshaker) Run(ctx context.Context, link Link, deadline time.Time) (*
 		return nil, fmt.Errorf("secure: handshake: %w", context.Cause(ctx))
 	case dctx.Err() != nil, errors.Is(err, os.ErrDeadlineExceeded):
 		// (The link's read deadline can fire a moment before dctx's.)
-		return nil, h.timeoutError()
+		return nil, hs.h.timeoutError()
 	}
 	return nil, err
 }

@@ -78,12 +78,7 @@ func (h *handshake) runInitiator() (*Conn, error) {
 			if err != nil || m.id != h.id || m.ref != refOf(h.fin) {
 				continue
 			}
-			if !hmac.Equal(m.tag[:], h.wantConfirmR) {
-				h.notify(pkt)
-				return nil, authError("the responder's key confirmation did not verify")
-			}
-			h.conn.confirmPeer(from)
-			return h.conn, nil
+			return h.acceptFinished(m, pkt, from)
 		case typeData, typeDataHead, typeKeepalive:
 			if h.conn != nil && h.conn.acceptEarly(pkt, from) {
 				return h.conn, nil
@@ -104,53 +99,83 @@ func (h *handshake) runInitiator() (*Conn, error) {
 // Finish. Every failure here is an authentication failure: the Reply claims
 // to answer us.
 func (h *handshake) acceptReply(m *reply, pkt []byte, from netip.AddrPort) error {
-	isk, err := h.cpace.Finish(m.yb[:], adOf(m.pk), cpace.Initiator)
-	if err != nil {
-		h.notify(pkt)
-		return authError("the responder's CPace share is invalid")
-	}
-	h.cpace = nil
-	defer clear(isk)
-	want, err := earlyTag(isk, h.id, h.hello, pkt[:len(pkt)-tagSize])
+	isk, err := h.checkEarlyTag(m, pkt)
 	if err != nil {
 		return err
 	}
-	if !hmac.Equal(m.tag[:], want) {
-		h.notify(pkt)
-		return authError("the responder's early confirmation did not verify")
-	}
+	defer clear(isk)
 	if err := h.setCancelKey(isk); err != nil {
 		return err
 	}
 	// The responder knows the password: from here on it is authenticated.
 	h.link.Confirm(from)
-	peerKey, err := parsePublicKey(m.pk, h.p.minBits())
-	if err != nil {
-		return fmt.Errorf("secure: responder's %w", err)
-	}
 	var secretI, secretR [32]byte
 	defer clear(secretI[:])
 	defer clear(secretR[:])
+	ct, err := h.exchangeSecrets(m, pkt, &secretI, &secretR)
+	if err != nil {
+		return err
+	}
+	h.reply = bytes.Clone(pkt)
+	return h.sendFinish(isk, secretI[:], secretR[:], ct, from)
+}
+
+// checkEarlyTag completes CPace with the responder's share and checks the
+// Reply's early tag, the proof that the responder used the same password.
+// It returns the ISK, which the caller clears.
+func (h *handshake) checkEarlyTag(m *reply, pkt []byte) ([]byte, error) {
+	isk, err := h.cpace.Finish(m.yb[:], adOf(m.pk), cpace.Initiator)
+	if err != nil {
+		h.notify(pkt)
+		return nil, authError("the responder's CPace share is invalid")
+	}
+	h.cpace = nil
+	want, err := earlyTag(isk, h.id, h.hello, pkt[:len(pkt)-tagSize])
+	if err != nil {
+		clear(isk)
+		return nil, err
+	}
+	if !hmac.Equal(m.tag[:], want) {
+		clear(isk)
+		h.notify(pkt)
+		return nil, authError("the responder's early confirmation did not verify")
+	}
+	return isk, nil
+}
+
+// exchangeSecrets decrypts the responder's secret from the Reply into
+// secretR, draws ours into secretI and returns it encrypted to the
+// responder's key, for Finish.
+func (h *handshake) exchangeSecrets(m *reply, pkt []byte, secretI, secretR *[32]byte) ([]byte, error) {
+	peerKey, err := parsePublicKey(m.pk, h.p.minBits())
+	if err != nil {
+		return nil, fmt.Errorf("secure: responder's %w", err)
+	}
 	sr, err := rsa.DecryptOAEP(sha256.New(), nil, h.key, m.ct, labelSecretR)
 	if err != nil || len(sr) != len(secretR) {
 		h.notify(pkt)
-		return authError("cannot decrypt the responder's secret")
+		return nil, authError("cannot decrypt the responder's secret")
 	}
 	copy(secretR[:], sr)
 	clear(sr)
 	if _, err := rand.Read(secretI[:]); err != nil {
-		return fmt.Errorf("secure: %w", err)
+		return nil, fmt.Errorf("secure: %w", err)
 	}
 	ct, err := rsa.EncryptOAEP(sha256.New(), rand.Reader, peerKey, secretI[:], labelSecretI)
 	if err != nil {
-		return fmt.Errorf("secure: encrypting to the responder's key: %w", err)
+		return nil, fmt.Errorf("secure: encrypting to the responder's key: %w", err)
 	}
+	return ct, nil
+}
 
-	h.reply = bytes.Clone(pkt)
+// sendFinish derives the session keys from the accepted Reply, builds
+// Finish with its confirmation, prepares the Conn that Finished (or the
+// first data packet) completes, and sends Finish.
+func (h *handshake) sendFinish(isk, secretI, secretR, ct []byte, from netip.AddrPort) error {
 	f := finish{id: h.id, ref: refOf(h.reply), ct: ct}
 	untagged := f.marshalUntagged()
 	t := transcriptHash(h.hello, h.reply, untagged)
-	keys, err := deriveKeys(isk, secretI[:], secretR[:], t[:])
+	keys, err := deriveKeys(isk, secretI, secretR, t[:])
 	if err != nil {
 		return err
 	}
@@ -168,6 +193,17 @@ func (h *handshake) acceptReply(m *reply, pkt []byte, from netip.AddrPort) error
 	h.conn.cancelKey = bytes.Clone(h.cancelKey)
 	h.send(h.fin)
 	return nil
+}
+
+// acceptFinished verifies a Finished that names our Finish; success
+// completes the initiator's handshake.
+func (h *handshake) acceptFinished(m *finished, pkt []byte, from netip.AddrPort) (*Conn, error) {
+	if !hmac.Equal(m.tag[:], h.wantConfirmR) {
+		h.notify(pkt)
+		return nil, authError("the responder's key confirmation did not verify")
+	}
+	h.conn.confirmPeer(from)
+	return h.conn, nil
 }
 
 // resender retransmits the initiator's current message on a timer that

@@ -48,24 +48,16 @@ func (c *Conn) RecvPlaced(buf []byte, place func(head []byte, bodyLen int) []byt
 		if c.failure != nil {
 			return 0, nil, c.failure
 		}
-		n, from, err := c.link.Recv(c.rbuf[:])
+		pkt, from, err := c.readLocked()
 		if err != nil {
-			if c.closed.Load() {
-				return 0, nil, fmt.Errorf("secure: recv: %w", net.ErrClosed)
-			}
-			return 0, nil, fmt.Errorf("secure: recv: %w", err)
-		}
-		pkt := c.rbuf[:n]
-		if n == 0 || n > maxDataDatagram {
-			c.stats.malformed.Add(1)
-			continue
+			return 0, nil, err
 		}
 		switch pkt[0] {
 		case typeData, typeKeepalive:
 			// Decrypt straight into buf when it is large enough, which
 			// saves copying the payload.
 			var dst []byte
-			if len(buf) >= n-dataHeaderSize-gcmTagSize {
+			if len(buf) >= len(pkt)-dataHeaderSize-gcmTagSize {
 				dst = buf[:0]
 			}
 			p, ok := c.openLocked(pkt, from, dst)
@@ -94,6 +86,25 @@ func (c *Conn) RecvPlaced(buf []byte, place func(head []byte, bodyLen int) []byt
 		default:
 			c.stats.malformed.Add(1)
 		}
+	}
+}
+
+// readLocked reads the next datagram from the link into rbuf. Empty and
+// oversized datagrams are counted as malformed and skipped.
+func (c *Conn) readLocked() ([]byte, netip.AddrPort, error) {
+	for {
+		n, from, err := c.link.Recv(c.rbuf[:])
+		if err != nil {
+			if c.closed.Load() {
+				return nil, from, fmt.Errorf("secure: recv: %w", net.ErrClosed)
+			}
+			return nil, from, fmt.Errorf("secure: recv: %w", err)
+		}
+		if n == 0 || n > maxDataDatagram {
+			c.stats.malformed.Add(1)
+			continue
+		}
+		return c.rbuf[:n], from, nil
 	}
 }
 
