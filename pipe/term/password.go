@@ -60,34 +60,7 @@ func Password(ctx context.Context, prompt string, confirm bool) ([]byte, error) 
 	if err != nil {
 		return nil, fmt.Errorf("reading the password from the terminal: %w", err)
 	}
-	ask := func(p string) ([]byte, error) {
-		fmt.Fprint(tty, p)
-		type result struct {
-			pw  []byte
-			err error
-		}
-		// ReadPassword cannot be cancelled: it runs on its own goroutine,
-		// which is left blocked on the terminal if ctx ends first (the
-		// process is about to exit then).
-		done := make(chan result, 1)
-		go func() {
-			pw, err := term.ReadPassword(fd)
-			done <- result{pw, err}
-		}()
-		select {
-		case r := <-done:
-			fmt.Fprintln(tty)
-			if r.err != nil {
-				return nil, fmt.Errorf("reading the password from the terminal: %w", r.err)
-			}
-			return r.pw, nil
-		case <-ctx.Done():
-			term.Restore(fd, saved)
-			fmt.Fprintln(tty)
-			return nil, ctx.Err()
-		}
-	}
-	pw, err := ask(prompt)
+	pw, err := ask(ctx, tty, fd, saved, prompt)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +68,7 @@ func Password(ctx context.Context, prompt string, confirm bool) ([]byte, error) 
 		return nil, ErrEmptyPassword
 	}
 	if confirm {
-		again, err := ask("Again: ")
+		again, err := ask(ctx, tty, fd, saved, "Again: ")
 		if err != nil {
 			return nil, err
 		}
@@ -104,4 +77,35 @@ func Password(ctx context.Context, prompt string, confirm bool) ([]byte, error) 
 		}
 	}
 	return pw, nil
+}
+
+// ask prints prompt on tty and reads one password from the terminal fd
+// without echo. When ctx ends first, it restores the terminal's saved state
+// and returns ctx's error.
+func ask(ctx context.Context, tty *os.File, fd int, saved *term.State, prompt string) ([]byte, error) {
+	fmt.Fprint(tty, prompt)
+	type result struct {
+		pw  []byte
+		err error
+	}
+	// ReadPassword cannot be cancelled: it runs on its own goroutine,
+	// which is left blocked on the terminal if ctx ends first (the
+	// process is about to exit then).
+	done := make(chan result, 1)
+	go func() {
+		pw, err := term.ReadPassword(fd)
+		done <- result{pw, err}
+	}()
+	select {
+	case r := <-done:
+		fmt.Fprintln(tty)
+		if r.err != nil {
+			return nil, fmt.Errorf("reading the password from the terminal: %w", r.err)
+		}
+		return r.pw, nil
+	case <-ctx.Done():
+		term.Restore(fd, saved)
+		fmt.Fprintln(tty)
+		return nil, ctx.Err()
+	}
 }
