@@ -40,8 +40,8 @@ func parsePublicKey(pk []byte, minBits int) (*rsa.PublicKey, error) {
 		return nil, errors.New("RSA modulus is not minimally encoded")
 	}
 	n := new(big.Int).SetBytes(pk)
-	if bits := n.BitLen(); bits < minBits || bits > MaxRSABits {
-		return nil, fmt.Errorf("RSA key has %d bits, want %d..%d", bits, minBits, MaxRSABits)
+	if err := checkRSABits(n.BitLen(), minBits); err != nil {
+		return nil, err
 	}
 	if n.Bit(0) == 0 {
 		return nil, errors.New("RSA modulus is even")

@@ -125,9 +125,13 @@ func durationOr(d, def time.Duration) time.Duration {
 
 // CheckRSABits reports whether bits is an RSA key size this package uses
 // and accepts.
-func CheckRSABits(bits int) error {
-	if bits < MinRSABits || bits > MaxRSABits {
-		return fmt.Errorf("RSA key size %d: must be %d to %d bits", bits, MinRSABits, MaxRSABits)
+func CheckRSABits(bits int) error { return checkRSABits(bits, MinRSABits) }
+
+// checkRSABits is the one check of the key size policy, for our key and the
+// peer's; minBits is MinRSABits except in tests (Params.minBits).
+func checkRSABits(bits, minBits int) error {
+	if bits < minBits || bits > MaxRSABits {
+		return fmt.Errorf("RSA key size %d: must be %d to %d bits", bits, minBits, MaxRSABits)
 	}
 	return nil
 }
@@ -139,12 +143,12 @@ func (p *Params) check() error {
 	if len(p.Password) == 0 {
 		return errors.New("secure: empty password")
 	}
-	if bits := p.keyBits(); bits < p.minBits() || bits > MaxRSABits {
-		return fmt.Errorf("secure: RSA key size %d outside %d..%d bits", bits, p.minBits(), MaxRSABits)
+	if err := checkRSABits(p.keyBits(), p.minBits()); err != nil {
+		return fmt.Errorf("secure: %w", err)
 	}
 	if p.RSAKey != nil {
-		if bits := p.RSAKey.N.BitLen(); bits < p.minBits() || bits > MaxRSABits {
-			return fmt.Errorf("secure: RSA key size %d outside %d..%d bits", bits, p.minBits(), MaxRSABits)
+		if err := checkRSABits(p.RSAKey.N.BitLen(), p.minBits()); err != nil {
+			return fmt.Errorf("secure: RSAKey: %w", err)
 		}
 		if p.RSAKey.E != rsaExponent {
 			return fmt.Errorf("secure: RSA key exponent %d, want %d", p.RSAKey.E, rsaExponent)
