@@ -24,64 +24,11 @@ import (
 // in pieces.
 const DefaultMaxLine = 64 << 10
 
-// LineWriter writes only whole lines to W until Flush. It is not safe for
-// concurrent use.
-type LineWriter struct {
-	W       io.Writer
-	MaxLine int // 0: DefaultMaxLine
-	buf     []byte
-}
-
-// Write takes p and writes out every complete line it now holds.
-func (lw *LineWriter) Write(p []byte) (int, error) {
-	max := lw.MaxLine
-	if max <= 0 {
-		max = DefaultMaxLine
-	}
-	n := len(p)
-	if len(lw.buf) == 0 {
-		// Fast path: write straight from p without copying.
-		cut := bytes.LastIndexByte(p, '\n') + 1
-		if len(p)-cut >= max {
-			cut = len(p)
-		}
-		if cut > 0 {
-			if _, err := lw.W.Write(p[:cut]); err != nil {
-				return 0, err
-			}
-		}
-		lw.buf = append(lw.buf, p[cut:]...)
-		return n, nil
-	}
-	lw.buf = append(lw.buf, p...)
-	cut := bytes.LastIndexByte(lw.buf, '\n') + 1
-	if len(lw.buf)-cut >= max {
-		cut = len(lw.buf)
-	}
-	if cut > 0 {
-		if _, err := lw.W.Write(lw.buf[:cut]); err != nil {
-			return 0, err
-		}
-		lw.buf = append(lw.buf[:0], lw.buf[cut:]...)
-	}
-	return n, nil
-}
-
-// Flush writes what is held, a last line without newline.
-func (lw *LineWriter) Flush() error {
-	if len(lw.buf) == 0 {
-		return nil
-	}
-	_, err := lw.W.Write(lw.buf)
-	lw.buf = lw.buf[:0]
-	return err
-}
-
-// SpanWriter follows the same rules as LineWriter for a reader that keeps
-// its bytes in its own buffer (pipe/stream's receive buffer, see
-// stream.Conn.Peek): it writes whole lines straight from that buffer and
-// reports how many bytes it wrote; the rest, a partial line, stays with the
-// caller, who presents it again with the bytes that follow. Only a line
+// SpanWriter applies the rules above for a reader that keeps its bytes in
+// its own buffer (pipe/stream's receive buffer, see stream.Conn.Peek): it
+// writes whole lines straight from that buffer and reports how many bytes
+// it wrote; the rest, a partial line, stays with the caller, who presents
+// it again with the bytes that follow. Only a line
 // that straddles the end of a ring buffer (a, then b) is copied, into a
 // scratch buffer of at most MaxLine bytes. Every Write to W is whole lines,
 // a piece of a line of at least MaxLine bytes, or the end of the stream.
@@ -142,7 +89,7 @@ func (w *SpanWriter) WriteLines(a, b []byte, atEOF bool) (int, error) {
 
 // linesCut returns how much of p to write: up to its last newline, or all
 // of it when atEOF or when the partial line after that newline is max
-// bytes or longer (as LineWriter does).
+// bytes or longer.
 func linesCut(p []byte, max int, atEOF bool) int {
 	cut := bytes.LastIndexByte(p, '\n') + 1
 	if atEOF || len(p)-cut >= max {
