@@ -22,6 +22,11 @@
 // the same PRS, CI and sid and saw the same Ya, ADa, Yb, ADb. CPace itself
 // has no key confirmation: callers must confirm ISK explicitly (draft
 // section 10.4) and should pass it through a KDF before use (section 10.3).
+//
+// The package owns the PAKE and nothing around it: no wire format, no
+// transport, no key confirmation (pipe/secure does all three). It imports
+// the standard library and github.com/gtank/ristretto255, and nothing of
+// p2pcat.
 package cpace
 
 import (

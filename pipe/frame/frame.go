@@ -13,6 +13,10 @@
 //   - At EOF whatever is left (a last line without newline) is written as is.
 //
 // The bytes that come out are exactly the bytes that went in.
+//
+// The package owns these rules and the line splitting for the chat
+// (Lines); it sees bytes only, never the stream or the terminal (pipe
+// connects them). It imports only the standard library.
 package frame
 
 import (

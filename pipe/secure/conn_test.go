@@ -389,7 +389,7 @@ func TestAuthFailedNotice(t *testing.T) {
 // freed by the next GC. While each Conn had its own sync.Pool of seal
 // buffers, the runtime's list of pools kept it (and its link) alive one GC
 // cycle more, and FuzzConnRecv's worker, which makes a pair per input,
-// grew by 350 MB/s until it was killed.
+// grew until it was killed.
 func TestClosedConnIsGarbage(t *testing.T) {
 	conn, link := func() (weak.Pointer[Conn], weak.Pointer[memLink]) {
 		_, la, lb := newMemPairDepth(1, 4)
@@ -419,8 +419,8 @@ func TestClosedConnIsGarbage(t *testing.T) {
 
 // FuzzConnRecv feeds an arbitrary datagram, then a genuine one, to a Conn:
 // Recv must return exactly the genuine payload. Each input gets a fresh
-// pair over short queues (the default 1024-datagram ones cost 2.6 MB per
-// input) with fixed keys: random ones made coverage differ from run to run
+// pair over short queues (the default 1024-datagram ones cost megabytes
+// per input) with fixed keys: random ones made coverage differ from run to run
 // of one input, and the engine kept re-minimizing the same input.
 func FuzzConnRecv(f *testing.F) {
 	var fuzzKeys [2][32]byte

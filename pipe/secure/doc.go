@@ -2,6 +2,17 @@
 // session keys, and then carries their datagrams encrypted and
 // authenticated.
 //
+// It owns the p2pcat v2 handshake (handshake.go runs it over one or more
+// links, initiator.go and responder.go are its two sides, keys.go the key
+// schedule, notice.go the AuthFailed and Cancel notices, messages.go the
+// wire format, params.go its configuration) and the data plane that follows
+// it: Conn (conn.go), sealing (seal.go), opening (recv.go) and the replay
+// window (replay.go). Below it is a Link (link.go), which pipe/path
+// implements; above it, pipe runs the handshake and carries its stream over
+// the Conn. It imports the standard library and pipe/cpace, and nothing
+// else of p2pcat: it reaches the path only through Link and knows nothing
+// of the stream.
+//
 // # Overview (protocol p2pcat v2)
 //
 // Inputs: the role (initiator or responder: the side whose name sorts first

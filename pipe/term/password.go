@@ -1,5 +1,3 @@
-// Package term is p2pcat's terminal side: reading secrets from the
-// controlling terminal and drawing the interactive chat.
 package term
 
 import (
