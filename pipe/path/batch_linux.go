@@ -92,7 +92,7 @@ type plainReceiver struct {
 // possible. The caller holds sendMu.
 func (c *Conn) sendPlainLocked(bufs [][]byte, peer netip.AddrPort) error {
 	s := &c.plainOut
-	if s.off || len(bufs) < 2 {
+	if s.off || len(bufs) < 2 || c.udp == nil {
 		return c.sendEachLocked(bufs, peer) // for one datagram, sendto is as cheap
 	}
 	if s.conn == nil {
@@ -159,8 +159,8 @@ func (c *Conn) recvPlain(buf []byte) (int, netip.AddrPort, error) {
 	defer c.recvMu.Unlock()
 	r := &c.plainIn
 	if !r.off && r.raw == nil {
-		if err := r.init(c.udp); err != nil {
-			r.off = true
+		if c.udp == nil || r.init(c.udp) != nil {
+			r.off = true // not a kernel socket, or one without a raw descriptor
 		}
 	}
 	if r.off {
@@ -193,7 +193,7 @@ func (c *Conn) recvPlain(buf []byte) (int, netip.AddrPort, error) {
 				c.log.Debug("no recvmmsg; reading one datagram per system call from now on", "err", err)
 				return c.recvEach(buf)
 			}
-			return 0, netip.AddrPort{}, &net.OpError{Op: "read", Net: "udp", Source: c.udp.LocalAddr(), Err: err}
+			return 0, netip.AddrPort{}, &net.OpError{Op: "read", Net: "udp", Source: c.sock.LocalAddr(), Err: err}
 		}
 		r.n, r.next = n, 0
 		if direct && n > 0 {

@@ -67,7 +67,8 @@ type Stats struct {
 // Conn is the punched path to one peer. It implements the secure layer's
 // Link. Send is safe for concurrent use with itself and Recv.
 type Conn struct {
-	udp       *net.UDPConn
+	sock      Socket
+	udp       *net.UDPConn // sock, when it is a real UDP socket (the kernel's fast paths); else nil
 	server    netip.AddrPort
 	pairingID [16]byte
 	log       *slog.Logger
@@ -164,15 +165,16 @@ type Options struct {
 	RelayToken [16]byte
 }
 
-// New starts punching to candidates (in order of preference) over udp,
+// New starts punching to candidates (in order of preference) over sock,
 // which the Conn now owns. server is the rendezvous server, whose late
-// datagrams are ignored.
-func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates []netip.AddrPort, log *slog.Logger, opt Options) *Conn {
+// datagrams are ignored. When sock is a *net.UDPConn the Conn uses the
+// kernel's fast paths (see Socket).
+func New(sock Socket, server netip.AddrPort, pairingID [16]byte, candidates []netip.AddrPort, log *slog.Logger, opt Options) *Conn {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := &Conn{
-		udp: udp, server: udpio.Unmap(server), pairingID: pairingID, log: log,
+		sock: sock, server: udpio.Unmap(server), pairingID: pairingID, log: log,
 		confirmedC: make(chan struct{}),
 		punchDone:  make(chan struct{}),
 		known:      make(map[netip.AddrPort]*ampBudget),
@@ -180,6 +182,29 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 	if opt.ProbeDelay > 0 {
 		c.holdUntil = time.Now().Add(opt.ProbeDelay)
 	}
+	if udp, ok := sock.(*net.UDPConn); ok {
+		c.useKernel(udp, opt)
+	}
+	if opt.Relay || opt.RelayOnly {
+		c.allowRelay(opt)
+	}
+	if !c.relayOnly {
+		for _, a := range candidates {
+			if c.addCandidateLocked(a) {
+				c.knowGiven(udpio.Unmap(a))
+			}
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.stopPunch = cancel
+	go c.routinePunch(ctx, opt.ProbeDelay)
+	return c
+}
+
+// useKernel sets up the kernel's fast paths on a real UDP socket: no
+// fragmentation, and unless opt says otherwise GSO and GRO.
+func (c *Conn) useKernel(udp *net.UDPConn, opt Options) {
+	c.udp = udp
 	// Datagrams must not be fragmented: a size the path cannot carry
 	// whole should be lost, so that path MTU probing above (pipe/stream)
 	// learns the truth; fragments would also multiply the loss rate.
@@ -196,31 +221,23 @@ func New(udp *net.UDPConn, server netip.AddrPort, pairingID [16]byte, candidates
 		c.groBuf = make([]byte, 65535)
 		c.oobIn = make([]byte, 64)
 	}
-	log.Debug("udp offload", "gso", c.gso, "gro", c.gro)
-	if opt.Relay || opt.RelayOnly {
-		c.relayAllowed = true
-		c.role = opt.Role
-		c.relayToken = opt.RelayToken
-		c.relayOnly = opt.RelayOnly
-		switch {
-		case opt.RelayOnly:
-			c.relayAt = time.Now()
-		case opt.RelayAfter > 0:
-			c.relayAt = time.Now().Add(opt.RelayAfter)
-		}
-		c.relayBuf = make([]byte, 0, wire.MaxRelayDatagram)
+	c.log.Debug("udp offload", "gso", c.gso, "gro", c.gro)
+}
+
+// allowRelay lets the relay carry the session as opt says (see the
+// package comment).
+func (c *Conn) allowRelay(opt Options) {
+	c.relayAllowed = true
+	c.role = opt.Role
+	c.relayToken = opt.RelayToken
+	c.relayOnly = opt.RelayOnly
+	switch {
+	case opt.RelayOnly:
+		c.relayAt = time.Now()
+	case opt.RelayAfter > 0:
+		c.relayAt = time.Now().Add(opt.RelayAfter)
 	}
-	if !c.relayOnly {
-		for _, a := range candidates {
-			if c.addCandidateLocked(a) {
-				c.knowGiven(udpio.Unmap(a))
-			}
-		}
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c.stopPunch = cancel
-	go c.routinePunch(ctx, opt.ProbeDelay)
-	return c
+	c.relayBuf = make([]byte, 0, wire.MaxRelayDatagram)
 }
 
 func (c *Conn) count(f func(*Stats)) {
@@ -282,7 +299,7 @@ func (c *Conn) Confirm(from netip.AddrPort) {
 // SetReadDeadline bounds a blocked Recv (the handshake's attempts, which
 // stop at a deadline and may go on over the same path). The zero time
 // removes the bound.
-func (c *Conn) SetReadDeadline(t time.Time) error { return c.udp.SetReadDeadline(t) }
+func (c *Conn) SetReadDeadline(t time.Time) error { return c.sock.SetReadDeadline(t) }
 
 // Confirmed is closed once a packet from the peer authenticated.
 func (c *Conn) Confirmed() <-chan struct{} { return c.confirmedC }
@@ -339,7 +356,7 @@ func (c *Conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
 		c.stopPunch()
-		err = c.udp.Close()
+		err = c.sock.Close()
 		<-c.punchDone
 	})
 	return err

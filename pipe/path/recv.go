@@ -21,7 +21,7 @@ func (c *Conn) Recv(buf []byte) (int, netip.AddrPort, error) {
 // system has no recvmmsg.
 func (c *Conn) recvEach(buf []byte) (int, netip.AddrPort, error) {
 	for {
-		n, from, err := c.udp.ReadFromUDPAddrPort(buf)
+		n, from, err := c.sock.ReadFromUDPAddrPort(buf)
 		if err != nil {
 			// Any error but an ICMP report ends Recv, rather than a loop
 			// that spins on it.

@@ -17,7 +17,7 @@ func (c *Conn) write(b []byte, to netip.AddrPort) error {
 	if !c.spend(to, len(b)) {
 		return nil
 	}
-	_, err := c.udp.WriteToUDPAddrPort(b, to)
+	_, err := c.sock.WriteToUDPAddrPort(b, to)
 	return err
 }
 

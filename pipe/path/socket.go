@@ -4,7 +4,38 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
+	"time"
 )
+
+// Socket is what a Conn needs of its datagram socket: an unconnected
+// socket that sends to and receives from any address, as *net.UDPConn
+// does. Methods are called concurrently: Recv's reads with Send's writes,
+// SetReadDeadline and Close with both.
+//
+//   - ReadFromUDPAddrPort blocks until a datagram arrives and returns it
+//     with its sender (a datagram longer than b is cut to len(b)). After
+//     the read deadline it returns an error that wraps
+//     os.ErrDeadlineExceeded; after Close one that wraps net.ErrClosed.
+//   - WriteToUDPAddrPort sends one datagram. An error is the datagram's
+//     loss, except one that wraps net.ErrClosed, which ends the Conn.
+//   - SetReadDeadline bounds the reads blocked now and later; the zero
+//     time removes the bound.
+//   - Close unblocks every read and write, for good.
+//
+// With a *net.UDPConn the Conn also uses the kernel's fast paths where it
+// has them: UDP GSO and GRO, sendmmsg and recvmmsg, and the don't-fragment
+// socket options (offload_linux.go, batch_linux.go). Any other Socket
+// (internal/memnet's, in tests) carries one datagram per call.
+type Socket interface {
+	ReadFromUDPAddrPort(b []byte) (n int, from netip.AddrPort, err error)
+	WriteToUDPAddrPort(b []byte, to netip.AddrPort) (int, error)
+	LocalAddr() net.Addr
+	SetReadDeadline(t time.Time) error
+	Close() error
+}
+
+var _ Socket = (*net.UDPConn)(nil)
 
 // Listen opens the session's UDP socket on port (0: any), dual-stack where
 // the system allows, with large buffers so bursts are not dropped.
