@@ -50,6 +50,7 @@ func endOf(opt Options, m rendezvous.Match) Options {
 }
 
 func TestRelayOnly(t *testing.T) {
+	checkGoroutinesEnd(t)
 	for _, offload := range []bool{true, false} {
 		srv := rendezvoustest.Start(t, rendezvous.Config{})
 		ua, ub, ma, mb := pairThroughServer(t, srv)
@@ -185,6 +186,7 @@ func gatedPair(t *testing.T, open bool, opt Options) (*rendezvoustest.Server, *g
 }
 
 func testRelayToDirectAndBack(t *testing.T, offload bool) {
+	checkGoroutinesEnd(t)
 	_, g, a, b := gatedPair(t, false, Options{Relay: true, RelayAfter: time.Millisecond, NoOffload: !offload})
 
 	waitFor := func(what string, d time.Duration, cond func() bool) {
@@ -218,6 +220,7 @@ func TestDirectFallsBackToRelay(t *testing.T) {
 }
 
 func testDirectFallsBackToRelay(t *testing.T, offload bool) {
+	checkGoroutinesEnd(t)
 	srv, g, a, b := gatedPair(t, true, Options{Relay: true, NoOffload: !offload})
 	waitUntil(t, "both direct", 5*time.Second, func() bool { return a.Peer() == g.addrForA() && b.Peer() == g.addrForB() })
 	time.Sleep(300 * time.Millisecond) // traffic on the working direct path
@@ -243,6 +246,7 @@ func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 // on a relayed path returns ErrRelayEnded with the server's reason, while
 // the other side keeps sending.
 func TestRelayEndedEndsRecv(t *testing.T) {
+	checkGoroutinesEnd(t)
 	srv := rendezvoustest.Start(t, rendezvous.Config{RelayBytes: 20_000})
 	ua, ub, ma, mb := pairThroughServer(t, srv)
 	opt := Options{RelayOnly: true}
