@@ -1,8 +1,6 @@
 package path
 
-import (
-	"net/netip"
-)
+import "net/netip"
 
 // Until a packet from an address authenticates, what we send there is
 // bounded, as QUIC bounds a server before address validation (RFC 9000

@@ -1,9 +1,10 @@
 package path
 
-// Batched plain I/O, Linux only. Without GSO and GRO (Options.NoOffload, a
-// kernel without them, or GSO switched off after a failure) one datagram
-// per system call costs about 9 µs of CPU; sendmmsg and recvmmsg carry many
-// per call instead:
+// Batched plain I/O, Linux only, on a *net.UDPConn. Without GSO and GRO
+// (Options.NoOffload, a kernel without them, or GSO switched off after a
+// failure) the system call, not the datagram, is most of what a datagram
+// costs when each takes one; sendmmsg and recvmmsg carry many per call
+// instead:
 //
 //   - SendBatch to the confirmed direct peer hands the batch to sendmmsg,
 //     sendBatchSize datagrams per call. A datagram the kernel refuses (too

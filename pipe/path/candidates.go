@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/p2pcat/p2pcat/internal/udpio"
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
 // MaxCandidates bounds the addresses probed, learned ones included.
@@ -15,7 +16,8 @@ const MaxCandidates = 16
 
 // LocalCandidates lists this host's addresses with port: every up,
 // non-loopback interface address (IPv4 and global IPv6), and loopback too
-// when withLoopback (the server and peer are on this machine).
+// when withLoopback (the server and peer are on this machine); IPv4 first,
+// and no more than a Find message carries (wire.MaxCandidates).
 func LocalCandidates(port uint16, withLoopback bool) []netip.AddrPort {
 	ifaces, err := net.Interfaces()
 	if err != nil {
@@ -57,12 +59,15 @@ func LocalCandidates(port uint16, withLoopback bool) []netip.AddrPort {
 		}
 		return 1
 	})
-	if len(out) > 8 {
-		out = out[:8]
+	if len(out) > wire.MaxCandidates {
+		out = out[:wire.MaxCandidates]
 	}
 	return out
 }
 
+// addCandidateLocked adds a to the addresses probed, unless it is none to
+// send to, is there already, or would be one too many; it reports whether
+// it did. The caller holds mu (or, in New, is the only one to see c).
 func (c *Conn) addCandidateLocked(a netip.AddrPort) bool {
 	a = udpio.Unmap(a)
 	if !a.IsValid() || a.Port() == 0 || a.Addr().IsUnspecified() || slices.Contains(c.candidates, a) || len(c.candidates) >= MaxCandidates {

@@ -10,17 +10,6 @@ import (
 	"unsafe"
 )
 
-func (c *Conn) write(b []byte, to netip.AddrPort) error {
-	if !c.holdUntil.IsZero() && time.Now().Before(c.holdUntil) {
-		return nil // held back: lost, as a datagram the network dropped
-	}
-	if !c.spend(to, len(b)) {
-		return nil
-	}
-	_, err := c.sock.WriteToUDPAddrPort(b, to)
-	return err
-}
-
 // Send sends b to the confirmed peer address, or before confirmation to
 // every candidate (and through the relay once it may carry copies).
 func (c *Conn) Send(b []byte) error {
@@ -39,6 +28,20 @@ func (c *Conn) Send(b []byte) error {
 		return c.sendRelay(b)
 	}
 	return nil // a lost datagram is the reliability layer's business
+}
+
+// write sends one datagram to to, unless Options.ProbeDelay holds it back
+// or the amplification bound (amplify.go) forbids it: those are lost
+// without an error, as the network would lose them.
+func (c *Conn) write(b []byte, to netip.AddrPort) error {
+	if !c.holdUntil.IsZero() && time.Now().Before(c.holdUntil) {
+		return nil // held back: lost, as a datagram the network dropped
+	}
+	if !c.spend(to, len(b)) {
+		return nil
+	}
+	_, err := c.sock.WriteToUDPAddrPort(b, to)
+	return err
 }
 
 // route says where the next datagram goes.
