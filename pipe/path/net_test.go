@@ -1,6 +1,7 @@
 package path
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/netip"
@@ -8,10 +9,12 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/p2pcat/p2pcat/internal/memnet"
+	"github.com/p2pcat/p2pcat/internal/netem"
 )
 
 // The same tests over two networks, as wireguard-go runs its tests over
@@ -167,4 +170,41 @@ func TestCloseEndsRecv(t *testing.T) {
 			t.Fatalf("second Close: %v", err)
 		}
 	})
+}
+
+// TestPunchOverImpairedNet: over a network that loses, duplicates,
+// reorders and delays datagrams (memnet with netem's model), a side that
+// knows only a dead candidate still learns the peer's address from its
+// probes, and both confirm each other.
+func TestPunchOverImpairedNet(t *testing.T) {
+	checkGoroutinesEnd(t)
+	mem, err := memnet.New(memnet.Config{
+		Impairment: netem.Impairment{Loss: 0.3, Duplicate: 0.1, Reorder: 0.2, Delay: 5 * time.Millisecond, Jitter: 2 * time.Millisecond},
+		Seed:       13,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mem.Close() })
+	n := testNet{mem: mem}
+	ua, aAddr := n.listen(t)
+	ub, bAddr := n.listen(t)
+	_, server := n.listen(t)
+	id := [16]byte{1, 3}
+	a := New(ua, server, id, []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")}, nil, Options{})
+	b := New(ub, server, id, []netip.AddrPort{aAddr}, nil, Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	runEndpoint(ctx, &wg, a)
+	runEndpoint(ctx, &wg, b)
+	t.Cleanup(func() {
+		cancel()
+		a.Close()
+		b.Close()
+		wg.Wait()
+	})
+	waitUntil(t, "both confirmed", 10*time.Second, func() bool { return a.Peer() == bAddr && b.Peer() == aAddr })
+	if st := mem.Stats(); st.DroppedLoss == 0 || st.Duplicated == 0 {
+		t.Fatalf("the network impaired nothing (%v): the test proves nothing", st)
+	}
 }
