@@ -50,10 +50,10 @@ func endOf(opt Options, m rendezvous.Match) Options {
 }
 
 func TestRelayOnly(t *testing.T) {
-	checkGoroutinesEnd(t)
 	for _, offload := range []bool{true, false} {
 		srv := rendezvoustest.Start(t, rendezvous.Config{})
 		ua, ub, ma, mb := pairThroughServer(t, srv)
+		checkGoroutinesEnd(t)
 		opt := Options{RelayOnly: true, NoOffload: !offload}
 		a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{mb.Observed}, nil, endOf(opt, ma))
 		b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{ma.Observed}, nil, endOf(opt, mb))
@@ -246,9 +246,9 @@ func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 // on a relayed path returns ErrRelayEnded with the server's reason, while
 // the other side keeps sending.
 func TestRelayEndedEndsRecv(t *testing.T) {
-	checkGoroutinesEnd(t)
 	srv := rendezvoustest.Start(t, rendezvous.Config{RelayBytes: 20_000})
 	ua, ub, ma, mb := pairThroughServer(t, srv)
+	checkGoroutinesEnd(t)
 	opt := Options{RelayOnly: true}
 	a := New(ua, srv.Addr, ma.PairingID, nil, nil, endOf(opt, ma))
 	b := New(ub, srv.Addr, mb.PairingID, nil, nil, endOf(opt, mb))
