@@ -12,9 +12,9 @@
 //     word, as UDP loses it.
 //   - Datagrams between two sockets keep their order, unless the
 //     impairment reorders them.
-//   - A read waits for a datagram, the read deadline or Close, and then
-//     returns an error that wraps os.ErrDeadlineExceeded or net.ErrClosed
-//     (a *net.OpError, as the net package's).
+//   - A read waits for a datagram. At the read deadline it fails with an
+//     error that wraps os.ErrDeadlineExceeded, after Close with one that
+//     wraps net.ErrClosed (each a *net.OpError, as the net package's).
 //
 // With Config.Impairment each direction between two addresses loses,
 // duplicates, reorders, delays and rate-limits datagrams by
