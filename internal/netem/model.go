@@ -136,9 +136,15 @@ type model struct {
 }
 
 func newModel(imp Impairment, seed int64, dir Direction) *model {
+	return newStreamModel(imp, seed, uint64(dir)+1)
+}
+
+// newStreamModel is a model whose draws come from a generator seeded by
+// (seed, stream).
+func newStreamModel(imp Impairment, seed int64, stream uint64) *model {
 	return &model{
 		imp: imp.withDefaults(),
-		rng: rand.New(rand.NewPCG(uint64(seed), uint64(dir)+1)),
+		rng: rand.New(rand.NewPCG(uint64(seed), stream)),
 	}
 }
 
@@ -196,4 +202,53 @@ func (m *model) route(now time.Duration, size int, uReorder, uJitter, uHold floa
 	}
 	m.lastInOrder = at
 	return copyVerdict{deliverAt: at}
+}
+
+// Model applies one direction's Impairment by the rules at the top of this
+// file, for an emulator other than Proxy (internal/memnet's in-memory
+// network): it decides each datagram's fate, and the caller delivers the
+// copies. It is not safe for concurrent use.
+type Model struct{ m *model }
+
+// NewModel checks imp and returns its model. The random draws come from a
+// generator seeded by (seed, stream), so one seed serves several
+// directions that decide independently. (Proxy's direction dir is stream
+// dir+1.)
+func NewModel(imp Impairment, seed int64, stream uint64) (*Model, error) {
+	if err := imp.validate(); err != nil {
+		return nil, fmt.Errorf("netem: %w", err)
+	}
+	return &Model{newStreamModel(imp, seed, stream)}, nil
+}
+
+// Fate is what a Model made of one datagram.
+type Fate struct {
+	Lost         bool // dropped by Loss: no copy at all
+	Duplicated   bool // a second copy was made (either may still be queue-dropped)
+	QueueDropped int  // copies tail-dropped at the bottleneck
+	Reordered    int  // copies to deliver that were held back behind later ones
+	// Copies is how many copies to deliver, at At[:Copies] on the caller's
+	// clock: in the order of At, which is not always the order of sending.
+	Copies int
+	At     [2]time.Duration
+}
+
+// Decide decides the fate of a datagram of size bytes that arrives at now,
+// on the caller's clock (it must not go back between calls; the delivery
+// times are on it too).
+func (m *Model) Decide(now time.Duration, size int) Fate {
+	v := m.m.decide(now, size)
+	f := Fate{Lost: v.lost, Duplicated: v.copies == 2}
+	for _, c := range v.copy[:v.copies] {
+		switch {
+		case c.queueDropped:
+			f.QueueDropped++
+			continue
+		case c.held:
+			f.Reordered++
+		}
+		f.At[f.Copies] = c.deliverAt
+		f.Copies++
+	}
+	return f
 }

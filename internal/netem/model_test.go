@@ -216,3 +216,50 @@ func within(t *testing.T, what string, got int, want, tolerance float64) {
 		t.Errorf("%s = %d, want %.0f ± %.0f", what, got, want, tolerance)
 	}
 }
+
+// The exported Model decides as the Proxy's own does: direction dir is
+// stream dir+1, and a queue-dropped or held copy is counted, not lost.
+func TestModelMatchesProxyModel(t *testing.T) {
+	imp := Impairment{Loss: 0.2, Duplicate: 0.2, Reorder: 0.3, Delay: 5 * time.Millisecond, Jitter: time.Millisecond, Rate: 1 << 20, QueueBytes: 8000}
+	m, err := NewModel(imp, 42, uint64(BtoA)+1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := newModel(imp, 42, BtoA)
+	var lost, dup, queued, held int
+	for i := range 2000 {
+		now := time.Duration(i) * 500 * time.Microsecond
+		f, v := m.Decide(now, 1200), ref.decide(now, 1200)
+		if f.Lost != v.lost || f.Duplicated != (v.copies == 2) {
+			t.Fatalf("datagram %d: %+v, want %+v", i, f, v)
+		}
+		k := 0
+		for _, c := range v.copy[:v.copies] {
+			if c.queueDropped {
+				continue
+			}
+			if f.At[k] != c.deliverAt {
+				t.Fatalf("datagram %d copy %d: at %v, want %v", i, k, f.At[k], c.deliverAt)
+			}
+			k++
+		}
+		if f.Copies != k || f.Copies+f.QueueDropped != v.copies {
+			t.Fatalf("datagram %d: %+v, want %d copies of %d", i, f, k, v.copies)
+		}
+		lost, queued, held = lost+btoi(f.Lost), queued+f.QueueDropped, held+f.Reordered
+		dup += btoi(f.Duplicated)
+	}
+	if lost == 0 || dup == 0 || queued == 0 || held == 0 {
+		t.Fatalf("lost %d, duplicated %d, queue-dropped %d, held %d: some rule never applied", lost, dup, queued, held)
+	}
+	if _, err := NewModel(Impairment{Loss: 2}, 1, 1); err == nil {
+		t.Fatal("a loss probability of 2 was accepted")
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

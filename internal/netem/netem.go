@@ -8,7 +8,10 @@
 // impaired per Config.BtoA and sent from FaceA to A. Each peer thus talks to
 // a single address, and replies find their way back.
 //
-// The rules that decide each datagram's fate are at the top of model.go.
+// The rules that decide each datagram's fate are at the top of model.go;
+// Model exports them, so that internal/memnet's in-memory network impairs
+// datagrams by the same rules. netem imports only the standard library,
+// x/net, x/sys and internal/udpio.
 package netem
 
 import (

@@ -1,9 +1,10 @@
 package path
 
-// Batched plain I/O, Linux only. Without GSO and GRO (Options.NoOffload, a
-// kernel without them, or GSO switched off after a failure) one datagram
-// per system call costs about 9 µs of CPU; sendmmsg and recvmmsg carry many
-// per call instead:
+// Batched plain I/O, Linux only, on a *net.UDPConn. Without GSO and GRO
+// (Options.NoOffload, a kernel without them, or GSO switched off after a
+// failure) the system call, not the datagram, is most of what a datagram
+// costs when each takes one; sendmmsg and recvmmsg carry many per call
+// instead:
 //
 //   - SendBatch to the confirmed direct peer hands the batch to sendmmsg,
 //     sendBatchSize datagrams per call. A datagram the kernel refuses (too
@@ -92,7 +93,7 @@ type plainReceiver struct {
 // possible. The caller holds sendMu.
 func (c *Conn) sendPlainLocked(bufs [][]byte, peer netip.AddrPort) error {
 	s := &c.plainOut
-	if s.off || len(bufs) < 2 {
+	if s.off || len(bufs) < 2 || c.udp == nil {
 		return c.sendEachLocked(bufs, peer) // for one datagram, sendto is as cheap
 	}
 	if s.conn == nil {
@@ -159,8 +160,8 @@ func (c *Conn) recvPlain(buf []byte) (int, netip.AddrPort, error) {
 	defer c.recvMu.Unlock()
 	r := &c.plainIn
 	if !r.off && r.raw == nil {
-		if err := r.init(c.udp); err != nil {
-			r.off = true
+		if c.udp == nil || r.init(c.udp) != nil {
+			r.off = true // not a kernel socket, or one without a raw descriptor
 		}
 	}
 	if r.off {
@@ -193,7 +194,7 @@ func (c *Conn) recvPlain(buf []byte) (int, netip.AddrPort, error) {
 				c.log.Debug("no recvmmsg; reading one datagram per system call from now on", "err", err)
 				return c.recvEach(buf)
 			}
-			return 0, netip.AddrPort{}, &net.OpError{Op: "read", Net: "udp", Source: c.udp.LocalAddr(), Err: err}
+			return 0, netip.AddrPort{}, &net.OpError{Op: "read", Net: "udp", Source: c.sock.LocalAddr(), Err: err}
 		}
 		r.n, r.next = n, 0
 		if direct && n > 0 {

@@ -16,6 +16,7 @@ import (
 // loopback, with room in their sockets for a few 64 KiB datagrams.
 func plainPair(t *testing.T) (a, b *Conn, aAddr, bAddr netip.AddrPort) {
 	t.Helper()
+	checkGoroutinesEnd(t)
 	ua, aAddr := listen(t)
 	ub, bAddr := listen(t)
 	RaiseBuffers(ua, 4<<20, nil)

@@ -53,6 +53,7 @@ func TestRelayOnly(t *testing.T) {
 	for _, offload := range []bool{true, false} {
 		srv := rendezvoustest.Start(t, rendezvous.Config{})
 		ua, ub, ma, mb := pairThroughServer(t, srv)
+		checkGoroutinesEnd(t)
 		opt := Options{RelayOnly: true, NoOffload: !offload}
 		a := New(ua, srv.Addr, ma.PairingID, []netip.AddrPort{mb.Observed}, nil, endOf(opt, ma))
 		b := New(ub, srv.Addr, mb.PairingID, []netip.AddrPort{ma.Observed}, nil, endOf(opt, mb))
@@ -185,6 +186,7 @@ func gatedPair(t *testing.T, open bool, opt Options) (*rendezvoustest.Server, *g
 }
 
 func testRelayToDirectAndBack(t *testing.T, offload bool) {
+	checkGoroutinesEnd(t)
 	_, g, a, b := gatedPair(t, false, Options{Relay: true, RelayAfter: time.Millisecond, NoOffload: !offload})
 
 	waitFor := func(what string, d time.Duration, cond func() bool) {
@@ -218,6 +220,7 @@ func TestDirectFallsBackToRelay(t *testing.T) {
 }
 
 func testDirectFallsBackToRelay(t *testing.T, offload bool) {
+	checkGoroutinesEnd(t)
 	srv, g, a, b := gatedPair(t, true, Options{Relay: true, NoOffload: !offload})
 	waitUntil(t, "both direct", 5*time.Second, func() bool { return a.Peer() == g.addrForA() && b.Peer() == g.addrForB() })
 	time.Sleep(300 * time.Millisecond) // traffic on the working direct path
@@ -245,6 +248,7 @@ func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 func TestRelayEndedEndsRecv(t *testing.T) {
 	srv := rendezvoustest.Start(t, rendezvous.Config{RelayBytes: 20_000})
 	ua, ub, ma, mb := pairThroughServer(t, srv)
+	checkGoroutinesEnd(t)
 	opt := Options{RelayOnly: true}
 	a := New(ua, srv.Addr, ma.PairingID, nil, nil, endOf(opt, ma))
 	b := New(ub, srv.Addr, mb.PairingID, nil, nil, endOf(opt, mb))

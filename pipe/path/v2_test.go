@@ -16,10 +16,14 @@ import (
 // size there, however long the path goes on punching and sending its
 // handshake: the path is no reflector.
 func TestNoAmplificationTowardSpoofedProbe(t *testing.T) {
-	ua, _ := listen(t)
-	victim, victimAddr := listen(t)
-	_, server := listen(t)
-	_, peer := listen(t) // the real candidate, which never answers
+	forEachNet(t, testNoAmplificationTowardSpoofedProbe)
+}
+
+func testNoAmplificationTowardSpoofedProbe(t *testing.T, n testNet) {
+	ua, _ := n.listen(t)
+	victim, victimAddr := n.listen(t)
+	_, server := n.listen(t)
+	_, peer := n.listen(t) // the real candidate, which never answers
 	id := [16]byte{7, 7, 7}
 	c := New(ua, server, id, []netip.AddrPort{peer}, nil, Options{})
 	defer c.Close()
@@ -79,8 +83,12 @@ func TestNoAmplificationTowardSpoofedProbe(t *testing.T) {
 // that does not verify (someone who saw the pairing id, or the notice
 // meant for the other end) changes nothing.
 func TestRelayEndedNeedsOurToken(t *testing.T) {
-	ua, aAddr := listen(t)
-	srv, server := listen(t)
+	forEachNet(t, testRelayEndedNeedsOurToken)
+}
+
+func testRelayEndedNeedsOurToken(t *testing.T, n testNet) {
+	ua, aAddr := n.listen(t)
+	srv, server := n.listen(t)
 	id := [16]byte{3}
 	token := [16]byte{0xaa, 0xbb}
 	c := New(ua, server, id, nil, nil, Options{RelayOnly: true, Role: wire.RoleInitiator, RelayToken: token})
@@ -124,9 +132,13 @@ func TestRelayEndedNeedsOurToken(t *testing.T) {
 // relay); only Heard, which the secure layer calls for authentic packets,
 // does.
 func TestOnlyAuthenticPacketsMoveState(t *testing.T) {
-	ua, _ := listen(t)
-	peerConn, peer := listen(t)
-	_, server := listen(t)
+	forEachNet(t, testOnlyAuthenticPacketsMoveState)
+}
+
+func testOnlyAuthenticPacketsMoveState(t *testing.T, n testNet) {
+	ua, _ := n.listen(t)
+	peerConn, peer := n.listen(t)
+	_, server := n.listen(t)
 	c := New(ua, server, [16]byte{5}, []netip.AddrPort{peer}, nil, Options{Relay: true})
 	defer c.Close()
 	go func() {
