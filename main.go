@@ -86,8 +86,8 @@ func (e hinted) Unwrap() error { return e.err }
 func main() {
 	// P2PCAT_CPUPROFILE=FILE writes a CPU profile of the whole run, for
 	// developers measuring the data path (scripts/bench.sh, go tool pprof).
-	if path := os.Getenv("P2PCAT_CPUPROFILE"); path != "" {
-		if f, err := os.Create(path); err == nil {
+	if file := os.Getenv("P2PCAT_CPUPROFILE"); file != "" {
+		if f, err := os.Create(file); err == nil {
 			pprof.StartCPUProfile(f)
 			code := run(os.Args, os.Stdin, os.Stdout, os.Stderr)
 			pprof.StopCPUProfile()

@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/user"
 	"strings"
-	"time"
 
 	"github.com/mattn/go-isatty"
 	"github.com/urfave/cli/v2"
@@ -31,14 +30,14 @@ func pipeFlags() []cli.Flag {
 		&cli.StringFlag{Name: "session", EnvVars: []string{"P2PCAT_SESSION"}, Value: "default", Usage: "session `NAME` to meet in (register one with 'p2pcat register')"},
 		&cli.StringFlag{Name: "session-key-file", Aliases: []string{"k"}, EnvVars: []string{"P2PCAT_SESSION_KEY_FILE"}, Usage: "the registered session's key, from `FILE` (or the key itself in P2PCAT_SESSION_KEY)"},
 		serverFlag(),
-		&cli.DurationFlag{Name: "timeout", Aliases: []string{"t"}, EnvVars: []string{"P2PCAT_TIMEOUT"}, Value: 2 * time.Minute, Usage: "how long to wait for the peer to show up (exit 3 after)"},
-		&cli.DurationFlag{Name: "connect-timeout", EnvVars: []string{"P2PCAT_CONNECT_TIMEOUT"}, Value: 15 * time.Second, Usage: "how long to try to reach the peer once it is found (exit 5 after)"},
-		&cli.DurationFlag{Name: "idle-timeout", EnvVars: []string{"P2PCAT_IDLE_TIMEOUT"}, Value: 30 * time.Second, Usage: "peer silence that ends the session (exit 1)"},
-		&cli.IntFlag{Name: "rsa-bits", EnvVars: []string{"P2PCAT_RSA_BITS"}, Value: 2048, Usage: "size of the ephemeral RSA key (2048 to 4096)"},
+		&cli.DurationFlag{Name: "timeout", Aliases: []string{"t"}, EnvVars: []string{"P2PCAT_TIMEOUT"}, Value: pipe.DefaultTimeout, Usage: "how long to wait for the peer to show up (exit 3 after)"},
+		&cli.DurationFlag{Name: "connect-timeout", EnvVars: []string{"P2PCAT_CONNECT_TIMEOUT"}, Value: pipe.DefaultConnectTimeout, Usage: "how long to try to reach the peer once it is found (exit 5 after)"},
+		&cli.DurationFlag{Name: "idle-timeout", EnvVars: []string{"P2PCAT_IDLE_TIMEOUT"}, Value: pipe.DefaultIdleTimeout, Usage: "peer silence that ends the session (exit 1)"},
+		&cli.IntFlag{Name: "rsa-bits", EnvVars: []string{"P2PCAT_RSA_BITS"}, Value: pipe.DefaultRSABits, Usage: "size of the ephemeral RSA key (2048 to 4096)"},
 		&cli.IntFlag{Name: "port", Aliases: []string{"p"}, EnvVars: []string{"P2PCAT_PORT"}, Usage: "local UDP port (default: any free port)"},
 		&cli.StringFlag{Name: "peer", EnvVars: []string{"P2PCAT_PEER"}, Usage: "skip the rendezvous: the peer is reachable at `HOST:PORT` (both sides give it, with --port)"},
 		&cli.StringFlag{Name: "stun", EnvVars: []string{"P2PCAT_STUN"}, Usage: "also learn this host's public address from the STUN server at `HOST[:PORT]` (any RFC 5389 server) and offer it to the peer"},
-		&cli.StringFlag{Name: "relay", EnvVars: []string{"P2PCAT_RELAY"}, Value: "auto", Usage: "use the server's relay: auto (when no direct path appears), never (exit 5 then), only (relay from the start)"},
+		&cli.StringFlag{Name: "relay", EnvVars: []string{"P2PCAT_RELAY"}, Value: string(pipe.DefaultRelay), Usage: "use the server's relay: auto (when no direct path appears), never (exit 5 then), only (relay from the start)"},
 		&cli.BoolFlag{Name: "no-offload", EnvVars: []string{"P2PCAT_NO_OFFLOAD"}, Usage: "no UDP GSO/GRO: batches of whole datagrams (sendmmsg/recvmmsg) instead of segmentation offload"},
 		&cli.BoolFlag{Name: "no-mtu-probe", EnvVars: []string{"P2PCAT_NO_MTU_PROBE"}, Usage: "keep datagrams at 1200 bytes instead of probing the path for larger ones"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"P2PCAT_VERBOSE"}, Count: &verbosity, Usage: "log to stderr: -v progress and the 'connected' line, -vv debug"},

@@ -329,6 +329,13 @@ func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int, log 
 // stunTimeout bounds the question to the --stun server.
 const stunTimeout = 2 * time.Second
 
+// A Find offers at most wire.MaxCandidates addresses, ours and the peer's
+// alike; the path probes the peer's observed address, the
+// wire.MaxCandidates it offered, and addresses it learns from the peer's
+// probes, up to path.MaxCandidates in all. This fails to compile when
+// path's bound leaves no room for what the rendezvous hands it.
+const _ uint = path.MaxCandidates - (1 + wire.MaxCandidates)
+
 // stunCandidate asks the STUN server for our reflexive address and puts it
 // first among the candidates; without an answer the session goes on
 // without it.

@@ -127,17 +127,19 @@ func ParseRelayMode(s string) (RelayMode, error) {
 	case RelayAuto, RelayNever, RelayOnly:
 		return m, nil
 	case "":
-		return RelayAuto, nil
+		return DefaultRelay, nil
 	}
 	return "", fmt.Errorf("relay mode %q: want auto, never or only", s)
 }
 
-// Defaults of Config's zero values (the command line's flags use them
-// too).
+// Defaults of Config's zero values. The command line's flags show the
+// same values: they are written here only.
 const (
-	DefaultTimeout        = 2 * time.Minute  // for the peer to show up
-	DefaultConnectTimeout = 15 * time.Second // for a path and handshake once paired
-	DefaultIdleTimeout    = 30 * time.Second // peer silence that ends a session
+	DefaultTimeout        = 2 * time.Minute       // for the peer to show up
+	DefaultConnectTimeout = 15 * time.Second      // for a path and handshake once paired
+	DefaultIdleTimeout    = 30 * time.Second      // peer silence that ends a session
+	DefaultRSABits        = secure.DefaultRSABits // the ephemeral RSA key's size
+	DefaultRelay          = RelayAuto             // when the relay may carry the session
 )
 
 func (c *Config) setDefaults() {
@@ -151,10 +153,10 @@ func (c *Config) setDefaults() {
 		c.IdleTimeout = DefaultIdleTimeout
 	}
 	if c.RSABits == 0 {
-		c.RSABits = secure.DefaultRSABits
+		c.RSABits = DefaultRSABits
 	}
 	if c.Relay == "" {
-		c.Relay = RelayAuto
+		c.Relay = DefaultRelay
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
