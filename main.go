@@ -86,8 +86,8 @@ func (e hinted) Unwrap() error { return e.err }
 func main() {
 	// P2PCAT_CPUPROFILE=FILE writes a CPU profile of the whole run, for
 	// developers measuring the data path (scripts/bench.sh, go tool pprof).
-	if path := os.Getenv("P2PCAT_CPUPROFILE"); path != "" {
-		if f, err := os.Create(path); err == nil {
+	if file := os.Getenv("P2PCAT_CPUPROFILE"); file != "" {
+		if f, err := os.Create(file); err == nil {
 			pprof.StartCPUProfile(f)
 			code := run(os.Args, os.Stdin, os.Stdout, os.Stderr)
 			pprof.StopCPUProfile()
@@ -175,6 +175,9 @@ func interspersed(app *cli.App, args []string) []string {
 	return out
 }
 
+// exitCode maps an error to the exit code by its type alone: usage errors
+// are usageError where they arise (our checks, and urfave/cli's flag errors
+// through the OnUsageError hooks of newApp).
 func exitCode(err error) int {
 	var ue usageError
 	switch {
@@ -192,9 +195,6 @@ func exitCode(err error) int {
 		return exitTaken
 	case errors.Is(err, rendezvous.ErrPeerNotFound):
 		return exitNoPeer
-	}
-	if strings.HasPrefix(err.Error(), "flag provided but not defined") || strings.Contains(err.Error(), "Required flag") {
-		return exitUsage
 	}
 	return exitFailure
 }
@@ -214,7 +214,7 @@ func versionString() string {
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	cli.HelpFlag = &cli.BoolFlag{Name: "help", Aliases: []string{"h"}, Usage: "show help"}
 	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version"}
-	return &cli.App{
+	app := &cli.App{
 		Name:    "p2pcat",
 		Usage:   "netcat across NATs: link stdin/stdout of two machines over an encrypted, hole-punched UDP path",
 		Version: versionString(),
@@ -239,6 +239,23 @@ Every flag can also be set from the environment variable shown beside it.
 		Flags:    pipeFlags(),
 		Action:   runPipe,
 	}
+	// A subcommand does not inherit the app's hook.
+	for _, cmd := range app.Commands {
+		cmd.OnUsageError = commandUsageError
+	}
+	return app
+}
+
+// commandUsageError marks a subcommand's flag error (an unknown flag, a
+// value that does not parse) as a usage error. It first prints what
+// urfave/cli prints itself for a command without this hook, so the output
+// stays the same.
+func commandUsageError(c *cli.Context, err error, _ bool) error {
+	fmt.Fprintf(c.App.Writer, "Incorrect Usage: %s\n\n", err)
+	if lineage := c.Lineage(); len(lineage) > 1 && !c.Command.HideHelp {
+		_ = cli.ShowCommandHelp(lineage[1], c.Command.Name)
+	}
+	return usageError{err}
 }
 
 func serverFlag() *cli.StringFlag {

@@ -3,12 +3,12 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
 	"os/user"
 	"strings"
-	"time"
 
 	"github.com/mattn/go-isatty"
 	"github.com/urfave/cli/v2"
@@ -20,10 +20,6 @@ import (
 	"github.com/p2pcat/p2pcat/rendezvous"
 )
 
-// verbosity counts -v flags: one for INFO logs (the "connected" line),
-// two for DEBUG.
-var verbosity int
-
 func pipeFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "find", Aliases: []string{"f"}, EnvVars: []string{"P2PCAT_FIND"}, Usage: "the peer's `NAME`: pair with the p2pcat that runs --find <your name>"},
@@ -31,63 +27,73 @@ func pipeFlags() []cli.Flag {
 		&cli.StringFlag{Name: "session", EnvVars: []string{"P2PCAT_SESSION"}, Value: "default", Usage: "session `NAME` to meet in (register one with 'p2pcat register')"},
 		&cli.StringFlag{Name: "session-key-file", Aliases: []string{"k"}, EnvVars: []string{"P2PCAT_SESSION_KEY_FILE"}, Usage: "the registered session's key, from `FILE` (or the key itself in P2PCAT_SESSION_KEY)"},
 		serverFlag(),
-		&cli.DurationFlag{Name: "timeout", Aliases: []string{"t"}, EnvVars: []string{"P2PCAT_TIMEOUT"}, Value: 2 * time.Minute, Usage: "how long to wait for the peer to show up (exit 3 after)"},
-		&cli.DurationFlag{Name: "connect-timeout", EnvVars: []string{"P2PCAT_CONNECT_TIMEOUT"}, Value: 15 * time.Second, Usage: "how long to try to reach the peer once it is found (exit 5 after)"},
-		&cli.DurationFlag{Name: "idle-timeout", EnvVars: []string{"P2PCAT_IDLE_TIMEOUT"}, Value: 30 * time.Second, Usage: "peer silence that ends the session (exit 1)"},
-		&cli.IntFlag{Name: "rsa-bits", EnvVars: []string{"P2PCAT_RSA_BITS"}, Value: 2048, Usage: "size of the ephemeral RSA key (2048 to 4096)"},
+		&cli.DurationFlag{Name: "timeout", Aliases: []string{"t"}, EnvVars: []string{"P2PCAT_TIMEOUT"}, Value: pipe.DefaultTimeout, Usage: "how long to wait for the peer to show up (exit 3 after)"},
+		&cli.DurationFlag{Name: "connect-timeout", EnvVars: []string{"P2PCAT_CONNECT_TIMEOUT"}, Value: pipe.DefaultConnectTimeout, Usage: "how long to try to reach the peer once it is found (exit 5 after)"},
+		&cli.DurationFlag{Name: "idle-timeout", EnvVars: []string{"P2PCAT_IDLE_TIMEOUT"}, Value: pipe.DefaultIdleTimeout, Usage: "peer silence that ends the session (exit 1)"},
+		&cli.IntFlag{Name: "rsa-bits", EnvVars: []string{"P2PCAT_RSA_BITS"}, Value: pipe.DefaultRSABits, Usage: "size of the ephemeral RSA key (2048 to 4096)"},
 		&cli.IntFlag{Name: "port", Aliases: []string{"p"}, EnvVars: []string{"P2PCAT_PORT"}, Usage: "local UDP port (default: any free port)"},
 		&cli.StringFlag{Name: "peer", EnvVars: []string{"P2PCAT_PEER"}, Usage: "skip the rendezvous: the peer is reachable at `HOST:PORT` (both sides give it, with --port)"},
 		&cli.StringFlag{Name: "stun", EnvVars: []string{"P2PCAT_STUN"}, Usage: "also learn this host's public address from the STUN server at `HOST[:PORT]` (any RFC 5389 server) and offer it to the peer"},
-		&cli.StringFlag{Name: "relay", EnvVars: []string{"P2PCAT_RELAY"}, Value: "auto", Usage: "use the server's relay: auto (when no direct path appears), never (exit 5 then), only (relay from the start)"},
+		&cli.StringFlag{Name: "relay", EnvVars: []string{"P2PCAT_RELAY"}, Value: string(pipe.DefaultRelay), Usage: "use the server's relay: auto (when no direct path appears), never (exit 5 then), only (relay from the start)"},
 		&cli.BoolFlag{Name: "no-offload", EnvVars: []string{"P2PCAT_NO_OFFLOAD"}, Usage: "no UDP GSO/GRO: batches of whole datagrams (sendmmsg/recvmmsg) instead of segmentation offload"},
 		&cli.BoolFlag{Name: "no-mtu-probe", EnvVars: []string{"P2PCAT_NO_MTU_PROBE"}, Usage: "keep datagrams at 1200 bytes instead of probing the path for larger ones"},
-		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"P2PCAT_VERBOSE"}, Count: &verbosity, Usage: "log to stderr: -v progress and the 'connected' line, -vv debug"},
+		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"P2PCAT_VERBOSE"}, Usage: "log to stderr: -v progress and the 'connected' line, -vv debug"},
 	}
 }
 
+// runPipe is the command without a subcommand: one session with the peer.
 func runPipe(c *cli.Context) error {
 	if c.NArg() > 0 {
 		return usagef("unknown command %q", c.Args().First())
 	}
-	peer := c.String("find")
-	if peer == "" {
-		if c.NumFlags() == 0 {
-			return cli.ShowAppHelp(c)
-		}
-		return usagef("whom to connect to? give --find PEER or set P2PCAT_FIND")
+	if c.String("find") == "" && c.NumFlags() == 0 {
+		return cli.ShowAppHelp(c)
 	}
-	name := c.String("name")
-	if name == "" {
-		name = loginName()
-		if name == "" {
-			return usagef("cannot tell your name: give --name NAME or set P2PCAT_NAME")
-		}
+	cfg, err := pipeConfig(c)
+	if err != nil {
+		return err
 	}
-	session := c.String("session")
-	for flag, v := range map[string]string{"--find": peer, "--name": name, "--session": session} {
-		if err := rendezvous.ValidSession(v); err != nil {
-			return usagef("%s %q: %v", flag, v, err)
-		}
+	cfg.Logger = pipeLogger(c.App.ErrWriter, c.Count("verbose"))
+	if cfg.SessionKey, err = pipeSessionKey(c.String("session-key-file")); err != nil {
+		return err
 	}
-	if name == peer {
-		return usagef("--find %q is your own name; give the peer's name (and --name for yours)", peer)
+	cfg.Warn = func(format string, args ...any) {
+		fmt.Fprintf(c.App.ErrWriter, "p2pcat: warning: %s\n", fmt.Sprintf(format, args...))
+	}
+	if cfg.Password, err = term.Password(c.Context, "Password for "+cfg.Peer+" (session "+cfg.Session+"): ", false); err != nil {
+		return err
+	}
+	closeChat, err := pipeTerminal(c, &cfg)
+	if err != nil {
+		return err
+	}
+	defer closeChat()
+	return explainPipeError(pipe.Run(c.Context, cfg), cfg)
+}
+
+// pipeConfig turns the flags into the session's configuration, with a
+// usage error for the first one that is wrong.
+func pipeConfig(c *cli.Context) (pipe.Config, error) {
+	name, peer, session, err := pipeNames(c)
+	if err != nil {
+		return pipe.Config{}, err
 	}
 	bits := c.Int("rsa-bits")
 	if err := secure.CheckRSABits(bits); err != nil {
-		return usagef("--rsa-bits: %v", err)
+		return pipe.Config{}, usagef("--rsa-bits: %v", err)
 	}
 	port := c.Int("port")
 	if port < 0 || port > 65535 {
-		return usagef("--port %d: not a port number", port)
+		return pipe.Config{}, usagef("--port %d: not a port number", port)
 	}
 	for _, f := range []string{"timeout", "connect-timeout", "idle-timeout"} {
 		if c.Duration(f) <= 0 {
-			return usagef("--%s must be positive", f)
+			return pipe.Config{}, usagef("--%s must be positive", f)
 		}
 	}
 	relay, err := pipe.ParseRelayMode(c.String("relay"))
 	if err != nil {
-		return usagef("--relay: %v", err)
+		return pipe.Config{}, usagef("--relay: %v", err)
 	}
 	cfg := pipe.Config{
 		Session: session, Name: name, Peer: peer, Relay: relay,
@@ -97,71 +103,110 @@ func runPipe(c *cli.Context) error {
 	}
 	// The transfer runs on one P unless GOMAXPROCS says otherwise: a pipe
 	// is one stage of a shell pipeline, whose other processes (and, on
-	// loopback, the peer) want the other cores, and one P saves about a
-	// third of the CPU per byte (README, Performance).
+	// loopback, the peer) want the other cores, and one P saves CPU per
+	// byte (README, Performance).
 	if os.Getenv("GOMAXPROCS") == "" {
 		cfg.TransferProcs = 1
 	}
+	if err := pipeAddresses(c, &cfg); err != nil {
+		return pipe.Config{}, err
+	}
+	return cfg, nil
+}
+
+// pipeNames returns --name (default: the login name), --find and
+// --session, checked.
+func pipeNames(c *cli.Context) (name, peer, session string, err error) {
+	peer = c.String("find")
+	if peer == "" {
+		return "", "", "", usagef("whom to connect to? give --find PEER or set P2PCAT_FIND")
+	}
+	name = c.String("name")
+	if name == "" {
+		name = loginName()
+		if name == "" {
+			return "", "", "", usagef("cannot tell your name: give --name NAME or set P2PCAT_NAME")
+		}
+	}
+	session = c.String("session")
+	for flag, v := range map[string]string{"--find": peer, "--name": name, "--session": session} {
+		if err := rendezvous.ValidSession(v); err != nil {
+			return "", "", "", usagef("%s %q: %v", flag, v, err)
+		}
+	}
+	if name == peer {
+		return "", "", "", usagef("--find %q is your own name; give the peer's name (and --name for yours)", peer)
+	}
+	return name, peer, session, nil
+}
+
+// pipeAddresses sets the peer's address (--peer, no rendezvous) or the
+// rendezvous server's and the STUN server's.
+func pipeAddresses(c *cli.Context, cfg *pipe.Config) error {
 	if p := c.String("peer"); p != "" {
 		ap, err := netip.ParseAddrPort(p)
 		if err != nil {
 			return usagef("--peer %q: want IP:PORT (%v)", p, err)
 		}
 		cfg.PeerAddr = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		if relay == pipe.RelayOnly {
+		if cfg.Relay == pipe.RelayOnly {
 			return usagef("--relay only needs the rendezvous server; it does not go with --peer")
 		}
-	} else {
-		server, err := resolveServer(c)
-		if err != nil {
-			return err
-		}
-		cfg.Server = server
-		if st := c.String("stun"); st != "" {
-			if cfg.STUN, err = resolveHostPort("--stun", st); err != nil {
-				return err
-			}
-		}
+		return nil
 	}
-	level := slog.Level(100) // silent
-	switch {
-	case verbosity >= 2:
-		level = slog.LevelDebug
-	case verbosity == 1:
-		level = slog.LevelInfo
-	}
-	log := slog.New(slog.NewTextHandler(c.App.ErrWriter, &slog.HandlerOptions{Level: level}))
-	cfg.Logger = log
-
-	if cfg.SessionKey, err = pipeSessionKey(c.String("session-key-file")); err != nil {
-		return err
-	}
-	cfg.Warn = func(format string, args ...any) {
-		fmt.Fprintf(c.App.ErrWriter, "p2pcat: warning: %s\n", fmt.Sprintf(format, args...))
-	}
-	password, err := term.Password(c.Context, "Password for "+peer+" (session "+session+"): ", false)
+	server, err := resolveServer(c)
 	if err != nil {
 		return err
 	}
-	cfg.Password = password
+	cfg.Server = server
+	if st := c.String("stun"); st != "" {
+		if cfg.STUN, err = resolveHostPort("--stun", st); err != nil {
+			return err
+		}
+	}
+	return nil
+}
 
+// pipeLogger logs to w: nothing by default, INFO (the "connected" line)
+// with one -v, DEBUG with two.
+func pipeLogger(w io.Writer, verbose int) *slog.Logger {
+	level := slog.Level(100) // silent
+	switch {
+	case verbose >= 2:
+		level = slog.LevelDebug
+	case verbose == 1:
+		level = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// pipeTerminal sets how the session talks to a human: the chat when stdin
+// and stdout are both terminals, else status lines on a terminal stderr.
+// The returned function closes the chat.
+func pipeTerminal(c *cli.Context, cfg *pipe.Config) (closeChat func(), err error) {
 	stdinTTY := isTerminal(c.App.Reader)
 	stdoutTTY := isTerminal(c.App.Writer)
 	cfg.EndOnPeerEOF = stdinTTY
 	if stdinTTY && stdoutTTY {
-		chat, err := term.NewChat(os.Stdin, os.Stdout, peer)
+		chat, err := term.NewChat(os.Stdin, os.Stdout, cfg.Peer)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		defer chat.Close()
 		cfg.Chat = chat
 		cfg.Status = chat.Status
-	} else if isTerminal(c.App.ErrWriter) {
+		return func() { chat.Close() }, nil
+	}
+	if isTerminal(c.App.ErrWriter) {
 		cfg.Status = func(format string, args ...any) {
 			fmt.Fprintf(c.App.ErrWriter, "p2pcat: %s\n", fmt.Sprintf(format, args...))
 		}
 	}
-	err = pipe.Run(c.Context, cfg)
+	return func() {}, nil
+}
+
+// explainPipeError adds a hint to the errors whose fix the user may not
+// guess.
+func explainPipeError(err error, cfg pipe.Config) error {
 	switch {
 	case errors.Is(err, rendezvous.ErrNoServer):
 		return hinted{err, "is the server running at " + cfg.Server.String() + "? check --server"}
@@ -177,7 +222,7 @@ func runPipe(c *cli.Context) error {
 		return hinted{err, "the server caps what it relays per session (serve --relay-bytes); 'p2pcat nat-check' on both sides shows why no direct path was found"}
 	case errors.Is(err, pipe.ErrNoRelay):
 		return hinted{err, "this server runs without the relay (serve --no-relay); try --relay auto, or a server that relays"}
-	case errors.Is(err, pipe.ErrNoPath) && relay == pipe.RelayNever:
+	case errors.Is(err, pipe.ErrNoPath) && cfg.Relay == pipe.RelayNever:
 		return hinted{err, "--relay never: no direct path between these NATs; allow the relay (--relay auto)"}
 	case errors.Is(err, pipe.ErrNoPath):
 		return hinted{err, "'p2pcat nat-check' on both sides shows the NAT types; a server with the relay connects any pair"}

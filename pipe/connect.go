@@ -2,20 +2,17 @@ package pipe
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/rsa"
-	"crypto/sha256"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/p2pcat/p2pcat/pipe/path"
 	"github.com/p2pcat/p2pcat/pipe/secure"
 	"github.com/p2pcat/p2pcat/rendezvous"
-	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
 // The connect step: find the peer, punch a path, and run the session's one
@@ -43,16 +40,28 @@ import (
 // or a path that confirmed stays on it until --connect-timeout; a responder
 // that answered a Hello waits answerGrace longer for the Finish, so that a
 // Finish sent at the initiator's last moment still finds it.
+//
+// Reading order: Config.connect is the loop over attempts. A plan holds
+// what the run tries and what the attempts so far found; an attempt is one
+// try: its socket and rendezvous (plan.start, meet.go), its punch
+// (attempt.punch: probes, and the relay in the last attempt) and its part
+// of the handshake (attempt.handshake); plan.failed says whether another
+// attempt follows. What each attempt tries is decided in one function,
+// plan.attempt: a new way to connect (relay first, birthday-paradox
+// punching from many ports) is a change there, plus the path.Options that
+// carry it to pipe/path.
 
 // Punch attempts.
 const (
 	attemptTimeout = 2 * time.Second // for a path and handshake, except the last attempt
 	answerGrace    = time.Second     // more for a responder that answered, before it moves on
-	reFindTimeout  = 5 * time.Second // for the peer to come back for another attempt
 	// relayAfter: in the last attempt, the relay carries copies of the
 	// handshake from this long on, so a direct path still wins when both
 	// work.
 	relayAfter = time.Second
+	// staggerDelay: how long the side that holds back its first packets
+	// (see staggered) waits.
+	staggerDelay = 250 * time.Millisecond
 	// helloRetransmit: the initiator's first retransmission of its Hello
 	// (doubling to 8 times that): punching loses the first packets often.
 	helloRetransmit = 100 * time.Millisecond
@@ -67,136 +76,256 @@ const silentPeer = 2 * time.Second
 // connect runs the connect step and returns the established secure Conn,
 // the path it runs over, and how long its handshake took in the attempt
 // that completed it.
-func (cfg *Config) connect(ctx context.Context, keys <-chan keyResult, log *slog.Logger) (sconn *secure.Conn, link *path.Conn, took time.Duration, err error) {
-	var (
-		hs        *secure.Handshaker
-		connectBy time.Time
-		lastErr   error
-		lastHeard time.Time // the peer's last datagram in any attempt (path.Stats.LastHeard)
-	)
-	defer func() {
-		if hs == nil {
-			return
-		}
-		// A responder that answered a Hello and never got a valid Finish
-		// says so, whatever else ended the attempts (but an interrupt is
-		// reported as one).
-		if cerr := hs.Close(); cerr != nil && err != nil && ctx.Err() == nil && !errors.Is(err, secure.ErrAuth) {
-			err = cerr
-		}
-	}()
-	for attempt := 0; ; attempt++ {
-		udp, err := path.Listen(cfg.Port, log)
+func (cfg *Config) connect(ctx context.Context, keys <-chan keyResult) (_ *secure.Conn, _ *path.Conn, _ time.Duration, err error) {
+	pl := newPlan(cfg)
+	var hs *secure.Handshaker // the run's one handshake, from the first attempt on
+	defer func() { err = closeHandshake(ctx, hs, err) }()
+	for n := 0; ; n++ {
+		a, err := pl.start(ctx, n)
 		if err != nil {
-			return nil, nil, 0, err
-		}
-		match, err := cfg.meet(ctx, udp, attempt, log)
-		if err != nil {
-			udp.Close()
-			if attempt > 0 && errors.Is(err, rendezvous.ErrPeerNotFound) {
+			if n > 0 && errors.Is(err, rendezvous.ErrPeerNotFound) {
 				// The peer did not come back for another attempt: it gave
 				// up on its side, or it is gone.
-				if lost := cfg.lostWhileConnecting(lastHeard); lost != nil {
-					return nil, nil, 0, lost
-				}
-				return nil, nil, 0, lastErr
+				return nil, nil, 0, pl.giveUp()
 			}
 			return nil, nil, 0, err
 		}
-		if connectBy.IsZero() {
-			connectBy = time.Now().Add(cfg.ConnectTimeout)
-			cfg.Status("found %s, connecting…", cfg.Peer)
-		}
-		if cfg.Relay == RelayOnly && !match.Relay {
-			udp.Close()
-			return nil, nil, 0, fmt.Errorf("%w: %w (--relay only)", ErrNoPath, ErrNoRelay)
-		}
-		last := cfg.PeerAddr.IsValid() || cfg.Relay == RelayOnly || attempt+1 >= cfg.maxAttempts() || time.Until(connectBy) < 2*attemptTimeout
-		var delay time.Duration
-		if staggered(attempt, cfg.Name < cfg.Peer) {
-			delay = 250 * time.Millisecond
-		}
-		var relayDelay time.Duration // 0: no relayed copies before a path is confirmed
-		if last {
-			relayDelay = relayAfter
-		}
-		// Probing starts now, before the RSA key is ready: the sooner both
-		// NATs see outbound packets, the less the first ones clash.
-		candidates := append([]netip.AddrPort{match.PeerObserved}, match.PeerCandidates...)
-		p := path.New(udp, cfg.Server, match.PairingID, candidates, log, path.Options{
-			NoOffload: cfg.NoOffload, ProbeDelay: delay,
-			Relay: match.Relay && cfg.Relay != RelayNever, RelayAfter: relayDelay, RelayOnly: cfg.Relay == RelayOnly, Role: match.Role,
-			RelayToken: match.RelayToken,
-		})
 		if hs == nil {
 			if hs, err = cfg.newHandshaker(ctx, keys); err != nil {
-				p.Close()
+				a.link.Close()
 				return nil, nil, 0, err
 			}
 		}
-		deadline := connectBy
-		if !last {
-			deadline = earlier(connectBy, time.Now().Add(attemptTimeout))
+		sconn, took, err := a.handshake(ctx, hs)
+		if err == nil {
+			return sconn, a.link, took, nil
 		}
-		start := time.Now()
-		extended := false
-		for {
-			sconn, err = hs.Run(ctx, p, deadline)
-			if err == nil {
-				return sconn, p, time.Since(start), nil
-			}
-			if !errors.Is(err, secure.ErrAttemptTimeout) || !deadline.Before(connectBy) {
-				break
-			}
-			if hs.HasKeys() || isClosed(p.Confirmed()) {
-				// The path carries the handshake: stay on it.
-				deadline = connectBy
-				continue
-			}
-			if hs.Answered() && !extended {
-				deadline, extended = earlier(connectBy, deadline.Add(answerGrace)), true
-				continue
-			}
-			break
-		}
-		confirmed := isClosed(p.Confirmed())
-		st := p.Stats()
-		p.Close()
-		if !st.LastHeard.IsZero() {
-			lastHeard = st.LastHeard
-		}
-		switch {
-		case errors.Is(err, secure.ErrAuth):
+		if err := pl.failed(ctx, a, err); err != nil {
 			return nil, nil, 0, err
-		case ctx.Err() != nil:
-			return nil, nil, 0, ErrInterrupted
-		case errors.Is(err, secure.ErrPeerCancelled):
-			return nil, nil, 0, cfg.peerCancelled()
-		case errors.Is(err, secure.ErrPeerVersion):
-			return nil, nil, 0, err
-		case errors.Is(err, path.ErrRelayEnded):
-			return nil, nil, 0, fmt.Errorf("connecting to %s: %w", cfg.Peer, err)
-		case confirmed && last:
-			if lost := cfg.lostWhileConnecting(lastHeard); lost != nil {
-				return nil, nil, 0, lost
-			}
-			return nil, nil, 0, fmt.Errorf("handshake with %s did not complete: %w", cfg.Peer, err)
 		}
-		log.Debug("no path", "attempt", attempt+1, "probes_sent", st.ProbesSent, "probes_received", st.ProbesReceived, "amp_limited", st.AmpLimited, "err", err)
-		lastErr = fmt.Errorf("%w to %s within %s (tried %d addresses in %d attempts; the peer's probes %s%s)", ErrNoPath, cfg.Peer, cfg.ConnectTimeout,
-			len(candidates), attempt+1, map[bool]string{true: "did arrive", false: "never arrived"}[st.ProbesReceived > 0], cfg.relayNote(match))
-		if last {
-			if lost := cfg.lostWhileConnecting(lastHeard); lost != nil {
-				return nil, nil, 0, lost
-			}
-			return nil, nil, 0, lastErr
-		}
-		log.Info("no direct path yet; punching again from a new port", "attempt", attempt+2)
+		cfg.Logger.Info("no direct path yet; punching again from a new port", "attempt", n+2)
 	}
 }
 
-// newHandshaker waits for the session's RSA key and starts the run's one
-// handshake.
+// plan is what the connect step tries in one Run (how many attempts, until
+// when, each one's settings: plan.attempt) and what the attempts so far
+// found.
+type plan struct {
+	cfg *Config
+	// attempts: three (at once, initiator first, responder first) before
+	// the relay joins in; without the relay one more, initiator first
+	// again.
+	attempts int
+	// connectBy ends the attempts, ConnectTimeout after the peer was first
+	// found.
+	connectBy time.Time
+	lastHeard time.Time // the peer's last datagram in any attempt (path.Stats.LastHeard)
+	lastErr   error     // why the last attempt found no path
+}
+
+func newPlan(cfg *Config) *plan {
+	pl := &plan{cfg: cfg, attempts: 3}
+	if cfg.Relay == RelayNever {
+		pl.attempts = 4
+	}
+	return pl
+}
+
+// start begins attempt n: a fresh socket, the rendezvous from it (meet),
+// the attempt's settings, and its punch.
+func (pl *plan) start(ctx context.Context, n int) (*attempt, error) {
+	cfg := pl.cfg
+	udp, err := path.Listen(cfg.Port, cfg.Logger)
+	if err != nil {
+		return nil, err
+	}
+	match, err := cfg.meet(ctx, udp, n)
+	if err != nil {
+		udp.Close()
+		return nil, err
+	}
+	if pl.connectBy.IsZero() {
+		pl.connectBy = time.Now().Add(cfg.ConnectTimeout)
+		cfg.Status("found %s, connecting…", cfg.Peer)
+	}
+	if cfg.Relay == RelayOnly && !match.Relay {
+		udp.Close()
+		return nil, fmt.Errorf("%w: %w (--relay only)", ErrNoPath, ErrNoRelay)
+	}
+	a := pl.attempt(n, match)
+	a.punch(udp)
+	return a, nil
+}
+
+// attempt decides what attempt n tries once the peer is found: whether it
+// is the last, which side holds back its first packets, whether and when
+// the relay joins in. It is the place for a new way to connect.
+func (pl *plan) attempt(n int, m rendezvous.Match) *attempt {
+	cfg := pl.cfg
+	last := cfg.PeerAddr.IsValid() || cfg.Relay == RelayOnly || n+1 >= pl.attempts || time.Until(pl.connectBy) < 2*attemptTimeout
+	var probeDelay time.Duration
+	if staggered(n, cfg.Name < cfg.Peer) {
+		probeDelay = staggerDelay
+	}
+	var relayDelay time.Duration // 0: no relayed copies before a path is confirmed
+	if last {
+		relayDelay = relayAfter
+	}
+	return &attempt{
+		cfg: cfg, n: n, last: last, connectBy: pl.connectBy, match: m,
+		candidates: append([]netip.AddrPort{m.PeerObserved}, m.PeerCandidates...),
+		opts: path.Options{
+			NoOffload: cfg.NoOffload, ProbeDelay: probeDelay,
+			Relay: m.Relay && cfg.Relay != RelayNever, RelayAfter: relayDelay, RelayOnly: cfg.Relay == RelayOnly, Role: m.Role,
+			RelayToken: m.RelayToken,
+		},
+	}
+}
+
+// staggered reports whether this side holds back its first packets in
+// the given attempt: nobody in the first, then the side whose name sorts
+// first, then the other, alternating.
+func staggered(attempt int, nameFirst bool) bool {
+	return attempt > 0 && (attempt%2 == 1) == nameFirst
+}
+
+// failed ends attempt a, whose handshake failed with err, and returns the
+// error that ends the connect step, or nil when another attempt follows.
+func (pl *plan) failed(ctx context.Context, a *attempt, err error) error {
+	cfg := pl.cfg
+	st, confirmed := a.end()
+	if !st.LastHeard.IsZero() {
+		pl.lastHeard = st.LastHeard
+	}
+	switch {
+	case errors.Is(err, secure.ErrAuth):
+		return err
+	case ctx.Err() != nil:
+		return ErrInterrupted
+	case errors.Is(err, secure.ErrPeerCancelled):
+		return cfg.peerCancelled()
+	case errors.Is(err, secure.ErrPeerVersion):
+		return err
+	case errors.Is(err, path.ErrRelayEnded):
+		return fmt.Errorf("connecting to %s: %w", cfg.Peer, err)
+	case confirmed && a.last:
+		if lost := cfg.lostWhileConnecting(pl.lastHeard); lost != nil {
+			return lost
+		}
+		return fmt.Errorf("handshake with %s did not complete: %w", cfg.Peer, err)
+	}
+	cfg.Logger.Debug("no path", "attempt", a.n+1, "probes_sent", st.ProbesSent, "probes_received", st.ProbesReceived, "amp_limited", st.AmpLimited, "err", err)
+	pl.lastErr = a.noPath(st)
+	if a.last {
+		return pl.giveUp()
+	}
+	return nil
+}
+
+// giveUp is the error when the attempts ran out: the peer fell silent, or
+// there is no path.
+func (pl *plan) giveUp() error {
+	if lost := pl.cfg.lostWhileConnecting(pl.lastHeard); lost != nil {
+		return lost
+	}
+	return pl.lastErr
+}
+
+// attempt is one try at a path: its socket, the punch over it (with the
+// relay in the last attempt) and the handshake continued over it.
+type attempt struct {
+	cfg        *Config
+	n          int  // from 0
+	last       bool // no attempt follows: the handshake may take until connectBy, the relay joins in
+	connectBy  time.Time
+	match      rendezvous.Match
+	candidates []netip.AddrPort // the peer's addresses, observed first
+	opts       path.Options
+	link       *path.Conn // the attempt's path, from punch on
+}
+
+// punch starts the attempt's path over udp. Probing starts now, before the
+// RSA key is ready: the sooner both NATs see outbound packets, the less
+// the first ones clash.
+func (a *attempt) punch(udp *net.UDPConn) {
+	a.link = path.New(udp, a.cfg.Server, a.match.PairingID, a.candidates, a.cfg.Logger, a.opts)
+}
+
+// handshake continues the run's handshake over the attempt's path until it
+// completes or the attempt's time is up, and returns how long it took.
+func (a *attempt) handshake(ctx context.Context, hs *secure.Handshaker) (*secure.Conn, time.Duration, error) {
+	deadline := a.connectBy
+	if !a.last {
+		deadline = earlier(a.connectBy, time.Now().Add(attemptTimeout))
+	}
+	start := time.Now()
+	extended := false
+	for {
+		sconn, err := hs.Run(ctx, a.link, deadline)
+		if err == nil {
+			return sconn, time.Since(start), nil
+		}
+		if !errors.Is(err, secure.ErrAttemptTimeout) || !deadline.Before(a.connectBy) {
+			return nil, 0, err
+		}
+		if hs.HasKeys() || isClosed(a.link.Confirmed()) {
+			// The path carries the handshake: stay on it.
+			deadline = a.connectBy
+			continue
+		}
+		if hs.Answered() && !extended {
+			deadline, extended = earlier(a.connectBy, deadline.Add(answerGrace)), true
+			continue
+		}
+		return nil, 0, err
+	}
+}
+
+// end closes the attempt's path and returns what it saw: its counters,
+// and whether a packet of the peer's authenticated over it.
+func (a *attempt) end() (st path.Stats, confirmed bool) {
+	confirmed = isClosed(a.link.Confirmed())
+	st = a.link.Stats()
+	a.link.Close()
+	return st, confirmed
+}
+
+// noPath is the error of an attempt that found no path.
+func (a *attempt) noPath(st path.Stats) error {
+	arrived := "never arrived"
+	if st.ProbesReceived > 0 {
+		arrived = "did arrive"
+	}
+	return fmt.Errorf("%w to %s within %s (tried %d addresses in %d attempts; the peer's probes %s%s)", ErrNoPath, a.cfg.Peer, a.cfg.ConnectTimeout,
+		len(a.candidates), a.n+1, arrived, a.cfg.relayNote(a.match))
+}
+
+type keyResult struct {
+	key *rsa.PrivateKey
+	err error
+}
+
+// generateKey starts generating the session's RSA key, so that it is ready
+// when the rendezvous answers and adds no latency, and returns where the
+// key will be. Generating cannot be cancelled, and nobody waits for it: a
+// Run that ends before the key is ready leaves the generation running, the
+// one goroutine of Run's that outlives it (besides a pending read or
+// write, Config.Stdin), and it ends when the key is done.
+func (cfg *Config) generateKey() <-chan keyResult {
+	gen, bits := cfg.testOnlyGenerateKey, cfg.RSABits
+	if gen == nil {
+		gen = func(bits int) (*rsa.PrivateKey, error) { return rsa.GenerateKey(rand.Reader, bits) }
+	}
+	keys := make(chan keyResult, 1) // the result is dropped when nobody reads it
+	go func() {
+		k, err := gen(bits)
+		keys <- keyResult{k, err}
+	}()
+	return keys
+}
+
+// newHandshaker waits for the session's RSA key, or for ctx, and starts
+// the run's one handshake.
 func (cfg *Config) newHandshaker(ctx context.Context, keys <-chan keyResult) (*secure.Handshaker, error) {
 	var kr keyResult
 	select {
@@ -218,6 +347,20 @@ func (cfg *Config) newHandshaker(ctx context.Context, keys <-chan keyResult) (*s
 		p.SessionKey = cfg.SessionKey.CPaceInput()
 	}
 	return secure.NewHandshaker(p)
+}
+
+// closeHandshake ends the run's handshake (hs may be nil) and returns the
+// connect step's error: a responder that answered a Hello and never got a
+// valid Finish says so, whatever else ended the attempts (but an interrupt
+// is reported as one).
+func closeHandshake(ctx context.Context, hs *secure.Handshaker, err error) error {
+	if hs == nil {
+		return err
+	}
+	if cerr := hs.Close(); cerr != nil && err != nil && ctx.Err() == nil && !errors.Is(err, secure.ErrAuth) {
+		return cerr
+	}
+	return err
 }
 
 func earlier(a, b time.Time) time.Time {
@@ -255,15 +398,6 @@ func (c *Config) peerCancelled() error {
 	return fmt.Errorf("%s gave up the connection before it was complete (it was interrupted): %w", c.Peer, secure.ErrPeerCancelled)
 }
 
-// maxAttempts: three (at once, initiator first, responder first) before
-// the relay joins in; without the relay one more, initiator first again.
-func (c *Config) maxAttempts() int {
-	if c.Relay == RelayNever {
-		return 4
-	}
-	return 3
-}
-
 // relayNote explains, in a no-path error, why the relay did not help.
 func (c *Config) relayNote(m rendezvous.Match) string {
 	switch {
@@ -275,96 +409,4 @@ func (c *Config) relayNote(m rendezvous.Match) string {
 		return "; the rendezvous server offers no relay"
 	}
 	return "; the relay did not connect either"
-}
-
-// staggered reports whether this side holds back its first packets in
-// the given attempt: nobody in the first, then the side whose name sorts
-// first, then the other, alternating.
-func staggered(attempt int, nameFirst bool) bool {
-	return attempt > 0 && (attempt%2 == 1) == nameFirst
-}
-
-// meet pairs us with the peer over udp: through the rendezvous server, or
-// from the names alone in direct mode.
-func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int, log *slog.Logger) (rendezvous.Match, error) {
-	if cfg.PeerAddr.IsValid() {
-		return directMatch(*cfg), nil
-	}
-	port := udp.LocalAddr().(*net.UDPAddr).AddrPort().Port()
-	client := &rendezvous.Client{Conn: udp, Server: cfg.Server, Logger: log}
-	timeout, onWaiting := cfg.Timeout, func() { cfg.Status("waiting for %s…", cfg.Peer) }
-	if attempt > 0 {
-		timeout, onWaiting = reFindTimeout, nil
-	}
-	fctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	cands := path.LocalCandidates(port, cfg.Server.Addr().IsLoopback())
-	if cfg.STUN.IsValid() {
-		cands = cfg.stunCandidate(ctx, udp, cands, log)
-	}
-	log.Debug("asking the rendezvous server", "server", cfg.Server.String(), "candidates", fmt.Sprint(cands), "attempt", attempt+1)
-	warned := false
-	match, err := client.Find(fctx, rendezvous.FindRequest{
-		Session: cfg.Session, Name: cfg.Name, Peer: cfg.Peer, SessionKey: cfg.SessionKey,
-		Candidates: cands, OnWaiting: onWaiting,
-		OnUnregistered: func() {
-			if !warned && attempt == 0 {
-				warned = true
-				cfg.Warn("session %q is not registered on %s (did its registration expire?); going on with its key, which the peer needs too", cfg.Session, cfg.Server)
-			}
-		},
-	})
-	switch {
-	case err == nil:
-		log.Debug("paired", "role", match.Role.String(), "peer_observed", match.PeerObserved.String(), "peer_candidates", fmt.Sprint(match.PeerCandidates), "observed", match.Observed.String())
-		return match, nil
-	case ctx.Err() != nil:
-		return match, ErrInterrupted
-	case errors.Is(err, rendezvous.ErrPeerNotFound) && attempt == 0:
-		return match, fmt.Errorf("%s did not show up within %s: %w", cfg.Peer, cfg.Timeout, err)
-	}
-	return match, err
-}
-
-// stunTimeout bounds the question to the --stun server.
-const stunTimeout = 2 * time.Second
-
-// stunCandidate asks the STUN server for our reflexive address and puts it
-// first among the candidates; without an answer the session goes on
-// without it.
-func (cfg *Config) stunCandidate(ctx context.Context, udp *net.UDPConn, cands []netip.AddrPort, log *slog.Logger) []netip.AddrPort {
-	sctx, cancel := context.WithTimeout(ctx, stunTimeout)
-	defer cancel()
-	addr, err := rendezvous.STUNBinding(sctx, udp, cfg.STUN)
-	if err != nil {
-		log.Warn("the STUN server did not answer; going on without its address", "stun", cfg.STUN.String(), "err", err)
-		return cands
-	}
-	log.Debug("reflexive address from STUN", "stun", cfg.STUN.String(), "addr", addr.String())
-	if slices.Contains(cands, addr) {
-		return cands
-	}
-	cands = append([]netip.AddrPort{addr}, cands...)
-	return cands[:min(len(cands), wire.MaxCandidates)]
-}
-
-type keyResult struct {
-	key *rsa.PrivateKey
-	err error
-}
-
-// directMatch stands in for the rendezvous when the peer's address is
-// given: both sides derive the same pairing id (for the probes) from the
-// names.
-func directMatch(cfg Config) rendezvous.Match {
-	lo, hi := cfg.Name, cfg.Peer
-	if hi < lo {
-		lo, hi = hi, lo
-	}
-	h := sha256.Sum256([]byte("p2pcat direct v2\x00" + cfg.Session + "\x00" + lo + "\x00" + hi))
-	role := wire.RoleResponder
-	if cfg.Name == lo {
-		role = wire.RoleInitiator
-	}
-	return rendezvous.Match{PairingID: [16]byte(h[:16]), Role: role, PeerObserved: cfg.PeerAddr}
 }

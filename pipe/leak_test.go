@@ -3,6 +3,8 @@ package pipe
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
 	"errors"
 	"fmt"
 	"io"
@@ -160,9 +162,9 @@ func runPair(ctxA, ctxB context.Context, alice, bob Config) (errA, errB error) {
 }
 
 // TestRunLeavesNoGoroutine: after Run returns, every goroutine it started
-// has ended (the RSA key's, the path's, the handshake's, the stream's and
-// the pipe's), also when stdin is still open and blocked in a read, and
-// when stdout blocks.
+// has ended (the path's, the handshake's, the stream's and the pipe's; the
+// RSA key's once the key is done), also when stdin is still open and
+// blocked in a read, and when stdout blocks.
 func TestRunLeavesNoGoroutine(t *testing.T) {
 	t.Run("stdin held open", func(t *testing.T) {
 		// Bob ends when alice's EOF arrives (as a chat does) while his
@@ -230,15 +232,32 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 	})
 
 	t.Run("interrupted before the key is ready", func(t *testing.T) {
-		// A 4096-bit key takes about a second: Run waits for it.
+		// Run does not wait for the key: it returns while the generation
+		// is held back, which is then the only goroutine left, and which
+		// ends once the key is done.
 		base := runtime.NumGoroutine()
 		alice, _ := directPair(t, "leak-key")
 		alice.RSABits = 4096
 		alice.Stdin, alice.Stdout = strings.NewReader(""), io.Discard
+		release := make(chan struct{})
+		alice.testOnlyGenerateKey = func(bits int) (*rsa.PrivateKey, error) {
+			<-release
+			return rsa.GenerateKey(rand.Reader, bits)
+		}
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		if err := Run(ctx, alice); !errors.Is(err, ErrInterrupted) {
+			close(release)
 			t.Fatalf("Run = %v, want ErrInterrupted", err)
+		}
+		checkGoroutines(t, base+1)
+		if !blockedIn("(*Config).generateKey.func") {
+			t.Errorf("the goroutine left is not the key's:\n%s", goroutineStacks())
+		}
+		close(release)
+		// The generation itself takes its time; Run's is gone already.
+		for deadline := time.Now().Add(time.Minute); runtime.NumGoroutine() > base && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
 		}
 		checkGoroutines(t, base)
 	})

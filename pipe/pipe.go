@@ -4,12 +4,19 @@
 // (pipe/stream), and links it to stdin/stdout with line framing
 // (pipe/frame) or to the interactive chat (pipe/term).
 //
+// It owns the session's story and nothing below it: Run (this file), the
+// connect step with its attempts and the run's one handshake (connect.go),
+// the rendezvous side of an attempt (meet.go), and the link of the stream
+// to stdin/stdout (transfer.go). It may import its layers (pipe/path,
+// pipe/secure, pipe/stream, pipe/frame, pipe/term), the rendezvous client
+// and its wire messages, and internal/ helpers; never the server side,
+// and no layer imports pipe back. Only the command (package main) uses it.
+//
 // Data flows one way through the layers: path → secure → stream → frame.
 package pipe
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/rsa"
 	"errors"
 	"fmt"
@@ -17,7 +24,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"runtime"
-	"sync"
 	"time"
 
 	"github.com/p2pcat/p2pcat/pipe/path"
@@ -67,8 +73,8 @@ type Config struct {
 	NoOffload      bool          // no UDP GSO/GRO: sendmmsg/recvmmsg batches of whole datagrams
 	// ProbeMTU lets the stream probe for datagrams larger than 1200 bytes
 	// (path MTU discovery, pipe/stream/pmtu.go): up to 64 KiB on loopback,
-	// which roughly halves the CPU per byte there. The command line turns
-	// it on unless --no-mtu-probe.
+	// which saves CPU per byte there (fewer datagrams for the same bytes).
+	// The command line turns it on unless --no-mtu-probe.
 	ProbeMTU bool
 	// Relay says when the session may go through the server's relay:
 	// RelayAuto (the default) when no direct path appears, RelayNever, or
@@ -79,9 +85,10 @@ type Config struct {
 	// Run returns (the setup keeps them all: the RSA key, argon2id). One P
 	// keeps the pipe's goroutines (stdin, send, receive, stdout) on one
 	// thread: their hand-offs become cheap switches instead of thread
-	// wake-ups, which on loopback cost about a third of the CPU per byte
-	// (scripts/bench.sh). GOMAXPROCS is process-wide: only a process that
-	// runs one session at a time (the command line) should set this.
+	// wake-ups, which cost a good part of the CPU per byte on loopback
+	// (README, Performance; scripts/bench.sh). GOMAXPROCS is process-wide:
+	// only a process that runs one session at a time (the command line)
+	// should set this.
 	TransferProcs int
 
 	// Stdin and Stdout are the session's input and output. Run returns
@@ -92,8 +99,9 @@ type Config struct {
 	// the caller set is lost); what the call got is dropped. A call that
 	// nothing can interrupt (a blocking fd such as a terminal, whose
 	// SetReadDeadline fails with os.ErrNoDeadline; any other io.Reader;
-	// the chat) is left pending: its goroutine, the only one of Run's that
-	// can outlive it, ends when the call returns, touching nothing else.
+	// the chat) is left pending: its goroutine, which with the RSA key's
+	// generation (generateKey) is the only one of Run's that can outlive
+	// it, ends when the call returns, touching nothing else.
 	Stdin  io.Reader
 	Stdout io.Writer
 	// Chat, when set, replaces Stdin/Stdout with the interactive chat.
@@ -110,6 +118,9 @@ type Config struct {
 	// testOnlyConnected, if set, is called with the path once the session
 	// is connected (the soak test closes it: a peer that dies).
 	testOnlyConnected func(*path.Conn)
+	// testOnlyGenerateKey, if set, generates the RSA key instead of
+	// rsa.GenerateKey (the leak test holds it back).
+	testOnlyGenerateKey func(bits int) (*rsa.PrivateKey, error)
 }
 
 // RelayMode says when a session may use the server's relay.
@@ -127,17 +138,19 @@ func ParseRelayMode(s string) (RelayMode, error) {
 	case RelayAuto, RelayNever, RelayOnly:
 		return m, nil
 	case "":
-		return RelayAuto, nil
+		return DefaultRelay, nil
 	}
 	return "", fmt.Errorf("relay mode %q: want auto, never or only", s)
 }
 
-// Defaults of Config's zero values (the command line's flags use them
-// too).
+// Defaults of Config's zero values. The command line's flags show the
+// same values: they are written here only.
 const (
-	DefaultTimeout        = 2 * time.Minute  // for the peer to show up
-	DefaultConnectTimeout = 15 * time.Second // for a path and handshake once paired
-	DefaultIdleTimeout    = 30 * time.Second // peer silence that ends a session
+	DefaultTimeout        = 2 * time.Minute       // for the peer to show up
+	DefaultConnectTimeout = 15 * time.Second      // for a path and handshake once paired
+	DefaultIdleTimeout    = 30 * time.Second      // peer silence that ends a session
+	DefaultRSABits        = secure.DefaultRSABits // the ephemeral RSA key's size
+	DefaultRelay          = RelayAuto             // when the relay may carry the session
 )
 
 func (c *Config) setDefaults() {
@@ -151,10 +164,10 @@ func (c *Config) setDefaults() {
 		c.IdleTimeout = DefaultIdleTimeout
 	}
 	if c.RSABits == 0 {
-		c.RSABits = secure.DefaultRSABits
+		c.RSABits = DefaultRSABits
 	}
 	if c.Relay == "" {
-		c.Relay = RelayAuto
+		c.Relay = DefaultRelay
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -171,52 +184,26 @@ func (c *Config) setDefaults() {
 // delivered and acknowledged both ways: find the peer, connect (punch,
 // handshake, relay fallback: connect.go), transfer. Every goroutine it
 // starts has ended when it returns, but for a read of Stdin or a write of
-// Stdout that nothing can interrupt (see Config.Stdin).
+// Stdout that nothing can interrupt (see Config.Stdin) and the RSA key's
+// generation when Run ended before the key was ready (generateKey).
 func Run(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
-	log := cfg.Logger
 	if err := secure.CheckRSABits(cfg.RSABits); err != nil {
 		return err
 	}
-	// The session's one RSA key is generated while the rendezvous answers,
-	// so it adds no latency. Generating it cannot be cancelled: a Run that
-	// ends before it is ready (an interrupt within its first tenth of a
-	// second) waits for it.
-	keyc := make(chan keyResult, 1)
-	var keyGen sync.WaitGroup
-	defer keyGen.Wait()
-	keyGen.Go(func() {
-		k, err := rsa.GenerateKey(rand.Reader, cfg.RSABits)
-		keyc <- keyResult{k, err}
-	})
-
-	sconn, link, took, err := cfg.connect(ctx, keyc, log)
+	keys := cfg.generateKey() // while the rendezvous runs
+	sconn, link, took, err := cfg.connect(ctx, keys)
 	if err != nil {
 		return err
 	}
-	if cfg.testOnlyConnected != nil {
-		cfg.testOnlyConnected(link)
-	}
-	kind := "direct"
-	if link.Relayed() {
-		kind = "relay"
-	}
-	log.Info("connected", "path", kind, "peer", link.Peer().String(), "handshake", took.Round(time.Microsecond).String(), "role", secure.RoleFor(cfg.Name, cfg.Peer).String())
-	cfg.Status("connected to %s (%s, %s)", cfg.Peer, kind, link.Peer())
-
+	cfg.connected(link, took)
 	if cfg.Chat != nil {
 		if err := cfg.Chat.Start(); err != nil {
 			sconn.Close()
 			return err
 		}
 	}
-	var tr stream.Transport = sconn
-	if !cfg.ProbeMTU {
-		tr = safeSizeOnly{sconn}
-	}
-	// Keepalives come often enough that a quiet session outlives an idle
-	// timeout shorter than the stream's default interval.
-	st := stream.New(tr, stream.Config{IdleTimeout: cfg.IdleTimeout, KeepaliveInterval: min(10*time.Second, cfg.IdleTimeout/3), Logger: log})
+	st := cfg.newStream(sconn)
 	if n := cfg.TransferProcs; n > 0 && n < runtime.GOMAXPROCS(0) {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(n))
 	}
@@ -224,12 +211,42 @@ func Run(ctx context.Context, cfg Config) error {
 	if rerr := link.RelayError(); rerr != nil && errors.Is(err, path.ErrRelayEnded) {
 		err = fmt.Errorf("lost the connection to %s: %w", cfg.Peer, rerr)
 	}
+	logSessionEnd(cfg.Logger, st, sconn, err)
+	return err
+}
+
+// connected tells that the session is connected: the log's "connected"
+// line, the status, and testOnlyConnected.
+func (cfg *Config) connected(link *path.Conn, took time.Duration) {
+	if cfg.testOnlyConnected != nil {
+		cfg.testOnlyConnected(link)
+	}
+	kind := "direct"
+	if link.Relayed() {
+		kind = "relay"
+	}
+	cfg.Logger.Info("connected", "path", kind, "peer", link.Peer().String(), "handshake", took.Round(time.Microsecond).String(), "role", secure.RoleFor(cfg.Name, cfg.Peer).String())
+	cfg.Status("connected to %s (%s, %s)", cfg.Peer, kind, link.Peer())
+}
+
+// newStream starts the session's reliable stream over the secure Conn.
+func (cfg *Config) newStream(sconn *secure.Conn) *stream.Conn {
+	var tr stream.Transport = sconn
+	if !cfg.ProbeMTU {
+		tr = safeSizeOnly{sconn}
+	}
+	// Keepalives come often enough that a quiet session outlives an idle
+	// timeout shorter than the stream's default interval.
+	return stream.New(tr, stream.Config{IdleTimeout: cfg.IdleTimeout, KeepaliveInterval: min(10*time.Second, cfg.IdleTimeout/3), Logger: cfg.Logger})
+}
+
+// logSessionEnd logs the counters of the stream and of the secure Conn.
+func logSessionEnd(log *slog.Logger, st *stream.Conn, sconn *secure.Conn, err error) {
 	s := st.Stats()
 	ss := sconn.Stats()
 	log.Debug("session ended", "sent", s.BytesSent, "received", s.BytesReceived, "packets_sent", s.PacketsSent, "packets_received", s.PacketsReceived,
 		"retransmits", s.Retransmits, "lost", s.LostPackets, "srtt", s.SRTT.String(), "min_rtt", s.MinRTT.String(), "cwnd", s.Cwnd, "pacing_mbps", int(s.PacingRate*8/1e6), "inflight", s.BytesInFlight,
 		"sealed", ss.Sealed, "opened", ss.Opened, "forged", ss.Forged, "replayed", ss.Replayed, "malformed", ss.Malformed, "err", err)
-	return err
 }
 
 // safeSizeOnly keeps the stream to datagrams every path carries: with

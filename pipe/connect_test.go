@@ -1,0 +1,82 @@
+package pipe
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/p2pcat/p2pcat/rendezvous"
+)
+
+// TestPlanAttempts: what each attempt tries, as plan.attempt decides it:
+// which side holds back its first packets, which attempt is the last, and
+// when the relay joins in.
+func TestPlanAttempts(t *testing.T) {
+	type want struct {
+		last              bool
+		probeDelay        time.Duration
+		relay             bool
+		relayAfter        time.Duration
+		relayOnly         bool
+		candidatesOffered int
+	}
+	match := rendezvous.Match{
+		Relay:          true,
+		PeerObserved:   netip.MustParseAddrPort("192.0.2.1:1000"),
+		PeerCandidates: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.2:1000")},
+	}
+	peerAddr := netip.MustParseAddrPort("192.0.2.1:1000")
+	for _, tc := range []struct {
+		name     string
+		cfg      Config
+		match    rendezvous.Match
+		connect  time.Duration // left of ConnectTimeout
+		attempts []want
+	}{
+		{"auto, alice", Config{Name: "alice", Peer: "bob", Relay: RelayAuto}, match, 15 * time.Second, []want{
+			{false, 0, true, 0, false, 2},
+			{false, staggerDelay, true, 0, false, 2},
+			{true, 0, true, relayAfter, false, 2},
+		}},
+		{"auto, bob", Config{Name: "bob", Peer: "alice", Relay: RelayAuto}, match, 15 * time.Second, []want{
+			{false, 0, true, 0, false, 2},
+			{false, 0, true, 0, false, 2},
+			{true, staggerDelay, true, relayAfter, false, 2},
+		}},
+		{"never", Config{Name: "alice", Peer: "bob", Relay: RelayNever}, match, 15 * time.Second, []want{
+			{false, 0, false, 0, false, 2},
+			{false, staggerDelay, false, 0, false, 2},
+			{false, 0, false, 0, false, 2},
+			{true, staggerDelay, false, relayAfter, false, 2},
+		}},
+		{"only", Config{Name: "alice", Peer: "bob", Relay: RelayOnly}, match, 15 * time.Second, []want{
+			{true, 0, true, relayAfter, true, 2},
+		}},
+		{"no relay offered", Config{Name: "alice", Peer: "bob", Relay: RelayAuto}, rendezvous.Match{PeerObserved: match.PeerObserved}, 15 * time.Second, []want{
+			{false, 0, false, 0, false, 1},
+			{false, staggerDelay, false, 0, false, 1},
+			{true, 0, false, relayAfter, false, 1},
+		}},
+		{"direct", Config{Name: "alice", Peer: "bob", Relay: RelayAuto, PeerAddr: peerAddr}, rendezvous.Match{PeerObserved: peerAddr}, 15 * time.Second, []want{
+			{true, 0, false, relayAfter, false, 1},
+		}},
+		{"little time left", Config{Name: "alice", Peer: "bob", Relay: RelayAuto}, match, 3 * time.Second, []want{
+			{true, 0, true, relayAfter, false, 2},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pl := newPlan(&tc.cfg)
+			pl.connectBy = time.Now().Add(tc.connect)
+			for n, w := range tc.attempts {
+				a := pl.attempt(n, tc.match)
+				got := want{a.last, a.opts.ProbeDelay, a.opts.Relay, a.opts.RelayAfter, a.opts.RelayOnly, len(a.candidates)}
+				if got != w {
+					t.Errorf("attempt %d: got %+v, want %+v", n+1, got, w)
+				}
+				if a.last != (n == len(tc.attempts)-1) {
+					t.Errorf("attempt %d of %d: last = %v", n+1, len(tc.attempts), a.last)
+				}
+			}
+		})
+	}
+}
