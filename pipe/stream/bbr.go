@@ -180,10 +180,12 @@ type rateSample struct {
 	appLimited     bool
 }
 
-// onAck updates the model after an ACK frame was processed.
-// delivered is the connection's total delivered byte count, rtt the RTT
-// sample of this ack (0 if none), inFlight the bytes still in flight.
+// onAck updates the model after an ACK frame was processed: acked is the
+// bytes it newly acknowledged, delivered the connection's total delivered
+// byte count, rtt the RTT sample of this ack (0 if none), inFlight the
+// bytes still in flight.
 func (b *bbr) onAck(now time.Duration, rs rateSample, delivered uint64, rtt, srtt time.Duration, inFlight, acked int) {
+	b.roundAcked += acked
 	if rtt > 0 && (b.minRTT == 0 || rtt <= b.minRTT || now-b.minRTTAt > minRTTWindow) {
 		b.minRTT, b.minRTTAt = rtt, now
 	}
@@ -411,8 +413,6 @@ func (b *bbr) onLoss(bytes int) {
 	b.lost += uint64(bytes)
 	b.lostSinceAck += bytes
 }
-
-func (b *bbr) onAcked(bytes int) { b.roundAcked += bytes }
 
 // ltSample detects token-bucket policers, by the rules of Linux BBR
 // (bbr_lt_bw_sampling) and a trial of ours that tells a policer from

@@ -274,7 +274,6 @@ func simulate(b *bbr, path fluidPath, rtt, d time.Duration) fluidRun {
 		if lost > 0 {
 			b.onLoss(lost)
 		}
-		b.onAcked(int(got))
 		rs := rateSample{valid: true, priorDelivered: delivered, delivered: uint64(got), interval: step}
 		delivered += uint64(got)
 		b.onAck(now, rs, delivered, step, step, 0, int(got))

@@ -83,20 +83,6 @@ func (ss *spanSet) add(lo, hi uint64) {
 	ss.s = s
 }
 
-// dropBelow removes everything below x.
-func (ss *spanSet) dropBelow(x uint64) {
-	i := 0
-	for i < len(ss.s) && ss.s[i].hi <= x {
-		i++
-	}
-	if i > 0 {
-		ss.s = append(ss.s[:0], ss.s[i:]...)
-	}
-	if len(ss.s) > 0 && ss.s[0].lo < x {
-		ss.s[0].lo = x
-	}
-}
-
 // dropOldest removes the lowest spans so that at most max remain.
 func (ss *spanSet) dropOldest(max int) {
 	if extra := len(ss.s) - max; extra > 0 {

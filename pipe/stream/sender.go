@@ -316,7 +316,6 @@ func (c *Conn) onAckLocked(f *frame, now time.Duration) (progress bool) {
 		rs.interval = max(sendElapsed, ackElapsed)
 		rs.delivered = s.delivered - rs.priorDelivered
 	}
-	c.cc.onAcked(acked)
 	c.cc.onAck(now, rs, s.delivered, rtt, c.rtt.srtt(), s.bytesInFlight, acked)
 	return progress
 }
