@@ -1,0 +1,348 @@
+// The send loop and packet production: sendLoop runs every timer and sends
+// the bursts that produceLocked builds (data, acks, PINGs, DONEs, path MTU
+// probes), paced and within the congestion and flow-control windows. Conn
+// methods that build packets live here.
+
+package stream
+
+import (
+	"encoding/binary"
+	"time"
+)
+
+// buildPureAckLocked builds a packet holding only an ACK frame.
+func (c *Conn) buildPureAckLocked(b []byte) []byte {
+	now := c.now()
+	b = binary.AppendUvarint(b, c.snd.nextPN)
+	b = c.appendAckLocked(b, now, c.maxPayload-len(b))
+	c.recordSentLocked(c.snd.ring.push(), now, len(b), false)
+	return b
+}
+
+// appendAckLocked appends an ACK frame no longer than room.
+func (c *Conn) appendAckLocked(b []byte, now time.Duration, room int) []byte {
+	r := &c.rcv
+	nr := 0
+	for i := len(r.pns.s) - 1; i >= 0 && nr < maxAckRanges; i-- {
+		if maxAckLen(nr+1) > room {
+			break
+		}
+		c.ackScr[nr] = pnRange{r.pns.s[i].lo, r.pns.s[i].hi - 1}
+		nr++
+	}
+	if nr == 0 {
+		return b
+	}
+	delay := uint64(max(now-r.largestAt, 0) / time.Microsecond)
+	r.advertised = r.window()
+	b = appendAck(b, r.largestPN, delay, r.streamAck(), r.advertised, c.ackScr[:nr])
+	r.ackWanted, r.ackNow, r.elicited = false, false, 0
+	return b
+}
+
+// recordSentLocked fills the ring record of the packet numbered nextPN.
+func (c *Conn) recordSentLocked(p *sentPacket, now time.Duration, size int, eliciting bool) {
+	s := &c.snd
+	s.nextPN++
+	c.stats.packetsSent++
+	c.lastSent = now
+	p.sentAt = now
+	p.size = uint16(size)
+	if !eliciting {
+		p.state = pktAcked // nothing to wait for
+		s.ring.popSettled()
+		return
+	}
+	p.ackEliciting, p.inFlight = true, true
+	if s.bytesInFlight == 0 {
+		s.firstSentAt, s.deliveredAt = now, now
+	}
+	p.delivered, p.deliveredAt, p.firstSentAt = s.delivered, s.deliveredAt, s.firstSentAt
+	p.appLimited = s.appLimitedUntil > 0
+	s.bytesInFlight += size
+	s.elicitingInFlight++
+	s.lastElicitingAt = now
+	// Pacing: allow a burst of one quantum after an idle period, and at
+	// least what the timer's granularity makes us miss: Go timers may fire
+	// a millisecond late, and a pacer that loses that credit sends below
+	// its rate, which BBR then measures as the path's bandwidth.
+	burst := max(c.cc.pacingInterval(c.cc.quantum()), pacerGranularity)
+	if s.paceNext < now-burst {
+		s.paceNext = now - burst
+	}
+	s.paceNext += c.cc.pacingInterval(size)
+}
+
+// sendLoop sends data, acks and control packets, and runs every timer.
+func (c *Conn) sendLoop() {
+	defer c.wg.Done()
+	defer c.closeTransport()
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	// Packets are built back to back in one arena, so the layer below can
+	// hand them to the kernel in one GSO send without copying them.
+	arena := make([]byte, batchBytes+c.bufSize)
+	var bufs, bodies [sendBatch][]byte
+	for {
+		c.sendMu.Lock()
+		c.mu.Lock()
+		now := c.now()
+		n, more, next := c.produceLocked(now, arena, &bufs, &bodies)
+		pinned := c.snd.pinned
+		finished := c.finished
+		if more {
+			c.sleepUntil = 0
+		} else if next == 0 {
+			c.sleepUntil = sleepForever
+		} else {
+			c.sleepUntil = next
+		}
+		c.mu.Unlock()
+		// A failed send is a lost packet: recovery resends it.
+		if c.split != nil && n > 0 {
+			_ = c.split.SendSplitBatch(bufs[:n], bodies[:n])
+			clear(bodies[:n])
+		} else if bt, ok := c.tr.(BatchTransport); ok && n > 1 {
+			_ = bt.SendBatch(bufs[:n])
+		} else {
+			for i := 0; i < n; i++ {
+				_ = c.tr.Send(bufs[i])
+			}
+		}
+		if pinned {
+			// The bodies are sealed: the writer may reuse their room.
+			c.mu.Lock()
+			if c.snd.pin < c.snd.una {
+				c.writable.Broadcast() // the pin held the writer back
+			}
+			c.snd.pinned = false
+			c.mu.Unlock()
+		}
+		c.sendMu.Unlock()
+		if finished {
+			return
+		}
+		if more {
+			continue
+		}
+		if next > 0 {
+			timer.Reset(max(next-now, 0))
+		} else {
+			timer.Stop()
+		}
+		select {
+		case <-c.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// produceLocked runs due timers and builds the next burst of packets into
+// arena, back to back, with bufs[:n] pointing at them. A burst is one
+// packet, or as many as fit in the pacer's quantum (about 1 ms of data at
+// the pacing rate, at least two packets, at most batchBytes: one GSO
+// send) and sendBatch, so that bursts on a slow path stay small. It
+// reports whether more could be sent at once, and otherwise when it wants
+// to run next (0: only when woken).
+//
+// With a SplitTransport a DATA frame's bytes are not copied into the arena:
+// bodies[i] is packet i's body in the send buffer (nil when the packet is
+// whole in bufs[i]), and the buffer is pinned (sendState.pinned) until the
+// batch is sent.
+func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sendBatch][]byte) (n int, more bool, next time.Duration) {
+	if c.finished {
+		return 0, false, 0
+	}
+	s, r := &c.snd, &c.rcv
+	// We need the peer until we are complete and have its DONE: until
+	// then its silence for the idle timeout ends the Conn, and we keep it
+	// talking (keepalives, DONEs), so that a live peer is never taken for
+	// a dead one.
+	needPeer := !(c.complete && r.peerDone)
+	if needPeer && now-c.lastRecv >= c.idle {
+		if c.complete {
+			c.failLocked(ErrUnconfirmedEnd)
+		} else {
+			c.failLocked(ErrIdleTimeout)
+		}
+		return 0, false, 0
+	}
+	if s.lossTime != 0 && now >= s.lossTime {
+		c.detectLossesLocked(now)
+		s.ring.popSettled()
+	}
+	if d := c.ptoDeadline(); d != 0 && now >= d {
+		c.onPTOLocked()
+	}
+	c.checkPathLocked()
+
+	// Close handshake (package documentation).
+	sendDone, finishAfter := false, false
+	if !c.complete && s.finAcked && r.allDelivered() {
+		c.complete, c.completeAt = true, now
+		c.lingerEnd = now + min(3*c.rtt.pto(), maxLinger)
+		c.doneNext, c.doneEvery = now, c.rtt.pto()
+		c.log.Debug("stream: complete", "peerDone", r.peerDone)
+	}
+	if c.complete {
+		switch {
+		case r.peerDone && (c.doneAcked || now >= c.lingerEnd):
+			if !r.ackWanted {
+				c.failLocked(nil)
+				return 0, false, 0
+			}
+			// Acknowledge the peer's DONE first, so that it need not
+			// linger for ours.
+			r.ackNow, finishAfter = true, true
+		case now >= c.doneNext:
+			sendDone = true
+			c.doneNext = now + c.doneEvery
+			c.doneEvery = min(2*c.doneEvery, c.keepalive)
+		}
+	}
+	ping := needPeer && now-c.lastSent >= c.keepalive
+
+	used := 0  // bytes of arena taken
+	total := 0 // bytes of packets built, bodies included
+	if c.pmtu.due(s) && !c.complete {
+		bufs[n] = c.buildMTUProbeLocked(arena[:0], now)
+		used += len(bufs[n])
+		total += len(bufs[n])
+		n++
+	}
+	budget := min(c.cc.quantum(), batchBytes)
+	for {
+		if n == sendBatch || n > 0 && total+c.maxPayload > budget {
+			more = true
+			break
+		}
+		probe := s.probes > 0
+		hasData := s.hasRetx() || s.newDataReady()
+		canData := hasData && (probe || (s.bytesInFlight+c.maxPayload <= c.cc.cwnd && s.paceNext <= now))
+		ackDue := r.ackWanted && (r.ackNow || now >= r.ackDeadline)
+		pingNow := (ping || (probe && !hasData)) && !canData
+		if !canData && !sendDone && !pingNow && !ackDue {
+			break
+		}
+		b := binary.AppendUvarint(arena[used:used], s.nextPN)
+		if r.ackWanted {
+			b = c.appendAckLocked(b, now, min(c.maxPayload-len(b)-32, maxAckLen(maxAckRanges)))
+		}
+		eliciting := false
+		if sendDone {
+			b = append(b, frameDone)
+			c.donePNs[c.doneSent%len(c.donePNs)] = s.nextPN
+			c.doneSent++
+			sendDone = false
+		}
+		if pingNow {
+			b = append(b, framePing)
+			eliciting, ping = true, false
+		}
+		p := s.ring.push()
+		var body []byte
+		if canData {
+			b, body = c.appendDataLocked(b, p)
+			eliciting = true
+		}
+		c.recordSentLocked(p, now, len(b)+len(body), eliciting)
+		if probe && eliciting {
+			s.probes--
+		}
+		bufs[n], bodies[n] = b, body
+		used += len(b)
+		total += len(b) + len(body)
+		n++
+		if finishAfter {
+			c.failLocked(nil)
+			return n, false, 0
+		}
+	}
+
+	// Next wake-up: the earliest timer.
+	next = c.lastRecv + c.idle
+	if !needPeer {
+		next = 0
+	}
+	at := func(t time.Duration) {
+		if t > 0 && (next == 0 || t < next) {
+			next = t
+		}
+	}
+	if needPeer {
+		at(c.lastSent + c.keepalive)
+	}
+	at(s.lossTime)
+	at(c.ptoDeadline())
+	if r.ackWanted {
+		at(r.ackDeadline)
+	}
+	if c.complete {
+		if r.peerDone {
+			at(c.lingerEnd)
+		}
+		at(c.doneNext)
+	}
+	hasData := s.hasRetx() || s.newDataReady()
+	if hasData && s.bytesInFlight+c.maxPayload <= c.cc.cwnd && !more {
+		at(s.paceNext)
+	}
+	if !hasData && s.bytesInFlight+c.maxPayload <= c.cc.cwnd {
+		// Nothing to send though the window allows: rate samples taken
+		// now do not measure the path.
+		s.appLimitedUntil = max(s.delivered+uint64(s.bytesInFlight), 1)
+	}
+	return n, more, next
+}
+
+// appendDataLocked appends one DATA frame, lost data first, and fills the
+// record p.
+func (c *Conn) appendDataLocked(b []byte, p *sentPacket) (head, body []byte) {
+	s := &c.snd
+	room := c.maxPayload - len(b)
+	rr, retx := s.nextRetx()
+	off, avail := s.nxt, int(min(s.end-s.nxt, s.peerWindow-min(s.peerWindow, s.nxt)))
+	finAll := s.finWritten && s.nxt+uint64(avail) == s.end // all that is left, FIN included
+	if retx {
+		off, avail, finAll = rr.off, int(rr.n), rr.fin
+	}
+	n := min(avail, room-dataHeaderLen(off, avail))
+	// A body sealed straight from the send buffer (SplitTransport) costs a
+	// byte on the wire: give it up only when the packet goes split.
+	split := false
+	if c.split != nil && n >= splitMinBody && len(b)+dataHeaderLen(off, n) <= splitMaxHead {
+		k := n
+		if len(b)+dataHeaderLen(off, k)+k == c.maxPayload {
+			k--
+		}
+		if split = len(s.buf.span(off, k)) == k; split {
+			n = k
+		}
+	}
+	fin := finAll && n == avail
+	if retx {
+		rr.off += uint64(n)
+		rr.n -= uint32(n)
+		if rr.n == 0 && (fin || !rr.fin) {
+			s.retxHead++
+		}
+		c.stats.retransmits++
+	} else {
+		s.nxt += uint64(n)
+		if fin {
+			s.finSent = true
+		}
+	}
+	p.off, p.n, p.fin = off, uint32(n), fin
+	b = appendDataHeader(b, fin, off, n)
+	if split {
+		// Kept for the batch being built: the writer stays off this room
+		// until the batch is sealed (even if an ack frees it meanwhile).
+		if !s.pinned || off < s.pin {
+			s.pin = off
+		}
+		s.pinned = true
+		return b, s.buf.span(off, n)
+	}
+	return s.buf.appendTo(b, off, n), nil
+}
