@@ -85,7 +85,7 @@ func transferMeasured(t testing.TB, ta, tb Transport, ab *memLink, data []byte, 
 		done <- err
 	}()
 	a.mu.Lock()
-	lt := a.cc.lt
+	lt := a.snd.cc.lt
 	a.mu.Unlock()
 	shut := make(chan error, 1)
 	go func() { shut <- a.Shutdown(ctx) }()

@@ -182,10 +182,8 @@ type Conn struct {
 	mu         sync.Mutex
 	readable   sync.Cond
 	writable   sync.Cond
-	snd        sendState
+	snd        sender
 	rcv        recvState
-	rtt        rttEstimator
-	cc         bbr
 	stats      counters
 	ackScr     [maxAckRanges]pnRange
 	placeFrame frame // placeBody's, which runs on the receive loop
@@ -245,13 +243,9 @@ func New(tr Transport, cfg Config) *Conn {
 	}
 	sendBuf, recvBuf = max(sendBuf, minBuffer), max(recvBuf, minBuffer)
 	c.readable.L, c.writable.L = &c.mu, &c.mu
-	c.snd.buf = newByteRing(sendBuf)
+	c.snd = newSender(sendBuf, c.maxPayload, &c.stats, c)
 	c.rcv.buf = newByteRing(recvBuf)
 	c.rcv.advertised = uint64(recvBuf)
-	// Until the first ack, assume the peer's window is the smallest any
-	// Conn has.
-	c.snd.peerWindow = minBuffer
-	c.cc = newBBR(c.maxPayload)
 	c.bufSize = c.maxPayload
 	if lt, ok := tr.(LargeTransport); ok {
 		c.payloadLimit = lt.PayloadLimit()
@@ -588,12 +582,12 @@ func (c *Conn) Stats() Stats {
 		SpuriousRetransmits: c.stats.spurious,
 		LostPackets:         c.stats.lost,
 		DupPackets:          c.stats.dup,
-		SRTT:                c.rtt.srtt(),
-		RTTVar:              c.rtt.variance,
-		MinRTT:              c.rtt.min,
-		RTO:                 c.rtt.pto(),
-		Cwnd:                c.cc.cwnd,
-		PacingRate:          c.cc.pacingRate,
+		SRTT:                c.snd.rtt.srtt(),
+		RTTVar:              c.snd.rtt.variance,
+		MinRTT:              c.snd.rtt.min,
+		RTO:                 c.snd.rtt.pto(),
+		Cwnd:                c.snd.cc.cwnd,
+		PacingRate:          c.snd.cc.pacingRate,
 		BytesInFlight:       c.snd.bytesInFlight,
 		SendBuffered:        int(c.snd.end - c.snd.una),
 		RecvBuffered:        int(c.rcv.nxt - c.rcv.readOff),

@@ -55,7 +55,7 @@ func newPMTUState(base, limit int) pmtuState {
 }
 
 // due reports whether a probe should go out now.
-func (p *pmtuState) due(s *sendState) bool {
+func (p *pmtuState) due(s *sender) bool {
 	return len(p.candidates) > 0 && !p.probing && s.hasAcked
 }
 
@@ -70,14 +70,8 @@ func (c *Conn) buildMTUProbeLocked(b []byte, now time.Duration) []byte {
 	hdr := len(b)
 	b = b[:size]
 	clear(b[hdr:]) // PADDING frames are zero bytes
-	p := s.ring.push()
-	s.nextPN++
-	c.stats.packetsSent++
 	c.lastSent = now
-	p.sentAt, p.size = now, uint16(size)
-	p.ackEliciting, p.mtuProbe = true, true
-	s.elicitingInFlight++
-	s.lastElicitingAt = now
+	s.recordProbe(s.ring.push(), now, size)
 	return b
 }
 
@@ -89,7 +83,7 @@ func (c *Conn) onProbeAckedLocked(pn uint64) {
 	c.pmtu = pmtuState{} // done: the largest candidate left got through
 	if size > c.maxPayload {
 		c.maxPayload = size
-		c.cc.setMSS(size)
+		c.snd.cc.setMSS(size)
 		c.log.Debug("stream: path MTU probe acknowledged", "payload", size)
 	}
 }
@@ -108,7 +102,7 @@ func (c *Conn) onRepeatedPTOLocked() {
 	}
 	c.log.Debug("stream: large packets keep getting lost; back to the base packet size", "was", c.maxPayload, "now", c.baseMaxPayload)
 	c.maxPayload = c.baseMaxPayload
-	c.cc.setMSS(c.baseMaxPayload)
+	c.snd.cc.setMSS(c.baseMaxPayload)
 	c.pmtu = newPMTUState(c.baseMaxPayload, c.payloadLimit)
 }
 

@@ -127,7 +127,11 @@ func (c *Conn) handlePacketLocked(p, body []byte, f *frame) (ackNow, wake bool) 
 		rest, _ = parseFrameWith(rest, f, body, bodyLen)
 		switch f.typ {
 		case frameAck:
-			if c.onAckLocked(f, now) {
+			progress, freed := c.snd.onAck(f, now)
+			if freed {
+				c.writable.Broadcast()
+			}
+			if progress {
 				wake = true
 			}
 			if c.doneSent > 0 && !c.doneAcked && c.ackCoversDoneLocked(f) {
@@ -148,12 +152,10 @@ func (c *Conn) handlePacketLocked(p, body []byte, f *frame) (ackNow, wake bool) 
 				// The peer is complete: it holds our whole stream, and
 				// handed all of it to its reader.
 				r.peerDone = true
-				c.snd.una = c.snd.end
-				c.snd.finAcked = true
-				c.snd.clearInFlight()
+				c.snd.onPeerDone()
 				c.writable.Broadcast()
 				if c.complete {
-					c.lingerEnd = now + min(3*c.rtt.pto(), maxLinger)
+					c.lingerEnd = now + min(3*c.snd.rtt.pto(), maxLinger)
 					c.doneNext = now // answer at once
 				}
 				c.log.Debug("stream: the peer confirmed the end", "complete", c.complete)
@@ -175,7 +177,7 @@ func (c *Conn) handlePacketLocked(p, body []byte, f *frame) (ackNow, wake bool) 
 		// maxLinger.
 		c.doneNext = now
 		if r.peerDone {
-			c.lingerEnd = min(max(c.lingerEnd, now+3*c.rtt.pto()), c.completeAt+maxLinger)
+			c.lingerEnd = min(max(c.lingerEnd, now+3*c.snd.rtt.pto()), c.completeAt+maxLinger)
 		}
 		wake = true
 	}

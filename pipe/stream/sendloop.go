@@ -40,37 +40,11 @@ func (c *Conn) appendAckLocked(b []byte, now time.Duration, room int) []byte {
 	return b
 }
 
-// recordSentLocked fills the ring record of the packet numbered nextPN.
+// recordSentLocked records the packet numbered nextPN in p (see
+// sender.recordSent).
 func (c *Conn) recordSentLocked(p *sentPacket, now time.Duration, size int, eliciting bool) {
-	s := &c.snd
-	s.nextPN++
-	c.stats.packetsSent++
 	c.lastSent = now
-	p.sentAt = now
-	p.size = uint16(size)
-	if !eliciting {
-		p.state = pktAcked // nothing to wait for
-		s.ring.popSettled()
-		return
-	}
-	p.ackEliciting, p.inFlight = true, true
-	if s.bytesInFlight == 0 {
-		s.firstSentAt, s.deliveredAt = now, now
-	}
-	p.delivered, p.deliveredAt, p.firstSentAt = s.delivered, s.deliveredAt, s.firstSentAt
-	p.appLimited = s.appLimitedUntil > 0
-	s.bytesInFlight += size
-	s.elicitingInFlight++
-	s.lastElicitingAt = now
-	// Pacing: allow a burst of one quantum after an idle period, and at
-	// least what the timer's granularity makes us miss: Go timers may fire
-	// a millisecond late, and a pacer that loses that credit sends below
-	// its rate, which BBR then measures as the path's bandwidth.
-	burst := max(c.cc.pacingInterval(c.cc.quantum()), pacerGranularity)
-	if s.paceNext < now-burst {
-		s.paceNext = now - burst
-	}
-	s.paceNext += c.cc.pacingInterval(size)
+	c.snd.recordSent(p, now, size, eliciting)
 }
 
 // sendLoop sends data, acks and control packets, and runs every timer.
@@ -147,7 +121,7 @@ func (c *Conn) sendLoop() {
 //
 // With a SplitTransport a DATA frame's bytes are not copied into the arena:
 // bodies[i] is packet i's body in the send buffer (nil when the packet is
-// whole in bufs[i]), and the buffer is pinned (sendState.pinned) until the
+// whole in bufs[i]), and the buffer is pinned (sender.pinned) until the
 // batch is sent.
 func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sendBatch][]byte) (n int, more bool, next time.Duration) {
 	if c.finished {
@@ -168,11 +142,11 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 		return 0, false, 0
 	}
 	if s.lossTime != 0 && now >= s.lossTime {
-		c.detectLossesLocked(now)
+		s.detectLosses(now)
 		s.ring.popSettled()
 	}
-	if d := c.ptoDeadline(); d != 0 && now >= d {
-		c.onPTOLocked()
+	if d := s.ptoDeadline(); d != 0 && now >= d {
+		s.onPTO()
 	}
 	c.checkPathLocked()
 
@@ -180,8 +154,8 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 	sendDone, finishAfter := false, false
 	if !c.complete && s.finAcked && r.allDelivered() {
 		c.complete, c.completeAt = true, now
-		c.lingerEnd = now + min(3*c.rtt.pto(), maxLinger)
-		c.doneNext, c.doneEvery = now, c.rtt.pto()
+		c.lingerEnd = now + min(3*c.snd.rtt.pto(), maxLinger)
+		c.doneNext, c.doneEvery = now, c.snd.rtt.pto()
 		c.log.Debug("stream: complete", "peerDone", r.peerDone)
 	}
 	if c.complete {
@@ -210,7 +184,7 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 		total += len(bufs[n])
 		n++
 	}
-	budget := min(c.cc.quantum(), batchBytes)
+	budget := min(c.snd.cc.quantum(), batchBytes)
 	for {
 		if n == sendBatch || n > 0 && total+c.maxPayload > budget {
 			more = true
@@ -218,7 +192,7 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 		}
 		probe := s.probes > 0
 		hasData := s.hasRetx() || s.newDataReady()
-		canData := hasData && (probe || (s.bytesInFlight+c.maxPayload <= c.cc.cwnd && s.paceNext <= now))
+		canData := hasData && (probe || s.canSend(now, c.maxPayload))
 		ackDue := r.ackWanted && (r.ackNow || now >= r.ackDeadline)
 		pingNow := (ping || (probe && !hasData)) && !canData
 		if !canData && !sendDone && !pingNow && !ackDue {
@@ -273,7 +247,7 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 		at(c.lastSent + c.keepalive)
 	}
 	at(s.lossTime)
-	at(c.ptoDeadline())
+	at(s.ptoDeadline())
 	if r.ackWanted {
 		at(r.ackDeadline)
 	}
@@ -284,13 +258,11 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 		at(c.doneNext)
 	}
 	hasData := s.hasRetx() || s.newDataReady()
-	if hasData && s.bytesInFlight+c.maxPayload <= c.cc.cwnd && !more {
+	if hasData && s.windowOpen(c.maxPayload) && !more {
 		at(s.paceNext)
 	}
-	if !hasData && s.bytesInFlight+c.maxPayload <= c.cc.cwnd {
-		// Nothing to send though the window allows: rate samples taken
-		// now do not measure the path.
-		s.appLimitedUntil = max(s.delivered+uint64(s.bytesInFlight), 1)
+	if !hasData && s.windowOpen(c.maxPayload) {
+		s.markAppLimited() // nothing to send though the window allows
 	}
 	return n, more, next
 }
