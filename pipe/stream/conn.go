@@ -193,22 +193,13 @@ type Conn struct {
 	lastSent   time.Duration
 	sleepUntil time.Duration // when the send loop wakes on its own; 0: running
 
-	complete     bool
-	completeAt   time.Duration
-	lingerEnd    time.Duration // with the peer's DONE: finish by then even without an ack of ours
-	doneNext     time.Duration
-	doneEvery    time.Duration // DONE's resend interval, doubling up to the keepalive
-	doneSent     int
-	donePNs      [8]uint64 // the last packets that carried our DONE
-	doneAcked    bool      // the peer acknowledged one of them
-	finished     bool      // terminal
-	err          error
-	done         chan struct{}
-	wake         chan struct{}
-	closeTrOnce  sync.Once
-	closeErr     error
-	wg           sync.WaitGroup
-	shutdownOnce sync.Once
+	closing     closeHandshake // the close handshake (close.go)
+	finished    bool           // terminal
+	err         error
+	done        chan struct{}
+	wake        chan struct{}
+	closeTrOnce sync.Once
+	wg          sync.WaitGroup
 }
 
 // New starts a Conn over tr. The Conn owns tr and closes it.
@@ -612,7 +603,7 @@ func (c *Conn) failLocked(err error) {
 }
 
 func (c *Conn) closeTransport() {
-	c.closeTrOnce.Do(func() { c.closeErr = c.tr.Close() })
+	c.closeTrOnce.Do(func() { _ = c.tr.Close() }) // nothing is left to report it to
 }
 
 var _ io.ReadWriter = (*Conn)(nil)

@@ -41,12 +41,38 @@ type recvState struct {
 	elicitedAll uint64
 	ackDeadline time.Duration
 	advertised  uint64 // window in the last ACK frame sent
-
-	peerDone bool
 }
 
 // window is the flow-control limit we grant: offsets below it fit the ring.
 func (r *recvState) window() uint64 { return r.readOff + uint64(r.buf.max) }
+
+// hasRoom reports whether stream data [off, end) may be stored: it is
+// inside the window, and when it leaves a hole, the holes are not too
+// many already.
+func (r *recvState) hasRoom(off, end uint64) bool {
+	return end <= r.window() && !(off > r.nxt && r.ooo.len() >= maxOOOSpans)
+}
+
+// onEliciting applies the ack policy to an ack-eliciting packet: an ack is
+// owed, at once or by the delayed-ack deadline. It reports whether the
+// packet started the delayed-ack timer.
+func (r *recvState) onEliciting(now time.Duration, reordered bool) (timerStarted bool) {
+	r.ackWanted = true
+	r.elicited++
+	r.elicitedAll++
+	every, delay := ackEveryPackets, maxAckDelay
+	if r.elicitedAll > decimateAfter {
+		every, delay = decimatedAckEvery, decimatedAckDelay
+	}
+	if r.elicited >= every || reordered {
+		r.ackNow = true
+	}
+	if r.elicited == 1 {
+		r.ackDeadline = now + delay
+		return true
+	}
+	return false
+}
 
 // streamAck is the cumulative acknowledgement; the FIN takes one position.
 func (r *recvState) streamAck() uint64 {

@@ -7,6 +7,7 @@ package stream
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/p2pcat/p2pcat/internal/textsafe"
 )
@@ -78,39 +79,20 @@ func (c *Conn) handlePacketLocked(p, body []byte, f *frame) (ackNow, wake bool) 
 		c.stats.badFrames++
 		return false, false
 	}
-	// Validate the whole packet before applying any of it.
-	eliciting, hasData, dataOff, dataEnd := false, false, uint64(0), uint64(0)
-	bodyLen, claimed := -1, false
+	bodyLen := -1
 	if body != nil {
 		bodyLen = len(body)
 	}
-	for rest := frames; len(rest) > 0; {
-		if rest, err = parseFrameWith(rest, f, body, bodyLen); err != nil {
-			c.stats.badFrames++
-			c.log.Debug("stream: dropping malformed packet", "err", err)
-			return false, false
-		}
-		claimed = claimed || f.claimed
-		switch f.typ {
-		case frameData, frameDataFin:
-			if hasData { // the wire format allows one per packet
-				c.stats.badFrames++
-				return false, false
-			}
-			hasData, dataOff, dataEnd = true, f.offset, f.offset+uint64(len(f.data))
-			eliciting = true
-		case framePing, frameDone, frameClose:
-			eliciting = true
-		}
-	}
-	if body != nil && !claimed {
-		c.stats.badFrames++ // a body no DATA frame claims
+	// Validate the whole packet before applying any of it.
+	sum, ok := c.checkFramesLocked(frames, f, body, bodyLen)
+	if !ok {
+		c.stats.badFrames++
 		return false, false
 	}
 	c.stats.packetsRecv++
 	c.lastRecv = now
 	r := &c.rcv
-	if hasData && (dataEnd > r.window() || dataOff > r.nxt && r.ooo.len() >= maxOOOSpans) {
+	if sum.hasData && !r.hasRoom(sum.dataOff, sum.dataEnd) {
 		// No room for it: leave it unacknowledged, so it comes again.
 		c.stats.badFrames++
 		return false, false
@@ -118,88 +100,120 @@ func (c *Conn) handlePacketLocked(p, body []byte, f *frame) (ackNow, wake bool) 
 	dup, reordered := r.onPacketNumber(pn, now)
 	if dup {
 		c.stats.dup++
-		if eliciting {
+		if sum.eliciting {
 			r.ackWanted, r.ackNow = true, true // our ack may have been lost
 		}
 		return r.ackNow, false
 	}
+	if wake, ok = c.applyFramesLocked(frames, f, body, bodyLen, now); !ok {
+		return false, false // the peer aborted
+	}
+	if sum.eliciting {
+		if c.closing.peerStillSending(now, c.snd.rtt.pto()) {
+			wake = true
+		}
+		if r.onEliciting(now, reordered) && c.sleepUntil != 0 && r.ackDeadline < c.sleepUntil {
+			wake = true // the send loop sleeps past the new ack deadline
+		}
+	}
+	return r.ackWanted && r.ackNow, wake
+}
+
+// packetSummary is what validating a packet's frames found.
+type packetSummary struct {
+	eliciting        bool // a frame asks for an ack
+	hasData          bool // it carries a DATA or DATA_FIN frame, of [dataOff, dataEnd)
+	dataOff, dataEnd uint64
+}
+
+// checkFramesLocked parses every frame of a packet without applying any:
+// it reports false for a packet that is malformed, holds two DATA frames,
+// or comes with a body that no DATA frame claims.
+func (c *Conn) checkFramesLocked(frames []byte, f *frame, body []byte, bodyLen int) (sum packetSummary, ok bool) {
+	claimed := false
+	for rest := frames; len(rest) > 0; {
+		var err error
+		if rest, err = parseFrameWith(rest, f, body, bodyLen); err != nil {
+			c.log.Debug("stream: dropping malformed packet", "err", err)
+			return sum, false
+		}
+		claimed = claimed || f.claimed
+		switch f.typ {
+		case frameData, frameDataFin:
+			if sum.hasData { // the wire format allows one per packet
+				return sum, false
+			}
+			sum.hasData, sum.dataOff, sum.dataEnd = true, f.offset, f.offset+uint64(len(f.data))
+			sum.eliciting = true
+		case framePing, frameDone, frameClose:
+			sum.eliciting = true
+		}
+	}
+	if body != nil && !claimed {
+		return sum, false // a body no DATA frame claims
+	}
+	return sum, true
+}
+
+// applyFramesLocked applies the frames of a packet that checkFramesLocked
+// passed, in order. It reports whether the send loop should run, and false
+// when a CLOSE frame ended the Conn.
+func (c *Conn) applyFramesLocked(frames []byte, f *frame, body []byte, bodyLen int, now time.Duration) (wake, ok bool) {
 	for rest := frames; len(rest) > 0; {
 		rest, _ = parseFrameWith(rest, f, body, bodyLen)
 		switch f.typ {
 		case frameAck:
-			progress, freed := c.snd.onAck(f, now)
-			if freed {
-				c.writable.Broadcast()
-			}
-			if progress {
-				wake = true
-			}
-			if c.doneSent > 0 && !c.doneAcked && c.ackCoversDoneLocked(f) {
-				c.doneAcked = true
+			if c.onAckFrameLocked(f, now) {
 				wake = true
 			}
 		case frameData, frameDataFin:
-			fin := f.typ == frameDataFin
-			readable, old := r.onData(f.offset, f.data, fin)
-			if readable {
-				c.readable.Broadcast()
-			}
-			if old || fin || f.offset > r.nxt {
-				r.ackNow = true // duplicate, FIN or a hole: tell the sender now
-			}
+			c.onDataFrameLocked(f)
 		case frameDone:
-			if c.snd.finSent && !r.peerDone {
-				// The peer is complete: it holds our whole stream, and
-				// handed all of it to its reader.
-				r.peerDone = true
-				c.snd.onPeerDone()
-				c.writable.Broadcast()
-				if c.complete {
-					c.lingerEnd = now + min(3*c.snd.rtt.pto(), maxLinger)
-					c.doneNext = now // answer at once
-				}
-				c.log.Debug("stream: the peer confirmed the end", "complete", c.complete)
+			if c.onDoneFrameLocked(now) {
 				wake = true
 			}
 		case frameClose:
-			code := AbortCode(f.code)
-			if f.code > uint64(AbortOutputClosed) {
-				code = AbortError
-			}
-			c.failLocked(&PeerAbortError{Code: code, Reason: textsafe.Line(string(f.reason))})
+			c.onCloseFrameLocked(f)
 			return false, false
 		}
 	}
-	if eliciting && c.complete {
-		// The peer still sends: it has not seen our DONE (which also
-		// acknowledges everything). Answer with DONE now, and, lingering
-		// with its DONE, stay around while it keeps trying, within
-		// maxLinger.
-		c.doneNext = now
-		if r.peerDone {
-			c.lingerEnd = min(max(c.lingerEnd, now+3*c.snd.rtt.pto()), c.completeAt+maxLinger)
-		}
-		wake = true
+	return wake, true
+}
+
+// onAckFrameLocked applies an ACK frame to the sender and to the close
+// handshake. It reports whether it acknowledged anything new.
+func (c *Conn) onAckFrameLocked(f *frame, now time.Duration) (progress bool) {
+	progress, freed := c.snd.onAck(f, now)
+	if freed {
+		c.writable.Broadcast()
 	}
-	if eliciting {
-		r.ackWanted = true
-		r.elicited++
-		r.elicitedAll++
-		every, delay := ackEveryPackets, maxAckDelay
-		if r.elicitedAll > decimateAfter {
-			every, delay = decimatedAckEvery, decimatedAckDelay
-		}
-		if r.elicited >= every || reordered {
-			r.ackNow = true
-		}
-		if r.elicited == 1 {
-			r.ackDeadline = now + delay
-			if c.sleepUntil != 0 && r.ackDeadline < c.sleepUntil {
-				wake = true
-			}
-		}
+	if c.closing.onAck(f) {
+		progress = true
 	}
-	return r.ackWanted && r.ackNow, wake
+	return progress
+}
+
+// onDataFrameLocked stores a DATA or DATA_FIN frame.
+func (c *Conn) onDataFrameLocked(f *frame) {
+	r := &c.rcv
+	fin := f.typ == frameDataFin
+	readable, old := r.onData(f.offset, f.data, fin)
+	if readable {
+		c.readable.Broadcast()
+	}
+	if old || fin || f.offset > r.nxt {
+		r.ackNow = true // duplicate, FIN or a hole: tell the sender now
+	}
+}
+
+// onCloseFrameLocked fails the Conn: the peer aborted. Its code and
+// reason are kept, the reason made safe to print.
+func (c *Conn) onCloseFrameLocked(f *frame) {
+	code := AbortCode(f.code)
+	if f.code > uint64(AbortOutputClosed) {
+		code = AbortError
+	}
+	c.failLocked(&PeerAbortError{Code: code, Reason: textsafe.Line(string(f.reason))})
 }
 
 // placeBody is the place function of SplitTransport.RecvPlaced: for a

@@ -72,25 +72,9 @@ func (c *Conn) sendLoop() {
 			c.sleepUntil = next
 		}
 		c.mu.Unlock()
-		// A failed send is a lost packet: recovery resends it.
-		if c.split != nil && n > 0 {
-			_ = c.split.SendSplitBatch(bufs[:n], bodies[:n])
-			clear(bodies[:n])
-		} else if bt, ok := c.tr.(BatchTransport); ok && n > 1 {
-			_ = bt.SendBatch(bufs[:n])
-		} else {
-			for i := 0; i < n; i++ {
-				_ = c.tr.Send(bufs[i])
-			}
-		}
+		c.transmit(bufs[:n], bodies[:n])
 		if pinned {
-			// The bodies are sealed: the writer may reuse their room.
-			c.mu.Lock()
-			if c.snd.pin < c.snd.una {
-				c.writable.Broadcast() // the pin held the writer back
-			}
-			c.snd.pinned = false
-			c.mu.Unlock()
+			c.unpin()
 		}
 		c.sendMu.Unlock()
 		if finished {
@@ -111,6 +95,42 @@ func (c *Conn) sendLoop() {
 	}
 }
 
+// transmit hands a burst to the Transport, in as few calls as it takes.
+// A failed send is a lost packet: recovery resends it. The caller holds
+// sendMu.
+func (c *Conn) transmit(bufs, bodies [][]byte) {
+	n := len(bufs)
+	if c.split != nil && n > 0 {
+		_ = c.split.SendSplitBatch(bufs, bodies)
+		clear(bodies)
+	} else if bt, ok := c.tr.(BatchTransport); ok && n > 1 {
+		_ = bt.SendBatch(bufs)
+	} else {
+		for i := 0; i < n; i++ {
+			_ = c.tr.Send(bufs[i])
+		}
+	}
+}
+
+// unpin releases the send buffer once a split batch is sent: the bodies
+// are sealed, and the writer may reuse their room.
+func (c *Conn) unpin() {
+	c.mu.Lock()
+	if c.snd.pin < c.snd.una {
+		c.writable.Broadcast() // the pin held the writer back
+	}
+	c.snd.pinned = false
+	c.mu.Unlock()
+}
+
+// burstPlan is what the send loop decided, before building a burst, to
+// send besides data and acks.
+type burstPlan struct {
+	sendDone    bool // our DONE is due
+	ping        bool // a keepalive PING is due
+	finishAfter bool // finish cleanly once the burst (it acknowledges the peer's DONE) is built
+}
+
 // produceLocked runs due timers and builds the next burst of packets into
 // arena, back to back, with bufs[:n] pointing at them. A burst is one
 // packet, or as many as fit in the pacer's quantum (about 1 ms of data at
@@ -127,19 +147,43 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 	if c.finished {
 		return 0, false, 0
 	}
-	s, r := &c.snd, &c.rcv
 	// We need the peer until we are complete and have its DONE: until
 	// then its silence for the idle timeout ends the Conn, and we keep it
 	// talking (keepalives, DONEs), so that a live peer is never taken for
 	// a dead one.
-	needPeer := !(c.complete && r.peerDone)
+	needPeer := c.closing.needPeer()
+	if !c.runTimersLocked(now, needPeer) {
+		return 0, false, 0
+	}
+	var plan burstPlan
+	if !c.closeStepLocked(now, &plan) {
+		return 0, false, 0
+	}
+	plan.ping = needPeer && now-c.lastSent >= c.keepalive
+	n, more = c.buildBurstLocked(now, arena, bufs, bodies, plan)
+	if c.finished {
+		return n, false, 0
+	}
+	next = c.nextWakeLocked(needPeer, more)
+	s := &c.snd
+	if !s.hasRetx() && !s.newDataReady() && s.windowOpen(c.maxPayload) {
+		s.markAppLimited() // nothing to send though the window allows
+	}
+	return n, more, next
+}
+
+// runTimersLocked runs the timers due at now: the idle timeout (while we
+// need the peer), the loss timer and the probe timeout, and the check for
+// a path change. It reports false when the Conn failed.
+func (c *Conn) runTimersLocked(now time.Duration, needPeer bool) bool {
+	s := &c.snd
 	if needPeer && now-c.lastRecv >= c.idle {
-		if c.complete {
+		if c.closing.complete() {
 			c.failLocked(ErrUnconfirmedEnd)
 		} else {
 			c.failLocked(ErrIdleTimeout)
 		}
-		return 0, false, 0
+		return false
 	}
 	if s.lossTime != 0 && now >= s.lossTime {
 		s.detectLosses(now)
@@ -149,77 +193,42 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 		s.onPTO()
 	}
 	c.checkPathLocked()
+	return true
+}
 
-	// Close handshake (package documentation).
-	sendDone, finishAfter := false, false
-	if !c.complete && s.finAcked && r.allDelivered() {
-		c.complete, c.completeAt = true, now
-		c.lingerEnd = now + min(3*c.snd.rtt.pto(), maxLinger)
-		c.doneNext, c.doneEvery = now, c.snd.rtt.pto()
-		c.log.Debug("stream: complete", "peerDone", r.peerDone)
-	}
-	if c.complete {
-		switch {
-		case r.peerDone && (c.doneAcked || now >= c.lingerEnd):
-			if !r.ackWanted {
-				c.failLocked(nil)
-				return 0, false, 0
-			}
-			// Acknowledge the peer's DONE first, so that it need not
-			// linger for ours.
-			r.ackNow, finishAfter = true, true
-		case now >= c.doneNext:
-			sendDone = true
-			c.doneNext = now + c.doneEvery
-			c.doneEvery = min(2*c.doneEvery, c.keepalive)
-		}
-	}
-	ping := needPeer && now-c.lastSent >= c.keepalive
-
+// buildBurstLocked builds the burst of produceLocked: a path MTU probe if
+// one is due, then packets while something may go out (data the windows
+// and pacer allow, or probe data after a PTO, an ack that is due, the
+// plan's DONE or PING) and the burst has room. It reports whether it
+// stopped for room rather than for want of anything to send.
+func (c *Conn) buildBurstLocked(now time.Duration, arena []byte, bufs, bodies *[sendBatch][]byte, plan burstPlan) (n int, more bool) {
+	s, r := &c.snd, &c.rcv
 	used := 0  // bytes of arena taken
 	total := 0 // bytes of packets built, bodies included
-	if c.pmtu.due(s) && !c.complete {
+	if c.pmtu.due(s) && !c.closing.complete() {
 		bufs[n] = c.buildMTUProbeLocked(arena[:0], now)
 		used += len(bufs[n])
 		total += len(bufs[n])
 		n++
 	}
-	budget := min(c.snd.cc.quantum(), batchBytes)
+	budget := min(s.cc.quantum(), batchBytes)
 	for {
 		if n == sendBatch || n > 0 && total+c.maxPayload > budget {
-			more = true
-			break
+			return n, true
 		}
 		probe := s.probes > 0
 		hasData := s.hasRetx() || s.newDataReady()
 		canData := hasData && (probe || s.canSend(now, c.maxPayload))
 		ackDue := r.ackWanted && (r.ackNow || now >= r.ackDeadline)
-		pingNow := (ping || (probe && !hasData)) && !canData
-		if !canData && !sendDone && !pingNow && !ackDue {
-			break
+		pingNow := (plan.ping || (probe && !hasData)) && !canData
+		if !canData && !plan.sendDone && !pingNow && !ackDue {
+			return n, false
 		}
-		b := binary.AppendUvarint(arena[used:used], s.nextPN)
-		if r.ackWanted {
-			b = c.appendAckLocked(b, now, min(c.maxPayload-len(b)-32, maxAckLen(maxAckRanges)))
-		}
-		eliciting := false
-		if sendDone {
-			b = append(b, frameDone)
-			c.donePNs[c.doneSent%len(c.donePNs)] = s.nextPN
-			c.doneSent++
-			sendDone = false
-		}
+		b, body, eliciting := c.buildPacketLocked(arena[used:used], now, plan.sendDone, pingNow, canData)
+		plan.sendDone = false
 		if pingNow {
-			b = append(b, framePing)
-			eliciting, ping = true, false
+			plan.ping = false
 		}
-		p := s.ring.push()
-		var body []byte
-		if canData {
-			b, body = c.appendDataLocked(b, p)
-			eliciting = true
-		}
-		c.recordSentLocked(p, now, len(b)+len(body), eliciting)
 		if probe && eliciting {
 			s.probes--
 		}
@@ -227,16 +236,47 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 		used += len(b)
 		total += len(b) + len(body)
 		n++
-		if finishAfter {
+		if plan.finishAfter {
 			c.failLocked(nil)
-			return n, false, 0
+			return n, false
 		}
 	}
+}
 
-	// Next wake-up: the earliest timer.
-	next = c.lastRecv + c.idle
-	if !needPeer {
-		next = 0
+// buildPacketLocked builds one packet into b and records it: an ACK frame
+// if one is owed, then as asked our DONE, a PING and a DATA frame (whose
+// bytes are body when they stay in the send buffer). A packet with only an
+// ACK or DONE is not ack-eliciting for the sender.
+func (c *Conn) buildPacketLocked(b []byte, now time.Duration, done, ping, data bool) (head, body []byte, eliciting bool) {
+	s := &c.snd
+	b = binary.AppendUvarint(b, s.nextPN)
+	if c.rcv.ackWanted {
+		b = c.appendAckLocked(b, now, min(c.maxPayload-len(b)-32, maxAckLen(maxAckRanges)))
+	}
+	if done {
+		b = append(b, frameDone)
+		c.closing.sentDone(s.nextPN)
+	}
+	if ping {
+		b = append(b, framePing)
+		eliciting = true
+	}
+	p := s.ring.push()
+	if data {
+		b, body = c.appendDataLocked(b, p)
+		eliciting = true
+	}
+	c.recordSentLocked(p, now, len(b)+len(body), eliciting)
+	return b, body, eliciting
+}
+
+// nextWakeLocked is when the send loop must run next on its own, 0 for
+// never: the earliest of its timers.
+func (c *Conn) nextWakeLocked(needPeer, more bool) time.Duration {
+	s, r := &c.snd, &c.rcv
+	var next time.Duration
+	if needPeer {
+		next = c.lastRecv + c.idle
 	}
 	at := func(t time.Duration) {
 		if t > 0 && (next == 0 || t < next) {
@@ -251,20 +291,14 @@ func (c *Conn) produceLocked(now time.Duration, arena []byte, bufs, bodies *[sen
 	if r.ackWanted {
 		at(r.ackDeadline)
 	}
-	if c.complete {
-		if r.peerDone {
-			at(c.lingerEnd)
-		}
-		at(c.doneNext)
-	}
+	lingerEnd, doneNext := c.closing.timers()
+	at(lingerEnd)
+	at(doneNext)
 	hasData := s.hasRetx() || s.newDataReady()
 	if hasData && s.windowOpen(c.maxPayload) && !more {
 		at(s.paceNext)
 	}
-	if !hasData && s.windowOpen(c.maxPayload) {
-		s.markAppLimited() // nothing to send though the window allows
-	}
-	return n, more, next
+	return next
 }
 
 // appendDataLocked appends one DATA frame, lost data first, and fills the
