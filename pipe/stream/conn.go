@@ -183,9 +183,8 @@ type Conn struct {
 	readable   sync.Cond
 	writable   sync.Cond
 	snd        sender
-	rcv        recvState
+	rcv        receiver
 	stats      counters
-	ackScr     [maxAckRanges]pnRange
 	placeFrame frame // placeBody's, which runs on the receive loop
 	pmtu       pmtuState
 
@@ -235,8 +234,7 @@ func New(tr Transport, cfg Config) *Conn {
 	sendBuf, recvBuf = max(sendBuf, minBuffer), max(recvBuf, minBuffer)
 	c.readable.L, c.writable.L = &c.mu, &c.mu
 	c.snd = newSender(sendBuf, c.maxPayload, &c.stats, c)
-	c.rcv.buf = newByteRing(recvBuf)
-	c.rcv.advertised = uint64(recvBuf)
+	c.rcv = newReceiver(recvBuf)
 	c.bufSize = c.maxPayload
 	if lt, ok := tr.(LargeTransport); ok {
 		c.payloadLimit = lt.PayloadLimit()

@@ -14,29 +14,8 @@ import (
 func (c *Conn) buildPureAckLocked(b []byte) []byte {
 	now := c.now()
 	b = binary.AppendUvarint(b, c.snd.nextPN)
-	b = c.appendAckLocked(b, now, c.maxPayload-len(b))
+	b = c.rcv.appendAck(b, now, c.maxPayload-len(b))
 	c.recordSentLocked(c.snd.ring.push(), now, len(b), false)
-	return b
-}
-
-// appendAckLocked appends an ACK frame no longer than room.
-func (c *Conn) appendAckLocked(b []byte, now time.Duration, room int) []byte {
-	r := &c.rcv
-	nr := 0
-	for i := len(r.pns.s) - 1; i >= 0 && nr < maxAckRanges; i-- {
-		if maxAckLen(nr+1) > room {
-			break
-		}
-		c.ackScr[nr] = pnRange{r.pns.s[i].lo, r.pns.s[i].hi - 1}
-		nr++
-	}
-	if nr == 0 {
-		return b
-	}
-	delay := uint64(max(now-r.largestAt, 0) / time.Microsecond)
-	r.advertised = r.window()
-	b = appendAck(b, r.largestPN, delay, r.streamAck(), r.advertised, c.ackScr[:nr])
-	r.ackWanted, r.ackNow, r.elicited = false, false, 0
 	return b
 }
 
@@ -251,7 +230,7 @@ func (c *Conn) buildPacketLocked(b []byte, now time.Duration, done, ping, data b
 	s := &c.snd
 	b = binary.AppendUvarint(b, s.nextPN)
 	if c.rcv.ackWanted {
-		b = c.appendAckLocked(b, now, min(c.maxPayload-len(b)-32, maxAckLen(maxAckRanges)))
+		b = c.rcv.appendAck(b, now, min(c.maxPayload-len(b)-32, maxAckLen(maxAckRanges)))
 	}
 	if done {
 		b = append(b, frameDone)
