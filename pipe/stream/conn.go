@@ -106,8 +106,9 @@ type Config struct {
 	KeepaliveInterval time.Duration
 	// SendBuffer bounds the bytes written but not yet acknowledged;
 	// RecvBuffer bounds the bytes received but not yet read (it is the
-	// flow-control window). Default 8 MiB each: enough for ~200 MB/s at
-	// 40 ms RTT, and a side stays under ~20 MiB. Minimum 64 KiB.
+	// flow-control window). Default 8 MiB each: a window of 8 MiB fills a
+	// path of 200 MB/s at 40 ms RTT, and memory stays bounded by the two
+	// buffers. Minimum 64 KiB.
 	SendBuffer, RecvBuffer int
 	// Logger receives debug-level events; nil discards them.
 	Logger *slog.Logger

@@ -11,6 +11,30 @@
 // beyond what the peer's reader consumed, and Write blocks while the
 // SendBuffer is full: memory is bounded on both sides.
 //
+// The package owns everything between the secure layer's datagrams
+// (pipe/secure, behind the Transport interfaces) and the caller's byte
+// stream: the wire format, reliability, flow and congestion control, path
+// MTU discovery and the end of a session. It imports only the standard
+// library and internal/textsafe (for the peer's abort reason), and nothing
+// of the layers around it.
+//
+// # Layout
+//
+// Each file opens with what it holds. The Conn's methods live with the
+// concern they serve:
+//
+//   - conn.go: the Conn and its API (open, read, write, close, stats).
+//   - recvloop.go: the receive loop and packet handling.
+//   - sendloop.go: the send loop and packet production.
+//   - close.go: the close handshake, a small state machine.
+//   - pmtu.go: path MTU discovery.
+//
+// and the parts the Conn holds, each testable without one: sender.go (the
+// sending half: packet records, loss detection, probe timeout, pacing),
+// receiver.go (the receiving half: reassembly and the ack policy), bbr.go
+// (congestion control), rtt.go (the RTT estimate), ranges.go (span sets
+// and byte rings) and wire.go (the wire format, which it opens with).
+//
 // # Ending a session
 //
 // A side is complete when its own data and FIN were acknowledged, the

@@ -1,10 +1,3 @@
-package stream
-
-import (
-	"encoding/binary"
-	"time"
-)
-
 // Path MTU discovery, in the spirit of RFC 8899 (DPLPMTUD).
 //
 // A Conn starts with the Transport's MaxPayload, which every path carries.
@@ -24,6 +17,17 @@ import (
 //
 // The path layer sets the don't-fragment bit, so a size the path cannot
 // carry is lost rather than fragmented.
+//
+// Conn methods that serve path MTU discovery live here; the sender tells
+// them of acknowledged and lost probes and of repeated probe timeouts
+// (senderHooks).
+
+package stream
+
+import (
+	"encoding/binary"
+	"time"
+)
 
 // LargeTransport is a Transport that can carry payloads above MaxPayload
 // on some paths; the Conn probes for the largest its path carries.

@@ -1,3 +1,7 @@
+// Containers of the stream's state: spanSet (sorted disjoint ranges:
+// packet numbers received, out-of-order stream ranges) and byteRing (a
+// window of stream bytes that grows on demand).
+
 package stream
 
 // span is a half-open interval [lo, hi).

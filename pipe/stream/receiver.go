@@ -1,3 +1,7 @@
+// The receiving half: the receiver type (reassembly of the peer's stream,
+// packet numbers received, the ack policy and the ACK frames it owes). The
+// receive loop (recvloop.go) applies packets to it.
+
 package stream
 
 import (

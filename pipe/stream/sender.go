@@ -1,3 +1,8 @@
+// The sending half: the sender type (send buffer, records of the packets
+// sent, ack processing, loss detection, probe timeout, pacing) and its
+// containers. It does not build packets: the send loop (sendloop.go) does,
+// and records them here.
+
 package stream
 
 import "time"

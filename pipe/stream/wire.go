@@ -56,6 +56,7 @@
 // acknowledges it like any packet. Once a probe is acknowledged, the sender
 // may send packets up to its size. A receiver accepts packets of any size
 // the Transport delivers.
+
 package stream
 
 import (
