@@ -11,11 +11,13 @@ import "time"
 // complete when its own data and FIN were acknowledged, the peer's FIN
 // arrived, and every byte before it was handed to Read; its DONE says so.
 //
-//	closeOpen ──complete──▶ closeComplete ──doneAcked──▶ closeAcked
-//	    │                        │                           │
-//	 peerDone                 peerDone                    peerDone
-//	    ▼                        ▼                           ▼
-//	closePeerDone ─complete─▶ closeLinger ───doneAcked──▶ closeConfirmed
+//	closeOpen ────becomeComplete───▶ closeComplete ──onAck──▶ closeAcked
+//	    │                                  │                       │
+//	onPeerDone                        onPeerDone              onPeerDone
+//	    ▼                                  ▼                       ▼
+//	closePeerDone ──becomeComplete──▶ closeLinger ────onAck──▶ closeConfirmed
+//
+// (onAck: an ACK frame that acknowledges a packet that carried our DONE.)
 //
 // In closeConfirmed, and in closeLinger once lingerEnd passed, the Conn
 // finishes cleanly (after acknowledging the peer's DONE). The Conn's
