@@ -183,8 +183,8 @@ type Conn struct {
 	mu         sync.Mutex
 	readable   sync.Cond
 	writable   sync.Cond
-	snd        sender
-	rcv        receiver
+	snd        sender   // the sending half (sender.go)
+	rcv        receiver // the receiving half (receiver.go)
 	stats      counters
 	placeFrame frame // placeBody's, which runs on the receive loop
 	pmtu       pmtuState
