@@ -193,3 +193,32 @@ func TestSenderMTUProbe(t *testing.T) {
 		t.Fatalf("probes lost %v, want [%d]", h.probesLost, lost)
 	}
 }
+
+// TestSenderPacing: after an idle period the pacer allows a burst of one
+// quantum (at least the timer granularity); then each packet pushes the
+// next send time back by its size at the pacing rate, and the congestion
+// window bounds what is in flight.
+func TestSenderPacing(t *testing.T) {
+	s, _ := newTestSender(1 << 20)
+	s.cc.pacingRate = 1e6 // bytes per second: a 1020-byte packet takes 1.02 ms
+	now := time.Second
+	burst := max(s.cc.pacingInterval(s.cc.quantum()), pacerGranularity)
+	sent := 0
+	for s.canSend(now, testMSS+20) {
+		sendData(s, now, testMSS)
+		sent++
+	}
+	if want := now - burst + time.Duration(sent)*s.cc.pacingInterval(testMSS+20); s.paceNext != want || s.paceNext <= now {
+		t.Fatalf("after %d packets the pacer allows the next at %v, want %v", sent, s.paceNext, want)
+	}
+	if sent < 2 || time.Duration(sent-1)*s.cc.pacingInterval(testMSS+20) > burst {
+		t.Fatalf("%d packets sent at once, want the burst of %v", sent, burst)
+	}
+	if !s.canSend(s.paceNext, testMSS+20) {
+		t.Fatal("the pacer does not allow a packet at its time")
+	}
+	s.cc.cwnd = s.bytesInFlight
+	if s.windowOpen(1) || s.canSend(s.paceNext, 1) {
+		t.Fatal("a full congestion window allows more")
+	}
+}
