@@ -1,3 +1,6 @@
+// Congestion control: the bbr controller (bandwidth and min-RTT model,
+// pacing rate and window) and its detection of token-bucket policers.
+
 package stream
 
 import (
@@ -10,8 +13,8 @@ import (
 // bandwidth (windowed max of delivery-rate samples) and the path's minimum
 // RTT, paces at gain × bandwidth and caps the data in flight at
 // gain × bandwidth × min RTT. Isolated random losses do not move either
-// estimate, so 1% random loss costs ~1% of throughput instead of halving the
-// window as Reno/CUBIC do.
+// estimate, so random loss costs throughput only in proportion to what is
+// lost, instead of halving the window as Reno/CUBIC do.
 //
 // It still backs off from a congested path:
 //   - the in-flight cap (2 × BDP in steady state) bounds the queue it can
@@ -180,10 +183,12 @@ type rateSample struct {
 	appLimited     bool
 }
 
-// onAck updates the model after an ACK frame was processed.
-// delivered is the connection's total delivered byte count, rtt the RTT
-// sample of this ack (0 if none), inFlight the bytes still in flight.
+// onAck updates the model after an ACK frame was processed: acked is the
+// bytes it newly acknowledged, delivered the connection's total delivered
+// byte count, rtt the RTT sample of this ack (0 if none), inFlight the
+// bytes still in flight.
 func (b *bbr) onAck(now time.Duration, rs rateSample, delivered uint64, rtt, srtt time.Duration, inFlight, acked int) {
+	b.roundAcked += acked
 	if rtt > 0 && (b.minRTT == 0 || rtt <= b.minRTT || now-b.minRTTAt > minRTTWindow) {
 		b.minRTT, b.minRTTAt = rtt, now
 	}
@@ -412,8 +417,6 @@ func (b *bbr) onLoss(bytes int) {
 	b.lostSinceAck += bytes
 }
 
-func (b *bbr) onAcked(bytes int) { b.roundAcked += bytes }
-
 // ltSample detects token-bucket policers, by the rules of Linux BBR
 // (bbr_lt_bw_sampling) and a trial of ours that tells a policer from
 // random loss:
@@ -428,8 +431,8 @@ func (b *bbr) onAcked(bytes int) { b.roundAcked += bytes }
 //     ltUseTime), then probe again from the probing phase of the cycle.
 //   - Ours: against a deep bucket BBR's gain cycle settles a few percent
 //     above the policed rate, each probe funded by the tokens the
-//     previous drain saved, and the policer drops 5–15% of the packets:
-//     less than ltLossRate, more than anyone wants. So a ProbeBW interval
+//     previous drain saved, and the policer drops a share of the packets
+//     that is less than ltLossRate, and more than anyone wants. So a ProbeBW interval
 //     that loses ltTrialLossRate (~3%) or more also begins a period at its
 //     rate, and one that agrees with a rate proven policed before does so
 //     at their mean.

@@ -1,10 +1,3 @@
-package stream
-
-import (
-	"encoding/binary"
-	"time"
-)
-
 // Path MTU discovery, in the spirit of RFC 8899 (DPLPMTUD).
 //
 // A Conn starts with the Transport's MaxPayload, which every path carries.
@@ -24,6 +17,17 @@ import (
 //
 // The path layer sets the don't-fragment bit, so a size the path cannot
 // carry is lost rather than fragmented.
+//
+// Conn methods that serve path MTU discovery live here; the sender tells
+// them of acknowledged and lost probes and of repeated probe timeouts
+// (senderHooks).
+
+package stream
+
+import (
+	"encoding/binary"
+	"time"
+)
 
 // LargeTransport is a Transport that can carry payloads above MaxPayload
 // on some paths; the Conn probes for the largest its path carries.
@@ -55,7 +59,7 @@ func newPMTUState(base, limit int) pmtuState {
 }
 
 // due reports whether a probe should go out now.
-func (p *pmtuState) due(s *sendState) bool {
+func (p *pmtuState) due(s *sender) bool {
 	return len(p.candidates) > 0 && !p.probing && s.hasAcked
 }
 
@@ -70,14 +74,8 @@ func (c *Conn) buildMTUProbeLocked(b []byte, now time.Duration) []byte {
 	hdr := len(b)
 	b = b[:size]
 	clear(b[hdr:]) // PADDING frames are zero bytes
-	p := s.ring.push()
-	s.nextPN++
-	c.stats.packetsSent++
 	c.lastSent = now
-	p.sentAt, p.size = now, uint16(size)
-	p.ackEliciting, p.mtuProbe = true, true
-	s.elicitingInFlight++
-	s.lastElicitingAt = now
+	s.recordProbe(s.ring.push(), now, size)
 	return b
 }
 
@@ -89,7 +87,7 @@ func (c *Conn) onProbeAckedLocked(pn uint64) {
 	c.pmtu = pmtuState{} // done: the largest candidate left got through
 	if size > c.maxPayload {
 		c.maxPayload = size
-		c.cc.setMSS(size)
+		c.snd.cc.setMSS(size)
 		c.log.Debug("stream: path MTU probe acknowledged", "payload", size)
 	}
 }
@@ -108,7 +106,7 @@ func (c *Conn) onRepeatedPTOLocked() {
 	}
 	c.log.Debug("stream: large packets keep getting lost; back to the base packet size", "was", c.maxPayload, "now", c.baseMaxPayload)
 	c.maxPayload = c.baseMaxPayload
-	c.cc.setMSS(c.baseMaxPayload)
+	c.snd.cc.setMSS(c.baseMaxPayload)
 	c.pmtu = newPMTUState(c.baseMaxPayload, c.payloadLimit)
 }
 

@@ -1,3 +1,7 @@
+// Containers of the stream's state: spanSet (sorted disjoint ranges:
+// packet numbers received, out-of-order stream ranges) and byteRing (a
+// window of stream bytes that grows on demand).
+
 package stream
 
 // span is a half-open interval [lo, hi).
@@ -81,20 +85,6 @@ func (ss *spanSet) add(lo, hi uint64) {
 		s = append(s[:i+1], s[j:]...)
 	}
 	ss.s = s
-}
-
-// dropBelow removes everything below x.
-func (ss *spanSet) dropBelow(x uint64) {
-	i := 0
-	for i < len(ss.s) && ss.s[i].hi <= x {
-		i++
-	}
-	if i > 0 {
-		ss.s = append(ss.s[:0], ss.s[i:]...)
-	}
-	if len(ss.s) > 0 && ss.s[0].lo < x {
-		ss.s[0].lo = x
-	}
 }
 
 // dropOldest removes the lowest spans so that at most max remain.

@@ -1,3 +1,7 @@
+// The receiving half: the receiver type (reassembly of the peer's stream,
+// packet numbers received, the ack policy and the ACK frames it owes). The
+// receive loop (recvloop.go) applies packets to it.
+
 package stream
 
 import (
@@ -21,9 +25,11 @@ const (
 	maxOOOSpans       = 4096 // out-of-order stream ranges held before dropping packets
 )
 
-// recvState is the receiving half: the reassembly ring and what to ack.
-// Guarded by Conn.mu.
-type recvState struct {
+// receiver is the receiving half: the reassembly ring (in-order bytes for
+// the reader, out-of-order ranges held until the holes fill), the packet
+// numbers received, and the ack policy: when an ACK frame is owed and what
+// it says. It knows nothing of the Conn. Guarded by Conn.mu.
+type receiver struct {
 	buf      byteRing // received bytes from readOff on
 	readOff  uint64   // next offset handed to Read
 	nxt      uint64   // every byte below nxt has arrived
@@ -42,14 +48,48 @@ type recvState struct {
 	ackDeadline time.Duration
 	advertised  uint64 // window in the last ACK frame sent
 
-	peerDone bool
+	ackScr [maxAckRanges]pnRange // appendAck's
+}
+
+// newReceiver returns a receiver with a receive buffer (and flow-control
+// window) of bufSize bytes.
+func newReceiver(bufSize int) receiver {
+	return receiver{buf: newByteRing(bufSize), advertised: uint64(bufSize)}
 }
 
 // window is the flow-control limit we grant: offsets below it fit the ring.
-func (r *recvState) window() uint64 { return r.readOff + uint64(r.buf.max) }
+func (r *receiver) window() uint64 { return r.readOff + uint64(r.buf.max) }
+
+// hasRoom reports whether stream data [off, end) may be stored: it is
+// inside the window, and when it leaves a hole, the holes are not too
+// many already.
+func (r *receiver) hasRoom(off, end uint64) bool {
+	return end <= r.window() && !(off > r.nxt && r.ooo.len() >= maxOOOSpans)
+}
+
+// onEliciting applies the ack policy to an ack-eliciting packet: an ack is
+// owed, at once or by the delayed-ack deadline. It reports whether the
+// packet started the delayed-ack timer.
+func (r *receiver) onEliciting(now time.Duration, reordered bool) (timerStarted bool) {
+	r.ackWanted = true
+	r.elicited++
+	r.elicitedAll++
+	every, delay := ackEveryPackets, maxAckDelay
+	if r.elicitedAll > decimateAfter {
+		every, delay = decimatedAckEvery, decimatedAckDelay
+	}
+	if r.elicited >= every || reordered {
+		r.ackNow = true
+	}
+	if r.elicited == 1 {
+		r.ackDeadline = now + delay
+		return true
+	}
+	return false
+}
 
 // streamAck is the cumulative acknowledgement; the FIN takes one position.
-func (r *recvState) streamAck() uint64 {
+func (r *receiver) streamAck() uint64 {
 	if r.finKnown && r.nxt == r.finOff {
 		return r.nxt + 1
 	}
@@ -58,11 +98,11 @@ func (r *recvState) streamAck() uint64 {
 
 // allDelivered reports whether the peer's FIN arrived and Read was handed
 // every byte before it.
-func (r *recvState) allDelivered() bool { return r.finKnown && r.readOff == r.finOff }
+func (r *receiver) allDelivered() bool { return r.finKnown && r.readOff == r.finOff }
 
 // onPacketNumber records pn. It reports whether pn was seen before and
 // whether it arrived out of order.
-func (r *recvState) onPacketNumber(pn uint64, now time.Duration) (dup, reordered bool) {
+func (r *receiver) onPacketNumber(pn uint64, now time.Duration) (dup, reordered bool) {
 	if r.pns.contains(pn) {
 		return true, false
 	}
@@ -77,7 +117,7 @@ func (r *recvState) onPacketNumber(pn uint64, now time.Duration) (dup, reordered
 
 // onData stores a DATA frame. It reports whether in-order data became
 // readable, and whether the frame was entirely old (a duplicate).
-func (r *recvState) onData(off uint64, data []byte, fin bool) (readable, old bool) {
+func (r *receiver) onData(off uint64, data []byte, fin bool) (readable, old bool) {
 	end := off + uint64(len(data))
 	newFin := fin && !r.finKnown
 	if newFin {
@@ -113,8 +153,30 @@ func (r *recvState) onData(off uint64, data []byte, fin bool) (readable, old boo
 	return true, false
 }
 
+// appendAck appends an ACK frame no longer than room, of the newest
+// packet-number ranges that fit, with the cumulative stream ack and the
+// window; nothing when no packet was received. The ack owed is then paid.
+func (r *receiver) appendAck(b []byte, now time.Duration, room int) []byte {
+	nr := 0
+	for i := len(r.pns.s) - 1; i >= 0 && nr < maxAckRanges; i-- {
+		if maxAckLen(nr+1) > room {
+			break
+		}
+		r.ackScr[nr] = pnRange{r.pns.s[i].lo, r.pns.s[i].hi - 1}
+		nr++
+	}
+	if nr == 0 {
+		return b
+	}
+	delay := uint64(max(now-r.largestAt, 0) / time.Microsecond)
+	r.advertised = r.window()
+	b = appendAck(b, r.largestPN, delay, r.streamAck(), r.advertised, r.ackScr[:nr])
+	r.ackWanted, r.ackNow, r.elicited = false, false, 0
+	return b
+}
+
 // read copies in-order bytes into p.
-func (r *recvState) read(p []byte) int {
+func (r *receiver) read(p []byte) int {
 	avail := r.nxt - r.readOff
 	if avail == 0 {
 		return 0
@@ -126,49 +188,9 @@ func (r *recvState) read(p []byte) int {
 }
 
 // readErr is what Read returns when no byte is buffered.
-func (r *recvState) readErr() error {
+func (r *receiver) readErr() error {
 	if r.allDelivered() {
 		return io.EOF
-	}
-	return nil
-}
-
-// placeBody is the place function of SplitTransport.RecvPlaced: for a
-// packet whose head ends with a DATA frame of bodyLen bytes, it returns
-// where in the receive buffer those bytes go, when that room holds nothing
-// yet (new data, inside the window, no out-of-order range in it) and is
-// contiguous; otherwise nil, and the body is copied in as usual. Only the
-// receive loop writes to the buffer beyond nxt, so the room stays free
-// until the packet is applied.
-func (c *Conn) placeBody(head []byte, bodyLen int) []byte {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.finished || bodyLen <= 0 {
-		return nil
-	}
-	_, frames, err := parsePacketNumber(head)
-	if err != nil {
-		return nil
-	}
-	f := &c.placeFrame
-	claimed := false
-	for rest := frames; len(rest) > 0; {
-		if rest, err = parseFrameWith(rest, f, nil, bodyLen); err != nil {
-			return nil
-		}
-		claimed = f.claimed // only the last frame can claim the body
-	}
-	if !claimed {
-		return nil
-	}
-	r := &c.rcv
-	off, end := f.offset, f.offset+uint64(bodyLen)
-	if off < r.nxt || end > r.window() || r.ooo.overlaps(off, end) {
-		return nil
-	}
-	r.buf.fit(r.readOff, end)
-	if room := r.buf.span(off, bodyLen); len(room) == bodyLen {
-		return room
 	}
 	return nil
 }

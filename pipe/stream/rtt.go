@@ -1,3 +1,5 @@
+// The RTT estimate and the timer constants derived from it (RFC 9002).
+
 package stream
 
 import "time"

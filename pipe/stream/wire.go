@@ -56,6 +56,7 @@
 // acknowledges it like any packet. Once a probe is acknowledged, the sender
 // may send packets up to its size. A receiver accepts packets of any size
 // the Transport delivers.
+
 package stream
 
 import (
@@ -122,13 +123,11 @@ func parsePacketNumber(p []byte) (pn uint64, frames []byte, err error) {
 	return readUvarint(p)
 }
 
-// parseFrame decodes the first frame of b into f and returns the rest.
-func parseFrame(b []byte, f *frame) ([]byte, error) { return parseFrameWith(b, f, nil, -1) }
-
-// parseFrameWith is parseFrame for a packet whose last frame's bytes
-// follow it elsewhere: with bodyLen >= 0, a DATA frame that ends b and
-// whose length is bodyLen claims body (of that length, or nil while only
-// the head is known) as its data.
+// parseFrameWith decodes the first frame of b into f and returns the
+// rest. With bodyLen >= 0 the packet's last frame's bytes follow it
+// elsewhere: a DATA frame that ends b and whose length is bodyLen claims
+// body (of that length, or nil while only the head is known) as its data.
+// With bodyLen < 0 every frame is whole in b.
 func parseFrameWith(b []byte, f *frame, body []byte, bodyLen int) ([]byte, error) {
 	f.claimed = false
 	if len(b) == 0 {

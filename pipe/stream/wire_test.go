@@ -8,6 +8,10 @@ import (
 	"testing"
 )
 
+// parseFrame decodes the first frame of b, a whole packet's frames, into f
+// and returns the rest.
+func parseFrame(b []byte, f *frame) ([]byte, error) { return parseFrameWith(b, f, nil, -1) }
+
 func TestAckRoundTrip(t *testing.T) {
 	ranges := []pnRange{{90, 100}, {50, 80}, {3, 3}, {0, 1}}
 	b := appendAck(nil, 100, 1234, 5678, 9_000_000, ranges)
