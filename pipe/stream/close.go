@@ -51,6 +51,15 @@ type closeHandshake struct {
 	donePNs    [8]uint64 // the last packets that carried our DONE
 }
 
+// lingerPTOs is how many of our probe timeouts a side that has the peer's
+// DONE, but no ack of its own, stays to answer the peer's resent DONE. The
+// peer resends after its own PTO, then doubling, and its PTO may be larger
+// than ours (a loaded machine measures more RTT variance): three of ours
+// were sometimes less than one of the peer's, which then waited for its
+// idle timeout and ended unconfirmed after a clean transfer. Lingering
+// costs nothing when the peer acknowledges our DONE: that ends it at once.
+const lingerPTOs = 8
+
 // closeAction is what the send loop owes the close handshake now.
 type closeAction uint8
 
@@ -84,7 +93,7 @@ func (h *closeHandshake) becomeComplete(now, pto time.Duration) bool {
 		return false
 	}
 	h.completeAt = now
-	h.lingerEnd = now + min(3*pto, maxLinger)
+	h.lingerEnd = now + min(lingerPTOs*pto, maxLinger)
 	h.doneNext, h.doneEvery = now, pto
 	return true
 }
@@ -103,7 +112,7 @@ func (h *closeHandshake) onPeerDone(now, pto time.Duration) bool {
 	default:
 		return false
 	}
-	h.lingerEnd = now + min(3*pto, maxLinger)
+	h.lingerEnd = now + min(lingerPTOs*pto, maxLinger)
 	h.doneNext = now // answer at once
 	return true
 }
@@ -152,7 +161,7 @@ func (h *closeHandshake) peerStillSending(now, pto time.Duration) bool {
 	}
 	h.doneNext = now
 	if h.peerDone() {
-		h.lingerEnd = min(max(h.lingerEnd, now+3*pto), h.completeAt+maxLinger)
+		h.lingerEnd = min(max(h.lingerEnd, now+lingerPTOs*pto), h.completeAt+maxLinger)
 	}
 	return true
 }

@@ -71,7 +71,7 @@ func TestCloseHandshakeTransitions(t *testing.T) {
 
 // TestCloseHandshakeTimers: DONE goes out at once on becoming complete,
 // then after a PTO, doubling up to the keepalive; lingering with the
-// peer's DONE ends after 3 PTOs (capped by maxLinger), is extended while
+// peer's DONE ends after lingerPTOs PTOs (capped by maxLinger), is extended while
 // the peer keeps sending, and then finishes.
 func TestCloseHandshakeTimers(t *testing.T) {
 	const pto, keepalive = 100 * time.Millisecond, 250 * time.Millisecond
@@ -102,8 +102,8 @@ func TestCloseHandshakeTimers(t *testing.T) {
 	if h.state != closeLinger || h.needPeer() {
 		t.Fatalf("state %v, needPeer %v; want linger, false", h.state, h.needPeer())
 	}
-	if l, d := h.timers(); l != now+3*pto || d != now {
-		t.Fatalf("lingering: timers %v, %v; want %v, %v", l, d, now+3*pto, now)
+	if l, d := h.timers(); l != now+lingerPTOs*pto || d != now {
+		t.Fatalf("lingering: timers %v, %v; want %v, %v", l, d, now+lingerPTOs*pto, now)
 	}
 	if got := h.next(now, keepalive); got != closeSendDone {
 		t.Fatalf("on the peer's DONE: %v, want ours sent at once", got)
@@ -111,7 +111,7 @@ func TestCloseHandshakeTimers(t *testing.T) {
 	// The peer keeps sending: linger on, but never past maxLinger after
 	// becoming complete.
 	h.peerStillSending(now+200*time.Millisecond, pto)
-	if want := now + 500*time.Millisecond; h.lingerEnd != want {
+	if want := now + 200*time.Millisecond + lingerPTOs*pto; h.lingerEnd != want {
 		t.Fatalf("linger end %v, want %v", h.lingerEnd, want)
 	}
 	h.peerStillSending(time.Second+maxLinger, pto)
