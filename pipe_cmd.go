@@ -53,7 +53,7 @@ func runPipe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	cfg.Logger = pipeLogger(c.App.ErrWriter, c.Count("verbose"))
+	cfg.Logger = pipeLogger(c.App.ErrWriter, verbosity(c))
 	if cfg.SessionKey, err = pipeSessionKey(c.String("session-key-file")); err != nil {
 		return err
 	}
@@ -169,6 +169,15 @@ func pipeAddresses(c *cli.Context, cfg *pipe.Config) error {
 
 // pipeLogger logs to w: nothing by default, INFO (the "connected" line)
 // with one -v, DEBUG with two.
+// verbosity is how many -v were given; P2PCAT_VERBOSE=1 (which urfave/cli
+// does not count) is one.
+func verbosity(c *cli.Context) int {
+	if n := c.Count("verbose"); n > 0 || !c.Bool("verbose") {
+		return n
+	}
+	return 1
+}
+
 func pipeLogger(w io.Writer, verbose int) *slog.Logger {
 	level := slog.Level(100) // silent
 	switch {
