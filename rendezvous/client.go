@@ -1,3 +1,7 @@
+// Package rendezvous is the client side of p2pcat's meeting point: the
+// small client that the pipe uses to ask a rendezvous server for its peer.
+// The server is in rendezvous/server, the wire format in rendezvous/wire and
+// PROTOCOL.md.
 package rendezvous
 
 import (
@@ -140,6 +144,9 @@ type RegisterResult struct {
 	Expires   time.Time
 }
 
+// MinRegisterTTL is the shortest registration a server accepts.
+const MinRegisterTTL = time.Minute
+
 // ValidSession checks a session name as the server will.
 func ValidSession(s string) error { return wire.ValidName(s) }
 
@@ -210,7 +217,7 @@ type Match struct {
 	PeerCandidates []netip.AddrPort
 	Server         netip.AddrPort
 	ServerID       [16]byte // the server's id, from its Challenge
-	Relay          bool     // the server relays this pairing (rendezvous/relay.go)
+	Relay          bool     // the server relays this pairing (rendezvous/server/relay.go)
 	// RelayToken is our end's secret for the relay (wire.RelayBindMAC,
 	// wire.RelayEnded.Verify); zero when the pairing is not relayed.
 	RelayToken [16]byte

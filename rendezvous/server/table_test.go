@@ -1,4 +1,4 @@
-package rendezvous
+package server
 
 import (
 	"fmt"
@@ -13,7 +13,7 @@ import (
 // BenchmarkPendingMemory measures heap bytes per pending find, with
 // realistic names and two candidate addresses each.
 //
-//	go test -run XXX -bench PendingMemory ./rendezvous/
+//	go test -run XXX -bench PendingMemory ./rendezvous/server/
 func BenchmarkPendingMemory(b *testing.B) {
 	const n = 100_000
 	for range b.N {

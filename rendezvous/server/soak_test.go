@@ -1,4 +1,4 @@
-package rendezvous_test
+package server_test
 
 // TestSoakServer: a real rendezvous server, in a child process so that what
 // is measured is the server's own, driven for SOAK_DURATION (default 20 s;
@@ -6,7 +6,7 @@ package rendezvous_test
 // generator in soak_load_test.go, then left to drain. Every second it
 // samples the server's RSS, open file descriptors and CPU time (/proc), its
 // live heap after a forced GC, its goroutines, and the size of each of its
-// tables (rendezvous.SoakSizes). It prints the series, the least-squares
+// tables (server.SoakSizes). It prints the series, the least-squares
 // slope of each over the second half of the load, and a verdict, and
 // asserts:
 //
@@ -57,8 +57,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/p2pcat/p2pcat/rendezvous"
 	"github.com/p2pcat/p2pcat/rendezvous/rendezvoustest"
+	"github.com/p2pcat/p2pcat/rendezvous/server"
 )
 
 const soakChildEnv = "P2PCAT_SOAK_SERVER_CHILD"
@@ -72,8 +72,8 @@ const soakSweep = 5 * time.Second
 // expire many times within the run, a small relay byte cap, so that
 // sessions reach it, and fewer relay pairings than the load offers, so
 // that the relay evicts (the oldest unused first).
-func soakConfig() rendezvous.Config {
-	return rendezvous.Config{
+func soakConfig() server.Config {
+	return server.Config{
 		PendingTTL: time.Second,
 		MatchTTL:   2 * time.Second,
 		CookieTTL:  10 * time.Second,
@@ -88,7 +88,7 @@ type soakStats struct {
 	HeapLive   uint64 // HeapAlloc right after runtime.GC
 	HeapInuse  uint64
 	Goroutines int
-	Sizes      rendezvous.SoakSizes
+	Sizes      server.SoakSizes
 	Pairings   float64 // p2pcat_rendezvous_pairings_total
 }
 
@@ -482,7 +482,7 @@ func soakDrained(s soakSample) bool {
 
 type soakReport struct {
 	t       *testing.T
-	cfg     rendezvous.Config
+	cfg     server.Config
 	base    soakSample
 	samples []soakSample
 	load    time.Duration

@@ -1,4 +1,4 @@
-package rendezvous_test
+package server_test
 
 // The load generator of TestSoakServer (soak_test.go). Each worker is a
 // closed loop: it sends a round of requests and waits for their answers
@@ -31,6 +31,7 @@ import (
 	"golang.org/x/net/ipv4"
 
 	"github.com/p2pcat/p2pcat/rendezvous"
+	"github.com/p2pcat/p2pcat/rendezvous/server"
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
@@ -96,7 +97,7 @@ const (
 
 type soakGen struct {
 	server, alt netip.AddrPort
-	cfg         rendezvous.Config
+	cfg         server.Config
 	counts      [numKinds]atomic.Int64
 	relayLive   atomic.Int64 // relayed sessions in progress
 	wg          sync.WaitGroup
@@ -105,7 +106,7 @@ type soakGen struct {
 	wrong []string // the first few wrong answers, for the report
 }
 
-func newSoakGen(server, alt netip.AddrPort, cfg rendezvous.Config) *soakGen {
+func newSoakGen(server, alt netip.AddrPort, cfg server.Config) *soakGen {
 	return &soakGen{server: server, alt: alt, cfg: cfg}
 }
 

@@ -1,4 +1,4 @@
-package rendezvous_test
+package server_test
 
 // Relayed sessions for the soak test's load (soak_load_test.go).
 

@@ -1,4 +1,4 @@
-package rendezvous_test
+package server_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/p2pcat/p2pcat/rendezvous"
 	"github.com/p2pcat/p2pcat/rendezvous/rendezvoustest"
+	"github.com/p2pcat/p2pcat/rendezvous/server"
 )
 
 // BenchmarkPairings measures completed pairings per second over loopback:
@@ -17,11 +18,11 @@ import (
 // Challenge, Find, waiting, match pushed to both sides) on fresh request ids,
 // as separate p2pcat runs would do.
 //
-//	go test -run XXX -bench Pairings -benchtime 40000x ./rendezvous/
+//	go test -run XXX -bench Pairings -benchtime 40000x ./rendezvous/server/
 func BenchmarkPairings(b *testing.B) {
 	for _, conc := range []int{64, 256} {
 		b.Run(fmt.Sprintf("clients=%d", 2*conc), func(b *testing.B) {
-			srv := rendezvoustest.Start(b, rendezvous.Config{RatePerIP: -1, MaxPendingPerIP: 1 << 20, MaxPending: 1 << 20})
+			srv := rendezvoustest.Start(b, server.Config{RatePerIP: -1, MaxPendingPerIP: 1 << 20, MaxPending: 1 << 20})
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 			defer cancel()
 			var next atomic.Int64
@@ -70,9 +71,9 @@ func BenchmarkPairings(b *testing.B) {
 // their address cookies and pipeline their finds, so the client side costs
 // little and the figure is what one server sustains.
 //
-//	go test -run XXX -bench ServerPairings -benchtime 200000x ./rendezvous/
+//	go test -run XXX -bench ServerPairings -benchtime 200000x ./rendezvous/server/
 func BenchmarkServerPairings(b *testing.B) {
-	srv := rendezvoustest.Start(b, rendezvous.Config{RatePerIP: -1, MaxPendingPerIP: 1 << 20, MaxPending: 1 << 20})
+	srv := rendezvoustest.Start(b, server.Config{RatePerIP: -1, MaxPendingPerIP: 1 << 20, MaxPending: 1 << 20})
 	const workers, window = 8, 64
 	var next atomic.Int64
 	var wg sync.WaitGroup

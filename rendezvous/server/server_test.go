@@ -1,4 +1,4 @@
-package rendezvous_test
+package server_test
 
 import (
 	"bytes"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/p2pcat/p2pcat/rendezvous"
 	"github.com/p2pcat/p2pcat/rendezvous/rendezvoustest"
+	"github.com/p2pcat/p2pcat/rendezvous/server"
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
@@ -40,7 +41,7 @@ func newKey(t *testing.T) rendezvous.SessionKey {
 }
 
 func TestRegisterRefreshTaken(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	c := srv.Client(t)
 	ctx := ctxTimeout(t, 10*time.Second)
 	key, otherKey := newKey(t), newKey(t)
@@ -130,7 +131,7 @@ func pair(t *testing.T, srv *rendezvoustest.Server, session, a, b string, keyA, 
 }
 
 func TestFindPairsBothOrders(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	for _, order := range [][2]string{{"alice", "bob"}, {"bob", "alice"}} {
 		_, _, errA, errB := pair(t, srv, "s", order[0], order[1], nil, nil)
 		if errA != nil || errB != nil {
@@ -143,7 +144,7 @@ func TestFindPairsBothOrders(t *testing.T) {
 }
 
 func TestRegisteredSessionNeedsTheKey(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	ctx := ctxTimeout(t, 10*time.Second)
 	key, wrong := newKey(t), newKey(t)
 	if _, err := srv.Client(t).Register(ctx, "club", key, time.Hour); err != nil {
@@ -193,7 +194,7 @@ func TestRegisteredSessionNeedsTheKey(t *testing.T) {
 // the signature covers, belongs to the first address); one altered and
 // sent from the same address does not verify.
 func TestReplayedRequests(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	key := newKey(t)
 	victim, attacker := dial(t, srv.Addr), dial(t, srv.Addr)
 	ch := ask(t, victim, &wire.Hello{ReqID: 1, Session: "club"}).(*wire.Challenge)
@@ -305,7 +306,7 @@ func ask(t *testing.T, c datagramConn, m wire.Message) wire.Message {
 }
 
 func TestPeerNotFoundAndExpiry(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{PendingTTL: time.Minute})
+	srv := rendezvoustest.Start(t, server.Config{PendingTTL: time.Minute})
 	var offset atomic.Int64
 	srv.SetClock(func() time.Time { return time.Now().Add(time.Duration(offset.Load())) })
 
@@ -375,7 +376,7 @@ func waitMetricBelow(t *testing.T, srv *rendezvoustest.Server, name string, limi
 // client's ServerTimeout (ErrServerLost), not only when the find's own
 // timeout ends; one that never answers gives ErrNoServer just as soon.
 func TestServerLostWhileWaiting(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	c := srv.Client(t)
 	c.MaxRetry = 100 * time.Millisecond
 	c.ServerTimeout = 500 * time.Millisecond
@@ -415,7 +416,7 @@ func TestNoServer(t *testing.T) {
 
 func TestThousandConcurrentPairs(t *testing.T) {
 	const pairs = 1000
-	srv := rendezvoustest.Start(t, rendezvous.Config{RatePerIP: -1, MaxPendingPerIP: 10 * pairs})
+	srv := rendezvoustest.Start(t, server.Config{RatePerIP: -1, MaxPendingPerIP: 10 * pairs})
 	ctx := ctxTimeout(t, 60*time.Second)
 	type result struct {
 		m    rendezvous.Match
@@ -463,7 +464,7 @@ func TestThousandConcurrentPairs(t *testing.T) {
 
 func TestRestartKeepsRegistrations(t *testing.T) {
 	dir := t.TempDir()
-	srv := rendezvoustest.Start(t, rendezvous.Config{DataDir: dir})
+	srv := rendezvoustest.Start(t, server.Config{DataDir: dir})
 	ctx := ctxTimeout(t, 10*time.Second)
 	key := newKey(t)
 	if _, err := srv.Client(t).Register(ctx, "kept", key, time.Hour); err != nil {
@@ -472,7 +473,7 @@ func TestRestartKeepsRegistrations(t *testing.T) {
 	id := srv.ServerID()
 	srv.Stop()
 
-	again := rendezvoustest.Start(t, rendezvous.Config{DataDir: dir})
+	again := rendezvoustest.Start(t, server.Config{DataDir: dir})
 	if again.ServerID() != id {
 		t.Fatal("server id changed across a restart: every signature would be for another server")
 	}
@@ -490,7 +491,7 @@ func TestRestartKeepsRegistrations(t *testing.T) {
 }
 
 func TestGarbageFloodDoesNotStopPairing(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	flood, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(srv.Addr))
 	if err != nil {
 		t.Fatal(err)
@@ -547,7 +548,7 @@ func TestGarbageFloodDoesNotStopPairing(t *testing.T) {
 // TestNoAmplification sends every kind of request from an address that has
 // not proven itself and checks that no answer is larger than its request.
 func TestNoAmplification(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(srv.Addr))
 	if err != nil {
 		t.Fatal(err)
@@ -593,7 +594,7 @@ func TestNoAmplification(t *testing.T) {
 // Error in version 1's encoding (which a version-1 client decodes and
 // prints), no larger than the request; another version's gets ours.
 func TestVersionMismatchAnswered(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	conn := dial(t, srv.Addr)
 	buf := make([]byte, 2048)
 	for _, version := range []byte{1, 0, 3, 255} {
@@ -612,7 +613,7 @@ func TestVersionMismatchAnswered(t *testing.T) {
 			want = 1
 		}
 		e, v, ok := wire.DecodeAnyVersionError(buf[:n])
-		if !ok || v != want || e.Code != wire.CodeVersion || e.ReqID != 0x2a || e.Message != rendezvous.VersionMessage {
+		if !ok || v != want || e.Code != wire.CodeVersion || e.ReqID != 0x2a || e.Message != server.VersionMessage {
 			t.Fatalf("version %d: answer % x (%#v, version %d)", version, buf[:n], e, v)
 		}
 		if n > len(req) {
@@ -745,7 +746,7 @@ func TestRegisteredFlagWithoutKey(t *testing.T) {
 }
 
 func TestPanicIsRecovered(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	srv.PanicOnSession("boom")
 	c := srv.Client(t)
 	c.MaxRetry = 100 * time.Millisecond
@@ -771,7 +772,7 @@ func TestDualStackSocket(t *testing.T) {
 		t.Skip("no wildcard UDP socket here:", err)
 	}
 	defer conn.Close()
-	srv, err := rendezvous.NewServer(rendezvous.Config{DataDir: t.TempDir()})
+	srv, err := server.NewServer(server.Config{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -810,7 +811,7 @@ func TestDualStackSocket(t *testing.T) {
 // being ignored until it times out.
 func TestCookieFromBeforeRestart(t *testing.T) {
 	dir := t.TempDir()
-	srv := rendezvoustest.Start(t, rendezvous.Config{DataDir: dir})
+	srv := rendezvoustest.Start(t, server.Config{DataDir: dir})
 	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(srv.Addr))
 	if err != nil {
 		t.Fatal(err)
@@ -834,7 +835,7 @@ func TestCookieFromBeforeRestart(t *testing.T) {
 	old := ask(&wire.Hello{ReqID: 1, Session: "s"}).(*wire.Challenge).Cookie
 	// The same server, restarted: the address stays (same port), the key changes.
 	srv.Stop()
-	again := rendezvoustest.Start(t, rendezvous.Config{DataDir: dir})
+	again := rendezvoustest.Start(t, server.Config{DataDir: dir})
 	conn.Close()
 	conn, err = net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(again.Addr))
 	if err != nil {
@@ -853,7 +854,7 @@ func TestCookieFromBeforeRestart(t *testing.T) {
 // TestFindLeavesNoDeadline: the socket goes on to carry the session, so a
 // read deadline left by the client would break it moments later.
 func TestFindLeavesNoDeadline(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	ca, cb := srv.Client(t), srv.Client(t)
 	ca.Retry, cb.Retry = 50*time.Millisecond, 50*time.Millisecond
 	ca.MaxRetry, cb.MaxRetry = 50*time.Millisecond, 50*time.Millisecond
@@ -887,7 +888,7 @@ func TestFindLeavesNoDeadline(t *testing.T) {
 func TestStopLeavesNoGoroutines(t *testing.T) {
 	before := runtime.NumGoroutine()
 	t.Run("serve", func(t *testing.T) {
-		srv := rendezvoustest.Start(t, rendezvous.Config{})
+		srv := rendezvoustest.Start(t, server.Config{})
 		key := srv.RegisterSession(t, "club")
 		ma, _, errA, errB := pair(t, srv, "club", "alice", "bob", &key, &key)
 		if errA != nil || errB != nil {

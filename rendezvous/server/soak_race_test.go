@@ -1,6 +1,6 @@
 //go:build race
 
-package rendezvous_test
+package server_test
 
 // soakRace: the race detector's runtime keeps memory of its own (shadow
 // memory, the history of every goroutine and lock), which the server's RSS

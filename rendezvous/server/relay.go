@@ -1,4 +1,4 @@
-package rendezvous
+package server
 
 import (
 	"fmt"
@@ -10,7 +10,7 @@ import (
 )
 
 // The relay carries the sessions of pairs that found no direct path. It
-// forwards opaque datagrams (wire/relay.go) between the two addresses the
+// forwards opaque datagrams (rendezvous/wire/relay.go) between the two addresses the
 // pairing answered, and nothing else: the session is encrypted and
 // authenticated end to end, so the relay can drop or delay packets but never
 // read or alter them.
@@ -220,7 +220,7 @@ func (r *relay) count() int {
 	return len(r.pairs)
 }
 
-// isRelay reports a relayed datagram (wire/relay.go).
+// isRelay reports a relayed datagram (rendezvous/wire/relay.go).
 func isRelay(pkt []byte) bool { return len(pkt) > 0 && pkt[0] == wire.RelayType }
 
 // handleRelay forwards one relayed datagram. pkt stays valid until the

@@ -1,4 +1,4 @@
-package rendezvous_test
+package server_test
 
 // Garbage for the soak test's load (soak_load_test.go).
 

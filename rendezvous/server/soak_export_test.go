@@ -1,4 +1,4 @@
-package rendezvous
+package server
 
 // What the soak test (soak_test.go) samples of a running server: the size
 // of every table it keeps, so that each can be shown to stay bounded by its

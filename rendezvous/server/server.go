@@ -1,8 +1,7 @@
-// Package rendezvous is p2pcat's meeting point: the server that pairs two
-// clients who ask for each other (and keeps registered sessions), and the
-// small client that the pipe uses to ask it. The wire format is in
-// rendezvous/wire and PROTOCOL.md.
-package rendezvous
+// Package server is p2pcat's rendezvous server: it pairs two clients who
+// ask for each other and keeps registered sessions. The client is in
+// rendezvous, the wire format in rendezvous/wire and PROTOCOL.md.
+package server
 
 import (
 	"context"
@@ -20,10 +19,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/ipv4"
 
-	"github.com/p2pcat/p2pcat/rendezvous/store"
-	"github.com/p2pcat/p2pcat/rendezvous/wire"
-
 	"github.com/p2pcat/p2pcat/internal/udpio"
+	"github.com/p2pcat/p2pcat/rendezvous"
+	"github.com/p2pcat/p2pcat/rendezvous/internal/stunmsg"
+	"github.com/p2pcat/p2pcat/rendezvous/server/store"
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
 // Config configures a Server. Zero values mean the documented defaults.
@@ -99,9 +99,6 @@ func (c *Config) setDefaults() {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 }
-
-// MinRegisterTTL is the shortest registration the server accepts.
-const MinRegisterTTL = time.Minute
 
 // Server is a rendezvous server. Create it with NewServer, run it with
 // Serve, and Close it after Serve has returned.
@@ -272,7 +269,7 @@ func (s *Server) handle(batch *outBatch, pkt []byte, from netip.AddrPort) {
 	}()
 	from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 	switch {
-	case isSTUN(pkt):
+	case stunmsg.IsSTUN(pkt):
 		s.handleSTUN(batch, pkt, from)
 		return
 	case isRelay(pkt):
@@ -385,16 +382,16 @@ func (s *Server) admit(out *sender, reqID uint64, cookie []byte, session string,
 
 func (s *Server) handleRegister(out *sender, m *wire.Register) {
 	ttl := time.Duration(m.TTLSeconds) * time.Second
-	if ttl < MinRegisterTTL || ttl > s.cfg.MaxRegisterTTL {
+	if ttl < rendezvous.MinRegisterTTL || ttl > s.cfg.MaxRegisterTTL {
 		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeBadArgument,
-			Message: fmt.Sprintf("ttl must be between %s and %s", MinRegisterTTL, s.cfg.MaxRegisterTTL)})
+			Message: fmt.Sprintf("ttl must be between %s and %s", rendezvous.MinRegisterTTL, s.cfg.MaxRegisterTTL)})
 		return
 	}
 	// Proof of possession of the key behind the verifier. The signature
 	// covers this server's id and the cookie (bound to the sender's
 	// address, and fresh), so a captured Register is good for nothing
 	// elsewhere or later.
-	if !VerifyRegister(m.Verifier, m.Signature, s.ServerID(), m.Cookie, m.Session, m.TTLSeconds) {
+	if !rendezvous.VerifyRegister(m.Verifier, m.Signature, s.ServerID(), m.Cookie, m.Session, m.TTLSeconds) {
 		s.metrics.authFailures.Inc()
 		s.log.Info("register refused: the signature does not verify", "session", m.Session, "from", out.to.String())
 		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeAuthFailed, Message: "session key signature does not verify"})
@@ -462,7 +459,7 @@ func (s *Server) handleFind(out *sender, m *wire.Find, now time.Time) {
 			s.handleHello(out, &wire.Hello{ReqID: m.ReqID, Session: m.Session}, now)
 			return
 		}
-		if !VerifyFind(reg.Verifier, m.Signature, s.ServerID(), m.Cookie, m.Session, m.Name, m.Peer) {
+		if !rendezvous.VerifyFind(reg.Verifier, m.Signature, s.ServerID(), m.Cookie, m.Session, m.Name, m.Peer) {
 			s.metrics.authFailures.Inc()
 			s.log.Info("find refused: wrong session key", "session", m.Session, "name", m.Name, "from", out.to.String())
 			out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeAuthFailed, Message: "authentication failed: wrong session key for this registered session"})

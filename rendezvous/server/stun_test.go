@@ -1,4 +1,4 @@
-package rendezvous
+package server
 
 // Tests of the STUN service from inside the package: they start the server
 // by hand (rendezvoustest imports this package, so it cannot be used here)
@@ -20,9 +20,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/ipv4"
 
-	"github.com/p2pcat/p2pcat/rendezvous/wire"
-
 	"github.com/p2pcat/p2pcat/internal/udpio"
+	"github.com/p2pcat/p2pcat/rendezvous"
+	"github.com/p2pcat/p2pcat/rendezvous/internal/stunmsg"
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
 // stunTestServer is a running server with its STUN sockets.
@@ -87,7 +88,7 @@ func startSTUNServer(t testing.TB, cfg Config, primaryIP, altIP string) *stunTes
 		c := stunClient(t, to.Addr())
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if _, err := STUNBinding(ctx, c, to); err != nil {
+		if _, err := rendezvous.STUNBinding(ctx, c, to); err != nil {
 			t.Fatalf("the alternate socket does not answer: %v", err)
 		}
 	}
@@ -183,9 +184,9 @@ func roundTrip(t *testing.T, c *net.UDPConn, to netip.AddrPort, req []byte) ([]b
 }
 
 // decodeAnswer decodes a Binding answer to txid or fails the test.
-func decodeAnswer(t *testing.T, b []byte, txid [stun.TransactionIDSize]byte) (stunAnswer, *stun.Message) {
+func decodeAnswer(t *testing.T, b []byte, txid [stun.TransactionIDSize]byte) (stunmsg.Answer, *stun.Message) {
 	t.Helper()
-	ans, ok := parseSTUNAnswer(b, txid)
+	ans, ok := stunmsg.ParseAnswer(b, txid)
 	if !ok {
 		t.Fatalf("not a Binding answer to our transaction: %x", b)
 	}
@@ -196,153 +197,31 @@ func decodeAnswer(t *testing.T, b []byte, txid [stun.TransactionIDSize]byte) (st
 	return ans, m
 }
 
-func TestIsSTUN(t *testing.T) {
-	valid, _ := stunRequest(stun.BindingRequest, true, stun.RawAttribute{Type: stun.AttrSoftware, Value: []byte("x")})
-	hello := wire.Pad((&wire.Hello{ReqID: 1, Session: "s"}).AppendTo(nil))
-	for _, tc := range []struct {
-		name string
-		pkt  []byte
-		want bool
-	}{
-		{"binding request", valid, true},
-		{"header only", valid[:20:20], false}, // length field says attributes follow
-		{"truncated", valid[:len(valid)-4], false},
-		{"trailing byte", append(bytes.Clone(valid), 0), false},
-		{"short", valid[:19], false},
-		{"empty", nil, false},
-		{"top bits set", append([]byte{valid[0] | 0x40}, valid[1:]...), false},
-		{"wrong cookie", append(append(bytes.Clone(valid[:4]), 0x21, 0x12, 0xa4, 0x43), valid[8:]...), false},
-		{"rendezvous hello", hello, false},
-		{"relay", append([]byte{wire.RelayType}, valid[1:]...), false},
-		{"probe", append([]byte{0xF0}, valid[1:]...), false},
-	} {
-		if got := isSTUN(tc.pkt); got != tc.want {
-			t.Errorf("%s: isSTUN = %v, want %v", tc.name, got, tc.want)
-		}
-	}
-	// A header claiming 4 bytes of attributes and carrying 4 is framed
-	// correctly; one with a length that is not a multiple of 4 is not.
-	hdr := append(bytes.Clone(valid[:20]), 0, 0, 0, 0)
-	binary.BigEndian.PutUint16(hdr[2:4], 4)
-	if !isSTUN(hdr) {
-		t.Error("a 24-byte message with length 4 is STUN")
-	}
-	odd := append(bytes.Clone(valid[:20]), 0, 0)
-	binary.BigEndian.PutUint16(odd[2:4], 2)
-	if isSTUN(odd) {
-		t.Error("a length that is not a multiple of 4 is not STUN")
-	}
-}
-
-func TestSTUNAddrRoundTrip(t *testing.T) {
-	for _, s := range []string{"192.0.2.1:32853", "[2001:db8:1234:5678:11:2233:4455:6677]:32853", "[::ffff:10.0.0.1]:1", "0.0.0.0:0", "[::]:65535"} {
-		a := netip.MustParseAddrPort(s)
-		want := udpio.Unmap(a)
-		for _, xor := range []bool{true, false} {
-			m := new(stun.Message)
-			rand.Read(m.TransactionID[:])
-			m.WriteHeader()
-			typ := stun.AttrOtherAddress
-			if xor {
-				typ = stun.AttrXORMappedAddress
-			}
-			addSTUNAddr(m, typ, a, xor)
-			v, err := m.Get(typ)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var txid *[stun.TransactionIDSize]byte
-			if xor {
-				txid = &m.TransactionID
-			}
-			got, err := decodeSTUNAddr(v, txid)
-			if err != nil || got != want {
-				t.Errorf("%s xor=%v: decoded %v, %v", s, xor, got, err)
-			}
-			// pion decodes what we encode (its decoder is safe on
-			// well-formed values).
-			var pa stun.XORMappedAddress
-			var perr error
-			if xor {
-				perr = pa.GetFrom(m)
-			} else {
-				var o stun.OtherAddress
-				perr = o.GetFrom(m)
-				pa = stun.XORMappedAddress(o)
-			}
-			pip, _ := netip.AddrFromSlice(pa.IP)
-			if perr != nil || netip.AddrPortFrom(pip.Unmap(), uint16(pa.Port)) != want {
-				t.Errorf("%s xor=%v: pion decoded %v:%d, %v", s, xor, pa.IP, pa.Port, perr)
-			}
-		}
-	}
-}
-
-func TestDecodeSTUNAddrRejects(t *testing.T) {
-	var txid [stun.TransactionIDSize]byte
-	for _, v := range [][]byte{
-		nil,
-		{0},
-		{0, 1, 0},                   // shorter than family and port
-		{0, 1, 0, 1},                // IPv4 without the address
-		{0, 1, 0, 1, 1, 2, 3},       // IPv4 one byte short
-		{0, 1, 0, 1, 1, 2, 3, 4, 5}, // IPv4 one byte long
-		{0, 2, 0, 1, 1, 2, 3, 4},    // IPv6 family, IPv4 length
-		{0, 3, 0, 1, 1, 2, 3, 4},    // unknown family
-		append([]byte{0, 2, 0, 1}, make([]byte, 15)...),
-	} {
-		if a, err := decodeSTUNAddr(v, &txid); err == nil {
-			t.Errorf("%x decoded to %v", v, a)
-		}
-	}
-}
-
-// TestRFC5769Responses decodes the sample responses of RFC 5769 (2.2, 2.3),
-// FINGERPRINT and XOR-MAPPED-ADDRESS included.
-func TestRFC5769Responses(t *testing.T) {
-	txid := [stun.TransactionIDSize]byte{0xb7, 0xe7, 0xa7, 0x01, 0xbc, 0x34, 0xd6, 0x86, 0xfa, 0x87, 0xdf, 0xae}
-	for _, tc := range []struct {
-		raw  string
-		want string
-	}{
-		{"\x01\x01\x00\x3c\x21\x12\xa4\x42\xb7\xe7\xa7\x01\xbc\x34\xd6\x86\xfa\x87\xdf\xae" +
-			"\x80\x22\x00\x0b\x74\x65\x73\x74\x20\x76\x65\x63\x74\x6f\x72\x20" +
-			"\x00\x20\x00\x08\x00\x01\xa1\x47\xe1\x12\xa6\x43" +
-			"\x00\x08\x00\x14\x2b\x91\xf5\x99\xfd\x9e\x90\xc3\x8c\x74\x89\xf9\x2a\xf9\xba\x53\xf0\x6b\xe7\xd7" +
-			"\x80\x28\x00\x04\xc0\x7d\x4c\x96", "192.0.2.1:32853"},
-		{"\x01\x01\x00\x48\x21\x12\xa4\x42\xb7\xe7\xa7\x01\xbc\x34\xd6\x86\xfa\x87\xdf\xae" +
-			"\x80\x22\x00\x0b\x74\x65\x73\x74\x20\x76\x65\x63\x74\x6f\x72\x20" +
-			"\x00\x20\x00\x14\x00\x02\xa1\x47\x01\x13\xa9\xfa\xa5\xd3\xf1\x79\xbc\x25\xf4\xb5\xbe\xd2\xb9\xd9" +
-			"\x00\x08\x00\x14\xa3\x82\x95\x4e\x4b\xe6\x7b\xf1\x17\x84\xc9\x7c\x82\x92\xc2\x75\xbf\xe3\xed\x41" +
-			"\x80\x28\x00\x04\xc8\xfb\x0b\x4c", "[2001:db8:1234:5678:11:2233:4455:6677]:32853"},
-	} {
-		raw := []byte(tc.raw)
-		ans, ok := parseSTUNAnswer(raw, txid)
-		if !ok || ans.code != 0 || ans.mapped != netip.MustParseAddrPort(tc.want) {
-			t.Errorf("RFC 5769 response: %+v %v, want %s", ans, ok, tc.want)
-		}
-		// A flipped bit breaks the FINGERPRINT: the answer is not taken.
-		raw[len(raw)-1] ^= 1
-		if _, ok := parseSTUNAnswer(raw, txid); ok {
-			t.Error("an answer with a wrong FINGERPRINT was accepted")
-		}
-		raw[len(raw)-1] ^= 1
-		other := txid
-		other[0] ^= 1
-		if _, ok := parseSTUNAnswer(raw, other); ok {
-			t.Error("an answer to another transaction was accepted")
-		}
-	}
-}
-
 // TestSTUNBindingIPv6 checks XOR-MAPPED-ADDRESS over IPv6 and the
 // amplification bound on a plain 20-byte request.
+// clientRequest is a Binding request as p2pcat's client sends it (its
+// newBindingRequest): SOFTWARE "p2pcat" and FINGERPRINT, 40 bytes.
+func clientRequest() ([]byte, [stun.TransactionIDSize]byte) {
+	return stunRequest(stun.BindingRequest, true, stun.RawAttribute{Type: stun.AttrSoftware, Value: []byte("p2pcat")})
+}
+
+// clientRoundTrip sends the client's request to to and decodes the answer,
+// its source included.
+func clientRoundTrip(t *testing.T, c *net.UDPConn, to netip.AddrPort) stunmsg.Answer {
+	t.Helper()
+	req, txid := clientRequest()
+	b, from := roundTrip(t, c, to, req)
+	ans, _ := decodeAnswer(t, b, txid)
+	ans.From = from
+	return ans
+}
+
 func TestSTUNBindingIPv6(t *testing.T) {
 	ts := startSTUNServer(t, Config{}, "::1", "::1")
 	c := stunClient(t, netip.IPv6Loopback())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	mapped, err := STUNBinding(ctx, c, ts.primary)
+	mapped, err := rendezvous.STUNBinding(ctx, c, ts.primary)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -350,11 +229,8 @@ func TestSTUNBindingIPv6(t *testing.T) {
 		t.Fatalf("mapped %v, want the client's %v", mapped, addrOf(c))
 	}
 	// p2pcat's request leaves room for the RFC 5780 attributes.
-	ans, err := stunRoundTrip(ctx, c, ts.primary, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ans.other != ts.alt || ans.origin != ts.primary || ans.from != ts.primary {
+	ans := clientRoundTrip(t, c, ts.primary)
+	if ans.Other != ts.alt || ans.Origin != ts.primary || ans.From != ts.primary {
 		t.Fatalf("answer %+v: want OTHER-ADDRESS %v, RESPONSE-ORIGIN %v", ans, ts.alt, ts.primary)
 	}
 	// A plain 20-byte request gets XOR-MAPPED-ADDRESS within 60 bytes, and
@@ -362,7 +238,7 @@ func TestSTUNBindingIPv6(t *testing.T) {
 	req, txid := stunRequest(stun.BindingRequest, false)
 	b, _ := roundTrip(t, c, ts.primary, req)
 	plain, _ := decodeAnswer(t, b, txid)
-	if plain.mapped != addrOf(c) || len(b) != 20+24 || plain.other.IsValid() {
+	if plain.Mapped != addrOf(c) || len(b) != 20+24 || plain.Other.IsValid() {
 		t.Fatalf("plain IPv6 request: %d bytes, %+v", len(b), plain)
 	}
 }
@@ -375,7 +251,7 @@ func TestSTUNBindingIPv4Plain(t *testing.T) {
 	req, txid := stunRequest(stun.BindingRequest, false)
 	b, from := roundTrip(t, c, ts.primary, req)
 	ans, m := decodeAnswer(t, b, txid)
-	if from != ts.primary || ans.mapped != addrOf(c) || ans.other != ts.alt || ans.origin != ts.primary {
+	if from != ts.primary || ans.Mapped != addrOf(c) || ans.Other != ts.alt || ans.Origin != ts.primary {
 		t.Fatalf("answer from %v: %+v", from, ans)
 	}
 	if m.Contains(stun.AttrFingerprint) || m.Contains(stun.AttrMappedAddress) || m.Contains(stun.AttrSoftware) {
@@ -405,11 +281,11 @@ func TestSTUNChangeRequest(t *testing.T) {
 		wantUnknownAttr bool
 	}{
 		{"primary, no change", ts.primary, 0, ts.primary, ts.alt, false},
-		{"primary, change port", ts.primary, stunChangePort, ts.alt, ts.alt, false},
+		{"primary, change port", ts.primary, stunmsg.ChangePort, ts.alt, ts.alt, false},
 		{"alternate, no change", ts.alt, 0, ts.alt, ts.primary, false},
-		{"alternate, change port", ts.alt, stunChangePort, ts.primary, ts.primary, false},
-		{"primary, change IP", ts.primary, stunChangeIP, ts.primary, netip.AddrPort{}, true},
-		{"primary, change IP and port", ts.primary, stunChangeIP | stunChangePort, ts.primary, netip.AddrPort{}, true},
+		{"alternate, change port", ts.alt, stunmsg.ChangePort, ts.primary, ts.primary, false},
+		{"primary, change IP", ts.primary, stunmsg.ChangeIP, ts.primary, netip.AddrPort{}, true},
+		{"primary, change IP and port", ts.primary, stunmsg.ChangeIP | stunmsg.ChangePort, ts.primary, netip.AddrPort{}, true},
 	} {
 		req, txid := stunRequest(stun.BindingRequest, true, changeRequest(tc.flags))
 		b, from := roundTrip(t, c, tc.to, req)
@@ -418,15 +294,15 @@ func TestSTUNChangeRequest(t *testing.T) {
 			t.Errorf("%s: answered from %v, want %v", tc.name, from, tc.from)
 		}
 		if tc.wantUnknownAttr {
-			if ans.code != 420 {
-				t.Errorf("%s: code %d, want 420", tc.name, ans.code)
+			if ans.Code != 420 {
+				t.Errorf("%s: code %d, want 420", tc.name, ans.Code)
 			}
 			if v, err := m.Get(stun.AttrUnknownAttributes); err != nil || !bytes.Equal(v, []byte{0x00, 0x03}) {
 				t.Errorf("%s: UNKNOWN-ATTRIBUTES %x, %v; want 0003", tc.name, v, err)
 			}
 			continue
 		}
-		if ans.code != 0 || ans.mapped != addrOf(c) || ans.origin != tc.from || ans.other != tc.other {
+		if ans.Code != 0 || ans.Mapped != addrOf(c) || ans.Origin != tc.from || ans.Other != tc.other {
 			t.Errorf("%s: %+v; want RESPONSE-ORIGIN %v, OTHER-ADDRESS %v", tc.name, ans, tc.from, tc.other)
 		}
 	}
@@ -438,14 +314,14 @@ func TestSTUNChangeRequest(t *testing.T) {
 func TestSTUNChangeIP(t *testing.T) {
 	ts := startSTUNServer(t, Config{}, "127.0.0.1", "127.0.0.2")
 	c := stunClient(t, netip.MustParseAddr("127.0.0.1"))
-	req, txid := stunRequest(stun.BindingRequest, false, changeRequest(stunChangeIP|stunChangePort))
+	req, txid := stunRequest(stun.BindingRequest, false, changeRequest(stunmsg.ChangeIP|stunmsg.ChangePort))
 	b, from := roundTrip(t, c, ts.primary, req)
-	if ans, _ := decodeAnswer(t, b, txid); from != ts.alt || ans.origin != ts.alt || ans.code != 0 {
+	if ans, _ := decodeAnswer(t, b, txid); from != ts.alt || ans.Origin != ts.alt || ans.Code != 0 {
 		t.Fatalf("change IP and port: from %v, %+v", from, ans)
 	}
-	req, txid = stunRequest(stun.BindingRequest, false, changeRequest(stunChangePort))
+	req, txid = stunRequest(stun.BindingRequest, false, changeRequest(stunmsg.ChangePort))
 	b, from = roundTrip(t, c, ts.primary, req)
-	if ans, _ := decodeAnswer(t, b, txid); from != ts.primary || ans.code != 420 {
+	if ans, _ := decodeAnswer(t, b, txid); from != ts.primary || ans.Code != 420 {
 		t.Fatalf("change port only: from %v, %+v", from, ans)
 	}
 }
@@ -453,15 +329,15 @@ func TestSTUNChangeIP(t *testing.T) {
 func TestSTUNChangeWithoutAlternate(t *testing.T) {
 	ts := startSTUNServer(t, Config{}, "127.0.0.1", "")
 	c := stunClient(t, netip.MustParseAddr("127.0.0.1"))
-	req, txid := stunRequest(stun.BindingRequest, false, changeRequest(stunChangePort))
+	req, txid := stunRequest(stun.BindingRequest, false, changeRequest(stunmsg.ChangePort))
 	b, _ := roundTrip(t, c, ts.primary, req)
-	if ans, _ := decodeAnswer(t, b, txid); ans.code != 420 {
+	if ans, _ := decodeAnswer(t, b, txid); ans.Code != 420 {
 		t.Fatalf("change port without an alternate: %+v", ans)
 	}
 	// Without a change, the answer has no OTHER-ADDRESS.
 	req, txid = stunRequest(stun.BindingRequest, false, changeRequest(0))
 	b, _ = roundTrip(t, c, ts.primary, req)
-	if ans, _ := decodeAnswer(t, b, txid); ans.code != 0 || ans.other.IsValid() || ans.origin != ts.primary {
+	if ans, _ := decodeAnswer(t, b, txid); ans.Code != 0 || ans.Other.IsValid() || ans.Origin != ts.primary {
 		t.Fatalf("plain request without an alternate: %+v", ans)
 	}
 }
@@ -473,7 +349,7 @@ func TestSTUNUnknownAttributes(t *testing.T) {
 	req, txid := stunRequest(stun.BindingRequest, true, stun.RawAttribute{Type: 0x0026, Value: make([]byte, 8)})
 	b, _ := roundTrip(t, c, ts.primary, req)
 	ans, m := decodeAnswer(t, b, txid)
-	if ans.code != 420 || ans.reason != "Unknown Attribute" {
+	if ans.Code != 420 || ans.Reason != "Unknown Attribute" {
 		t.Fatalf("PADDING: %+v", ans)
 	}
 	if v, err := m.Get(stun.AttrUnknownAttributes); err != nil || !bytes.Equal(v, []byte{0x00, 0x26}) {
@@ -482,7 +358,7 @@ func TestSTUNUnknownAttributes(t *testing.T) {
 	// An unknown comprehension-optional attribute is ignored.
 	req, txid = stunRequest(stun.BindingRequest, false, stun.RawAttribute{Type: 0x8055, Value: []byte("ok")})
 	b, _ = roundTrip(t, c, ts.primary, req)
-	if ans, _ := decodeAnswer(t, b, txid); ans.code != 0 || ans.mapped != addrOf(c) {
+	if ans, _ := decodeAnswer(t, b, txid); ans.Code != 0 || ans.Mapped != addrOf(c) {
 		t.Fatalf("optional attribute: %+v", ans)
 	}
 	// The RFC 5769 sample request (2.1) is an ICE check: its PRIORITY is
@@ -496,7 +372,7 @@ func TestSTUNUnknownAttributes(t *testing.T) {
 		"\x80\x28\x00\x04\xe5\x7a\x3b\xcf")
 	b, _ = roundTrip(t, c, ts.primary, vector)
 	ans, m = decodeAnswer(t, b, [stun.TransactionIDSize]byte(vector[8:20]))
-	if ans.code != 420 || !m.Contains(stun.AttrFingerprint) {
+	if ans.Code != 420 || !m.Contains(stun.AttrFingerprint) {
 		t.Fatalf("RFC 5769 request: %+v", ans)
 	}
 	if v, _ := m.Get(stun.AttrUnknownAttributes); !bytes.Equal(v, []byte{0x00, 0x24}) {
@@ -528,7 +404,7 @@ func TestSTUNGarbageDropped(t *testing.T) {
 	}
 	good, txid := stunRequest(stun.BindingRequest, false)
 	b, _ := roundTrip(t, c, ts.primary, good)
-	if ans, _ := decodeAnswer(t, b, txid); ans.code != 0 {
+	if ans, _ := decodeAnswer(t, b, txid); ans.Code != 0 {
 		t.Fatalf("the good request: %+v", ans)
 	}
 	if got := ts.drops(t, dropMalformed) - malformedBefore; got != 3 {
@@ -566,10 +442,10 @@ func TestSTUNRateLimited(t *testing.T) {
 		if err != nil {
 			t.Fatalf("after %d answers: %v", answered, err)
 		}
-		if !isSTUN(buf[:n]) {
+		if !stunmsg.IsSTUN(buf[:n]) {
 			break // the Challenge
 		}
-		if _, ok := parseSTUNAnswer(buf[:n], sent[answered]); !ok {
+		if _, ok := stunmsg.ParseAnswer(buf[:n], sent[answered]); !ok {
 			t.Fatalf("answer %d is not to request %d", answered, answered)
 		}
 		answered++
@@ -593,7 +469,7 @@ func TestServeSTUNAlternateStops(t *testing.T) {
 	c := stunClient(t, netip.MustParseAddr("127.0.0.1"))
 	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer wcancel()
-	if _, err := STUNBinding(wctx, c, addrOf(alt)); err != nil {
+	if _, err := rendezvous.STUNBinding(wctx, c, addrOf(alt)); err != nil {
 		t.Fatal(err)
 	}
 	second := stunClient(t, netip.MustParseAddr("127.0.0.1"))
@@ -609,9 +485,8 @@ func TestServeSTUNAlternateStops(t *testing.T) {
 	case <-wctx.Done():
 		t.Fatal("ServeSTUNAlternate did not return")
 	}
-	ans, err := stunRoundTrip(wctx, c, ts.primary, 0)
-	if err != nil || ans.other.IsValid() {
-		t.Fatalf("after the alternate stopped: %+v, %v", ans, err)
+	if ans := clientRoundTrip(t, c, ts.primary); ans.Other.IsValid() {
+		t.Fatalf("after the alternate stopped: %+v", ans)
 	}
 }
 
@@ -622,11 +497,11 @@ func TestCheckNATOtherIP(t *testing.T) {
 	ts := startSTUNServer(t, Config{}, "127.0.0.1", "127.0.0.2")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	r, err := CheckNAT(ctx, ts.primary, NATCheckOptions{})
+	r, err := rendezvous.CheckNAT(ctx, ts.primary, rendezvous.NATCheckOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.NAT || r.Alternate != ts.alt || !r.AlternateIP || r.Mapping != NATEndpointIndependent || r.Filtering != NATEndpointIndependent || len(r.Notes) != 0 {
+	if r.NAT || r.Alternate != ts.alt || !r.AlternateIP || r.Mapping != rendezvous.NATEndpointIndependent || r.Filtering != rendezvous.NATEndpointIndependent || len(r.Notes) != 0 {
 		t.Fatalf("report:\n%s", r)
 	}
 }
@@ -638,52 +513,16 @@ func TestCheckNATWildcardServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	server := loopbackFor(ts.primary)
-	r, err := CheckNAT(ctx, server, NATCheckOptions{})
+	r, err := rendezvous.CheckNAT(ctx, server, rendezvous.NATCheckOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.NAT || r.Alternate != loopbackFor(ts.alt) || r.AlternateIP || r.Filtering != NATNotPortDependent || len(r.Notes) != 0 {
+	if r.NAT || r.Alternate != loopbackFor(ts.alt) || r.AlternateIP || r.Filtering != rendezvous.NATNotPortDependent || len(r.Notes) != 0 {
 		t.Fatalf("report:\n%s", r)
 	}
-	ans, err := stunRoundTrip(ctx, stunClient(t, server.Addr()), server, 0)
-	if err != nil || ans.origin != ts.primary || ans.other != ts.alt {
-		t.Fatalf("answer %+v, %v: want the bound (unspecified) addresses %v and %v", ans, err, ts.primary, ts.alt)
-	}
-}
-
-func TestNATClassification(t *testing.T) {
-	for _, tc := range []struct {
-		same, otherIP   bool
-		mapping, filter NATBehavior
-	}{
-		{true, true, NATEndpointIndependent, NATEndpointIndependent},
-		{true, false, NATNotPortDependent, NATNotPortDependent},
-		{false, true, NATEndpointDependent, NATEndpointDependent},
-		{false, false, NATAddressAndPortDependent, NATAddressAndPortDependent},
-	} {
-		if got := mappingBehavior(tc.same, tc.otherIP); got != tc.mapping {
-			t.Errorf("mapping(same=%v, otherIP=%v) = %s, want %s", tc.same, tc.otherIP, got, tc.mapping)
-		}
-		// For filtering, "same" reads "answered".
-		if got := filteringBehavior(tc.same, tc.otherIP); got != tc.filter {
-			t.Errorf("filtering(answered=%v, otherIP=%v) = %s, want %s", tc.same, tc.otherIP, got, tc.filter)
-		}
-	}
-	for _, tc := range []struct {
-		r    NATReport
-		want string
-	}{
-		{NATReport{Mapping: NATEndpointIndependent}, "no NAT: "},
-		{NATReport{Mapping: NATEndpointIndependent, Filtering: NATAddressAndPortDependent}, "no NAT, but a firewall"},
-		{NATReport{NAT: true, Mapping: NATEndpointIndependent}, "endpoint-independent mapping: direct connections work with most peers"},
-		{NATReport{NAT: true, Mapping: NATNotPortDependent}, "likely work"},
-		{NATReport{NAT: true, Mapping: NATAddressAndPortDependent}, "symmetric NAT"},
-		{NATReport{NAT: true, Mapping: NATEndpointDependent}, "will use the relay"},
-		{NATReport{NAT: true, Mapping: NATUnknown}, "could not be tested"},
-	} {
-		if got := verdict(tc.r); !bytes.Contains([]byte(got), []byte(tc.want)) {
-			t.Errorf("verdict(%+v) = %q, want it to contain %q", tc.r, got, tc.want)
-		}
+	ans := clientRoundTrip(t, stunClient(t, server.Addr()), server)
+	if ans.Origin != ts.primary || ans.Other != ts.alt {
+		t.Fatalf("answer %+v: want the bound (unspecified) addresses %v and %v", ans, ts.primary, ts.alt)
 	}
 }
 
@@ -729,7 +568,7 @@ func newBareServer(tb testing.TB) *Server {
 func FuzzSTUNServer(f *testing.F) {
 	plain, _ := stunRequest(stun.BindingRequest, false)
 	fp, _ := stunRequest(stun.BindingRequest, true, stun.RawAttribute{Type: stun.AttrSoftware, Value: []byte("fuzz")})
-	change, _ := stunRequest(stun.BindingRequest, true, changeRequest(stunChangePort))
+	change, _ := stunRequest(stun.BindingRequest, true, changeRequest(stunmsg.ChangePort))
 	padding, _ := stunRequest(stun.BindingRequest, false, stun.RawAttribute{Type: 0x0026, Value: make([]byte, 40)})
 	many, _ := stunRequest(stun.BindingRequest, false,
 		stun.RawAttribute{Type: 0x0030, Value: nil}, stun.RawAttribute{Type: 0x0031, Value: nil},
@@ -746,11 +585,11 @@ func FuzzSTUNServer(f *testing.F) {
 	from4 := netip.MustParseAddrPort("198.51.100.7:40000")
 	from6 := netip.MustParseAddrPort("[2001:db8::7]:40000")
 	f.Fuzz(func(t *testing.T, pkt []byte) {
-		if len(pkt) >= stunHeaderLen {
+		if len(pkt) >= stunmsg.HeaderLen {
 			txid := [stun.TransactionIDSize]byte(pkt[8:20])
-			parseSTUNAnswer(pkt, txid)
+			stunmsg.ParseAnswer(pkt, txid)
 		}
-		if !isSTUN(pkt) {
+		if !stunmsg.IsSTUN(pkt) {
 			return
 		}
 		for _, from := range []netip.AddrPort{from4, from6} {
@@ -761,10 +600,10 @@ func FuzzSTUNServer(f *testing.F) {
 				if len(a) > stunMaxAmplification*len(pkt) {
 					t.Fatalf("%d-byte request, %d-byte answer", len(pkt), len(a))
 				}
-				if !isSTUN(a) || !bytes.Equal(a[8:20], pkt[8:20]) {
+				if !stunmsg.IsSTUN(a) || !bytes.Equal(a[8:20], pkt[8:20]) {
 					t.Fatalf("answer %x is not STUN for transaction %x", a, pkt[8:20])
 				}
-				if ans, ok := parseSTUNAnswer(a, [stun.TransactionIDSize]byte(pkt[8:20])); !ok || (ans.code == 0 && ans.mapped != from) {
+				if ans, ok := stunmsg.ParseAnswer(a, [stun.TransactionIDSize]byte(pkt[8:20])); !ok || (ans.Code == 0 && ans.Mapped != from) {
 					t.Fatalf("answer %x decodes to %+v, %v", a, ans, ok)
 				}
 			}
@@ -777,14 +616,14 @@ func FuzzSTUNServer(f *testing.F) {
 // known, no rate limit), without the system calls. The allocations are
 // outBatch.add's destination address.
 //
-//	go test -run XXX -bench HandleSTUN -benchmem ./rendezvous/
+//	go test -run XXX -bench HandleSTUN -benchmem ./rendezvous/server/
 func BenchmarkHandleSTUN(b *testing.B) {
 	s := newBareServer(b)
 	// Known by address only: never written to, since no request asks for
 	// a change.
 	s.stun.alternate.Store(&stunSocket{addr: netip.MustParseAddrPort("192.0.2.1:3479")})
 	out := newOutBatch(&recordingBatchConn{}, func(error) {})
-	req, _ := newBindingRequest(0)
+	req, _ := clientRequest()
 	from := netip.MustParseAddrPort("198.51.100.7:40000")
 	b.ReportAllocs()
 	for b.Loop() {

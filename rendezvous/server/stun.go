@@ -1,4 +1,4 @@
-package rendezvous
+package server
 
 // STUN on the rendezvous port: RFC 5389 Binding, plus the RFC 5780
 // attributes that let `p2pcat nat-check` tell NAT behaviours apart. The same
@@ -66,19 +66,14 @@ import (
 	"github.com/pion/stun"
 
 	"github.com/p2pcat/p2pcat/internal/udpio"
+	"github.com/p2pcat/p2pcat/rendezvous/internal/stunmsg"
 )
 
 const (
-	stunHeaderLen   = 20
-	stunMagicCookie = 0x2112A442
 	// stunMaxAmplification bounds an answer's size by its request's.
 	stunMaxAmplification = 3
 	// stunFingerprintLen is the FINGERPRINT attribute with its header.
 	stunFingerprintLen = 8
-
-	// CHANGE-REQUEST flags (RFC 5780 7.2).
-	stunChangeIP   = 0x04
-	stunChangePort = 0x02
 
 	stunCodeUnknownAttribute = 420
 	// stunMaxUnknown caps UNKNOWN-ATTRIBUTES; a client learns enough from
@@ -87,16 +82,6 @@ const (
 )
 
 var stunReasonUnknownAttribute = []byte("Unknown Attribute")
-
-// isSTUN reports whether pkt is framed as a STUN message (the first rule
-// above). It does not look at the attributes.
-func isSTUN(pkt []byte) bool {
-	return len(pkt) >= stunHeaderLen &&
-		pkt[0]&0xC0 == 0 &&
-		binary.BigEndian.Uint32(pkt[4:8]) == stunMagicCookie &&
-		int(binary.BigEndian.Uint16(pkt[2:4])) == len(pkt)-stunHeaderLen &&
-		len(pkt)%4 == 0
-}
 
 // stunSocket is a socket STUN is answered on.
 type stunSocket struct {
@@ -152,7 +137,7 @@ func canChange(here, other *stunSocket, change uint32) bool {
 	hereIP, otherIP := here.addr.Addr(), other.addr.Addr()
 	ipDiffers := !hereIP.IsUnspecified() && !otherIP.IsUnspecified() && hereIP != otherIP
 	portDiffers := here.addr.Port() != other.addr.Port()
-	return (change&stunChangeIP != 0) == ipDiffers && (change&stunChangePort != 0) == portDiffers
+	return (change&stunmsg.ChangeIP != 0) == ipDiffers && (change&stunmsg.ChangePort != 0) == portDiffers
 }
 
 // stunUnderstood reports whether the server may ignore or use attribute t
@@ -207,7 +192,7 @@ func (s *Server) answerSTUN(batch *outBatch, here, other *stunSocket, pkt []byte
 			s.metrics.drop(dropMalformed)
 			return
 		}
-		change = binary.BigEndian.Uint32(v) & (stunChangeIP | stunChangePort)
+		change = binary.BigEndian.Uint32(v) & (stunmsg.ChangeIP | stunmsg.ChangePort)
 	}
 	var unknownBuf [stunMaxUnknown]stun.AttrType
 	unknown := unknownBuf[:0]
@@ -256,12 +241,12 @@ func (s *Server) answerSTUN(batch *outBatch, here, other *stunSocket, pkt []byte
 	} else {
 		resp.Type = stun.BindingSuccess
 		resp.WriteHeader()
-		addSTUNAddr(resp, stun.AttrXORMappedAddress, from, true)
-		if other != nil && len(resp.Raw)+stunAddrAttrLen(other.addr) <= limit {
-			addSTUNAddr(resp, stun.AttrOtherAddress, other.addr, false)
+		stunmsg.AddAddr(resp, stun.AttrXORMappedAddress, from, true)
+		if other != nil && len(resp.Raw)+stunmsg.AddrAttrLen(other.addr) <= limit {
+			stunmsg.AddAddr(resp, stun.AttrOtherAddress, other.addr, false)
 		}
-		if src != nil && len(resp.Raw)+stunAddrAttrLen(src.addr) <= limit {
-			addSTUNAddr(resp, stun.AttrResponseOrigin, src.addr, false)
+		if src != nil && len(resp.Raw)+stunmsg.AddrAttrLen(src.addr) <= limit {
+			stunmsg.AddAddr(resp, stun.AttrResponseOrigin, src.addr, false)
 		}
 	}
 	if len(resp.Raw) > limit {
@@ -289,51 +274,6 @@ func (s *Server) answerSTUN(batch *outBatch, here, other *stunSocket, pkt []byte
 		s.metrics.drop(dropSendError)
 		s.log.Debug("STUN send from the other socket failed", "to", from.String(), "err", err)
 	}
-}
-
-// stunAddrAttrLen is the size of an address attribute for a, header included.
-func stunAddrAttrLen(a netip.AddrPort) int {
-	if a.Addr().Unmap().Is4() {
-		return 4 + 8
-	}
-	return 4 + 20
-}
-
-// addSTUNAddr appends an address attribute in the MAPPED-ADDRESS format
-// (RFC 5389 15.1), XOR-ed with the cookie and transaction id when xor is set
-// (15.2). It writes the value itself rather than through pion's
-// XORMappedAddress, which allocates for every answer.
-func addSTUNAddr(m *stun.Message, t stun.AttrType, a netip.AddrPort, xor bool) {
-	var v [20]byte
-	ip, port, n := a.Addr().Unmap(), a.Port(), 8
-	if ip.Is4() {
-		v[1] = 1
-		b := ip.As4()
-		copy(v[4:8], b[:])
-	} else {
-		v[1] = 2
-		b := ip.As16()
-		copy(v[4:20], b[:])
-		n = 20
-	}
-	if xor {
-		port ^= stunMagicCookie >> 16
-		key := stunXORKey(m.TransactionID)
-		for i := 4; i < n; i++ {
-			v[i] ^= key[i-4]
-		}
-	}
-	binary.BigEndian.PutUint16(v[2:4], port)
-	m.Add(t, v[:n])
-}
-
-// stunXORKey is what XOR-MAPPED-ADDRESS XORs the IP with: the cookie, then
-// the transaction id (an IPv4 address uses the first 4 bytes).
-func stunXORKey(txid [stun.TransactionIDSize]byte) [16]byte {
-	var k [16]byte
-	binary.BigEndian.PutUint32(k[:4], stunMagicCookie)
-	copy(k[4:], txid[:])
-	return k
 }
 
 // addUnknownAttributes appends UNKNOWN-ATTRIBUTES: 16-bit types, padded. (pion's
@@ -398,7 +338,7 @@ func (s *Server) handleAlternate(out *outBatch, alt *stunSocket, pkt []byte, fro
 			s.log.Error("panic while handling a STUN packet", "from", from.String(), "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
-	if !isSTUN(pkt) {
+	if !stunmsg.IsSTUN(pkt) {
 		s.metrics.drop(dropNotOurs)
 		return
 	}

@@ -1,5 +1,5 @@
 //go:build !race
 
-package rendezvous_test
+package server_test
 
 const soakRace = false

@@ -1,4 +1,4 @@
-package rendezvous_test
+package server_test
 
 import (
 	"fmt"

@@ -1,4 +1,4 @@
-package rendezvous_test
+package server_test
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 
 	"github.com/p2pcat/p2pcat/rendezvous"
 	"github.com/p2pcat/p2pcat/rendezvous/rendezvoustest"
+	"github.com/p2pcat/p2pcat/rendezvous/server"
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
@@ -79,7 +80,7 @@ func readWithin(c *net.UDPConn, d time.Duration) ([]byte, netip.AddrPort) {
 }
 
 func TestRelayForwardsBetweenThePairOnly(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	ua, ub, m := relayPair(t, srv)
 	if !m.Relay {
 		t.Fatal("relay not offered")
@@ -136,7 +137,7 @@ func waitMetric(t *testing.T, srv *rendezvoustest.Server, name string, atLeast f
 }
 
 func TestRelayByteCapEndsTheRelay(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{RelayBytes: 3000})
+	srv := rendezvoustest.Start(t, server.Config{RelayBytes: 3000})
 	ua, ub, m, mb := relayPair2(t, srv)
 	pkt := relayed(m.PairingID, string(make([]byte, 1000)))
 	for range 2 {
@@ -179,7 +180,7 @@ func TestRelayByteCapEndsTheRelay(t *testing.T) {
 
 func TestRelayRateLimit(t *testing.T) {
 	// The bucket holds at least 256 KiB: send 600 KB at once.
-	srv := rendezvoustest.Start(t, rendezvous.Config{RelayRate: 1000})
+	srv := rendezvoustest.Start(t, server.Config{RelayRate: 1000})
 	ua, ub, m := relayPair(t, srv)
 	pkt := relayed(m.PairingID, string(make([]byte, 1200)))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -207,7 +208,7 @@ func TestRelayRateLimit(t *testing.T) {
 }
 
 func TestNoRelay(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{NoRelay: true})
+	srv := rendezvoustest.Start(t, server.Config{NoRelay: true})
 	ua, ub, m := relayPair(t, srv)
 	if m.Relay {
 		t.Fatal("relay offered by a server without one")
@@ -219,7 +220,7 @@ func TestNoRelay(t *testing.T) {
 }
 
 func TestRelayKeepaliveIsEchoedNotForwarded(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	ua, ub, m := relayPair(t, srv)
 	keepalive := wire.AppendRelayHeader(nil, m.PairingID)
 	ua.WriteToUDPAddrPort(keepalive, srv.Addr)
@@ -241,7 +242,7 @@ func TestRelayKeepaliveIsEchoedNotForwarded(t *testing.T) {
 // the relay with a RelayBind, which needs a cookie for the new address and
 // a MAC under its own relay token.
 func TestRelayBindMovesAnEnd(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	_, ub, m := relayPair(t, srv) // a is the initiator side on 127.0.0.1
 	moved := listenOn(t, "127.0.0.3")
 	bind := func(cookie []byte) []byte {
@@ -281,7 +282,7 @@ func TestRelayBindMovesAnEnd(t *testing.T) {
 // datagram of the session reaches it, and the session goes on. Nor does a
 // real end's RelayBind, captured and replayed from the attacker's address.
 func TestRelayHijack(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	ua, ub, ma, mb := relayPair2(t, srv)
 	// b sees a captured RelayBind of a (role initiator, its MAC for a's
 	// cookie): the attacker has that too.
