@@ -177,44 +177,15 @@ func (s *Server) answerSTUN(batch *outBatch, here, other *stunSocket, pkt []byte
 		s.metrics.drop(dropMalformed)
 		return
 	}
-	if req.Type != stun.BindingRequest {
-		s.metrics.drop(dropNotOurs)
+	var q stunQuery
+	if reason := q.read(req); reason != "" {
+		s.metrics.drop(reason)
 		return
 	}
-	withFingerprint := req.Contains(stun.AttrFingerprint)
-	if withFingerprint && stun.Fingerprint.Check(req) != nil {
-		s.metrics.drop(dropMalformed)
-		return
-	}
-	var change uint32
-	if v, err := req.Get(stun.AttrChangeRequest); err == nil {
-		if len(v) != 4 {
-			s.metrics.drop(dropMalformed)
-			return
-		}
-		change = binary.BigEndian.Uint32(v) & (stunmsg.ChangeIP | stunmsg.ChangePort)
-	}
-	var unknownBuf [stunMaxUnknown]stun.AttrType
-	unknown := unknownBuf[:0]
-	for _, a := range req.Attributes {
-		if !stunUnderstood(a.Type) && len(unknown) < len(unknownBuf) {
-			unknown = append(unknown, a.Type)
-		}
-	}
-
 	if other != nil && !other.reaches(from.Addr()) {
 		other = nil
 	}
-	src := here // the socket the answer leaves from
-	if change != 0 {
-		if !canChange(here, other, change) {
-			if len(unknown) < len(unknownBuf) {
-				unknown = append(unknown, stun.AttrChangeRequest)
-			}
-		} else if len(unknown) == 0 { // errors come from here
-			src = other
-		}
-	}
+	src := q.source(here, other) // the socket the answer leaves from
 	if !s.limiter.allow(from.Addr(), s.now()) {
 		s.metrics.drop(dropRateLimited)
 		return
@@ -230,34 +201,109 @@ func (s *Server) answerSTUN(batch *outBatch, here, other *stunSocket, pkt []byte
 	resp.Attributes = resp.Attributes[:0]
 	resp.TransactionID = req.TransactionID
 	limit := stunMaxAmplification * len(pkt)
-	if withFingerprint {
+	if q.withFingerprint {
 		limit -= stunFingerprintLen // keep room for it
 	}
-	if len(unknown) > 0 {
-		resp.Type = stun.BindingError
-		resp.WriteHeader()
-		stun.ErrorCodeAttribute{Code: stunCodeUnknownAttribute, Reason: stunReasonUnknownAttribute}.AddTo(resp)
-		addUnknownAttributes(resp, unknown)
-	} else {
-		resp.Type = stun.BindingSuccess
-		resp.WriteHeader()
-		stunmsg.AddAddr(resp, stun.AttrXORMappedAddress, from, true)
-		if other != nil && len(resp.Raw)+stunmsg.AddrAttrLen(other.addr) <= limit {
-			stunmsg.AddAddr(resp, stun.AttrOtherAddress, other.addr, false)
-		}
-		if src != nil && len(resp.Raw)+stunmsg.AddrAttrLen(src.addr) <= limit {
-			stunmsg.AddAddr(resp, stun.AttrResponseOrigin, src.addr, false)
-		}
-	}
+	q.write(resp, from, other, src, limit)
 	if len(resp.Raw) > limit {
 		s.metrics.drop(dropAmplification)
 		return
 	}
-	if withFingerprint {
+	if q.withFingerprint {
 		stun.Fingerprint.AddTo(resp)
 	}
+	s.sendSTUN(batch, resp.Raw, resp.Type, here, src, from)
+}
+
+// stunQuery is what the answer to a Binding request depends on.
+type stunQuery struct {
+	withFingerprint bool
+	change          uint32 // the CHANGE-REQUEST flags asked for; 0 for none
+	// unknown holds the first comprehension-required attributes the server
+	// does not understand (nUnknown of them): the answer is a 420.
+	unknown  [stunMaxUnknown]stun.AttrType
+	nUnknown int
+}
+
+// read checks the decoded request req and records what the answer depends
+// on. It returns the drop reason when req gets no answer, "" when it gets
+// one.
+func (q *stunQuery) read(req *stun.Message) string {
+	if req.Type != stun.BindingRequest {
+		return dropNotOurs
+	}
+	q.withFingerprint = req.Contains(stun.AttrFingerprint)
+	if q.withFingerprint && stun.Fingerprint.Check(req) != nil {
+		return dropMalformed
+	}
+	if v, err := req.Get(stun.AttrChangeRequest); err == nil {
+		if len(v) != 4 {
+			return dropMalformed
+		}
+		q.change = binary.BigEndian.Uint32(v) & (stunmsg.ChangeIP | stunmsg.ChangePort)
+	}
+	for _, a := range req.Attributes {
+		if !stunUnderstood(a.Type) {
+			q.addUnknown(a.Type)
+		}
+	}
+	return ""
+}
+
+// addUnknown records t among the unknown attributes, if there is room.
+func (q *stunQuery) addUnknown(t stun.AttrType) {
+	if q.nUnknown < len(q.unknown) {
+		q.unknown[q.nUnknown] = t
+		q.nUnknown++
+	}
+}
+
+// source returns the socket the answer leaves from: other when the request
+// asks for a change that other provides (and the answer is no error), here
+// otherwise. A change that cannot be honoured makes CHANGE-REQUEST an
+// unknown attribute.
+func (q *stunQuery) source(here, other *stunSocket) *stunSocket {
+	if q.change == 0 {
+		return here
+	}
+	if !canChange(here, other, q.change) {
+		q.addUnknown(stun.AttrChangeRequest)
+		return here
+	}
+	if q.nUnknown == 0 { // errors come from here
+		return other
+	}
+	return here
+}
+
+// write builds the answer in resp, whose header is still to be written: a
+// 420 naming the unknown attributes, or a success with the client's
+// address, then OTHER-ADDRESS and RESPONSE-ORIGIN as far as they fit within
+// limit.
+func (q *stunQuery) write(resp *stun.Message, from netip.AddrPort, other, src *stunSocket, limit int) {
+	if q.nUnknown > 0 {
+		resp.Type = stun.BindingError
+		resp.WriteHeader()
+		stun.ErrorCodeAttribute{Code: stunCodeUnknownAttribute, Reason: stunReasonUnknownAttribute}.AddTo(resp)
+		addUnknownAttributes(resp, q.unknown[:q.nUnknown])
+		return
+	}
+	resp.Type = stun.BindingSuccess
+	resp.WriteHeader()
+	stunmsg.AddAddr(resp, stun.AttrXORMappedAddress, from, true)
+	if other != nil && len(resp.Raw)+stunmsg.AddrAttrLen(other.addr) <= limit {
+		stunmsg.AddAddr(resp, stun.AttrOtherAddress, other.addr, false)
+	}
+	if src != nil && len(resp.Raw)+stunmsg.AddrAttrLen(src.addr) <= limit {
+		stunmsg.AddAddr(resp, stun.AttrResponseOrigin, src.addr, false)
+	}
+}
+
+// sendSTUN counts the answer b, of type typ, and sends it to the client
+// from src: through batch when src is here, at once from src otherwise.
+func (s *Server) sendSTUN(batch *outBatch, b []byte, typ stun.MessageType, here, src *stunSocket, to netip.AddrPort) {
 	switch {
-	case resp.Type == stun.BindingError:
+	case typ == stun.BindingError:
 		s.metrics.stun(stunResultError)
 	case src != here:
 		s.metrics.stun(stunResultChanged)
@@ -265,14 +311,14 @@ func (s *Server) answerSTUN(batch *outBatch, here, other *stunSocket, pkt []byte
 		s.metrics.stun(stunResultAnswered)
 	}
 	if src == here {
-		batch.add(resp.Raw, from)
+		batch.add(b, to)
 		return
 	}
 	// src is other, whose conn is set: it came from setPrimary or
 	// ServeSTUNAlternate.
-	if _, err := src.conn.WriteToUDPAddrPort(resp.Raw, from); err != nil {
+	if _, err := src.conn.WriteToUDPAddrPort(b, to); err != nil {
 		s.metrics.drop(dropSendError)
-		s.log.Debug("STUN send from the other socket failed", "to", from.String(), "err", err)
+		s.log.Debug("STUN send from the other socket failed", "to", to.String(), "err", err)
 	}
 }
 
