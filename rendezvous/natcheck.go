@@ -285,43 +285,18 @@ func CheckNAT(ctx context.Context, server netip.AddrPort, opt NATCheckOptions) (
 	}
 	server = udpio.Unmap(server)
 	r := NATReport{Server: server, Mapping: NATUnknown, Filtering: NATUnknown}
-	local := opt.Local
-	if !local.IsValid() {
-		ip, err := sourceIPFor(server)
-		if err != nil {
-			return r, err
-		}
-		local = netip.AddrPortFrom(ip, 0)
-	}
-	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(local))
+	conn, err := listenNATTest(server, opt.Local)
 	if err != nil {
-		return r, fmt.Errorf("opening a UDP socket on %s: %w", local, err)
+		return r, err
 	}
 	defer conn.Close()
 	r.Local = udpio.Unmap(conn.LocalAddr().(*net.UDPAddr).AddrPort())
 
-	t1, err := stunRoundTrip(ctx, conn, server, 0)
-	switch {
-	case errors.Is(err, ErrNoSTUNAnswer):
-		return r, fmt.Errorf("%w at %s", ErrNoServer, server)
-	case err != nil:
+	other, err := r.testBinding(ctx, conn)
+	if err != nil {
 		return r, err
-	case t1.Code != 0:
-		return r, fmt.Errorf("%w: STUN Binding: %d %s", ErrServerRefused, t1.Code, textsafe.Line(t1.Reason))
-	case !t1.Mapped.IsValid():
-		return r, fmt.Errorf("server %s answered STUN without a mapped address", server)
 	}
-	r.Mapped = t1.Mapped
-	r.NAT = r.Mapped != r.Local
-	r.PortPreserved = r.Mapped.Port() == r.Local.Port()
-	if !r.NAT {
-		r.Mapping = NATEndpointIndependent // RFC 5780 4.3: no NAT maps endpoint-independently
-	}
-	alt := t1.Other
-	if alt.IsValid() && alt.Addr().IsUnspecified() {
-		alt = netip.AddrPortFrom(server.Addr(), alt.Port()) // "the IP you sent to"
-	}
-	if !alt.IsValid() || alt == server {
+	if !r.setAlternate(other) {
 		what := "filtering"
 		if r.NAT {
 			what = "mapping and filtering"
@@ -330,60 +305,124 @@ func CheckNAT(ctx context.Context, server netip.AddrPort, opt NATCheckOptions) (
 		r.Verdict = verdict(r)
 		return r, nil
 	}
-	r.Alternate = alt
-	r.AlternateIP = alt.Addr() != server.Addr()
-	altPort := alt.Port() != server.Port()
-
 	if r.NAT {
-		ans, answered, err := bindingWithin(ctx, conn, alt, 0, opt.Wait)
-		if err != nil {
-			r.Verdict = verdict(r)
-			return r, err
-		}
-		switch {
-		case !answered:
-			r.Notes = append(r.Notes, fmt.Sprintf("the alternate address %s did not answer, so mapping could not be tested", alt))
-		case ans.Code != 0 || !ans.Mapped.IsValid():
-			r.Notes = append(r.Notes, fmt.Sprintf("the alternate address %s refused the request, so mapping could not be tested", alt))
-		default:
-			r.Mapping = mappingBehavior(ans.Mapped == r.Mapped, r.AlternateIP)
-		}
+		err = r.testMapping(ctx, conn, opt.Wait)
 	}
+	if err == nil {
+		err = r.testFiltering(ctx, opt.Wait)
+	}
+	r.Verdict = verdict(r)
+	return r, err
+}
 
-	// Filtering, from a fresh socket: the mapping test's request to the
-	// alternate has opened the NAT to it for the first socket. (Testing
-	// filtering first on one socket is no better: on a NAT that lets an
-	// unsolicited packet create a conntrack entry, the alternate's answer
-	// would make the mapping test see a new port.)
+// listenNATTest opens the test socket on local, or when local is zero on
+// the address this host uses to reach server and a port the system picks.
+func listenNATTest(server, local netip.AddrPort) (*net.UDPConn, error) {
+	if !local.IsValid() {
+		ip, err := sourceIPFor(server)
+		if err != nil {
+			return nil, err
+		}
+		local = netip.AddrPortFrom(ip, 0)
+	}
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(local))
+	if err != nil {
+		return nil, fmt.Errorf("opening a UDP socket on %s: %w", local, err)
+	}
+	return conn, nil
+}
+
+// testBinding runs test I from conn: the mapped address, whether there is a
+// NAT and whether it preserves the port. It returns the server's
+// OTHER-ADDRESS (zero when it has none).
+func (r *NATReport) testBinding(ctx context.Context, conn *net.UDPConn) (other netip.AddrPort, err error) {
+	t1, err := stunRoundTrip(ctx, conn, r.Server, 0)
+	switch {
+	case errors.Is(err, ErrNoSTUNAnswer):
+		return netip.AddrPort{}, fmt.Errorf("%w at %s", ErrNoServer, r.Server)
+	case err != nil:
+		return netip.AddrPort{}, err
+	case t1.Code != 0:
+		return netip.AddrPort{}, fmt.Errorf("%w: STUN Binding: %d %s", ErrServerRefused, t1.Code, textsafe.Line(t1.Reason))
+	case !t1.Mapped.IsValid():
+		return netip.AddrPort{}, fmt.Errorf("server %s answered STUN without a mapped address", r.Server)
+	}
+	r.Mapped = t1.Mapped
+	r.NAT = r.Mapped != r.Local
+	r.PortPreserved = r.Mapped.Port() == r.Local.Port()
+	if !r.NAT {
+		r.Mapping = NATEndpointIndependent // RFC 5780 4.3: no NAT maps endpoint-independently
+	}
+	return t1.Other, nil
+}
+
+// setAlternate records the server's alternate address from its
+// OTHER-ADDRESS, other; false when there is none to test against.
+func (r *NATReport) setAlternate(other netip.AddrPort) bool {
+	alt := other
+	if alt.IsValid() && alt.Addr().IsUnspecified() {
+		alt = netip.AddrPortFrom(r.Server.Addr(), alt.Port()) // "the IP you sent to"
+	}
+	if !alt.IsValid() || alt == r.Server {
+		return false
+	}
+	r.Alternate = alt
+	r.AlternateIP = alt.Addr() != r.Server.Addr()
+	return true
+}
+
+// testMapping sends a request from conn to the alternate: the same mapped
+// address as test I's, or another, tells the mapping behaviour.
+func (r *NATReport) testMapping(ctx context.Context, conn *net.UDPConn, wait time.Duration) error {
+	ans, answered, err := bindingWithin(ctx, conn, r.Alternate, 0, wait)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !answered:
+		r.Notes = append(r.Notes, fmt.Sprintf("the alternate address %s did not answer, so mapping could not be tested", r.Alternate))
+	case ans.Code != 0 || !ans.Mapped.IsValid():
+		r.Notes = append(r.Notes, fmt.Sprintf("the alternate address %s refused the request, so mapping could not be tested", r.Alternate))
+	default:
+		r.Mapping = mappingBehavior(ans.Mapped == r.Mapped, r.AlternateIP)
+	}
+	return nil
+}
+
+// testFiltering asks the server, from a fresh socket, to answer from its
+// alternate address: whether that answer gets through tells the filtering
+// behaviour.
+func (r *NATReport) testFiltering(ctx context.Context, wait time.Duration) error {
+	// A fresh socket: the mapping test's request to the alternate has
+	// opened the NAT to it for the first socket. (Testing filtering first
+	// on one socket is no better: on a NAT that lets an unsolicited packet
+	// create a conntrack entry, the alternate's answer would make the
+	// mapping test see a new port.)
 	fresh, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(r.Local.Addr(), 0)))
 	if err != nil {
-		r.Verdict = verdict(r)
-		return r, fmt.Errorf("opening a second UDP socket on %s: %w", r.Local.Addr(), err)
+		return fmt.Errorf("opening a second UDP socket on %s: %w", r.Local.Addr(), err)
 	}
 	defer fresh.Close()
 	var change uint32
 	if r.AlternateIP {
 		change |= stunmsg.ChangeIP
 	}
-	if altPort {
+	if r.Alternate.Port() != r.Server.Port() {
 		change |= stunmsg.ChangePort
 	}
-	ans, answered, err := bindingWithin(ctx, fresh, server, change, opt.Wait)
+	ans, answered, err := bindingWithin(ctx, fresh, r.Server, change, wait)
 	if err != nil {
-		r.Verdict = verdict(r)
-		return r, err
+		return err
 	}
 	switch {
 	case answered && ans.Code != 0:
 		r.Notes = append(r.Notes, fmt.Sprintf("the server refused to answer from its alternate address (%d %s), so filtering could not be tested", ans.Code, textsafe.Line(ans.Reason)))
-	case answered && ans.From == server:
+	case answered && ans.From == r.Server:
 		r.Notes = append(r.Notes, "the server answered the change request from its primary address, so filtering could not be tested")
 	default:
 		r.Filtering = filteringBehavior(answered, r.AlternateIP)
 	}
-
-	r.Verdict = verdict(r)
-	return r, nil
+	return nil
 }
 
 // bindingWithin runs a transaction that may rightly go unanswered: answered
