@@ -4,6 +4,7 @@ package main
 // its metrics endpoint.
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -69,34 +70,14 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return usagef("--listen %q: %v", c.String("listen"), err)
 	}
-	relayRate, err := parseSize(c.String("relay-rate"))
+	cfg, err := serverConfig(c)
 	if err != nil {
-		return usagef("--relay-rate: %v", err)
-	}
-	relayBytes, err := parseSize(c.String("relay-bytes"))
-	if err != nil {
-		return usagef("--relay-bytes: %v", err)
-	}
-	if c.Int("relay-sessions") <= 0 {
-		return usagef("--relay-sessions must be positive (use --no-relay to turn the relay off)")
+		return err
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	srv, err := server.NewServer(server.Config{
-		DataDir:         c.String("data"),
-		Logger:          log,
-		Registry:        reg,
-		PendingTTL:      c.Duration("pending-ttl"),
-		MaxPending:      c.Int("max-pending"),
-		MaxPendingPerIP: c.Int("max-pending-per-ip"),
-		RatePerIP:       c.Float64("rate"),
-		BurstPerIP:      c.Int("burst"),
-		MaxRegisterTTL:  c.Duration("max-register-ttl"),
-		NoRelay:         c.Bool("no-relay"),
-		RelayRate:       relayRate,
-		RelayBytes:      relayBytes,
-		MaxRelays:       c.Int("relay-sessions"),
-	})
+	cfg.Logger, cfg.Registry = log, reg
+	srv, err := server.NewServer(cfg)
 	if err != nil {
 		if errors.Is(err, store.ErrInUse) {
 			return hinted{err, "another p2pcat serve uses this --data directory; stop it or give another --data"}
@@ -114,25 +95,68 @@ func serve(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-
-	ctx := c.Context
 	if addr := c.String("metrics"); addr != "" {
-		ln, err := net.Listen("tcp", addr)
+		stop, err := serveMetrics(addr, reg, log)
 		if err != nil {
-			return usagef("--metrics %q: %v", addr, err)
+			return err
 		}
-		hs := &http.Server{Handler: metricsMux(reg), ReadHeaderTimeout: 5 * time.Second}
-		go hs.Serve(ln)
-		defer hs.Close()
-		log.Info("metrics listening", "addr", ln.Addr().String())
+		defer stop()
 	}
+	return runServer(c.Context, srv, conn, alt)
+}
+
+// serverConfig is the server's configuration from serve's flags, without
+// its logger and registry.
+func serverConfig(c *cli.Context) (server.Config, error) {
+	relayRate, err := parseSize(c.String("relay-rate"))
+	if err != nil {
+		return server.Config{}, usagef("--relay-rate: %v", err)
+	}
+	relayBytes, err := parseSize(c.String("relay-bytes"))
+	if err != nil {
+		return server.Config{}, usagef("--relay-bytes: %v", err)
+	}
+	if c.Int("relay-sessions") <= 0 {
+		return server.Config{}, usagef("--relay-sessions must be positive (use --no-relay to turn the relay off)")
+	}
+	return server.Config{
+		DataDir:         c.String("data"),
+		PendingTTL:      c.Duration("pending-ttl"),
+		MaxPending:      c.Int("max-pending"),
+		MaxPendingPerIP: c.Int("max-pending-per-ip"),
+		RatePerIP:       c.Float64("rate"),
+		BurstPerIP:      c.Int("burst"),
+		MaxRegisterTTL:  c.Duration("max-register-ttl"),
+		NoRelay:         c.Bool("no-relay"),
+		RelayRate:       relayRate,
+		RelayBytes:      relayBytes,
+		MaxRelays:       c.Int("relay-sessions"),
+	}, nil
+}
+
+// serveMetrics serves reg's metrics (and /healthz) over HTTP on addr until
+// stop is called.
+func serveMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop func(), err error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, usagef("--metrics %q: %v", addr, err)
+	}
+	hs := &http.Server{Handler: metricsMux(reg), ReadHeaderTimeout: 5 * time.Second}
+	go hs.Serve(ln)
+	log.Info("metrics listening", "addr", ln.Addr().String())
+	return func() { hs.Close() }, nil
+}
+
+// runServer serves on conn, and STUN on alt when it is not nil, until ctx
+// is done. It closes alt, not conn.
+func runServer(ctx context.Context, srv *server.Server, conn, alt *net.UDPConn) error {
 	if alt == nil {
 		return srv.Serve(ctx, conn)
 	}
 	defer alt.Close()
 	altDone := make(chan error, 1)
 	go func() { altDone <- srv.ServeSTUNAlternate(ctx, alt) }()
-	err = srv.Serve(ctx, conn)
+	err := srv.Serve(ctx, conn)
 	if aerr := <-altDone; err == nil && aerr != nil {
 		err = fmt.Errorf("STUN alternate: %w", aerr)
 	}
