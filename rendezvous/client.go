@@ -1,7 +1,3 @@
-// Package rendezvous is the client side of p2pcat's meeting point: the
-// small client that the pipe uses to ask a rendezvous server for its peer.
-// The server is in rendezvous/server, the wire format in rendezvous/wire and
-// PROTOCOL.md.
 package rendezvous
 
 import (

@@ -1,6 +1,10 @@
 // Package rendezvoustest starts real rendezvous servers on 127.0.0.1 for
 // tests: an ephemeral port, a temporary data directory, and a clean stop
-// when the test ends.
+// when the test ends. It runs the real rendezvous/server, not a
+// reimplementation, and hands out rendezvous clients for it.
+//
+// Imports: rendezvous, rendezvous/server and prometheus; only tests import
+// it.
 package rendezvoustest
 
 import (

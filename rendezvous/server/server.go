@@ -1,6 +1,3 @@
-// Package server is p2pcat's rendezvous server: it pairs two clients who
-// ask for each other and keeps registered sessions. The client is in
-// rendezvous, the wire format in rendezvous/wire and PROTOCOL.md.
 package server
 
 import (

@@ -40,6 +40,14 @@
 //
 // Decoders never panic: any malformed, truncated or oversized input is an
 // error that wraps ErrMalformed (or ErrVersion / ErrType for those cases).
+//
+// Files: wire.go the header, the types and Decode; codec.go the field
+// encoders and the reader; hello.go, register.go, find.go, errors.go and
+// relay.go one message group each (relay.go also the relayed datagrams
+// and their MACs).
+//
+// Imports: only the standard library. Both the client (rendezvous, and the
+// pipe through it) and the server (rendezvous/server) import wire.
 package wire
 
 import (

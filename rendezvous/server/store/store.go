@@ -5,6 +5,9 @@
 // half-written registration. Lookup, on the server's hot path, reads only an
 // in-memory copy of the registrations that is loaded at Open and updated after
 // each committed write; it never touches disk.
+//
+// Imports: only bbolt and the standard library; it is imported only by
+// rendezvous/server.
 package store
 
 import (
