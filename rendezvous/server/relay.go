@@ -18,8 +18,8 @@ import (
 // Rules:
 //   - Every pairing is offered the relay (FindResp flag), and each of its two
 //     ends gets its own random relay token in its FindResp. The offer is a
-//     small record (about 215 bytes) kept until it has been unused for
-//     RelayIdle; MaxRelays bounds them, the oldest unused going first.
+//     small record, kept until it has been unused for RelayIdle; MaxRelays
+//     bounds them, the oldest unused going first.
 //   - A datagram is forwarded only when it comes from one of the pairing's
 //     two recorded end addresses, both proven by cookies, and only to the
 //     other. Nothing else moves an end: not another port of the same IP
