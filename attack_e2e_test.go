@@ -55,6 +55,7 @@ import (
 	"github.com/p2pcat/p2pcat/pipe/secure"
 	"github.com/p2pcat/p2pcat/rendezvous"
 	"github.com/p2pcat/p2pcat/rendezvous/rendezvoustest"
+	"github.com/p2pcat/p2pcat/rendezvous/server"
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
@@ -363,7 +364,7 @@ func attackRegisteredCapture(t *testing.T) {
 	// One server id for both runs, and no registration at the start of
 	// either: each run's server opens a copy of the same fresh database.
 	base := t.TempDir()
-	srv0 := rendezvoustest.Start(t, rendezvous.Config{DataDir: base})
+	srv0 := rendezvoustest.Start(t, server.Config{DataDir: base})
 	serverID := srv0.ServerID()
 	srv0.Stop()
 	tap := startTap(t, srv0.Addr, nil)
@@ -376,7 +377,7 @@ func attackRegisteredCapture(t *testing.T) {
 	for i, password := range passwords {
 		dir := t.TempDir()
 		copyDir(t, base, dir)
-		srv := rendezvoustest.Start(t, rendezvous.Config{DataDir: dir})
+		srv := rendezvoustest.Start(t, server.Config{DataDir: dir})
 		if srv.ServerID() != serverID {
 			t.Fatal("the copied database has another server id")
 		}

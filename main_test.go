@@ -10,7 +10,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/p2pcat/p2pcat/pipe/term"
-	"github.com/p2pcat/p2pcat/rendezvous"
+	"github.com/p2pcat/p2pcat/rendezvous/server"
 )
 
 func TestMain(m *testing.M) {
@@ -32,7 +32,7 @@ func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir: filepath.Join("testdata", "script"),
 		Setup: func(env *testscript.Env) error {
-			srv, err := rendezvous.NewServer(rendezvous.Config{DataDir: filepath.Join(env.WorkDir, ".server")})
+			srv, err := server.NewServer(server.Config{DataDir: filepath.Join(env.WorkDir, ".server")})
 			if err != nil {
 				return err
 			}

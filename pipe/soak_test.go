@@ -18,8 +18,8 @@ import (
 	"github.com/p2pcat/p2pcat/pipe/path"
 	"github.com/p2pcat/p2pcat/pipe/secure"
 	"github.com/p2pcat/p2pcat/pipe/stream"
-	"github.com/p2pcat/p2pcat/rendezvous"
 	"github.com/p2pcat/p2pcat/rendezvous/rendezvoustest"
+	"github.com/p2pcat/p2pcat/rendezvous/server"
 )
 
 // The client library's soak test: many full sessions (Run against a real
@@ -71,7 +71,7 @@ func TestSoak(t *testing.T) {
 		}
 		sessions = n
 	}
-	srv := rendezvoustest.Start(t, rendezvous.Config{RatePerIP: -1})
+	srv := rendezvoustest.Start(t, server.Config{RatePerIP: -1})
 	payloads := [2][]byte{soakText("alice", soakPayload), soakText("bob", soakPayload)}
 
 	// One session first: it sets up what a process sets up once (the

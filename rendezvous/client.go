@@ -140,6 +140,9 @@ type RegisterResult struct {
 	Expires   time.Time
 }
 
+// MinRegisterTTL is the shortest registration a server accepts.
+const MinRegisterTTL = time.Minute
+
 // ValidSession checks a session name as the server will.
 func ValidSession(s string) error { return wire.ValidName(s) }
 
@@ -210,7 +213,7 @@ type Match struct {
 	PeerCandidates []netip.AddrPort
 	Server         netip.AddrPort
 	ServerID       [16]byte // the server's id, from its Challenge
-	Relay          bool     // the server relays this pairing (rendezvous/relay.go)
+	Relay          bool     // the server relays this pairing (rendezvous/server/relay.go)
 	// RelayToken is our end's secret for the relay (wire.RelayBindMAC,
 	// wire.RelayEnded.Verify); zero when the pairing is not relayed.
 	RelayToken [16]byte
@@ -235,42 +238,22 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) 
 	if err != nil {
 		return Match{}, ex.final(err)
 	}
-	req := &wire.Find{ReqID: ex.reqID, Session: fr.Session, Name: fr.Name, Peer: fr.Peer, Candidates: fr.Candidates}
-	var serverID [16]byte
-	toldUnregistered := false
-	adopt := func(ch *wire.Challenge) error {
-		serverID = ch.ServerID
-		req.Cookie = ch.Cookie
-		req.Signature = [64]byte{}
-		registered := ch.Flags&wire.ChallengeRegistered != 0
-		switch {
-		case registered && fr.SessionKey == nil:
-			return &keyNeededError{fr.Session}
-		case registered:
-			req.Signature = FindSignature(*fr.SessionKey, ch.ServerID, ch.Cookie, fr.Session, fr.Name, fr.Peer)
-		case fr.SessionKey != nil && !toldUnregistered:
-			toldUnregistered = true
-			if fr.OnUnregistered != nil {
-				fr.OnUnregistered()
-			}
-		}
-		return nil
-	}
-	if err := adopt(ch); err != nil {
+	f := &finding{c: c, fr: fr, ex: ex,
+		req: &wire.Find{ReqID: ex.reqID, Session: fr.Session, Name: fr.Name, Peer: fr.Peer, Candidates: fr.Candidates}}
+	if err := f.adopt(ch); err != nil {
 		return Match{}, err
 	}
-	waiting := false
 	matched := false
 	defer func() {
 		if !matched && !errors.Is(err, ErrVersionMismatch) {
 			// We gave up (interrupted, --timeout, or the session turned
 			// out to be registered): withdraw the find, so that the peer
 			// is not paired with a client that is gone.
-			ex.leave(&wire.Leave{ReqID: ex.reqID, Cookie: req.Cookie, Session: fr.Session, Name: fr.Name, Peer: fr.Peer})
+			ex.leave(&wire.Leave{ReqID: ex.reqID, Cookie: f.req.Cookie, Session: fr.Session, Name: fr.Name, Peer: fr.Peer})
 		}
 	}()
 	for {
-		reply, err := ex.roundTrip(req)
+		reply, err := ex.roundTrip(f.req)
 		if err != nil {
 			if errors.Is(err, context.DeadlineExceeded) && ex.heardAny {
 				return Match{}, ErrPeerNotFound
@@ -279,39 +262,89 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) 
 		}
 		switch r := reply.(type) {
 		case *wire.Challenge:
-			if err := adopt(r); err != nil {
+			if err := f.adopt(r); err != nil {
 				return Match{}, err
 			}
 		case *wire.FindResp:
 			if r.Status == wire.FindMatched {
 				matched = true
-				m := Match{
-					PairingID: r.PairingID, Role: r.Role, Observed: r.Observed,
-					PeerObserved: r.PeerObserved, PeerCandidates: r.PeerCandidates,
-					Server: c.Server, ServerID: serverID, Relay: r.Relay,
-				}
-				if r.Relay {
-					m.RelayToken = r.RelayToken
-				}
-				return m, nil
+				return f.match(r), nil
 			}
-			if !waiting {
-				waiting = true
-				c.log().Debug("waiting for peer", "observed", r.Observed.String())
-				if fr.OnWaiting != nil {
-					fr.OnWaiting()
-				}
-			}
-			// Re-send at the slow pace until the peer arrives; the server
-			// pushes the match to us the moment it does.
-			if err := ex.wait(req); err != nil {
-				if errors.Is(err, context.DeadlineExceeded) {
-					return Match{}, ErrPeerNotFound
-				}
-				return Match{}, ex.final(err)
+			if err := f.wait(r); err != nil {
+				return Match{}, err
 			}
 		}
 	}
+}
+
+// finding is one Find in progress: the request as it stands and what the
+// server's answers have said so far.
+type finding struct {
+	c        *Client
+	fr       FindRequest
+	ex       *exchange
+	req      *wire.Find
+	serverID [16]byte // from the last Challenge
+	// toldUnregistered: fr.OnUnregistered has been called.
+	toldUnregistered bool
+	// waiting: the server has said we wait for the peer (fr.OnWaiting has
+	// been called).
+	waiting bool
+}
+
+// adopt takes a Challenge's cookie into the request, and signs it when the
+// session is registered. Without a session key for a registered session it
+// fails with ErrSessionKeyNeeded.
+func (f *finding) adopt(ch *wire.Challenge) error {
+	f.serverID = ch.ServerID
+	f.req.Cookie = ch.Cookie
+	f.req.Signature = [64]byte{}
+	registered := ch.Flags&wire.ChallengeRegistered != 0
+	switch {
+	case registered && f.fr.SessionKey == nil:
+		return &keyNeededError{f.fr.Session}
+	case registered:
+		f.req.Signature = FindSignature(*f.fr.SessionKey, ch.ServerID, ch.Cookie, f.fr.Session, f.fr.Name, f.fr.Peer)
+	case f.fr.SessionKey != nil && !f.toldUnregistered:
+		f.toldUnregistered = true
+		if f.fr.OnUnregistered != nil {
+			f.fr.OnUnregistered()
+		}
+	}
+	return nil
+}
+
+// wait handles a "waiting" FindResp: it says so the first time, then
+// re-sends the find at the slow pace until the peer arrives (the server
+// pushes the match to us the moment it does) or another answer comes.
+func (f *finding) wait(r *wire.FindResp) error {
+	if !f.waiting {
+		f.waiting = true
+		f.c.log().Debug("waiting for peer", "observed", r.Observed.String())
+		if f.fr.OnWaiting != nil {
+			f.fr.OnWaiting()
+		}
+	}
+	if err := f.ex.wait(f.req); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return ErrPeerNotFound
+		}
+		return f.ex.final(err)
+	}
+	return nil
+}
+
+// match is the Match a matched FindResp r makes.
+func (f *finding) match(r *wire.FindResp) Match {
+	m := Match{
+		PairingID: r.PairingID, Role: r.Role, Observed: r.Observed,
+		PeerObserved: r.PeerObserved, PeerCandidates: r.PeerCandidates,
+		Server: f.c.Server, ServerID: f.serverID, Relay: r.Relay,
+	}
+	if r.Relay {
+		m.RelayToken = r.RelayToken
+	}
+	return m
 }
 
 // exchange is one request/answer conversation with the server, identified by

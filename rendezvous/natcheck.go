@@ -15,8 +15,9 @@ import (
 	"github.com/pion/stun"
 
 	"github.com/p2pcat/p2pcat/internal/textsafe"
-
 	"github.com/p2pcat/p2pcat/internal/udpio"
+	"github.com/p2pcat/p2pcat/rendezvous/internal/stunmsg"
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
 // ErrNoSTUNAnswer means a STUN server did not answer a Binding request.
@@ -48,29 +49,19 @@ func STUNBinding(ctx context.Context, conn PacketConn, server netip.AddrPort) (n
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	if ans.code != 0 {
-		return netip.AddrPort{}, fmt.Errorf("STUN server %s refused the Binding request: %d %s", server, ans.code, textsafe.Line(ans.reason))
+	if ans.Code != 0 {
+		return netip.AddrPort{}, fmt.Errorf("STUN server %s refused the Binding request: %d %s", server, ans.Code, textsafe.Line(ans.Reason))
 	}
-	if !ans.mapped.IsValid() {
+	if !ans.Mapped.IsValid() {
 		return netip.AddrPort{}, fmt.Errorf("STUN server %s answered without a mapped address", server)
 	}
-	return ans.mapped, nil
-}
-
-// stunAnswer is what one Binding transaction learnt.
-type stunAnswer struct {
-	from   netip.AddrPort // the answer's source address
-	mapped netip.AddrPort // XOR-MAPPED-ADDRESS (MAPPED-ADDRESS from old servers)
-	other  netip.AddrPort // OTHER-ADDRESS; zero if absent
-	origin netip.AddrPort // RESPONSE-ORIGIN; zero if absent
-	code   int            // ERROR-CODE of an error response; 0 for success
-	reason string
+	return ans.Mapped, nil
 }
 
 // stunRoundTrip runs one Binding transaction with server, asking for the
 // CHANGE-REQUEST flags change (0: none). An error response is an answer, not
 // an error.
-func stunRoundTrip(ctx context.Context, conn PacketConn, server netip.AddrPort, change uint32) (stunAnswer, error) {
+func stunRoundTrip(ctx context.Context, conn PacketConn, server netip.AddrPort, change uint32) (stunmsg.Answer, error) {
 	req, txid := newBindingRequest(change)
 	fired := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
@@ -85,14 +76,14 @@ func stunRoundTrip(ctx context.Context, conn PacketConn, server netip.AddrPort, 
 		}
 		conn.SetReadDeadline(time.Time{})
 	}()
-	buf := make([]byte, maxDatagram)
+	buf := make([]byte, wire.MaxRelayDatagram)
 	rto := stunRTO
 	for i := range stunSends {
 		if err := ctx.Err(); err != nil {
 			break
 		}
 		if _, err := conn.WriteToUDPAddrPort(req, server); err != nil {
-			return stunAnswer{}, fmt.Errorf("sending a STUN request to %s: %w", server, err)
+			return stunmsg.Answer{}, fmt.Errorf("sending a STUN request to %s: %w", server, err)
 		}
 		wait := rto
 		if i == stunSends-1 {
@@ -100,19 +91,19 @@ func stunRoundTrip(ctx context.Context, conn PacketConn, server netip.AddrPort, 
 		}
 		ans, ok, err := stunReceive(ctx, conn, buf, txid, time.Now().Add(wait))
 		if err != nil {
-			return stunAnswer{}, fmt.Errorf("reading the STUN answer from %s: %w", server, err)
+			return stunmsg.Answer{}, fmt.Errorf("reading the STUN answer from %s: %w", server, err)
 		}
 		if ok {
 			return ans, nil
 		}
 		rto *= 2
 	}
-	return stunAnswer{}, fmt.Errorf("%w at %s", ErrNoSTUNAnswer, server)
+	return stunmsg.Answer{}, fmt.Errorf("%w at %s", ErrNoSTUNAnswer, server)
 }
 
 // stunReceive reads until the answer to txid arrives (ok), or the deadline
 // passes or ctx ends (not ok). Its errors are those of a broken socket.
-func stunReceive(ctx context.Context, conn PacketConn, buf []byte, txid [stun.TransactionIDSize]byte, deadline time.Time) (stunAnswer, bool, error) {
+func stunReceive(ctx context.Context, conn PacketConn, buf []byte, txid [stun.TransactionIDSize]byte, deadline time.Time) (stunmsg.Answer, bool, error) {
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
@@ -121,20 +112,20 @@ func stunReceive(ctx context.Context, conn PacketConn, buf []byte, txid [stun.Tr
 		n, from, err := conn.ReadFromUDPAddrPort(buf)
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			return stunAnswer{}, false, nil
+			return stunmsg.Answer{}, false, nil
 		case errors.Is(err, net.ErrClosed):
-			return stunAnswer{}, false, err
+			return stunmsg.Answer{}, false, err
 		case err != nil:
 			// ICMP port unreachable surfaces as a read error on some
 			// systems: nothing listens there (yet); keep waiting.
 			continue
 		}
-		if ans, ok := parseSTUNAnswer(buf[:n], txid); ok {
-			ans.from = udpio.Unmap(from)
+		if ans, ok := stunmsg.ParseAnswer(buf[:n], txid); ok {
+			ans.From = udpio.Unmap(from)
 			return ans, true, nil
 		}
 	}
-	return stunAnswer{}, false, nil
+	return stunmsg.Answer{}, false, nil
 }
 
 // newBindingRequest encodes a Binding request with a fresh transaction id:
@@ -152,83 +143,6 @@ func newBindingRequest(change uint32) ([]byte, [stun.TransactionIDSize]byte) {
 	}
 	stun.Fingerprint.AddTo(m)
 	return m.Raw, m.TransactionID
-}
-
-// parseSTUNAnswer decodes b if it is a Binding response (success or error)
-// to transaction txid, with a correct FINGERPRINT if it has one. Address
-// attributes that do not parse are treated as absent.
-func parseSTUNAnswer(b []byte, txid [stun.TransactionIDSize]byte) (stunAnswer, bool) {
-	if !isSTUN(b) {
-		return stunAnswer{}, false
-	}
-	m := &stun.Message{Raw: b}
-	if m.Decode() != nil || m.TransactionID != txid || m.Type.Method != stun.MethodBinding {
-		return stunAnswer{}, false
-	}
-	if m.Contains(stun.AttrFingerprint) && stun.Fingerprint.Check(m) != nil {
-		return stunAnswer{}, false
-	}
-	var ans stunAnswer
-	switch m.Type.Class {
-	case stun.ClassSuccessResponse:
-		if v, err := m.Get(stun.AttrXORMappedAddress); err == nil {
-			ans.mapped, _ = decodeSTUNAddr(v, &txid)
-		} else if v, err := m.Get(stun.AttrMappedAddress); err == nil {
-			ans.mapped, _ = decodeSTUNAddr(v, nil)
-		}
-		if v, err := m.Get(stun.AttrOtherAddress); err == nil {
-			ans.other, _ = decodeSTUNAddr(v, nil)
-		}
-		if v, err := m.Get(stun.AttrResponseOrigin); err == nil {
-			ans.origin, _ = decodeSTUNAddr(v, nil)
-		}
-	case stun.ClassErrorResponse:
-		v, err := m.Get(stun.AttrErrorCode)
-		if err != nil || len(v) < 4 {
-			ans.code = 400 // an error without a code is still an error
-			break
-		}
-		ans.code = int(v[2]&7)*100 + int(v[3])
-		ans.reason = string(v[4:])
-	default:
-		return stunAnswer{}, false
-	}
-	return ans, true
-}
-
-var errSTUNAddr = errors.New("malformed STUN address attribute")
-
-// decodeSTUNAddr decodes an address attribute's value (RFC 5389 15.1),
-// un-XOR-ing it with the cookie and txid when txid is not nil (15.2).
-// IPv4-mapped IPv6 addresses come back as IPv4. (pion's XORMappedAddress
-// decoder indexes the value before checking its length.)
-func decodeSTUNAddr(v []byte, txid *[stun.TransactionIDSize]byte) (netip.AddrPort, error) {
-	if len(v) < 4 {
-		return netip.AddrPort{}, errSTUNAddr
-	}
-	port := binary.BigEndian.Uint16(v[2:4])
-	var ip [16]byte
-	var n int
-	switch {
-	case v[1] == 1 && len(v) == 8:
-		n = 4
-	case v[1] == 2 && len(v) == 20:
-		n = 16
-	default:
-		return netip.AddrPort{}, errSTUNAddr
-	}
-	copy(ip[:n], v[4:4+n])
-	if txid != nil {
-		port ^= stunMagicCookie >> 16
-		key := stunXORKey(*txid)
-		for i := range n {
-			ip[i] ^= key[i]
-		}
-	}
-	if n == 4 {
-		return netip.AddrPortFrom(netip.AddrFrom4([4]byte(ip[:4])), port), nil
-	}
-	return netip.AddrPortFrom(netip.AddrFrom16(ip).Unmap(), port), nil
 }
 
 // NATBehavior is a NAT's mapping or filtering behaviour in RFC 4787 terms,
@@ -371,43 +285,18 @@ func CheckNAT(ctx context.Context, server netip.AddrPort, opt NATCheckOptions) (
 	}
 	server = udpio.Unmap(server)
 	r := NATReport{Server: server, Mapping: NATUnknown, Filtering: NATUnknown}
-	local := opt.Local
-	if !local.IsValid() {
-		ip, err := sourceIPFor(server)
-		if err != nil {
-			return r, err
-		}
-		local = netip.AddrPortFrom(ip, 0)
-	}
-	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(local))
+	conn, err := listenNATTest(server, opt.Local)
 	if err != nil {
-		return r, fmt.Errorf("opening a UDP socket on %s: %w", local, err)
+		return r, err
 	}
 	defer conn.Close()
 	r.Local = udpio.Unmap(conn.LocalAddr().(*net.UDPAddr).AddrPort())
 
-	t1, err := stunRoundTrip(ctx, conn, server, 0)
-	switch {
-	case errors.Is(err, ErrNoSTUNAnswer):
-		return r, fmt.Errorf("%w at %s", ErrNoServer, server)
-	case err != nil:
+	other, err := r.testBinding(ctx, conn)
+	if err != nil {
 		return r, err
-	case t1.code != 0:
-		return r, fmt.Errorf("%w: STUN Binding: %d %s", ErrServerRefused, t1.code, textsafe.Line(t1.reason))
-	case !t1.mapped.IsValid():
-		return r, fmt.Errorf("server %s answered STUN without a mapped address", server)
 	}
-	r.Mapped = t1.mapped
-	r.NAT = r.Mapped != r.Local
-	r.PortPreserved = r.Mapped.Port() == r.Local.Port()
-	if !r.NAT {
-		r.Mapping = NATEndpointIndependent // RFC 5780 4.3: no NAT maps endpoint-independently
-	}
-	alt := t1.other
-	if alt.IsValid() && alt.Addr().IsUnspecified() {
-		alt = netip.AddrPortFrom(server.Addr(), alt.Port()) // "the IP you sent to"
-	}
-	if !alt.IsValid() || alt == server {
+	if !r.setAlternate(other) {
 		what := "filtering"
 		if r.NAT {
 			what = "mapping and filtering"
@@ -416,66 +305,130 @@ func CheckNAT(ctx context.Context, server netip.AddrPort, opt NATCheckOptions) (
 		r.Verdict = verdict(r)
 		return r, nil
 	}
-	r.Alternate = alt
-	r.AlternateIP = alt.Addr() != server.Addr()
-	altPort := alt.Port() != server.Port()
-
 	if r.NAT {
-		ans, answered, err := bindingWithin(ctx, conn, alt, 0, opt.Wait)
-		if err != nil {
-			r.Verdict = verdict(r)
-			return r, err
-		}
-		switch {
-		case !answered:
-			r.Notes = append(r.Notes, fmt.Sprintf("the alternate address %s did not answer, so mapping could not be tested", alt))
-		case ans.code != 0 || !ans.mapped.IsValid():
-			r.Notes = append(r.Notes, fmt.Sprintf("the alternate address %s refused the request, so mapping could not be tested", alt))
-		default:
-			r.Mapping = mappingBehavior(ans.mapped == r.Mapped, r.AlternateIP)
-		}
+		err = r.testMapping(ctx, conn, opt.Wait)
 	}
+	if err == nil {
+		err = r.testFiltering(ctx, opt.Wait)
+	}
+	r.Verdict = verdict(r)
+	return r, err
+}
 
-	// Filtering, from a fresh socket: the mapping test's request to the
-	// alternate has opened the NAT to it for the first socket. (Testing
-	// filtering first on one socket is no better: on a NAT that lets an
-	// unsolicited packet create a conntrack entry, the alternate's answer
-	// would make the mapping test see a new port.)
+// listenNATTest opens the test socket on local, or when local is zero on
+// the address this host uses to reach server and a port the system picks.
+func listenNATTest(server, local netip.AddrPort) (*net.UDPConn, error) {
+	if !local.IsValid() {
+		ip, err := sourceIPFor(server)
+		if err != nil {
+			return nil, err
+		}
+		local = netip.AddrPortFrom(ip, 0)
+	}
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(local))
+	if err != nil {
+		return nil, fmt.Errorf("opening a UDP socket on %s: %w", local, err)
+	}
+	return conn, nil
+}
+
+// testBinding runs test I from conn: the mapped address, whether there is a
+// NAT and whether it preserves the port. It returns the server's
+// OTHER-ADDRESS (zero when it has none).
+func (r *NATReport) testBinding(ctx context.Context, conn *net.UDPConn) (other netip.AddrPort, err error) {
+	t1, err := stunRoundTrip(ctx, conn, r.Server, 0)
+	switch {
+	case errors.Is(err, ErrNoSTUNAnswer):
+		return netip.AddrPort{}, fmt.Errorf("%w at %s", ErrNoServer, r.Server)
+	case err != nil:
+		return netip.AddrPort{}, err
+	case t1.Code != 0:
+		return netip.AddrPort{}, fmt.Errorf("%w: STUN Binding: %d %s", ErrServerRefused, t1.Code, textsafe.Line(t1.Reason))
+	case !t1.Mapped.IsValid():
+		return netip.AddrPort{}, fmt.Errorf("server %s answered STUN without a mapped address", r.Server)
+	}
+	r.Mapped = t1.Mapped
+	r.NAT = r.Mapped != r.Local
+	r.PortPreserved = r.Mapped.Port() == r.Local.Port()
+	if !r.NAT {
+		r.Mapping = NATEndpointIndependent // RFC 5780 4.3: no NAT maps endpoint-independently
+	}
+	return t1.Other, nil
+}
+
+// setAlternate records the server's alternate address from its
+// OTHER-ADDRESS, other; false when there is none to test against.
+func (r *NATReport) setAlternate(other netip.AddrPort) bool {
+	alt := other
+	if alt.IsValid() && alt.Addr().IsUnspecified() {
+		alt = netip.AddrPortFrom(r.Server.Addr(), alt.Port()) // "the IP you sent to"
+	}
+	if !alt.IsValid() || alt == r.Server {
+		return false
+	}
+	r.Alternate = alt
+	r.AlternateIP = alt.Addr() != r.Server.Addr()
+	return true
+}
+
+// testMapping sends a request from conn to the alternate: the same mapped
+// address as test I's, or another, tells the mapping behaviour.
+func (r *NATReport) testMapping(ctx context.Context, conn *net.UDPConn, wait time.Duration) error {
+	ans, answered, err := bindingWithin(ctx, conn, r.Alternate, 0, wait)
+	if err != nil {
+		return err
+	}
+	switch {
+	case !answered:
+		r.Notes = append(r.Notes, fmt.Sprintf("the alternate address %s did not answer, so mapping could not be tested", r.Alternate))
+	case ans.Code != 0 || !ans.Mapped.IsValid():
+		r.Notes = append(r.Notes, fmt.Sprintf("the alternate address %s refused the request, so mapping could not be tested", r.Alternate))
+	default:
+		r.Mapping = mappingBehavior(ans.Mapped == r.Mapped, r.AlternateIP)
+	}
+	return nil
+}
+
+// testFiltering asks the server, from a fresh socket, to answer from its
+// alternate address: whether that answer gets through tells the filtering
+// behaviour.
+func (r *NATReport) testFiltering(ctx context.Context, wait time.Duration) error {
+	// A fresh socket: the mapping test's request to the alternate has
+	// opened the NAT to it for the first socket. (Testing filtering first
+	// on one socket is no better: on a NAT that lets an unsolicited packet
+	// create a conntrack entry, the alternate's answer would make the
+	// mapping test see a new port.)
 	fresh, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(r.Local.Addr(), 0)))
 	if err != nil {
-		r.Verdict = verdict(r)
-		return r, fmt.Errorf("opening a second UDP socket on %s: %w", r.Local.Addr(), err)
+		return fmt.Errorf("opening a second UDP socket on %s: %w", r.Local.Addr(), err)
 	}
 	defer fresh.Close()
 	var change uint32
 	if r.AlternateIP {
-		change |= stunChangeIP
+		change |= stunmsg.ChangeIP
 	}
-	if altPort {
-		change |= stunChangePort
+	if r.Alternate.Port() != r.Server.Port() {
+		change |= stunmsg.ChangePort
 	}
-	ans, answered, err := bindingWithin(ctx, fresh, server, change, opt.Wait)
+	ans, answered, err := bindingWithin(ctx, fresh, r.Server, change, wait)
 	if err != nil {
-		r.Verdict = verdict(r)
-		return r, err
+		return err
 	}
 	switch {
-	case answered && ans.code != 0:
-		r.Notes = append(r.Notes, fmt.Sprintf("the server refused to answer from its alternate address (%d %s), so filtering could not be tested", ans.code, textsafe.Line(ans.reason)))
-	case answered && ans.from == server:
+	case answered && ans.Code != 0:
+		r.Notes = append(r.Notes, fmt.Sprintf("the server refused to answer from its alternate address (%d %s), so filtering could not be tested", ans.Code, textsafe.Line(ans.Reason)))
+	case answered && ans.From == r.Server:
 		r.Notes = append(r.Notes, "the server answered the change request from its primary address, so filtering could not be tested")
 	default:
 		r.Filtering = filteringBehavior(answered, r.AlternateIP)
 	}
-
-	r.Verdict = verdict(r)
-	return r, nil
+	return nil
 }
 
 // bindingWithin runs a transaction that may rightly go unanswered: answered
 // is false when wait passed without an answer. It fails only when ctx ends or
 // the socket breaks.
-func bindingWithin(ctx context.Context, conn PacketConn, to netip.AddrPort, change uint32, wait time.Duration) (ans stunAnswer, answered bool, err error) {
+func bindingWithin(ctx context.Context, conn PacketConn, to netip.AddrPort, change uint32, wait time.Duration) (ans stunmsg.Answer, answered bool, err error) {
 	tctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	ans, err = stunRoundTrip(tctx, conn, to, change)
@@ -483,11 +436,11 @@ func bindingWithin(ctx context.Context, conn PacketConn, to netip.AddrPort, chan
 	case err == nil:
 		return ans, true, nil
 	case ctx.Err() != nil:
-		return stunAnswer{}, false, fmt.Errorf("NAT check cut short: %w", ctx.Err())
+		return stunmsg.Answer{}, false, fmt.Errorf("NAT check cut short: %w", ctx.Err())
 	case errors.Is(err, ErrNoSTUNAnswer):
-		return stunAnswer{}, false, nil
+		return stunmsg.Answer{}, false, nil
 	}
-	return stunAnswer{}, false, err
+	return stunmsg.Answer{}, false, err
 }
 
 // mappingBehavior classifies test I against the test to the alternate:

@@ -19,6 +19,7 @@ import (
 
 	"github.com/p2pcat/p2pcat/rendezvous"
 	"github.com/p2pcat/p2pcat/rendezvous/rendezvoustest"
+	"github.com/p2pcat/p2pcat/rendezvous/server"
 )
 
 func udpOn(t *testing.T, ip string) *net.UDPConn {
@@ -49,8 +50,14 @@ func (c *deadlineConn) SetReadDeadline(t time.Time) error {
 	return c.UDPConn.SetReadDeadline(t)
 }
 
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
 func TestSTUNBinding(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	c := &deadlineConn{UDPConn: udpOn(t, "127.0.0.1")}
 	mapped, err := rendezvous.STUNBinding(ctxTimeout(t, 10*time.Second), c, srv.Addr)
 	if err != nil {
@@ -142,7 +149,7 @@ func TestSTUNBindingNoServer(t *testing.T) {
 // alternate shares its IP, so filtering is known only up to "endpoint-
 // independent or address-dependent".
 func TestCheckNATLoopback(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	r, err := rendezvous.CheckNAT(ctxTimeout(t, 20*time.Second), srv.Addr, rendezvous.NATCheckOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +197,7 @@ func TestCheckNATLoopback(t *testing.T) {
 // TestCheckNATNoAlternate: a server without an alternate socket still
 // tells whether there is a NAT.
 func TestCheckNATNoAlternate(t *testing.T) {
-	srv, err := rendezvous.NewServer(rendezvous.Config{DataDir: t.TempDir()})
+	srv, err := server.NewServer(server.Config{DataDir: t.TempDir()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +246,7 @@ func TestTurnutilsStunclient(t *testing.T) {
 		fmt.Fprintln(os.Stderr, msg)
 		t.Skip(msg)
 	}
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "-p", fmt.Sprint(srv.Addr.Port()), "127.0.0.1")

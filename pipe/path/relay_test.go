@@ -14,6 +14,7 @@ import (
 
 	"github.com/p2pcat/p2pcat/rendezvous"
 	"github.com/p2pcat/p2pcat/rendezvous/rendezvoustest"
+	"github.com/p2pcat/p2pcat/rendezvous/server"
 )
 
 // pairThroughServer pairs two fresh loopback sockets through a real
@@ -51,7 +52,7 @@ func endOf(opt Options, m rendezvous.Match) Options {
 
 func TestRelayOnly(t *testing.T) {
 	for _, offload := range []bool{true, false} {
-		srv := rendezvoustest.Start(t, rendezvous.Config{})
+		srv := rendezvoustest.Start(t, server.Config{})
 		ua, ub, ma, mb := pairThroughServer(t, srv)
 		checkGoroutinesEnd(t)
 		opt := Options{RelayOnly: true, NoOffload: !offload}
@@ -166,7 +167,7 @@ func TestRelayToDirectAndBack(t *testing.T) {
 // test ends.
 func gatedPair(t *testing.T, open bool, opt Options) (*rendezvoustest.Server, *gate, *Conn, *Conn) {
 	t.Helper()
-	srv := rendezvoustest.Start(t, rendezvous.Config{})
+	srv := rendezvoustest.Start(t, server.Config{})
 	ua, ub, ma, mb := pairThroughServer(t, srv)
 	g := newGate(t, ua.LocalAddr().(*net.UDPAddr).AddrPort(), ub.LocalAddr().(*net.UDPAddr).AddrPort())
 	g.open.Store(open)
@@ -246,7 +247,7 @@ func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
 // on a relayed path returns ErrRelayEnded with the server's reason, while
 // the other side keeps sending.
 func TestRelayEndedEndsRecv(t *testing.T) {
-	srv := rendezvoustest.Start(t, rendezvous.Config{RelayBytes: 20_000})
+	srv := rendezvoustest.Start(t, server.Config{RelayBytes: 20_000})
 	ua, ub, ma, mb := pairThroughServer(t, srv)
 	checkGoroutinesEnd(t)
 	opt := Options{RelayOnly: true}

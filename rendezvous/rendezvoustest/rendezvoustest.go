@@ -1,6 +1,10 @@
 // Package rendezvoustest starts real rendezvous servers on 127.0.0.1 for
 // tests: an ephemeral port, a temporary data directory, and a clean stop
-// when the test ends.
+// when the test ends. It runs the real rendezvous/server, not a
+// reimplementation, and hands out rendezvous clients for it.
+//
+// Imports: rendezvous, rendezvous/server and prometheus; only tests import
+// it.
 package rendezvoustest
 
 import (
@@ -13,11 +17,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/p2pcat/p2pcat/rendezvous"
+	"github.com/p2pcat/p2pcat/rendezvous/server"
 )
 
 // Server is a running test server.
 type Server struct {
-	*rendezvous.Server
+	*server.Server
 	Addr netip.AddrPort
 	// STUNAlternate is the server's alternate STUN socket (RFC 5780
 	// OTHER-ADDRESS): 127.0.0.1 and another ephemeral port.
@@ -31,7 +36,7 @@ type Server struct {
 // another port, until the test ends (or Stop). cfg may be zero; its DataDir
 // defaults to a fresh temporary directory. Start returns once the alternate
 // answers, which costs one token of 127.0.0.1's rate-limit bucket.
-func Start(tb testing.TB, cfg rendezvous.Config) *Server {
+func Start(tb testing.TB, cfg server.Config) *Server {
 	tb.Helper()
 	if cfg.DataDir == "" {
 		cfg.DataDir = tb.TempDir()
@@ -40,7 +45,7 @@ func Start(tb testing.TB, cfg rendezvous.Config) *Server {
 	if cfg.Registry == nil {
 		cfg.Registry = reg
 	}
-	srv, err := rendezvous.NewServer(cfg)
+	srv, err := server.NewServer(cfg)
 	if err != nil {
 		tb.Fatalf("rendezvoustest: %v", err)
 	}

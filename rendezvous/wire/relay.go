@@ -119,3 +119,73 @@ func NewRelayEnded(token [16]byte, pairing [16]byte, reason string) *RelayEnded 
 	}
 	return &RelayEnded{PairingID: pairing, Reason: reason, MAC: RelayEndedMAC(token, pairing, reason)}
 }
+
+// RelayBind moves one end of a relayed pairing to the address it comes from:
+// a client whose address changed (a new network, a new public IP, a NAT that
+// gave it another port) sends it from its session socket. The cookie proves
+// that it receives there (without one the server answers with a Challenge);
+// the MAC, under the relay token the server gave that end in its FindResp,
+// proves that it is that end, which the pairing id alone does not: the id
+// travels in clear in every relayed datagram.
+type RelayBind struct {
+	ReqID     uint64
+	Cookie    []byte
+	PairingID [16]byte
+	Role      Role     // the sender's role in the pairing
+	MAC       [32]byte // RelayBindMAC(the sender's relay token, PairingID, Role, Cookie)
+}
+
+// RelayEnded tells one end of a relayed pairing that the server stopped
+// relaying it (its byte cap was reached). The MAC, under the recipient's
+// relay token, makes it believable: anyone can see the pairing id, only
+// the server and that end know the token.
+type RelayEnded struct {
+	PairingID [16]byte
+	Reason    string // human-readable; clients sanitize it before printing
+	MAC       [32]byte
+}
+
+func (*RelayBind) Type() Type  { return TypeRelayBind }
+func (*RelayEnded) Type() Type { return TypeRelayEnded }
+
+func (m *RelayBind) AppendTo(b []byte) []byte {
+	b = appendHeader(b, TypeRelayBind)
+	b = binary.BigEndian.AppendUint64(b, m.ReqID)
+	b = appendBytes(b, m.Cookie)
+	b = append(b, m.PairingID[:]...)
+	b = append(b, byte(m.Role))
+	return append(b, m.MAC[:]...)
+}
+
+func (m *RelayEnded) AppendTo(b []byte) []byte {
+	b = appendHeader(b, TypeRelayEnded)
+	b = append(b, m.PairingID[:]...)
+	reason := m.Reason
+	if len(reason) > MaxErrorMessage {
+		reason = reason[:MaxErrorMessage]
+	}
+	b = appendString(b, reason)
+	return append(b, m.MAC[:]...)
+}
+
+func readRelayBind(r *reader) *RelayBind {
+	v := &RelayBind{ReqID: r.u64("request id")}
+	v.Cookie = r.bytes(MaxCookieLen, "cookie")
+	r.array(v.PairingID[:], "pairing id")
+	v.Role = Role(r.u8("role"))
+	if v.Role > RoleResponder {
+		r.fail("role")
+	}
+	r.array(v.MAC[:], "mac")
+	r.padding()
+	return v
+}
+
+func readRelayEnded(r *reader) *RelayEnded {
+	v := &RelayEnded{}
+	r.array(v.PairingID[:], "pairing id")
+	v.Reason = r.text(MaxErrorMessage, "reason")
+	r.array(v.MAC[:], "mac")
+	r.end()
+	return v
+}

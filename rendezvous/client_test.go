@@ -1,0 +1,226 @@
+package rendezvous_test
+
+// Tests of the client's behaviour: against a fake server that is not this
+// p2pcat's (an older version, or an attacker's), and against the real one
+// for what the client itself must do (give up in time, leave its socket
+// clean).
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/p2pcat/p2pcat/rendezvous"
+	"github.com/p2pcat/p2pcat/rendezvous/rendezvoustest"
+	"github.com/p2pcat/p2pcat/rendezvous/server"
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
+)
+
+func newKey(t *testing.T) rendezvous.SessionKey {
+	t.Helper()
+	k, err := rendezvous.GenerateSessionKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// A server that stops answering while a find waits is noticed within the
+// client's ServerTimeout (ErrServerLost), not only when the find's own
+// timeout ends; one that never answers gives ErrNoServer just as soon.
+func TestServerLostWhileWaiting(t *testing.T) {
+	srv := rendezvoustest.Start(t, server.Config{})
+	c := srv.Client(t)
+	c.MaxRetry = 100 * time.Millisecond
+	c.ServerTimeout = 500 * time.Millisecond
+	start := time.Now()
+	_, err := c.Find(ctxTimeout(t, time.Minute), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b", OnWaiting: srv.Stop})
+	if !errors.Is(err, rendezvous.ErrServerLost) {
+		t.Fatalf("err = %v, want ErrServerLost", err)
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Fatalf("noticed after %v", el)
+	}
+
+	dead, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	deadAddr := dead.LocalAddr().(*net.UDPAddr).AddrPort()
+	dead.Close()
+	conn, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	defer conn.Close()
+	c = &rendezvous.Client{Conn: conn, Server: deadAddr, ServerTimeout: 500 * time.Millisecond}
+	_, err = c.Find(ctxTimeout(t, time.Minute), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"})
+	if !errors.Is(err, rendezvous.ErrNoServer) {
+		t.Fatalf("never answered: err = %v, want ErrNoServer", err)
+	}
+}
+
+func TestNoServer(t *testing.T) {
+	conn, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	dead, _ := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	deadAddr := dead.LocalAddr().(*net.UDPAddr).AddrPort()
+	dead.Close()
+	defer conn.Close()
+	c := &rendezvous.Client{Conn: conn, Server: deadAddr}
+	_, err := c.Find(ctxTimeout(t, 500*time.Millisecond), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"})
+	if !errors.Is(err, rendezvous.ErrNoServer) {
+		t.Fatalf("err = %v, want ErrNoServer", err)
+	}
+}
+
+// fakeServer answers every datagram with what reply returns, and records
+// what it received. It stands in for a server that is not this one: an
+// older version, or an attacker's.
+type fakeServer struct {
+	conn *net.UDPConn
+	Addr netip.AddrPort
+	mu   sync.Mutex
+	got  [][]byte
+}
+
+func startFake(t *testing.T, reply func(pkt []byte) [][]byte) *fakeServer {
+	t.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeServer{conn: conn, Addr: conn.LocalAddr().(*net.UDPAddr).AddrPort()}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			pkt := bytes.Clone(buf[:n])
+			f.mu.Lock()
+			f.got = append(f.got, pkt)
+			f.mu.Unlock()
+			for _, b := range reply(pkt) {
+				conn.WriteToUDPAddrPort(b, from)
+			}
+		}
+	})
+	t.Cleanup(func() { conn.Close(); wg.Wait() })
+	return f
+}
+
+func (f *fakeServer) received() [][]byte {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([][]byte(nil), f.got...)
+}
+
+func (f *fakeServer) client(t *testing.T) *rendezvous.Client {
+	t.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &rendezvous.Client{Conn: conn, Server: f.Addr}
+}
+
+// TestVersionMismatchClient: a version-1 server answers our Hello with its
+// version error (what p2pcat 1 sends: "server speaks protocol version 1",
+// version 1 in the header); the client fails at once with
+// ErrVersionMismatch, for a Find and for a Register, and sends nothing
+// more.
+func TestVersionMismatchClient(t *testing.T) {
+	v1 := startFake(t, func(pkt []byte) [][]byte {
+		id, _ := wire.ReqIDOf(pkt)
+		return [][]byte{wire.AppendErrorVersion(nil, 1, &wire.Error{ReqID: id, Code: wire.CodeVersion, Message: "server speaks protocol version 1\x1b[2J\u202egnp.exe"})}
+	})
+	start := time.Now()
+	_, err := v1.client(t).Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"})
+	if !errors.Is(err, rendezvous.ErrVersionMismatch) {
+		t.Fatalf("Find: err = %v, want ErrVersionMismatch", err)
+	}
+	want := fmt.Sprintf("the rendezvous server at %s speaks protocol version 1, this p2pcat speaks 2", v1.Addr)
+	if !strings.HasPrefix(err.Error(), want) || strings.ContainsAny(err.Error(), "\x1b\u202e") {
+		t.Fatalf("Find: err = %q, want it to start with %q and hold no escape or bidi override", err, want)
+	}
+	_, err = v1.client(t).Register(ctxTimeout(t, 30*time.Second), "s", newKey(t), time.Hour)
+	if !errors.Is(err, rendezvous.ErrVersionMismatch) {
+		t.Fatalf("Register: err = %v, want ErrVersionMismatch", err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("failed after %v, want at once", el)
+	}
+	for _, pkt := range v1.received() {
+		if h, err := wire.ParseHeader(pkt); err != nil || h.Type != wire.TypeHello {
+			t.Fatalf("the client sent % x after the version error", pkt[:min(len(pkt), 8)])
+		}
+	}
+}
+
+// TestRegisteredFlagWithoutKey: whoever answers as the server says the
+// session is registered, and the user gave no key: the client fails with
+// ErrSessionKeyNeeded and sends nothing but its Hello. (With version 2
+// there is nothing password-derived in the client to send anyway; this
+// shows it does not even send a Find or a Leave.)
+func TestRegisteredFlagWithoutKey(t *testing.T) {
+	liar := startFake(t, func(pkt []byte) [][]byte {
+		m, err := wire.Decode(pkt)
+		if err != nil {
+			return nil
+		}
+		if h, ok := m.(*wire.Hello); ok {
+			return [][]byte{(&wire.Challenge{ReqID: h.ReqID, Cookie: []byte("attacker's cookie"), ServerID: [16]byte{0xee},
+				Flags: wire.ChallengeRegistered}).AppendTo(nil)}
+		}
+		return nil
+	})
+	_, err := liar.client(t).Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "default", Name: "alice", Peer: "bob"})
+	if !errors.Is(err, rendezvous.ErrSessionKeyNeeded) {
+		t.Fatalf("err = %v, want ErrSessionKeyNeeded", err)
+	}
+	got := liar.received()
+	if len(got) == 0 {
+		t.Fatal("the fake server received nothing")
+	}
+	for _, pkt := range got {
+		m, err := wire.Decode(pkt)
+		if _, hello := m.(*wire.Hello); err != nil || !hello {
+			t.Fatalf("after the Challenge the client sent %T (% x)", m, pkt[:min(len(pkt), 8)])
+		}
+	}
+}
+
+// TestFindLeavesNoDeadline: the socket goes on to carry the session, so a
+// read deadline left by the client would break it moments later.
+func TestFindLeavesNoDeadline(t *testing.T) {
+	srv := rendezvoustest.Start(t, server.Config{})
+	ca, cb := srv.Client(t), srv.Client(t)
+	ca.Retry, cb.Retry = 50*time.Millisecond, 50*time.Millisecond
+	ca.MaxRetry, cb.MaxRetry = 50*time.Millisecond, 50*time.Millisecond
+	ctx := ctxTimeout(t, 10*time.Second)
+	var wg sync.WaitGroup
+	var errA error
+	wg.Go(func() { _, errA = ca.Find(ctx, rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"}) })
+	if _, err := cb.Find(ctx, rendezvous.FindRequest{Session: "s", Name: "b", Peer: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if errA != nil {
+		t.Fatal(errA)
+	}
+	time.Sleep(200 * time.Millisecond) // past any deadline the exchange set
+	conn := ca.Conn.(*net.UDPConn)
+	go func() {
+		s, _ := net.DialUDP("udp", nil, conn.LocalAddr().(*net.UDPAddr))
+		defer s.Close()
+		s.Write([]byte("session data"))
+	}()
+	buf := make([]byte, 64)
+	n, _, err := conn.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "session data" {
+		t.Fatalf("reading the socket after Find: %q, %v", buf[:n], err)
+	}
+}

@@ -1,5 +1,0 @@
-//go:build !race
-
-package rendezvous_test
-
-const soakRace = false
