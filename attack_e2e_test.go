@@ -914,7 +914,7 @@ func attackRelayHijack(t *testing.T) {
 	var zeroToken [16]byte
 	binds, datagrams := 0, 0
 	attack := func() {
-		for _, role := range []wire.Role{wire.RoleInitiator, wire.RoleResponder} {
+		for _, role := range []wire.PairingRole{wire.RoleInitiator, wire.RoleResponder} {
 			var random [32]byte
 			rand.Read(random[:])
 			for _, mac := range [][32]byte{{}, random, wire.RelayBindMAC(zeroToken, pid, role, cookie)} {

@@ -32,9 +32,9 @@ var _ PacketConn = (*net.UDPConn)(nil)
 
 // Errors a client call can return; the CLI maps them to exit codes.
 var (
-	// ErrAuth: the server refused our session key (a wrong key for a
+	// ErrSessionKeyRefused: the server refused our session key (a wrong key for a
 	// registered session, or a Register whose signature it did not accept).
-	ErrAuth = errors.New("authentication failed")
+	ErrSessionKeyRefused = errors.New("authentication failed")
 	// ErrTaken: Register of a session that is registered with another key.
 	ErrTaken = errors.New("session taken: it is registered with another session key")
 	// ErrSessionKeyNeeded: the server says the session is registered and
@@ -161,7 +161,7 @@ func (c *Client) Register(ctx context.Context, session string, key SessionKey, t
 		secs = uint32(s)
 	}
 	ex := c.newExchange(ctx)
-	ex.authErr = fmt.Errorf("%w: the server did not accept the session key's signature", ErrAuth)
+	ex.authErr = fmt.Errorf("%w: the server did not accept the session key's signature", ErrSessionKeyRefused)
 	ch, err := ex.challenge(session)
 	if err != nil {
 		return RegisterResult{}, ex.final(err)
@@ -207,7 +207,7 @@ type FindRequest struct {
 // Match is a completed pairing.
 type Match struct {
 	PairingID      [16]byte
-	Role           wire.Role
+	Role           wire.PairingRole
 	Observed       netip.AddrPort // our address as the server saw it
 	PeerObserved   netip.AddrPort
 	PeerCandidates []netip.AddrPort
@@ -233,7 +233,7 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) 
 		}
 	}
 	ex := c.newExchange(ctx)
-	ex.authErr = fmt.Errorf("%w: wrong session key for registered session %q", ErrAuth, fr.Session)
+	ex.authErr = fmt.Errorf("%w: wrong session key for registered session %q", ErrSessionKeyRefused, fr.Session)
 	ch, err := ex.challenge(fr.Session)
 	if err != nil {
 		return Match{}, ex.final(err)
@@ -569,7 +569,7 @@ func (ex *exchange) answer(m wire.Message) (wire.Message, error) {
 		if ex.authErr != nil {
 			return nil, ex.authErr
 		}
-		return nil, ErrAuth
+		return nil, ErrSessionKeyRefused
 	case wire.CodeTaken:
 		return nil, ErrTaken
 	case wire.CodeVersion:

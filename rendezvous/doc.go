@@ -3,7 +3,7 @@
 //
 // It owns:
 //   - the Client (client.go): Find, which waits for the pairing with the
-//     peer, and Register, which reserves a session; their errors (ErrAuth,
+//     peer, and Register, which reserves a session; their errors (ErrSessionKeyRefused,
 //     ErrPeerNotFound, ...) from which the CLI picks exit codes;
 //   - session keys (sessionkey.go): their text form, the verifier the server
 //     stores, and the signatures that Find and Register carry (the server

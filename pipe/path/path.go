@@ -58,7 +58,7 @@ type Conn struct {
 	provenPeer   atomic.Pointer[netip.AddrPort] // the last address Confirm proved (spend's fast path)
 	heardAt      atomic.Int64                   // unix ns of the last datagram that looked like the peer's (Stats.LastHeard)
 	isConfirmed  atomic.Bool                    // a packet from the peer authenticated (confirmedC is closed)
-	role         wire.Role                      // ours in the pairing, for RelayBind
+	role         wire.PairingRole               // ours in the pairing, for RelayBind
 	relayToken   [16]byte                       // authenticates RelayBind and RelayEnded
 	bindReqID    uint64                         // of the last RelayBind
 	relayMu      sync.Mutex
@@ -120,7 +120,7 @@ type Options struct {
 	// RelayOnly uses the relay alone, from the start, without probing.
 	RelayOnly bool
 	// Role is ours in the pairing: the relay knows the two ends by role.
-	Role wire.Role
+	Role wire.PairingRole
 	// RelayToken is our end's secret from the server's pairing answer: it
 	// authenticates our RelayBind and the server's RelayEnded, so nobody
 	// who only saw the pairing id can move or end our end of the relay.

@@ -299,7 +299,7 @@ func TestRelayHijack(t *testing.T) {
 		attacker := listenOn(t, ip)
 		ac := connected(t, attacker, srv.Addr)
 		ch := ask(t, ac, &wire.Hello{ReqID: 9, Session: "relay"}).(*wire.Challenge)
-		for _, role := range []wire.Role{wire.RoleInitiator, wire.RoleResponder} {
+		for _, role := range []wire.PairingRole{wire.RoleInitiator, wire.RoleResponder} {
 			for name, mac := range map[string][32]byte{
 				"no MAC":                          {},
 				"the other end's token":           wire.RelayBindMAC(tokenOf[1-role], ma.PairingID, role, ch.Cookie),

@@ -155,8 +155,8 @@ func TestRegisteredSessionNeedsTheKey(t *testing.T) {
 		t.Fatalf("right key: %v / %v", errA, errB)
 	}
 	_, err := srv.Client(t).Find(ctx, rendezvous.FindRequest{Session: "club", Name: "mallory", Peer: "bob", SessionKey: &wrong})
-	if !errors.Is(err, rendezvous.ErrAuth) {
-		t.Fatalf("wrong key: err = %v, want ErrAuth", err)
+	if !errors.Is(err, rendezvous.ErrSessionKeyRefused) {
+		t.Fatalf("wrong key: err = %v, want ErrSessionKeyRefused", err)
 	}
 	if got := srv.Metric("p2pcat_rendezvous_auth_failures_total"); got != 1 {
 		t.Fatalf("auth_failures_total = %v", got)

@@ -129,7 +129,8 @@ func (t *table) leave(l *wire.Leave, addr netip.AddrPort, now time.Time) bool {
 }
 
 // pairLocked matches the new find f with the pending entry p: p arrived first
-// and initiates the handshake. With the relay, each side's answer carries
+// and is the pairing's initiator end (wire.PairingRole; the peers' handshake
+// roles come from their names, not from us). With the relay, each side's answer carries
 // that side's own relay token; the stored answers (for re-sends) carry the
 // same ones.
 func (t *table) pairLocked(me, other entryKey, p *entry, f *wire.Find, addr netip.AddrPort, now time.Time) findResult {

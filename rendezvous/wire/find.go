@@ -40,15 +40,18 @@ const (
 	FindMatched FindStatus = 1
 )
 
-// Role tells a matched client which side initiates the handshake.
-type Role uint8
+// PairingRole names the two ends of a pairing: the first arrival is the
+// initiator end, the other the responder end. The relay binds each end by
+// it (RelayBind). It is not the peers' handshake role, which both derive
+// from their names (secure.RoleFor), so that a server cannot choose it.
+type PairingRole uint8
 
 const (
-	RoleInitiator Role = 0
-	RoleResponder Role = 1
+	RoleInitiator PairingRole = 0
+	RoleResponder PairingRole = 1
 )
 
-func (r Role) String() string {
+func (r PairingRole) String() string {
 	if r == RoleInitiator {
 		return "initiator"
 	}
@@ -64,7 +67,7 @@ type FindResp struct {
 	Status    FindStatus
 	Observed  netip.AddrPort // the requester's address as the server saw it
 	PairingID [16]byte
-	Role      Role
+	Role      PairingRole
 	Relay     bool // the server relays datagrams for this pairing
 	// RelayToken is this recipient's secret for its end of the relay
 	// (RelayBind, RelayEnded); each end gets its own. Encoded only when
@@ -161,7 +164,7 @@ func readFindResp(r *reader) *FindResp {
 // offer and the peer's addresses.
 func readMatch(r *reader, v *FindResp) {
 	r.array(v.PairingID[:], "pairing id")
-	v.Role = Role(r.u8("role"))
+	v.Role = PairingRole(r.u8("role"))
 	if v.Role > RoleResponder {
 		r.fail("role")
 	}

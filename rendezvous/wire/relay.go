@@ -68,7 +68,7 @@ func ParseRelay(b []byte) (id [16]byte, payload []byte, ok bool) {
 //
 // The cookie binds it to the address the end moves to, so a captured
 // RelayBind moves nothing anywhere else.
-func RelayBindMAC(token [16]byte, pairing [16]byte, role Role, cookie []byte) [32]byte {
+func RelayBindMAC(token [16]byte, pairing [16]byte, role PairingRole, cookie []byte) [32]byte {
 	m := hmac.New(sha256.New, token[:])
 	m.Write([]byte("p2pcat v2 relay bind\x00"))
 	m.Write(pairing[:])
@@ -131,8 +131,8 @@ type RelayBind struct {
 	ReqID     uint64
 	Cookie    []byte
 	PairingID [16]byte
-	Role      Role     // the sender's role in the pairing
-	MAC       [32]byte // RelayBindMAC(the sender's relay token, PairingID, Role, Cookie)
+	Role      PairingRole // the sender's role in the pairing
+	MAC       [32]byte    // RelayBindMAC(the sender's relay token, PairingID, Role, Cookie)
 }
 
 // RelayEnded tells one end of a relayed pairing that the server stopped
@@ -172,7 +172,7 @@ func readRelayBind(r *reader) *RelayBind {
 	v := &RelayBind{ReqID: r.u64("request id")}
 	v.Cookie = r.bytes(MaxCookieLen, "cookie")
 	r.array(v.PairingID[:], "pairing id")
-	v.Role = Role(r.u8("role"))
+	v.Role = PairingRole(r.u8("role"))
 	if v.Role > RoleResponder {
 		r.fail("role")
 	}
