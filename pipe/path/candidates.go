@@ -11,7 +11,9 @@ import (
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
-// MaxCandidates bounds the addresses probed, learned ones included.
+// MaxCandidates bounds the addresses probed, learned ones included: the
+// peer's observed address and the wire.MaxCandidates it offered leave
+// room for those learned from its probes (pipe/meet.go checks this).
 const MaxCandidates = 16
 
 // LocalCandidates lists this host's addresses with port: every up,
