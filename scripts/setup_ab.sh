@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Setup time of two builds, A/B: the working tree against a git revision
 # (default HEAD~1), both sides started → the first line arrives at bob, on
-# loopback, alternating the builds so both see the same load. Each build
-# gets its own server (protocol versions may differ).
+# loopback, alternating the builds (A, B, B, A, ...) so both see the same
+# load. Each build gets its own server (protocol versions may differ).
 #
 #   scripts/setup_ab.sh [REV]        RUNS=15 by default
 set -euo pipefail
@@ -30,7 +30,8 @@ for v in A B; do
 	grep 'rendezvous server listening' "$work/serve$v.log" | grep -o '"addr":"[^"]*"' | cut -d'"' -f4 >"$work/addr$v"
 done
 for r in $(seq "$RUNS"); do
-	for v in A B; do
+	order="A B"; [ $((r % 2)) = 0 ] && order="B A" # A, B, B, A, ...: neither build always goes first
+	for v in $order; do
 		export P2PCAT_SERVER; P2PCAT_SERVER=$(cat "$work/addr$v")
 		export P2PCAT_PASSWORD=pw
 		t0=$(now)
