@@ -18,14 +18,20 @@ import (
 // The connect step: find the peer, punch a path, and run the session's one
 // handshake, over as many punch attempts as it takes.
 //
-// Attempts: the first punches at once from both sides. When no path
-// appears, both sides (they fail at about the same moment) meet again from
-// fresh ports and punch with one side holding back its first packets, then
-// the other: on a NAT that lets the peer's early probe claim the port
-// mapping (conntrack's port clash), the side behind it must send first, and
-// neither side can tell which one that is. The last attempt also offers the
-// server's relay after relayAfter (at once with RelayOnly, which is a
-// single attempt); a direct path found later still takes over (pipe/path).
+// Attempts: the first punches at once from both sides and, when the
+// server offers its relay and --relay is auto, races the relay: from
+// relayFirstAfter on the relay carries copies of the handshake too, so
+// when no direct path has carried it by then the session starts over the
+// relay, and punching goes on over the same socket; a direct path found
+// later takes the session over mid-transfer (pipe/path: Conn.Confirm).
+// When no path appears at all (no relay offered, or the relay did not
+// answer either), both sides (they fail at about the same moment) meet
+// again from fresh ports and punch with one side holding back its first
+// packets, then the other: on a NAT that lets the peer's early probe claim
+// the port mapping (conntrack's port clash), the side behind it must send
+// first, and neither side can tell which one that is. The last attempt
+// offers the relay after relayAfter (at once with RelayOnly, which is a
+// single attempt); a direct path found later still takes over.
 //
 // The handshake is one secure.Handshaker for the whole run, whose roles come
 // from the names, not from the server: every attempt continues it over the
@@ -59,6 +65,13 @@ const (
 	// handshake from this long on, so a direct path still wins when both
 	// work.
 	relayAfter = time.Second
+	// relayFirstAfter: in the first attempt, the relay carries copies of
+	// the handshake from this long after the punch starts. A direct path
+	// that works has carried the handshake well before (its probes cross
+	// in one round trip, the handshake takes two more once the RSA key is
+	// ready), so the relay takes over only where punching found nothing;
+	// what waits for it is a pair that gets no direct path at all.
+	relayFirstAfter = 300 * time.Millisecond
 	// staggerDelay: how long the side that holds back its first packets
 	// (see staggered) waits.
 	staggerDelay = 250 * time.Millisecond
@@ -112,9 +125,10 @@ func (cfg *Config) connect(ctx context.Context, keys <-chan keyResult) (_ *secur
 // found.
 type plan struct {
 	cfg *Config
-	// attempts: three (at once, initiator first, responder first) before
-	// the relay joins in; without the relay one more, initiator first
-	// again.
+	// attempts: three (at once, initiator first, responder first), the
+	// first racing the relay when the server offers it (relayFirst) and
+	// the last with the relay joining in late; without the relay one
+	// more, initiator first again.
 	attempts int
 	// connectBy ends the attempts, ConnectTimeout after the peer was first
 	// found.
@@ -168,8 +182,11 @@ func (pl *plan) attempt(n int, m rendezvous.Match) *attempt {
 		probeDelay = staggerDelay
 	}
 	var relayDelay time.Duration // 0: no relayed copies before a path is confirmed
-	if last {
+	switch {
+	case last:
 		relayDelay = relayAfter
+	case pl.relayFirst(n, m):
+		relayDelay = relayFirstAfter
 	}
 	return &attempt{
 		cfg: cfg, n: n, last: last, connectBy: pl.connectBy, match: m,
@@ -180,6 +197,12 @@ func (pl *plan) attempt(n int, m rendezvous.Match) *attempt {
 			RelayToken: m.RelayToken,
 		},
 	}
+}
+
+// relayFirst reports whether attempt n races the relay against punching:
+// the first attempt, when the server offers the relay and --relay is auto.
+func (pl *plan) relayFirst(n int, m rendezvous.Match) bool {
+	return n == 0 && m.Relay && pl.cfg.Relay == RelayAuto && !pl.cfg.PeerAddr.IsValid()
 }
 
 // staggered reports whether this side holds back its first packets in

@@ -10,7 +10,8 @@ import (
 
 // TestPlanAttempts: what each attempt tries, as plan.attempt decides it:
 // which side holds back its first packets, which attempt is the last, and
-// when the relay joins in.
+// when the relay joins in (in the first attempt when the server offers it
+// and --relay is auto: relay first, then direct).
 func TestPlanAttempts(t *testing.T) {
 	type want struct {
 		last              bool
@@ -34,12 +35,12 @@ func TestPlanAttempts(t *testing.T) {
 		attempts []want
 	}{
 		{"auto, alice", Config{Name: "alice", Peer: "bob", Relay: RelayAuto}, match, 15 * time.Second, []want{
-			{false, 0, true, 0, false, 2},
+			{false, 0, true, relayFirstAfter, false, 2},
 			{false, staggerDelay, true, 0, false, 2},
 			{true, 0, true, relayAfter, false, 2},
 		}},
 		{"auto, bob", Config{Name: "bob", Peer: "alice", Relay: RelayAuto}, match, 15 * time.Second, []want{
-			{false, 0, true, 0, false, 2},
+			{false, 0, true, relayFirstAfter, false, 2},
 			{false, 0, true, 0, false, 2},
 			{true, staggerDelay, true, relayAfter, false, 2},
 		}},

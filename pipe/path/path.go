@@ -50,6 +50,7 @@ type Conn struct {
 	hintAt       time.Time
 	lastTrial    time.Time                      // last copy sent to directHint
 	noTrialUntil time.Time                      // after falling back to the relay
+	relayedAt    time.Time                      // when the relay last became the confirmed path
 	relayErr     error                          // the server ended the relay
 	unanswered   atomic.Int64                   // unix ns of the first direct send not followed by an authentic receive, or 0
 	received     atomic.Uint64                  // authentic datagrams from the peer, for the quiet check
@@ -242,6 +243,10 @@ func (c *Conn) Confirm(from netip.AddrPort) {
 	if old.IsValid() {
 		c.stats.Switches++
 	}
+	onRelay := now.Sub(c.relayedAt)
+	if from == c.server {
+		c.relayedAt = now
+	}
 	c.mu.Unlock()
 	switch {
 	case !old.IsValid():
@@ -252,7 +257,7 @@ func (c *Conn) Confirm(from netip.AddrPort) {
 		c.log.Info("the direct path was lost; moved to the relay", "was", old.String())
 	case old == c.server:
 		c.unanswered.Store(0)
-		c.log.Info("moved to a direct path", "peer", from.String())
+		c.log.Info("moved to a direct path", "peer", from.String(), "after", onRelay.Round(time.Millisecond).String())
 	default:
 		c.log.Info("peer moved", "from", old.String(), "to", from.String())
 	}
