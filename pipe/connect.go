@@ -265,6 +265,9 @@ type attempt struct {
 	candidates []netip.AddrPort // the peer's addresses, observed first
 	opts       path.Options
 	link       *path.Conn // the attempt's path, from punch on
+	// relayAt is when the relay starts carrying copies of the handshake
+	// (zero: it does not before a path is confirmed, or from the start).
+	relayAt time.Time
 }
 
 // punch starts the attempt's path over udp. Probing starts now, before the
@@ -272,6 +275,9 @@ type attempt struct {
 // the first ones clash.
 func (a *attempt) punch(udp *net.UDPConn) {
 	a.link = path.New(udp, a.cfg.Server, a.match.PairingID, a.candidates, a.cfg.Logger, a.opts)
+	if a.opts.Relay && a.opts.RelayAfter > 0 && !a.opts.RelayOnly {
+		a.relayAt = time.Now().Add(a.opts.RelayAfter) // no earlier than the path's own
+	}
 }
 
 // handshake continues the run's handshake over the attempt's path until it
@@ -283,10 +289,26 @@ func (a *attempt) handshake(ctx context.Context, hs *secure.Handshaker) (*secure
 	}
 	start := time.Now()
 	extended := false
+	// The relay's moment, when it comes before the deadline: a run ends
+	// there, so that the next one sends the initiator's current message
+	// again at once, through the relay too, instead of at its next
+	// retransmission (which backs off to seconds).
+	wake := a.relayAt
+	if !wake.After(start) || !wake.Before(deadline) {
+		wake = time.Time{}
+	}
 	for {
-		sconn, err := hs.Run(ctx, a.link, deadline)
+		until := deadline
+		if !wake.IsZero() {
+			until = wake
+		}
+		sconn, err := hs.Run(ctx, a.link, until)
 		if err == nil {
 			return sconn, time.Since(start), nil
+		}
+		if !wake.IsZero() && errors.Is(err, secure.ErrAttemptTimeout) {
+			wake = time.Time{}
+			continue
 		}
 		if !errors.Is(err, secure.ErrAttemptTimeout) || !deadline.Before(a.connectBy) {
 			return nil, 0, err
