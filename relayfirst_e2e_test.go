@@ -27,7 +27,7 @@ func TestRelayFirstThenDirect(t *testing.T) {
 }
 
 // relayFirstSize is what alice sends.
-const relayFirstSize = 48 << 20
+const relayFirstSize = 64 << 20
 
 // directBaseline: the same lab and file without the block, direct from the
 // start, for the throughput a direct session has there.
@@ -66,7 +66,7 @@ func relayThenDirect(t *testing.T, script string) {
 	}
 	_, _, connectedAt := bob.connected()
 	// Several MiB over the relay, then the direct path opens.
-	if err := waitDelivered(ctx, bob, 4<<20, alice); err != nil {
+	if err := waitDelivered(ctx, bob, 10<<20, alice); err != nil {
 		t.Fatalf("over the relay: %v\nalice:\n%s\nbob:\n%s", err, alice.Stderr(), bob.Stderr())
 	}
 	liftedAt, atLift := time.Now(), bob.stdout.Len()
