@@ -12,13 +12,16 @@ import (
 	"time"
 )
 
-// TestRelayFirstThenDirect runs the real p2pcat in a NAT lab (cone-cone,
-// scripts/natlab.sh) whose internet drops everything between the two
-// routers at first, the server's relay excepted: the session starts over
-// the relay (the "connected" line says path=relay) while alice sends a
-// large random file; the block is lifted mid-transfer, and both sides move
-// to the direct path ("moved to a direct path"), the file arrives exact,
-// and both exit 0. The throughput before and after the move is logged, not
+// TestRelayFirstThenDirect runs the real p2pcat in a NAT lab
+// (scripts/natlab.sh) where alice is behind a symmetric NAT (a new port
+// for every destination: the first attempt races the relay) and bob is
+// public, so that a direct path exists once bob learns alice's port from
+// her probes. At first the lab's internet drops everything between the
+// two, the server's relay excepted: the session starts over the relay
+// (the "connected" line says path=relay) while alice sends a large random
+// file; the block is lifted mid-transfer, and both sides move to the
+// direct path ("moved to a direct path"), the file arrives exact, and both
+// exit 0. The throughput before and after the move is logged, not
 // checked: it depends on the machine. Needs root, like TestNATLab.
 func TestRelayFirstThenDirect(t *testing.T) {
 	script := natLabScriptOrSkip(t)
@@ -33,7 +36,7 @@ const relayFirstSize = 64 << 20
 // start, for the throughput a direct session has there.
 func directBaseline(t *testing.T, script string) {
 	ctx := testCtx(t, 90*time.Second)
-	lab := upNATLab(t, ctx, script, fmt.Sprintf("rf%dd", os.Getpid()), "cone", "cone")
+	lab := upNATLab(t, ctx, script, fmt.Sprintf("rf%dd", os.Getpid()), "symmetric", "public")
 	file := lineData(relayFirstSize)
 	alice := lab.client("a", bytes.NewReader(file))
 	bob := lab.client("b", strings.NewReader("ack\n"))
@@ -51,12 +54,13 @@ func directBaseline(t *testing.T, script string) {
 func relayThenDirect(t *testing.T, script string) {
 	ctx := testCtx(t, 90*time.Second)
 	prefix := fmt.Sprintf("rf%dr", os.Getpid())
-	lab := upNATLab(t, ctx, script, prefix, "cone", "cone")
+	lab := upNATLab(t, ctx, script, prefix, "symmetric", "public")
 	block := &labBlock{t: t, ctx: ctx, ns: prefix + "-inet"}
 	block.set()
 
 	const size = relayFirstSize
 	file := lineData(size)
+	begin := time.Now()
 	alice := lab.client("a", bytes.NewReader(file))
 	bob := lab.client("b", strings.NewReader("ack\n"))
 	for name, p := range map[string]*proc{"alice": alice, "bob": bob} {
@@ -65,6 +69,8 @@ func relayThenDirect(t *testing.T, script string) {
 		}
 	}
 	_, _, connectedAt := bob.connected()
+	_, _, aliceAt := alice.connected()
+	t.Logf("connected over the relay %v after both started", max(connectedAt.Sub(begin), aliceAt.Sub(begin)).Round(time.Millisecond))
 	// Several MiB over the relay, then the direct path opens.
 	if err := waitDelivered(ctx, bob, 10<<20, alice); err != nil {
 		t.Fatalf("over the relay: %v\nalice:\n%s\nbob:\n%s", err, alice.Stderr(), bob.Stderr())

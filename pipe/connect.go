@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/p2pcat/p2pcat/pipe/path"
@@ -19,11 +20,12 @@ import (
 // handshake, over as many punch attempts as it takes.
 //
 // Attempts: the first punches at once from both sides and, when the
-// server offers its relay and --relay is auto, races the relay: from
-// relayFirstAfter on the relay carries copies of the handshake too, so
-// when no direct path has carried it by then the session starts over the
-// relay, and punching goes on over the same socket; a direct path found
-// later takes the session over mid-transfer (pipe/path: Conn.Confirm).
+// server offers its relay, --relay is auto and a NAT changed either
+// side's port (plan.relayFirst), races the relay: from relayFirstAfter on
+// the relay carries copies of the handshake too, so when no direct path
+// has carried it by then the session starts over the relay, and punching
+// goes on over the same socket; a direct path found later takes the
+// session over mid-transfer (pipe/path: Conn.Confirm).
 // When no path appears at all (no relay offered, or the relay did not
 // answer either), both sides (they fail at about the same moment) meet
 // again from fresh ports and punch with one side holding back its first
@@ -134,6 +136,7 @@ type plan struct {
 	// found.
 	connectBy time.Time
 	lastHeard time.Time // the peer's last datagram in any attempt (path.Stats.LastHeard)
+	localPort uint16    // of the current attempt's socket
 	lastErr   error     // why the last attempt found no path
 }
 
@@ -166,6 +169,7 @@ func (pl *plan) start(ctx context.Context, n int) (*attempt, error) {
 		udp.Close()
 		return nil, fmt.Errorf("%w: %w (--relay only)", ErrNoPath, ErrNoRelay)
 	}
+	pl.localPort = udp.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 	a := pl.attempt(n, match)
 	a.punch(udp)
 	return a, nil
@@ -200,9 +204,41 @@ func (pl *plan) attempt(n int, m rendezvous.Match) *attempt {
 }
 
 // relayFirst reports whether attempt n races the relay against punching:
-// the first attempt, when the server offers the relay and --relay is auto.
+// the first attempt, when the server offers the relay, --relay is auto,
+// and the NAT in front of either side gave its socket another port than
+// its own (portMoved): an endpoint-dependent mapping, likely (a symmetric
+// NAT), where punching rarely works. Both sides decide alike: each sees
+// the other's observed address and own addresses as the server passed
+// them on.
+//
+// Where both sides kept their ports (no NAT, or one that keeps them, as
+// Linux and most home routers do) the first attempt punches alone: on a
+// router that lets the peer's early probe clash with our mapping
+// (conntrack's port clash) that attempt's socket is spoilt for good, only
+// a later attempt from a fresh port finds the direct path, and a session
+// started on the relay would stay there.
 func (pl *plan) relayFirst(n int, m rendezvous.Match) bool {
-	return n == 0 && m.Relay && pl.cfg.Relay == RelayAuto && !pl.cfg.PeerAddr.IsValid()
+	if n != 0 || !m.Relay || pl.cfg.Relay != RelayAuto || pl.cfg.PeerAddr.IsValid() {
+		return false
+	}
+	return portMoved(m.Observed, []uint16{pl.localPort}) || portMoved(m.PeerObserved, portsOf(m.PeerCandidates))
+}
+
+// portMoved reports whether the server saw a side at a port that none of
+// the side's own addresses has; false when it cannot tell.
+func portMoved(observed netip.AddrPort, own []uint16) bool {
+	if !observed.IsValid() || len(own) == 0 || own[0] == 0 {
+		return false
+	}
+	return !slices.Contains(own, observed.Port())
+}
+
+func portsOf(addrs []netip.AddrPort) []uint16 {
+	var ports []uint16
+	for _, a := range addrs {
+		ports = append(ports, a.Port())
+	}
+	return ports
 }
 
 // staggered reports whether this side holds back its first packets in

@@ -10,8 +10,9 @@ import (
 
 // TestPlanAttempts: what each attempt tries, as plan.attempt decides it:
 // which side holds back its first packets, which attempt is the last, and
-// when the relay joins in (in the first attempt when the server offers it
-// and --relay is auto: relay first, then direct).
+// when the relay joins in (in the first attempt when the server offers it,
+// --relay is auto and a NAT moved a side's port: relay first, then
+// direct).
 func TestPlanAttempts(t *testing.T) {
 	type want struct {
 		last              bool
@@ -27,6 +28,13 @@ func TestPlanAttempts(t *testing.T) {
 		PeerCandidates: []netip.AddrPort{netip.MustParseAddrPort("10.0.0.2:1000")},
 	}
 	peerAddr := netip.MustParseAddrPort("192.0.2.1:1000")
+	// A NAT gave the peer's socket (port 1000) the port 2000, or ours
+	// (localPort) the port 3000.
+	peerMoved := match
+	peerMoved.PeerObserved = netip.MustParseAddrPort("192.0.2.1:2000")
+	weMoved := match
+	weMoved.Observed = netip.MustParseAddrPort("198.51.100.7:3000")
+	const localPort = 4000
 	for _, tc := range []struct {
 		name     string
 		cfg      Config
@@ -35,14 +43,30 @@ func TestPlanAttempts(t *testing.T) {
 		attempts []want
 	}{
 		{"auto, alice", Config{Name: "alice", Peer: "bob", Relay: RelayAuto}, match, 15 * time.Second, []want{
-			{false, 0, true, relayFirstAfter, false, 2},
+			{false, 0, true, 0, false, 2},
 			{false, staggerDelay, true, 0, false, 2},
 			{true, 0, true, relayAfter, false, 2},
 		}},
 		{"auto, bob", Config{Name: "bob", Peer: "alice", Relay: RelayAuto}, match, 15 * time.Second, []want{
+			{false, 0, true, 0, false, 2},
+			{false, 0, true, 0, false, 2},
+			{true, staggerDelay, true, relayAfter, false, 2},
+		}},
+		{"auto, the peer's NAT moved its port", Config{Name: "alice", Peer: "bob", Relay: RelayAuto}, peerMoved, 15 * time.Second, []want{
+			{false, 0, true, relayFirstAfter, false, 2},
+			{false, staggerDelay, true, 0, false, 2},
+			{true, 0, true, relayAfter, false, 2},
+		}},
+		{"auto, our NAT moved our port", Config{Name: "bob", Peer: "alice", Relay: RelayAuto}, weMoved, 15 * time.Second, []want{
 			{false, 0, true, relayFirstAfter, false, 2},
 			{false, 0, true, 0, false, 2},
 			{true, staggerDelay, true, relayAfter, false, 2},
+		}},
+		{"never, a NAT moved a port", Config{Name: "alice", Peer: "bob", Relay: RelayNever}, peerMoved, 15 * time.Second, []want{
+			{false, 0, false, 0, false, 2},
+			{false, staggerDelay, false, 0, false, 2},
+			{false, 0, false, 0, false, 2},
+			{true, staggerDelay, false, relayAfter, false, 2},
 		}},
 		{"never", Config{Name: "alice", Peer: "bob", Relay: RelayNever}, match, 15 * time.Second, []want{
 			{false, 0, false, 0, false, 2},
@@ -67,6 +91,7 @@ func TestPlanAttempts(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pl := newPlan(&tc.cfg)
+			pl.localPort = localPort
 			pl.connectBy = time.Now().Add(tc.connect)
 			for n, w := range tc.attempts {
 				a := pl.attempt(n, tc.match)
