@@ -52,7 +52,7 @@ import (
 // Reading order: Config.connect is the loop over attempts. A plan holds
 // what the run tries and what the attempts so far found; an attempt is one
 // try: its socket and rendezvous (plan.start, meet.go), its punch
-// (attempt.punch: probes, and the relay in the last attempt) and its part
+// (attempt.punch: probes, and the relay in the first or last attempt) and its part
 // of the handshake (attempt.handshake); plan.failed says whether another
 // attempt follows. What each attempt tries is decided in one function,
 // plan.attempt: a new way to connect (relay first, birthday-paradox
@@ -67,12 +67,14 @@ const (
 	// handshake from this long on, so a direct path still wins when both
 	// work.
 	relayAfter = time.Second
-	// relayFirstAfter: in the first attempt, the relay carries copies of
-	// the handshake from this long after the punch starts. A direct path
-	// that works has carried the handshake well before (its probes cross
-	// in one round trip, the handshake takes two more once the RSA key is
-	// ready), so the relay takes over only where punching found nothing;
-	// what waits for it is a pair that gets no direct path at all.
+	// relayFirstAfter: in a first attempt that races the relay
+	// (plan.relayFirst), the relay carries copies of the handshake from
+	// this long after the punch starts. A direct path that works has
+	// usually carried the handshake before (its probes cross in one round
+	// trip, the handshake takes two more once the RSA keys are ready), and
+	// when it has not, its copies still arrive before the relay's: the
+	// delay bounds what a pair with no direct path waits, and spares the
+	// relay the handshakes of the pairs that have one.
 	relayFirstAfter = 300 * time.Millisecond
 	// staggerDelay: how long the side that holds back its first packets
 	// (see staggered) waits.
