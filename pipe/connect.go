@@ -52,9 +52,9 @@ import (
 // Reading order: Config.connect is the loop over attempts. A plan holds
 // what the run tries and what the attempts so far found; an attempt is one
 // try: its socket and rendezvous (plan.start, meet.go), its punch
-// (attempt.punch: probes, and the relay in the first or last attempt) and its part
-// of the handshake (attempt.handshake); plan.failed says whether another
-// attempt follows. What each attempt tries is decided in one function,
+// (attempt.punch: probes, and the relay in the first or last attempt) and
+// its part of the handshake (attempt.handshake); plan.failed says whether
+// another attempt follows. What each attempt tries is decided in one function,
 // plan.attempt: a new way to connect (relay first, birthday-paradox
 // punching from many ports) is a change there, plus the path.Options that
 // carry it to pipe/path.
