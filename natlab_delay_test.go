@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"net"
-	"net/netip"
 	"os"
 	"runtime"
 	"slices"
@@ -170,68 +168,4 @@ func delayFrames(dst, src *os.File, d time.Duration) {
 		time.Sleep(time.Until(f.due))
 		dst.Write(f.b) // a frame the device refuses is lost, as on a wire
 	}
-}
-
-// delayCheckJob checks the delay itself: in a delayed lab with two public
-// clients, a UDP echo between them takes at least the round trip the
-// delay makes (twice the delay), every time. The median is logged.
-func delayCheckJob(script string, delay time.Duration) labJob {
-	return labJob{"delay-rtt", func(t *testing.T) {
-		ctx := testCtx(t, 30*time.Second)
-		prefix := fmt.Sprintf("nl%ddr", os.Getpid())
-		upNATLabWith(t, ctx, script, prefix, "public", "public", labOptions{delay: delay})
-		listen := func(ns, addr string) *net.UDPConn {
-			c, err := inNetns(ns, func() (*net.UDPConn, error) {
-				return net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(addr)))
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { c.Close() })
-			return c
-		}
-		a, b := listen(prefix+"-a", "198.51.100.10:4000"), listen(prefix+"-b", "198.51.100.20:4000")
-		go func() {
-			buf := make([]byte, 64)
-			for {
-				n, from, err := b.ReadFromUDPAddrPort(buf)
-				if err != nil {
-					return
-				}
-				b.WriteToUDPAddrPort(buf[:n], from)
-			}
-		}()
-		rtts := echoRTTs(t, a, netip.MustParseAddrPort("198.51.100.20:4000"), 5)
-		slices.Sort(rtts)
-		t.Logf("UDP echo between the clients across a %v delay: min %v, median %v", delay, rtts[0].Round(time.Microsecond), rtts[len(rtts)/2].Round(time.Microsecond))
-		if rtts[0] < 2*delay {
-			t.Errorf("echo round trip %v, want at least twice the delay (%v)", rtts[0], 2*delay)
-		}
-	}}
-}
-
-// echoRTTs sends n datagrams from c to an echo at to, one at a time, and
-// returns each round trip.
-func echoRTTs(t *testing.T, c *net.UDPConn, to netip.AddrPort, n int) []time.Duration {
-	var rtts []time.Duration
-	buf := make([]byte, 64)
-	for i := range n {
-		sent := time.Now()
-		if _, err := c.WriteToUDPAddrPort([]byte{byte(i)}, to); err != nil {
-			t.Fatal(err)
-		}
-		// The first may wait for ARP (delayed too); a lost one fails.
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		for {
-			m, _, err := c.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				t.Fatalf("echo %d: %v", i, err)
-			}
-			if m == 1 && buf[0] == byte(i) {
-				break
-			}
-		}
-		rtts = append(rtts, time.Since(sent))
-	}
-	return rtts
 }

@@ -34,8 +34,8 @@ import (
 //     opened. Only a public peer (which filters nothing and learns the
 //     real port from the first packet) can meet it directly, until
 //     birthday-paradox punching finds the port among many.
-//   - symmetric-symmetric with IPv6: no NAT on IPv6, only the stateful
-//     firewalls, which both sides' probes open: direct over IPv6.
+//   - symmetric-* with IPv6: no NAT on IPv6, only the stateful firewalls,
+//     which both sides' probes open (or none): direct over IPv6.
 var natExpectations = []natCase{
 	{a: "public", b: "public", want: wantDirect, goal: wantDirect},
 	{a: "public", b: "cone", want: wantDirect, goal: wantDirect},
@@ -48,9 +48,12 @@ var natExpectations = []natCase{
 	{a: "symmetric", b: "cone", want: wantDirectOrRelay, goal: wantDirect},
 	{a: "symmetric", b: "clash", want: wantDirectOrRelay, goal: wantDirect},
 	{a: "symmetric", b: "symmetric", want: wantDirectOrRelay, goal: wantDirectOrRelay},
-	// IPv6 on every host, behind the routers' stateful firewalls.
-	{a: "cone", b: "cone", ipv6: true, want: wantDirect, goal: wantDirect},
-	{a: "symmetric", b: "symmetric", ipv6: true, want: wantDirectIPv6, goal: wantDirectIPv6},
+	// IPv6 on every host, behind the routers' stateful firewalls (ipv6)
+	// or unfiltered (ipv6open).
+	{a: "cone", b: "cone", ipv6: "ipv6", want: wantDirect, goal: wantDirect},
+	{a: "symmetric", b: "cone", ipv6: "ipv6", want: wantDirectIPv6, goal: wantDirectIPv6},
+	{a: "symmetric", b: "symmetric", ipv6: "ipv6", want: wantDirectIPv6, goal: wantDirectIPv6},
+	{a: "symmetric", b: "symmetric", ipv6: "ipv6open", want: wantDirectIPv6, goal: wantDirectIPv6},
 	// The client's --relay: never keeps to direct paths (and must say
 	// clearly that there is none); only goes through the relay even
 	// where a direct path exists.
@@ -59,11 +62,11 @@ var natExpectations = []natCase{
 }
 
 // natCase is one line of the matrix: the NAT types of alice (a) and bob (b),
-// whether the lab has IPv6, the clients' --relay, and the outcome wanted
-// today and by the issue.
+// the lab's IPv6 (labOptions.ipv6), the clients' --relay, and the outcome
+// wanted today and by the issue.
 type natCase struct {
 	a, b       string
-	ipv6       bool
+	ipv6       string
 	relay      string // "" leaves the default (auto)
 	want, goal pathWant
 }
@@ -85,8 +88,8 @@ func (c natCase) name() string {
 	if c.a == "samelan" {
 		name = "samelan"
 	}
-	if c.ipv6 {
-		name += "-ipv6"
+	if c.ipv6 != "" {
+		name += "-" + c.ipv6
 	}
 	if c.relay != "" {
 		name += "-relay-" + c.relay

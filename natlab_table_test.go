@@ -154,7 +154,7 @@ func (tb *natTable) add(r *natRow) {
 }
 
 // natTableHeader names the columns of a table of runs.
-const natTableHeader = "pair                        delay  path          family  connected  probes     sockets  outcome"
+const natTableHeader = "pair                           delay  path          family  connected  probes     sockets  outcome"
 
 // logRuns logs every run with the given delay, one line each.
 func (tb *natTable) logRuns(t *testing.T, delay time.Duration, took time.Duration) {
@@ -163,7 +163,7 @@ func (tb *natTable) logRuns(t *testing.T, delay time.Duration, took time.Duratio
 	lines := []string{natTableHeader}
 	for _, r := range tb.sorted() {
 		if r.delay == delay {
-			lines = append(lines, fmt.Sprintf("%-27s %6v %-13s %-7s %9s  %-10s %-8s %s",
+			lines = append(lines, fmt.Sprintf("%-30s %6v %-13s %-7s %9s  %-10s %-8s %s",
 				r.name, r.delay, orDash(r.path), orDash(r.family), orDash(r.connect), orDash(r.probes), orDash(r.sockets), r.outcome))
 		}
 	}
@@ -189,7 +189,7 @@ func (tb *natTable) logSummary(t *testing.T) {
 	if len(rows) == 0 {
 		return // no matrix ran
 	}
-	lines := []string{"pair                        delay  runs  direct  relay  failed  connected median / max  probes/sockets"}
+	lines := []string{"pair                           delay  runs  direct  relay  failed  connected median / max  probes/sockets"}
 	for len(rows) > 0 {
 		n := 1
 		for n < len(rows) && rows[n].name == rows[0].name && rows[n].delay == rows[0].delay {
@@ -232,7 +232,7 @@ func summaryLine(runs []natRow) string {
 		median, slowest = times[len(times)/2], times[len(times)-1]
 	}
 	directs := fmt.Sprintf("%d %s", direct, strings.Join(slices.Sorted(maps.Keys(families)), "+"))
-	return fmt.Sprintf("%-27s %6v %5d  %-7s %5d  %6d  %9s / %-9s     %s",
+	return fmt.Sprintf("%-30s %6v %5d  %-7s %5d  %6d  %9s / %-9s     %s",
 		runs[0].name, runs[0].delay, len(runs), directs, relay, failed, orDash(median), orDash(slowest), orDash(counts))
 }
 

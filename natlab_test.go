@@ -22,8 +22,9 @@ import (
 // both behind one). The groups of cases run side by side, from one pool of
 // labs: "cases", the matrix of NAT types (testNATMatrix), "cases-delay",
 // the same matrix with a delay between the clients (natLabDelay),
-// "recovery", sessions broken while they run (recoveryJobs), and
-// "nat-check". Each matrix logs its table of runs when it ends, and the
+// "recovery", sessions broken while they run (recoveryJobs),
+// "nat-check", and "lab", checks of the labs' delay and IPv6 filtering
+// (labCheckJobs). Each matrix logs its table of runs when it ends, and the
 // test a summary of both. Needs root; skipped loudly otherwise.
 func TestNATLab(t *testing.T) {
 	script := natLabScriptOrSkip(t)
@@ -43,12 +44,10 @@ func TestNATLab(t *testing.T) {
 	if delay := natLabDelay(t); delay > 0 {
 		t.Run("cases-delay", matrix(delay))
 	}
-	if delay := natLabDelay(t); delay > 0 {
-		t.Run("delay", func(t *testing.T) {
-			t.Parallel()
-			runLabs(t, slots, []labJob{delayCheckJob(script, delay)})
-		})
-	}
+	t.Run("lab", func(t *testing.T) {
+		t.Parallel()
+		runLabs(t, slots, labCheckJobs(script, natLabDelay(t)))
+	})
 	t.Run("recovery", func(t *testing.T) {
 		t.Parallel()
 		runLabs(t, slots, recoveryJobs(script))
@@ -129,10 +128,11 @@ func upNATLab(t *testing.T, ctx context.Context, script, prefix, typeA, typeB st
 }
 
 // labOptions are the variants of a lab: IPv6 addresses on every host
-// (behind the routers' stateful firewalls), and a delay between the
+// (ipv6 is natlab.sh's option: "ipv6" behind the routers' stateful
+// firewalls, "ipv6open" unfiltered; "" for none), and a delay between the
 // clients (half of it on each client's link to the internet).
 type labOptions struct {
-	ipv6  bool
+	ipv6  string
 	delay time.Duration
 }
 
@@ -149,8 +149,8 @@ func upNATLabWith(t *testing.T, ctx context.Context, script, prefix, typeA, type
 		runNATLabScript(t, ctx, script, "down", prefix)
 	})
 	args := []string{"up", typeA, typeB, prefix}
-	if o.ipv6 {
-		args = append(args, "ipv6")
+	if o.ipv6 != "" {
+		args = append(args, o.ipv6)
 	}
 	if o.delay > 0 {
 		args = append(args, "tap")

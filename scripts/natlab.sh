@@ -3,7 +3,7 @@
 # (netfilter conntrack + nftables) in network namespaces, so that p2pcat
 # can be run across them. Needs root, iproute2, nftables and conntrack.
 #
-#   scripts/natlab.sh up TYPE_A TYPE_B PREFIX [ipv6] [tap]
+#   scripts/natlab.sh up TYPE_A TYPE_B PREFIX [ipv6|ipv6open] [tap]
 #                                               build a lab, print its addresses
 #   scripts/natlab.sh down PREFIX               remove it (idempotent)
 #
@@ -12,6 +12,8 @@
 #         documentation space), routed without NAT; the routers' stateful
 #         firewall (the same inet table as for IPv4) drops what arrives
 #         unsolicited from the WAN, as home routers do.
+#   ipv6open  ipv6 with routers that forward IPv6 unfiltered (no firewall
+#         on IPv6; IPv4 is NATed and filtered as before).
 #   tap   each client's link to the internet (its router's WAN, or its own
 #         link when public) is a pair of TAP devices, one in the client's
 #         or router's namespace and one on the internet bridge, instead of
@@ -70,6 +72,7 @@ readonly NET=198.51.100
 readonly SERVER=$NET.1
 readonly NET6=2001:db8:100
 IPV6=0
+IPV6_OPEN=0
 TAP=0
 readonly STEP_TIMEOUT=10
 
@@ -102,7 +105,7 @@ nsip() {
 }
 
 usage() {
-	echo "usage: $0 up TYPE_A TYPE_B PREFIX [ipv6] [tap] | down PREFIX | flush PREFIX | readdress PREFIX SIDE ADDR | cut PREFIX" >&2
+	echo "usage: $0 up TYPE_A TYPE_B PREFIX [ipv6|ipv6open] [tap] | down PREFIX | flush PREFIX | readdress PREFIX SIDE ADDR | cut PREFIX" >&2
 	echo "       TYPE is public, cone, clash, symmetric (or samelan for both)" >&2
 	exit 2
 }
@@ -217,7 +220,12 @@ client() {
 	cmd "$host" link set eth0 up
 	cmd "$host" route add default via "10.0.$subnet.1"
 	lan6 "$host" "$router" "$subnet" 2
-	echo "$side: namespace $host, 10.0.$subnet.2 behind $type NAT $router (WAN $NET.$wan)$(v6note "; 2001:db8:$subnet::2 behind its firewall")"
+	echo "$side: namespace $host, 10.0.$subnet.2 behind $type NAT $router (WAN $NET.$wan)$(v6note "; 2001:db8:$subnet::2 behind its $(v6filter)")"
+}
+
+# v6filter names what the routers do with IPv6 from the WAN.
+v6filter() {
+	if [ "$IPV6_OPEN" = 1 ]; then echo "router, unfiltered"; else echo "firewall"; fi
 }
 
 # v6note prints its argument when the lab has IPv6.
@@ -255,7 +263,8 @@ samelan() {
 # inet: with ipv6 it is the IPv6 firewall too, and the router's own input
 # takes ICMPv6 (neighbour discovery) from the WAN.
 router_rules() {
-	local ns=$1 type=$2 masq=masquerade input_drop='iifname "wan" drop'
+	local ns=$1 type=$2 masq=masquerade input_drop='iifname "wan" drop' open6=''
+	[ "$IPV6_OPEN" = 0 ] || open6='meta nfproto ipv6 accept'
 	case $type in
 	cone | samelan) ;;
 	clash) input_drop='' ;;
@@ -277,6 +286,7 @@ router_rules() {
 			chain forward {
 				type filter hook forward priority filter; policy accept;
 				ct state established,related accept
+				$open6
 				iifname "wan" drop
 			}
 			chain input {
@@ -332,8 +342,9 @@ up() {
 	for opt in "$@"; do
 		case $opt in
 		ipv6) IPV6=1 ;;
+		ipv6open) IPV6=1 IPV6_OPEN=1 ;;
 		tap) TAP=1 ;;
-		*) die "unknown option '$opt' (ipv6, tap)" ;;
+		*) die "unknown option '$opt' (ipv6, ipv6open, tap)" ;;
 		esac
 	done
 	for t in "$ta" "$tb"; do
