@@ -22,8 +22,10 @@ type natRow struct {
 	family       string // of alice's final peer address: IPv4 or IPv6
 	peerA, peerB string // where each side sent last
 	// connect is from the start of both processes to the later of their
-	// "connected" lines; ended to the later exit.
-	connect, ended time.Duration
+	// "connected" lines; toDirect to the later move to the direct path of
+	// a session that started on the relay (0 for none); ended to the
+	// later exit.
+	connect, toDirect, ended time.Duration
 	// probes and sockets are the birthday-punching counts the -v logs
 	// give (probes=N, sockets=N), "" when they give none.
 	probes, sockets string
@@ -34,17 +36,19 @@ type natRow struct {
 // -v logs; both were started at begin and have exited.
 func (r *natRow) fill(begin time.Time, alice, bob *proc) {
 	r.ended = time.Since(begin).Round(time.Millisecond)
-	firstA, lastA, peerA := sessionPath(alice)
-	_, lastB, peerB := sessionPath(bob)
-	r.peerA, r.peerB = peerA, peerB
-	r.path = lastA
-	if firstA != lastA {
-		r.path = firstA + ">" + lastA
+	la, lb := readPathLog(alice.Stderr()), readPathLog(bob.Stderr())
+	r.peerA, r.peerB = la.peer, lb.peer
+	r.path = la.last
+	if la.first != la.last {
+		r.path = la.first + ">" + la.last
 	}
-	if lastA != lastB {
-		r.path = lastA + "/" + lastB
+	if la.last != lb.last {
+		r.path = la.last + "/" + lb.last
 	}
-	if ap, err := netip.ParseAddrPort(peerA); err == nil {
+	if !la.movedAt.IsZero() && !lb.movedAt.IsZero() {
+		r.toDirect = max(la.movedAt.Sub(begin), lb.movedAt.Sub(begin)).Round(time.Millisecond)
+	}
+	if ap, err := netip.ParseAddrPort(r.peerA); err == nil {
 		r.family = map[bool]string{true: "IPv4", false: "IPv6"}[ap.Addr().Unmap().Is4()]
 	}
 	_, _, atA := alice.connected()
@@ -97,29 +101,77 @@ func (r *natRow) checkPath(c natCase) string {
 	return ""
 }
 
-// sessionPath returns the path= of p's "connected" line (first), the
-// last path= logged from then on (last: a move to direct logs the new
-// one), and the last peer= from then on; all "" when p never connected.
-func sessionPath(p *proc) (first, last, peer string) {
+// pathLog is what a process's -v log says of its path: the path= of its
+// "connected" line (first), the path it was on last (last), the last
+// peer= from then on, and when it moved from the relay to a direct path
+// (the time= of that line; zero if it did not).
+type pathLog struct {
+	first, last, peer string
+	movedAt           time.Time
+}
+
+// readPathLog reads the pathLog of a -v log; all zero when it never
+// says connected. After
+// the "connected" line, a line with a path= field, or one whose message
+// says the session moved (lineMove), changes the path.
+func readPathLog(log string) pathLog {
+	var l pathLog
 	seen := false
-	for _, line := range strings.Split(p.Stderr(), "\n") {
+	for _, line := range strings.Split(log, "\n") {
 		if !seen && !strings.Contains(line, "msg=connected") {
 			continue
 		}
 		seen = true
+		path := lineMove(line)
 		for _, f := range strings.Fields(line) {
 			if v, ok := strings.CutPrefix(f, "path="); ok {
-				if first == "" {
-					first = v
-				}
-				last = v
+				path = v
 			}
 			if v, ok := strings.CutPrefix(f, "peer="); ok {
-				peer = v
+				l.peer = v
 			}
 		}
+		if path == "" {
+			continue
+		}
+		if l.first == "" {
+			l.first = path
+		}
+		if path == "direct" && l.last == "relay" && l.movedAt.IsZero() {
+			l.movedAt = logTime(line)
+		}
+		l.last = path
 	}
-	return first, last, peer
+	return l
+}
+
+// lineMove returns the path a log line's message says the session moved
+// to, "direct" or "relay", or "": "moved to the relay" (the direct path
+// was lost), or a move or switch to a direct path.
+func lineMove(line string) string {
+	_, msg, ok := strings.Cut(line, "msg=")
+	if !ok {
+		return ""
+	}
+	msg = strings.ToLower(msg)
+	switch {
+	case strings.Contains(msg, "moved to the relay"):
+		return "relay"
+	case (strings.Contains(msg, "move") || strings.Contains(msg, "switch")) && strings.Contains(msg, "direct") && !strings.Contains(msg, "lost"):
+		return "direct"
+	}
+	return ""
+}
+
+// logTime returns the time= of a -v log line, or the zero time.
+func logTime(line string) time.Time {
+	for _, f := range strings.Fields(line) {
+		if v, ok := strings.CutPrefix(f, "time="); ok {
+			t, _ := time.Parse(time.RFC3339Nano, v)
+			return t
+		}
+	}
+	return time.Time{}
 }
 
 // logCounts returns the last value of the field key= in each process's
@@ -154,7 +206,7 @@ func (tb *natTable) add(r *natRow) {
 }
 
 // natTableHeader names the columns of a table of runs.
-const natTableHeader = "pair                           delay  path          family  connected  probes     sockets  outcome"
+const natTableHeader = "pair                           delay  path          family  connected  to direct  probes     sockets  outcome"
 
 // logRuns logs every run with the given delay, one line each.
 func (tb *natTable) logRuns(t *testing.T, delay time.Duration, took time.Duration) {
@@ -163,8 +215,8 @@ func (tb *natTable) logRuns(t *testing.T, delay time.Duration, took time.Duratio
 	lines := []string{natTableHeader}
 	for _, r := range tb.sorted() {
 		if r.delay == delay {
-			lines = append(lines, fmt.Sprintf("%-30s %6v %-13s %-7s %9s  %-10s %-8s %s",
-				r.name, r.delay, orDash(r.path), orDash(r.family), orDash(r.connect), orDash(r.probes), orDash(r.sockets), r.outcome))
+			lines = append(lines, fmt.Sprintf("%-30s %6v %-13s %-7s %9s  %9s  %-10s %-8s %s",
+				r.name, r.delay, orDash(r.path), orDash(r.family), orDash(r.connect), orDash(r.toDirect), orDash(r.probes), orDash(r.sockets), r.outcome))
 		}
 	}
 	t.Logf("NAT lab matrix, delay %v (%v in all):\n%s", delay, took.Round(time.Millisecond), strings.Join(lines, "\n"))
@@ -243,4 +295,36 @@ func orDash[T comparable](v T) string {
 		return "-"
 	}
 	return fmt.Sprint(v)
+}
+
+// TestNATLabPathLog checks how the table reads a -v log: the connected
+// line's path, a move to direct after it (by path= or by its message) and
+// its time, a loss of the direct path, and the lines that are none.
+func TestNATLabPathLog(t *testing.T) {
+	const (
+		start     = `time=2026-12-03T09:00:00.000Z level=INFO msg="no direct path yet; punching again from a new port"`
+		relay     = `time=2026-12-03T09:00:00.300Z level=INFO msg=connected path=relay peer=198.51.100.1:3478 handshake=12ms role=initiator`
+		direct    = `time=2026-12-03T09:00:00.100Z level=INFO msg=connected path=direct peer=198.51.100.21:4000 handshake=12ms role=initiator`
+		movedPath = `time=2026-12-03T09:00:01.250Z level=INFO msg="moved to the direct path" path=direct peer=198.51.100.21:4000`
+		movedMsg  = `time=2026-12-03T09:00:01.250Z level=INFO msg="switched to direct" peer=[2001:db8:2::2]:4000`
+		peerMoved = `time=2026-12-03T09:00:02.000Z level=INFO msg="peer moved" from=198.51.100.21:4000 to=198.51.100.21:4001`
+		lost      = `time=2026-12-03T09:00:03.000Z level=INFO msg="the direct path was lost; moved to the relay" was=198.51.100.21:4000`
+	)
+	moved := time.Date(2026, 12, 3, 9, 0, 1, 250e6, time.UTC)
+	for _, c := range []struct {
+		name  string
+		lines []string
+		want  pathLog
+	}{
+		{"never connected", []string{start}, pathLog{}},
+		{"direct", []string{start, direct, peerMoved}, pathLog{first: "direct", last: "direct", peer: "198.51.100.21:4000"}},
+		{"relay", []string{relay}, pathLog{first: "relay", last: "relay", peer: "198.51.100.1:3478"}},
+		{"relay then path=direct", []string{relay, movedPath}, pathLog{"relay", "direct", "198.51.100.21:4000", moved}},
+		{"relay then a message", []string{relay, movedMsg}, pathLog{"relay", "direct", "[2001:db8:2::2]:4000", moved}},
+		{"direct then lost", []string{direct, lost}, pathLog{first: "direct", last: "relay", peer: "198.51.100.21:4000"}},
+	} {
+		if got := readPathLog(strings.Join(c.lines, "\n")); got != c.want {
+			t.Errorf("%s: %+v, want %+v", c.name, got, c.want)
+		}
+	}
 }
