@@ -15,8 +15,10 @@ import (
 // natExpectations is the matrix: every pair of NAT types, with the outcome
 // the lab must show today (want; delayed, where set, replaces it in the
 // labs with delay) and the one issue 14 asks for (goal).
-// P2PCAT_NATLAB_STRICT=1 demands goal everywhere, to check a fix; a row
-// whose goal is reached for good gets want = goal.
+// P2PCAT_NATLAB_STRICT=1 demands goal everywhere, and in the labs without
+// delay a time to connected under natLabStrictConnect (the issue's bound,
+// relayed pairs included), to check a fix; a row whose goal is reached for
+// good gets want = goal.
 //
 // Why the rows that may be relayed are so:
 //   - clash-clash: a peer's first probe that reaches a "clash" router
@@ -71,7 +73,12 @@ type natCase struct {
 	ipv6                string
 	relay               string // "" leaves the default (auto)
 	want, delayed, goal pathWant
+	within              time.Duration // the longest time to connected (0: any)
 }
+
+// natLabStrictConnect bounds the time to connected of every pair in the
+// labs without delay under P2PCAT_NATLAB_STRICT=1 (issue 14).
+const natLabStrictConnect = time.Second
 
 // slowness ranks how long the case is expected to take: 2 when it waits
 // out the punch attempts, 1 when it may need a second attempt, else 0.
@@ -159,6 +166,9 @@ func testNATMatrix(t *testing.T, script string, slots chan struct{}, delay time.
 		}
 		if strict {
 			cases[i].want = cases[i].goal
+			if delay == 0 && cases[i].want != wantNoPath {
+				cases[i].within = natLabStrictConnect
+			}
 		}
 	}
 	// The cases that wait out punch attempts before the relay (or the
@@ -249,6 +259,9 @@ func runNATCase(t *testing.T, script, prefix string, c natCase, delay time.Durat
 	}
 	if msg := row.checkPath(c); msg != "" {
 		fail(msg)
+	}
+	if c.within > 0 && row.connect > c.within {
+		fail(fmt.Sprintf("connected after %v, want within %v", row.connect, c.within))
 	}
 	t.Logf("%s: alice sends to %s, bob to %s; connected after %v, done after %v", row.path, row.peerA, row.peerB, row.connect, row.ended)
 	row.outcome = "ok"
