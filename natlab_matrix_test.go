@@ -221,8 +221,8 @@ func runNATCase(t *testing.T, script, prefix string, c natCase, delay time.Durat
 	row := &natRow{name: c.name(), delay: delay, outcome: "FAILED (see the test log)"}
 	// Deferred: a case that fails still has its row.
 	defer table.add(row)
-	// A bound for a hang: a relayed case takes about 20 s under -race on
-	// a busy 2-core machine.
+	// A bound for a hang, well above what a relayed case takes under -race
+	// on a busy 2-core machine.
 	ctx := testCtx(t, 60*time.Second)
 	lab := upNATLabWith(t, ctx, script, prefix, c.a, c.b, labOptions{ipv6: c.ipv6, delay: delay})
 	file := randomBytes(t, 1<<20)
