@@ -3,14 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -21,16 +19,34 @@ import (
 // conntrack and nftables in network namespaces built by scripts/natlab.sh.
 // Each case is a fresh lab with a rendezvous server on the "internet"
 // (198.51.100.1) and two clients, each public or behind its own NAT (or
-// both behind one). Two groups of cases run side by side, from one pool of
-// labs: "cases", the matrix of NAT types (testNATMatrix), and "recovery",
-// sessions broken while they run (recoveryJobs). Needs root; skipped
-// loudly otherwise.
+// both behind one). The groups of cases run side by side, from one pool of
+// labs: "cases", the matrix of NAT types (testNATMatrix), "cases-delay",
+// the same matrix with a delay between the clients (natLabDelay),
+// "recovery", sessions broken while they run (recoveryJobs),
+// "nat-check", and "lab", checks of the labs' delay and IPv6 filtering
+// (labCheckJobs). Each matrix logs its table of runs when it ends, and the
+// test a summary of both. Needs root; skipped loudly otherwise.
 func TestNATLab(t *testing.T) {
 	script := natLabScriptOrSkip(t)
 	slots := make(chan struct{}, natLabWidth)
-	t.Run("cases", func(t *testing.T) {
+	table := &natTable{}
+	// Cleanups run once the parallel subtests have ended.
+	t.Cleanup(func() { table.logSummary(t) })
+	matrix := func(delay time.Duration) func(t *testing.T) {
+		return func(t *testing.T) {
+			t.Parallel()
+			start := time.Now()
+			testNATMatrix(t, script, slots, delay, table)
+			table.logRuns(t, delay, time.Since(start))
+		}
+	}
+	t.Run("cases", matrix(0))
+	if delay := natLabDelay(t); delay > 0 {
+		t.Run("cases-delay", matrix(delay))
+	}
+	t.Run("lab", func(t *testing.T) {
 		t.Parallel()
-		testNATMatrix(t, script, slots)
+		runLabs(t, slots, labCheckJobs(script, natLabDelay(t)))
 	})
 	t.Run("recovery", func(t *testing.T) {
 		t.Parallel()
@@ -91,208 +107,6 @@ func natCheckJobs(script string) []labJob {
 	return jobs
 }
 
-// testNATMatrix runs every pair of NAT types: alice sends a 1 MiB random
-// file, bob a line back. Every case must connect: directly wherever the
-// NAT types allow it, through the server's relay where they do not. The
-// matrix of outcomes is logged at the end.
-//
-// P2PCAT_NATLAB_STRICT=1 demands a direct path in the cases where the NAT
-// types allow one but the lab may still end relayed (clash-clash, and
-// symmetric-public), to check a fix.
-func testNATMatrix(t *testing.T, script string, slots chan struct{}) {
-	strict := os.Getenv("P2PCAT_NATLAB_STRICT") == "1"
-	var cases []natCase
-	kinds := []string{"public", "cone", "clash"}
-	for i, a := range kinds {
-		for _, b := range kinds[i:] {
-			c := natCase{a: a, b: b, want: wantDirect}
-			// A peer's first probe that reaches a "clash" router before
-			// that router's own client has sent anything is delivered to
-			// the router's stack, so conntrack confirms an entry for it;
-			// the client's outbound flow to the peer then clashes with
-			// that entry and is masqueraded to another port, which the
-			// other side's port-dependent filter drops (see
-			// scripts/natlab.sh). p2pcat then meets the peer again from
-			// fresh ports with one side holding back its first packets,
-			// then the other: the clash side goes first in one of them, so
-			// cone-clash connects directly (in the second attempt when the
-			// first clashed). With clash on both sides whoever goes first
-			// clashes at the other's router: in a lab with no delay that
-			// is every time, so the relay may carry it (a real path's
-			// delay usually lets both sides' packets cross first).
-			if a == "clash" && b == "clash" && !strict {
-				c.want = wantDirectOrRelay
-			}
-			cases = append(cases, c)
-		}
-	}
-	// A symmetric NAT maps every destination to a new random port, so the
-	// peer's probes never find the mapping its own packets opened: only a
-	// public peer (which filters nothing and learns the real port from the
-	// first packet) can meet it directly; the others go through the relay.
-	symPublic := wantDirectOrRelay
-	if strict {
-		symPublic = wantDirect
-	}
-	cases = append(cases,
-		natCase{a: "samelan", b: "samelan", want: wantDirect},
-		natCase{a: "symmetric", b: "public", want: symPublic},
-		natCase{a: "symmetric", b: "cone", want: wantDirectOrRelay},
-		natCase{a: "symmetric", b: "clash", want: wantDirectOrRelay},
-		natCase{a: "symmetric", b: "symmetric", want: wantDirectOrRelay},
-		// The client's --relay: never keeps to direct paths (and must say
-		// clearly that there is none); only goes through the relay even
-		// where a direct path exists.
-		natCase{a: "symmetric", b: "cone", relay: "never", want: wantNoPath},
-		natCase{a: "cone", b: "cone", relay: "only", want: wantRelay},
-	)
-
-	// The cases that wait out punch attempts before the relay (or the
-	// connect timeout) start first.
-	slices.SortStableFunc(cases, func(x, y natCase) int { return y.slowness() - x.slowness() })
-
-	var matrix struct {
-		sync.Mutex
-		lines []string
-	}
-	start := time.Now()
-	var jobs []labJob
-	for i, c := range cases {
-		name := c.name()
-		prefix := fmt.Sprintf("nl%dc%d", os.Getpid(), i)
-		jobs = append(jobs, labJob{name, func(t *testing.T) {
-			line := "FAILED (see the test log)"
-			// Deferred: a case that fails still has its line.
-			defer func() {
-				matrix.Lock()
-				defer matrix.Unlock()
-				matrix.lines = append(matrix.lines, fmt.Sprintf("%-28s %s", name, line))
-			}()
-			runNATCase(t, script, prefix, c, &line)
-		}})
-	}
-	runLabs(t, slots, jobs)
-	slices.Sort(matrix.lines)
-	t.Logf("NAT lab matrix (%v in all):\n%s", time.Since(start).Round(time.Millisecond), strings.Join(matrix.lines, "\n"))
-}
-
-// natCase is one line of the matrix: the NAT types of alice (a) and bob (b),
-// the clients' --relay, and the outcome wanted.
-type natCase struct {
-	a, b  string
-	relay string // "" leaves the default (auto)
-	want  pathWant
-}
-
-// slowness ranks how long the case is expected to take: 2 when it waits
-// out the punch attempts, 1 when it may need a second attempt, else 0.
-func (c natCase) slowness() int {
-	switch {
-	case c.want == wantNoPath || c.want == wantDirectOrRelay && c.b != "public":
-		return 2
-	case c.a == "clash" || c.b == "clash":
-		return 1
-	}
-	return 0
-}
-
-func (c natCase) name() string {
-	name := c.a + "-" + c.b
-	if c.a == "samelan" {
-		name = "samelan"
-	}
-	if c.relay != "" {
-		name += "-relay-" + c.relay
-	}
-	return name
-}
-
-// pathWant is the outcome a case accepts.
-type pathWant int
-
-const (
-	wantDirect        pathWant = iota // path=direct on both sides
-	wantDirectOrRelay                 // either, the same on both sides
-	wantRelay                         // path=relay through the server
-	wantNoPath                        // both exit 5, saying there is no path
-)
-
-// runNATCase runs one lab and sets *line to its line of the matrix: the
-// kind of path, the time to connect, and the addresses each side sent to.
-// It fails t when the outcome is not the one wanted.
-func runNATCase(t *testing.T, script, prefix string, c natCase, line *string) {
-	// A bound for a hang: a relayed case takes about 20 s under -race on
-	// a busy 2-core machine.
-	ctx := testCtx(t, 60*time.Second)
-	lab := upNATLab(t, ctx, script, prefix, c.a, c.b)
-	file := randomBytes(t, 1<<20)
-	reply := "hello from bob in " + prefix + "-b\n"
-	var extra []string
-	if c.relay != "" {
-		extra = []string{"--relay", c.relay}
-	}
-	begin := time.Now()
-	alice := lab.client("a", bytes.NewReader(file), extra...)
-	bob := lab.client("b", strings.NewReader(reply), extra...)
-	ca, cb := alice.wait(ctx), bob.wait(ctx)
-	ended := time.Since(begin).Round(time.Millisecond)
-	pathA, peerA, atA := alice.connected()
-	pathB, peerB, atB := bob.connected()
-	connectTime := max(atA.Sub(begin), atB.Sub(begin)).Round(time.Millisecond)
-	logs := fmt.Sprintf("\nalice:\n%s\nbob:\n%s", alice.Stderr(), bob.Stderr())
-	fail := func(short string) {
-		t.Helper()
-		*line = "FAILED: " + short
-		t.Fatalf("%s%s%s", short, logs, conntrackDump(prefix))
-	}
-
-	if c.want == wantNoPath {
-		const noPath = "no path to the peer could be established"
-		if ca != exitNoPath || cb != exitNoPath {
-			fail(fmt.Sprintf("exit codes %d %d, want %d %d (no path)", ca, cb, exitNoPath, exitNoPath))
-		}
-		for name, p := range map[string]*proc{"alice": alice, "bob": bob} {
-			if !strings.Contains(p.Stderr(), noPath) {
-				fail(fmt.Sprintf("%s does not say %q", name, noPath))
-			}
-		}
-		if pathA != "" || pathB != "" {
-			fail(fmt.Sprintf("exit 5 after logging connected (path=%q / %q)", pathA, pathB))
-		}
-		*line = fmt.Sprintf("no path, exit 5 on both sides after %v (as --relay %s must)", ended, c.relay)
-		return
-	}
-
-	if ca != exitOK || cb != exitOK {
-		fail(fmt.Sprintf("exit codes %d %d", ca, cb))
-	}
-	if sha256.Sum256(bob.stdout.Bytes()) != sha256.Sum256(file) {
-		fail(fmt.Sprintf("bob received %d bytes, not the 1 MiB file", bob.stdout.Len()))
-	}
-	if got := alice.stdout.String(); got != reply {
-		fail(fmt.Sprintf("alice got %q, want %q", got, reply))
-	}
-	if pathA != pathB {
-		fail(fmt.Sprintf("the two sides disagree: path=%q / %q", pathA, pathB))
-	}
-	switch {
-	case pathA == "direct" && c.want != wantRelay:
-	case pathA == "relay" && (c.want == wantRelay || c.want == wantDirectOrRelay):
-		if peerA != natLabServer || peerB != natLabServer {
-			fail(fmt.Sprintf("relayed, but the peers are %s / %s, not the server %s", peerA, peerB, natLabServer))
-		}
-	default:
-		want := map[pathWant]string{wantDirect: "direct", wantRelay: "relay", wantDirectOrRelay: "direct or relay"}[c.want]
-		fail(fmt.Sprintf("path=%s, want %s", pathA, want))
-	}
-	if c.a == "samelan" && (!strings.HasPrefix(peerA, "10.0.1.") || !strings.HasPrefix(peerB, "10.0.1.")) {
-		// The router does not hairpin: only the LAN addresses can work.
-		fail(fmt.Sprintf("behind one NAT the peers should meet on the LAN, not %s / %s", peerA, peerB))
-	}
-	t.Logf("%s: alice sends to %s, bob to %s; connected after %v, done after %v", pathA, peerA, peerB, connectTime, ended)
-	*line = fmt.Sprintf("%s, connected in %v (alice→%s, bob→%s)", pathA, connectTime, peerA, peerB)
-}
-
 // natLabServer is where every lab runs `p2pcat serve`.
 const natLabServer = "198.51.100.1:3478"
 
@@ -310,6 +124,21 @@ type natLab struct {
 // the test ends, after its processes are killed.
 func upNATLab(t *testing.T, ctx context.Context, script, prefix, typeA, typeB string) *natLab {
 	t.Helper()
+	return upNATLabWith(t, ctx, script, prefix, typeA, typeB, labOptions{})
+}
+
+// labOptions are the variants of a lab: IPv6 addresses on every host
+// (ipv6 is natlab.sh's option: "ipv6" behind the routers' stateful
+// firewalls, "ipv6open" unfiltered; "" for none), and a delay between the
+// clients (half of it on each client's link to the internet).
+type labOptions struct {
+	ipv6  string
+	delay time.Duration
+}
+
+// upNATLabWith is upNATLab for a lab with options o.
+func upNATLabWith(t *testing.T, ctx context.Context, script, prefix, typeA, typeB string, o labOptions) *natLab {
+	t.Helper()
 	l := &natLab{t: t, ctx: ctx, script: script, prefix: prefix}
 	l.run("down") // a stale lab of a crashed run with the same pid
 	// Registered before any process starts, so it runs after they are
@@ -319,7 +148,17 @@ func upNATLab(t *testing.T, ctx context.Context, script, prefix, typeA, typeB st
 		defer cancel()
 		runNATLabScript(t, ctx, script, "down", prefix)
 	})
-	t.Log(runNATLabScript(t, ctx, script, "up", typeA, typeB, prefix))
+	args := []string{"up", typeA, typeB, prefix}
+	if o.ipv6 != "" {
+		args = append(args, o.ipv6)
+	}
+	if o.delay > 0 {
+		args = append(args, "tap")
+	}
+	t.Log(runNATLabScript(t, ctx, script, args...))
+	if o.delay > 0 {
+		startDelayedLinks(t, delayedLinks(prefix, typeA, typeB), o.delay)
+	}
 	srv := startP2pcatIn(t, prefix+"-srv", nil, nil, "serve", "--listen", natLabServer, "--data", t.TempDir(), "--log-format", "json")
 	srv.waitJSONLog(ctx, "rendezvous server listening")
 	return l

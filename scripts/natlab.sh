@@ -3,8 +3,24 @@
 # (netfilter conntrack + nftables) in network namespaces, so that p2pcat
 # can be run across them. Needs root, iproute2, nftables and conntrack.
 #
-#   scripts/natlab.sh up TYPE_A TYPE_B PREFIX   build a lab, print its addresses
+#   scripts/natlab.sh up TYPE_A TYPE_B PREFIX [ipv6|ipv6open] [tap]
+#                                               build a lab, print its addresses
 #   scripts/natlab.sh down PREFIX               remove it (idempotent)
+#
+# Options of up:
+#   ipv6  every host also has a global IPv6 address (2001:db8::/32, the
+#         documentation space), routed without NAT; the routers' stateful
+#         firewall (the same inet table as for IPv4) drops what arrives
+#         unsolicited from the WAN, as home routers do.
+#   ipv6open  ipv6 with routers that forward IPv6 unfiltered (no firewall
+#         on IPv6; IPv4 is NATed and filtered as before).
+#   tap   each client's link to the internet (its router's WAN, or its own
+#         link when public) is a pair of TAP devices, one in the client's
+#         or router's namespace and one on the internet bridge, instead of
+#         a veth pair. Nothing passes until a process attaches to both and
+#         copies frames between them: the NAT lab test does, delaying each
+#         frame (the kernel here has no sch_netem). The frames are the real
+#         ones, so conntrack on both sides sees the real flows.
 #
 # Events to run in a lab while a session is up (the recovery tests):
 #
@@ -43,12 +59,21 @@
 #              198.51.100.11, LAN 10.0.1.0/24 on a bridge: a is 10.0.1.2,
 #              b is 10.0.1.3) that does not hairpin. Give it as both types.
 #
-# IPv6 is disabled in every namespace so that only the addresses above
-# exist. Every command is bounded by timeout(1).
+# IPv6 addresses (with ipv6): the internet is 2001:db8:100::/64 with the
+# server at ::1, public clients at ::10 (a) and ::20 (b) and the routers'
+# WANs at ::11 and ::21; the LANs are 2001:db8:1::/64 and 2001:db8:2::/64
+# (router ::1, host ::2; samelan b is 2001:db8:1::3). Every host on the
+# internet routes each LAN through its router. Without ipv6, IPv6 is
+# disabled in every namespace so that only the IPv4 addresses exist.
+# Every command is bounded by timeout(1).
 set -euo pipefail
 
 readonly NET=198.51.100
 readonly SERVER=$NET.1
+readonly NET6=2001:db8:100
+IPV6=0
+IPV6_OPEN=0
+TAP=0
 readonly STEP_TIMEOUT=10
 
 die() {
@@ -80,7 +105,7 @@ nsip() {
 }
 
 usage() {
-	echo "usage: $0 up TYPE_A TYPE_B PREFIX | down PREFIX | flush PREFIX | readdress PREFIX SIDE ADDR | cut PREFIX" >&2
+	echo "usage: $0 up TYPE_A TYPE_B PREFIX [ipv6|ipv6open] [tap] | down PREFIX | flush PREFIX | readdress PREFIX SIDE ADDR | cut PREFIX" >&2
 	echo "       TYPE is public, cone, clash, symmetric (or samelan for both)" >&2
 	exit 2
 }
@@ -117,6 +142,8 @@ down() {
 NAMESPACES=()
 declare -A LINES
 ROUTERS=() # "NS TYPE" of each NAT router
+INET=()    # the namespaces on the internet bridge
+ROUTES6=() # "PREFIX VIA OWNER": a LAN's IPv6 route, for all but its router
 
 # add_ns NS plans a namespace with loopback up.
 add_ns() {
@@ -131,14 +158,44 @@ cmd() {
 	LINES[$ns]+="$*"$'\n'
 }
 
-# plug NS IFNAME ADDR/LEN PORT connects NS to the internet bridge with
-# address ADDR; PORT is the bridge's end.
+# addr6 NS IFNAME ADDR/LEN plans an IPv6 address when the lab has them.
+addr6() {
+	[ "$IPV6" = 1 ] || return 0
+	cmd "$1" addr add "$3" dev "$2" nodad
+}
+
+# plug NS IFNAME ADDR/LEN PORT HOST6 connects NS to the internet bridge
+# with address ADDR (and $NET6::HOST6 with ipv6); PORT is the bridge's end.
+# A client's link (any but the server's) is a TAP pair with tap.
 plug() {
-	local ns=$1 ifname=$2 addr=$3 port=$4
-	cmd "$P-inet" link add name "$port" type veth peer name "$ifname" netns "$ns"
+	local ns=$1 ifname=$2 addr=$3 port=$4 host6=$5
+	INET+=("$ns")
+	if [ "$TAP" = 1 ] && [ "$ns" != "$P-srv" ]; then
+		cmd "$P-inet" tuntap add dev "$port" mode tap
+		cmd "$ns" tuntap add dev "$ifname" mode tap
+	else
+		cmd "$P-inet" link add name "$port" type veth peer name "$ifname" netns "$ns"
+	fi
 	cmd "$P-inet" link set dev "$port" master br0 up
 	cmd "$ns" addr add "$addr" dev "$ifname"
+	addr6 "$ns" "$ifname" "$NET6::$host6/64"
 	cmd "$ns" link set dev "$ifname" up
+}
+
+# lan6 NS ROUTER SUBNET HOST plans the IPv6 side of host NS on LAN
+# 2001:db8:SUBNET::/64 behind ROUTER.
+lan6() {
+	[ "$IPV6" = 1 ] || return 0
+	addr6 "$1" eth0 "2001:db8:$3::$4/64"
+	cmd "$1" route add default via "2001:db8:$3::1"
+}
+
+# router6 ROUTER IFNAME SUBNET WAN plans the router's IPv6 LAN address and
+# the route every other host on the internet takes to its LAN.
+router6() {
+	[ "$IPV6" = 1 ] || return 0
+	addr6 "$1" "$2" "2001:db8:$3::1/64"
+	ROUTES6+=("2001:db8:$3::/64 $NET6::$4 $1")
 }
 
 # client SIDE TYPE WAN_HOST PUBLIC_HOST SUBNET plans client SIDE (a or b).
@@ -147,21 +204,34 @@ client() {
 	local host=$P-$side router=$P-r$side
 	if [ "$type" = public ]; then
 		add_ns "$host"
-		plug "$host" eth0 "$NET.$pub/24" "port_$side"
-		echo "$side: namespace $host, public $NET.$pub"
+		plug "$host" eth0 "$NET.$pub/24" "port_$side" "$pub"
+		echo "$side: namespace $host, public $NET.$pub$(v6note " and $NET6::$pub")"
 		return
 	fi
 	add_ns "$router"
 	add_ns "$host"
 	ROUTERS+=("$router $type")
-	plug "$router" wan "$NET.$wan/24" "port_r$side"
+	plug "$router" wan "$NET.$wan/24" "port_r$side" "$wan"
 	cmd "$router" link add name lan type veth peer name eth0 netns "$host"
 	cmd "$router" addr add "10.0.$subnet.1/24" dev lan
+	router6 "$router" lan "$subnet" "$wan"
 	cmd "$router" link set dev lan up
 	cmd "$host" addr add "10.0.$subnet.2/24" dev eth0
 	cmd "$host" link set eth0 up
 	cmd "$host" route add default via "10.0.$subnet.1"
-	echo "$side: namespace $host, 10.0.$subnet.2 behind $type NAT $router (WAN $NET.$wan)"
+	lan6 "$host" "$router" "$subnet" 2
+	echo "$side: namespace $host, 10.0.$subnet.2 behind $type NAT $router (WAN $NET.$wan)$(v6note "; 2001:db8:$subnet::2 behind its $(v6filter)")"
+}
+
+# v6filter names what the routers do with IPv6 from the WAN.
+v6filter() {
+	if [ "$IPV6_OPEN" = 1 ]; then echo "router, unfiltered"; else echo "firewall"; fi
+}
+
+# v6note prints its argument when the lab has IPv6.
+v6note() {
+	[ "$IPV6" = 1 ] && printf '%s' "$1"
+	return 0
 }
 
 # samelan plans one cone router with both clients on its LAN bridge.
@@ -169,9 +239,10 @@ samelan() {
 	local router=$P-r side i=2
 	add_ns "$router"
 	ROUTERS+=("$router samelan")
-	plug "$router" wan "$NET.11/24" port_r
-	cmd "$router" link add name lan type bridge
+	plug "$router" wan "$NET.11/24" port_r 11
+	cmd "$router" link add name lan type bridge mcast_snooping 0
 	cmd "$router" addr add 10.0.1.1/24 dev lan
+	router6 "$router" lan 1 11
 	cmd "$router" link set dev lan up
 	for side in a b; do
 		add_ns "$P-$side"
@@ -180,16 +251,20 @@ samelan() {
 		cmd "$P-$side" addr add "10.0.1.$i/24" dev eth0
 		cmd "$P-$side" link set eth0 up
 		cmd "$P-$side" route add default via 10.0.1.1
-		echo "$side: namespace $P-$side, 10.0.1.$i behind cone NAT $router (WAN $NET.11, no hairpin)"
+		lan6 "$P-$side" "$router" 1 "$i"
+		echo "$side: namespace $P-$side, 10.0.1.$i behind cone NAT $router (WAN $NET.11, no hairpin)$(v6note "; 2001:db8:1::$i")"
 		i=$((i + 1))
 	done
 }
 
 # router_rules NS TYPE loads the netfilter rules of a NAT router whose WAN
 # is "wan". (A new namespace tracks no connection before its first rule
-# that needs conntrack: there is nothing to flush.)
+# that needs conntrack: there is nothing to flush.) The filter table is
+# inet: with ipv6 it is the IPv6 firewall too, and the router's own input
+# takes ICMPv6 (neighbour discovery) from the WAN.
 router_rules() {
-	local ns=$1 type=$2 masq=masquerade input_drop='iifname "wan" drop'
+	local ns=$1 type=$2 masq=masquerade input_drop='iifname "wan" drop' open6=''
+	[ "$IPV6_OPEN" = 0 ] || open6='meta nfproto ipv6 accept'
 	case $type in
 	cone | samelan) ;;
 	clash) input_drop='' ;;
@@ -197,6 +272,9 @@ router_rules() {
 	*) die "unknown NAT type '$type'" ;;
 	esac
 	nsrun "$ns" sysctl -qw net.ipv4.ip_forward=1
+	if [ "$IPV6" = 1 ]; then
+		nsrun "$ns" sysctl -qw net.ipv6.conf.all.forwarding=1
+	fi
 	nsrun "$ns" nft -f - <<-EOF
 		table ip nat {
 			chain postrouting {
@@ -208,25 +286,32 @@ router_rules() {
 			chain forward {
 				type filter hook forward priority filter; policy accept;
 				ct state established,related accept
+				$open6
 				iifname "wan" drop
 			}
 			chain input {
 				type filter hook input priority filter; policy accept;
 				ct state established,related accept
+				meta l4proto ipv6-icmp accept
 				$input_drop
 			}
 		}
 	EOF
 }
 
-# build creates the planned namespaces (IPv6 off, so that only the
-# addresses above exist), configures them in order, then the routers'
-# rules.
+# build creates the planned namespaces (IPv6 off unless ipv6, so that
+# only the addresses above exist; with it, no duplicate address detection
+# to wait for), configures them in order, then the routers' rules.
 build() {
 	local ns r
+	plan_routes6
 	printf 'netns add %s\n' "${NAMESPACES[@]}" | run ip -batch -
 	for ns in "${NAMESPACES[@]}"; do
-		nsrun "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+		if [ "$IPV6" = 1 ]; then
+			nsrun "$ns" sysctl -qw net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
+		else
+			nsrun "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+		fi
 	done
 	for ns in "${NAMESPACES[@]}"; do
 		printf '%s' "${LINES[$ns]}" | nsip "$ns" -batch -
@@ -237,10 +322,31 @@ build() {
 	done
 }
 
+# plan_routes6 plans, on every host of the internet but the LAN's own
+# router, the IPv6 route to each LAN.
+plan_routes6() {
+	local r ns pfx via owner
+	for r in "${ROUTES6[@]}"; do
+		read -r pfx via owner <<<"$r"
+		for ns in "${INET[@]}"; do
+			[ "$ns" = "$owner" ] || cmd "$ns" route add "$pfx" via "$via"
+		done
+	done
+}
+
 up() {
-	local ta=$1 tb=$2
+	local ta=$1 tb=$2 opt
 	P=$3
+	shift 3
 	check_prefix "$P"
+	for opt in "$@"; do
+		case $opt in
+		ipv6) IPV6=1 ;;
+		ipv6open) IPV6=1 IPV6_OPEN=1 ;;
+		tap) TAP=1 ;;
+		*) die "unknown option '$opt' (ipv6, ipv6open, tap)" ;;
+		esac
+	done
 	for t in "$ta" "$tb"; do
 		case $t in public | cone | clash | symmetric | samelan) ;; *) die "unknown NAT type '$t' (public, cone, clash, symmetric, samelan)" ;; esac
 	done
@@ -253,11 +359,13 @@ up() {
 	[ -z "$(lab_namespaces "$P")" ] || die "a lab with prefix $P exists; run: $0 down $P"
 
 	add_ns "$P-inet"
-	cmd "$P-inet" link add name br0 type bridge
+	# No multicast snooping: with no MLD querier it could hold back the
+	# neighbour solicitations of IPv6.
+	cmd "$P-inet" link add name br0 type bridge mcast_snooping 0
 	cmd "$P-inet" link set br0 up
 	add_ns "$P-srv"
-	plug "$P-srv" eth0 "$SERVER/24" port_srv
-	echo "srv: namespace $P-srv, $SERVER"
+	plug "$P-srv" eth0 "$SERVER/24" port_srv 1
+	echo "srv: namespace $P-srv, $SERVER$(v6note " and $NET6::1")"
 	if [ "$ta" = samelan ]; then
 		samelan
 	else
@@ -336,9 +444,10 @@ cut() {
 [ $# -ge 1 ] || usage
 case $1 in
 up)
-	[ $# -eq 4 ] || usage
+	[ $# -ge 4 ] && [ $# -le 6 ] || usage
 	[ "$(id -u)" = 0 ] || die "must run as root (network namespaces)"
-	up "$2" "$3" "$4"
+	shift
+	up "$@"
 	;;
 down)
 	[ $# -eq 2 ] || usage
