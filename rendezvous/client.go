@@ -268,6 +268,7 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) 
 		case *wire.FindResp:
 			if r.Status == wire.FindMatched {
 				matched = true
+				c.log().Debug("rendezvous: matched", "requests", ex.sent, "took", time.Since(ex.start).String(), "waited", f.waiting)
 				return f.match(r), nil
 			}
 			if err := f.wait(r); err != nil {
@@ -363,12 +364,18 @@ type exchange struct {
 	heardAny bool
 	// authErr is what an Error code 4 (auth_failed) means to this exchange.
 	authErr error
+	// start is when the exchange began; sent counts the datagrams it sent,
+	// re-sends included: the round trips it took when none was lost
+	// (scripts/setup_steps.sh reads them from the -vv log).
+	start time.Time
+	sent  int
 }
 
 func (c *Client) newExchange(ctx context.Context) *exchange {
 	var b [8]byte
 	rand.Read(b[:])
-	return &exchange{c: c, ctx: ctx, reqID: binary.BigEndian.Uint64(b[:]), buf: make([]byte, 2048), heardAt: time.Now()}
+	now := time.Now()
+	return &exchange{c: c, ctx: ctx, reqID: binary.BigEndian.Uint64(b[:]), buf: make([]byte, 2048), heardAt: now, start: now}
 }
 
 // errSilent: the server left us unanswered for longer than ServerTimeout.
@@ -418,6 +425,7 @@ func (ex *exchange) challenge(session string) (*wire.Challenge, error) {
 			return nil, err
 		}
 		if ch, ok := reply.(*wire.Challenge); ok {
+			ex.c.log().Debug("rendezvous: challenge", "requests", ex.sent, "took", time.Since(ex.start).String())
 			return ch, nil
 		}
 	}
@@ -428,6 +436,7 @@ func (ex *exchange) send(m wire.Message) error {
 	if _, err := ex.c.Conn.WriteToUDPAddrPort(b, ex.c.Server); err != nil {
 		return fmt.Errorf("sending to rendezvous server %s: %w", ex.c.Server, err)
 	}
+	ex.sent++
 	return nil
 }
 

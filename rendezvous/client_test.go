@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
@@ -223,4 +224,75 @@ func TestFindLeavesNoDeadline(t *testing.T) {
 	if err != nil || string(buf[:n]) != "session data" {
 		t.Fatalf("reading the socket after Find: %q, %v", buf[:n], err)
 	}
+}
+
+// countingConn counts the datagrams a client sends.
+type countingConn struct {
+	rendezvous.PacketConn
+	mu   sync.Mutex
+	sent int
+}
+
+func (c *countingConn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
+	c.mu.Lock()
+	c.sent++
+	c.mu.Unlock()
+	return c.PacketConn.WriteToUDPAddrPort(b, addr)
+}
+
+// TestFindRoundTrips: a pairing takes each side two requests, the Hello
+// (whose Challenge proves its address) and one Find; the first arrival's
+// match is pushed to it, with nothing more to ask. The -vv log's
+// "rendezvous: matched" line (scripts/setup_steps.sh) says the same count.
+func TestFindRoundTrips(t *testing.T) {
+	srv := rendezvoustest.Start(t, server.Config{})
+	ctx := ctxTimeout(t, 10*time.Second)
+	var logs [2]lockedBuffer
+	var conns [2]*countingConn
+	var clients [2]*rendezvous.Client
+	for i := range clients {
+		clients[i] = srv.Client(t)
+		conns[i] = &countingConn{PacketConn: clients[i].Conn}
+		clients[i].Conn = conns[i]
+		clients[i].Logger = slog.New(slog.NewTextHandler(&logs[i], &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	var wg sync.WaitGroup
+	var errB error
+	arrived := false
+	_, errA := clients[0].Find(ctx, rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b", OnWaiting: func() {
+		arrived = true
+		wg.Go(func() { _, errB = clients[1].Find(ctx, rendezvous.FindRequest{Session: "s", Name: "b", Peer: "a"}) })
+	}})
+	wg.Wait()
+	if errA != nil || errB != nil || !arrived {
+		t.Fatalf("Find: a %v, b %v (b started: %v)", errA, errB, arrived)
+	}
+	for i, name := range []string{"first arrival", "second arrival"} {
+		if conns[i].sent != 2 {
+			t.Errorf("%s sent %d datagrams, want 2 (Hello, Find)", name, conns[i].sent)
+		}
+		if log := logs[i].String(); !strings.Contains(log, `msg="rendezvous: matched" requests=2 `) ||
+			!strings.Contains(log, `msg="rendezvous: challenge" requests=1 `) {
+			t.Errorf("%s logged:\n%s", name, log)
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for a logger written from the client's
+// goroutine and read by the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
