@@ -54,6 +54,9 @@ func runPipe(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// The RSA key grows from now on, while we read the session key and ask
+	// for the password; pipe.Run takes it.
+	pipe.StartKey(cfg.RSABits)
 	cfg.Logger = pipeLogger(c.App.ErrWriter, verbosity(c))
 	if cfg.SessionKey, err = pipeSessionKey(c.String("session-key-file")); err != nil {
 		return err
