@@ -23,6 +23,8 @@
 #
 #   scripts/setup_steps.sh            RUNS=20 by default, loopback
 #   DELAY=20ms scripts/setup_steps.sh
+#   BIN=/tmp/p2pcat-old scripts/setup_steps.sh   another build (an older
+#                                     one logs fewer steps, in milliseconds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-20}
@@ -35,9 +37,9 @@ cleanup() {
 	rm -rf "$work"
 }
 trap cleanup EXIT
-go build -o "$work/p2pcat" .
+P=${BIN:-$work/p2pcat}
+[ -n "${BIN:-}" ] || go build -o "$P" .
 go build -o "$work/netem" ./scripts/netem
-P=$work/p2pcat
 export P2PCAT_PASSWORD=pw
 
 # sod: now as seconds of the day (UTC), as the log's times are read.
@@ -129,10 +131,11 @@ fi
 for r in $(seq "$RUNS"); do
 	pair "$r" "$fa" "$fb"
 	steps >>"$work/steps"
-	grep -ho 'msg="rendezvous: matched" requests=[0-9]*' "$work/alice.log" "$work/bob.log" | sed 's/.*=//' >>"$work/requests"
+	grep -ho 'msg="rendezvous: matched" requests=[0-9]*' "$work/alice.log" "$work/bob.log" | sed 's/.*=//' >>"$work/requests" || true
 done
 report "$work/steps"
-echo "  rendezvous requests per side until matched (Hello, Find, re-sends): $(sort -n "$work/requests" | uniq -c | awk '{printf "%s×%d ", $2, $1}')"
+[ ! -s "$work/requests" ] ||
+	echo "  rendezvous requests per side until matched (Hello, Find, re-sends): $(sort -n "$work/requests" | uniq -c | awk '{printf "%s×%d ", $2, $1}')"
 
 if [ -n "$DELAY" ]; then
 	pa=$((40000 + RANDOM % 10000)) pb=$((pa + 1))
