@@ -241,11 +241,18 @@ func (c *countingConn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, e
 }
 
 // TestFindRoundTrips: a pairing takes each side two requests, the Hello
-// (whose Challenge proves its address) and one Find; the first arrival's
-// match is pushed to it, with nothing more to ask. The -vv log's
-// "rendezvous: matched" line (scripts/setup_steps.sh) says the same count.
+// (whose Challenge proves its address and says whether the session is
+// registered) and one Find, signed or not; the first arrival's match is
+// pushed to it, with nothing more to ask. The -vv log's "rendezvous:
+// matched" line (scripts/setup_steps.sh) says the same count.
 func TestFindRoundTrips(t *testing.T) {
 	srv := rendezvoustest.Start(t, server.Config{})
+	key := srv.RegisterSession(t, "club")
+	t.Run("unregistered", func(t *testing.T) { findRoundTrips(t, srv, "s", nil) })
+	t.Run("registered", func(t *testing.T) { findRoundTrips(t, srv, "club", &key) })
+}
+
+func findRoundTrips(t *testing.T, srv *rendezvoustest.Server, session string, key *rendezvous.SessionKey) {
 	ctx := ctxTimeout(t, 10*time.Second)
 	var logs [2]lockedBuffer
 	var conns [2]*countingConn
@@ -259,9 +266,11 @@ func TestFindRoundTrips(t *testing.T) {
 	var wg sync.WaitGroup
 	var errB error
 	arrived := false
-	_, errA := clients[0].Find(ctx, rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b", OnWaiting: func() {
+	_, errA := clients[0].Find(ctx, rendezvous.FindRequest{Session: session, Name: "a", Peer: "b", SessionKey: key, OnWaiting: func() {
 		arrived = true
-		wg.Go(func() { _, errB = clients[1].Find(ctx, rendezvous.FindRequest{Session: "s", Name: "b", Peer: "a"}) })
+		wg.Go(func() {
+			_, errB = clients[1].Find(ctx, rendezvous.FindRequest{Session: session, Name: "b", Peer: "a", SessionKey: key})
+		})
 	}})
 	wg.Wait()
 	if errA != nil || errB != nil || !arrived {
