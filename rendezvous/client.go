@@ -369,6 +369,11 @@ type exchange struct {
 	// (scripts/setup_steps.sh reads them from the -vv log).
 	start time.Time
 	sent  int
+	// wakeOnStray: receive returns early, as at its deadline, when a
+	// datagram from another address arrives, at most once per Retry
+	// (strayWoke is when it last did); wait sets it.
+	wakeOnStray bool
+	strayWoke   time.Time
 }
 
 func (c *Client) newExchange(ctx context.Context) *exchange {
@@ -478,8 +483,18 @@ func (ex *exchange) roundTrip(m wire.Message) (wire.Message, error) {
 
 // wait re-sends a waiting find every MaxRetry until an answer other than
 // "still waiting" arrives, which it keeps for the next roundTrip.
+//
+// A datagram from anyone but the server while we wait is most likely the
+// peer's first probe: the server paired us and its pushed match was lost
+// (or is late). Then the find goes again at once, rather than at the next
+// MaxRetry, and the server's answer to a matched find's re-send is the
+// match (PROTOCOL.md 2.8, rule 1). Such early re-sends are at most one per
+// Retry: whoever sends us datagrams makes us send no more than that, and
+// only to the server.
 func (ex *exchange) wait(m wire.Message) error {
 	_, maxRetry := ex.c.retries()
+	ex.wakeOnStray = true
+	defer func() { ex.wakeOnStray = false }()
 	for {
 		reply, err := ex.receive(time.Now().Add(maxRetry))
 		if err != nil {
@@ -547,6 +562,9 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 			continue
 		}
 		if udpio.Unmap(from) != udpio.Unmap(ex.c.Server) {
+			if ex.strayWakes(from) {
+				return nil, nil
+			}
 			continue // a peer's early probe, or noise
 		}
 		if id, ok := wire.ReqIDOf(ex.buf[:n]); !ok || id != ex.reqID {
@@ -566,6 +584,18 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 		ex.heardAt, ex.heardAny = time.Now(), true
 		return msg, nil
 	}
+}
+
+// strayWakes reports whether a datagram from another address than the
+// server's, arriving now, ends the receive early (see wait).
+func (ex *exchange) strayWakes(from netip.AddrPort) bool {
+	retry, _ := ex.c.retries()
+	if !ex.wakeOnStray || time.Since(ex.strayWoke) < retry {
+		return false
+	}
+	ex.strayWoke = time.Now()
+	ex.c.log().Debug("a datagram from another address while waiting: asking the server again", "from", from.String())
+	return true
 }
 
 func (ex *exchange) answer(m wire.Message) (wire.Message, error) {

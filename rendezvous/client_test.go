@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -304,4 +305,53 @@ func (l *lockedBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
+}
+
+// TestLostPushRecovered: the server's pushed match to a waiting client is
+// lost; the peer's first probe arrives instead, and the client asks the
+// server again at once, getting the match well before its next re-send
+// would have (MaxRetry, here 10 s).
+func TestLostPushRecovered(t *testing.T) {
+	var finds sync.Map // request id → Finds seen
+	match := &wire.FindResp{Status: wire.FindMatched, Observed: netip.MustParseAddrPort("192.0.2.1:1"),
+		PairingID: [16]byte{7}, PeerObserved: netip.MustParseAddrPort("192.0.2.2:2")}
+	srv := startFake(t, func(pkt []byte) [][]byte {
+		m, err := wire.Decode(pkt)
+		if err != nil {
+			return nil
+		}
+		switch m := m.(type) {
+		case *wire.Hello:
+			return [][]byte{(&wire.Challenge{ReqID: m.ReqID, Cookie: []byte("cookie")}).AppendTo(nil)}
+		case *wire.Find:
+			n, _ := finds.LoadOrStore(m.ReqID, new(atomic.Int32))
+			if n.(*atomic.Int32).Add(1) == 1 {
+				// Waiting; the match pushed a moment later is lost.
+				return [][]byte{(&wire.FindResp{ReqID: m.ReqID, Status: wire.FindWaiting}).AppendTo(nil)}
+			}
+			r := *match
+			r.ReqID = m.ReqID
+			return [][]byte{r.AppendTo(nil)}
+		}
+		return nil
+	})
+	c := srv.client(t)
+	c.MaxRetry = 10 * time.Second
+	probe := func() {
+		s, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(c.Conn.(*net.UDPConn).LocalAddr().(*net.UDPAddr).AddrPort()))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer s.Close()
+		s.Write([]byte("the peer's probe"))
+	}
+	start := time.Now()
+	m, err := c.Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b", OnWaiting: func() { go probe() }})
+	if err != nil || m.PairingID != match.PairingID {
+		t.Fatalf("Find = %+v, %v", m, err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("matched after %v: the probe did not make the client ask again", el)
+	}
 }
