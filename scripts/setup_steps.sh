@@ -100,7 +100,9 @@ steps() {
 
 # report FILE: the medians of the step times and of each step's duration.
 report() {
-	awk '{for (i = 1; i <= NF; i++) { v[i, NR] = $i; d[i, NR] = (i == 1 || $(i-1) < 0 || $i < 0) ? $i : $i - $(i-1) } n = NF}
+	# A step an older build does not log is "-", and the next one's
+	# duration counts from the last step before it that was logged.
+	awk '{p = 0; for (i = 1; i <= NF; i++) { v[i, NR] = $i; d[i, NR] = ($i < 0) ? -1 : $i - p; if ($i >= 0) p = $i } n = NF}
 		function med(a, col,   m, i, j, tmp, x) {
 			m = 0; for (j = 1; j <= NR; j++) if (a[col, j] >= 0) x[++m] = a[col, j]
 			if (m == 0) return "-"
