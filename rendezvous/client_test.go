@@ -347,7 +347,9 @@ func TestLostPushRecovered(t *testing.T) {
 		s.Write([]byte("the peer's probe"))
 	}
 	start := time.Now()
-	m, err := c.Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b", OnWaiting: func() { go probe() }})
+	var wg sync.WaitGroup
+	m, err := c.Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b", OnWaiting: func() { wg.Go(probe) }})
+	wg.Wait()
 	if err != nil || m.PairingID != match.PairingID {
 		t.Fatalf("Find = %+v, %v", m, err)
 	}
