@@ -365,8 +365,9 @@ type exchange struct {
 	// authErr is what an Error code 4 (auth_failed) means to this exchange.
 	authErr error
 	// start is when the exchange began; sent counts the datagrams it sent,
-	// re-sends included: the round trips it took when none was lost
-	// (scripts/setup_steps.sh reads them from the -vv log).
+	// re-sends included: the round trips it took when none was lost and
+	// no stray datagram woke wait (scripts/setup_steps.sh reads them from
+	// the -vv log).
 	start time.Time
 	sent  int
 	// wakeOnStray: receive returns early, as at its deadline, when a
