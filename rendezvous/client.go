@@ -243,6 +243,15 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) 
 	if err := f.adopt(ch); err != nil {
 		return Match{}, err
 	}
+	// From now on a datagram from anyone but the server is most likely the
+	// peer's first probe: the server paired us, and its answer (or the
+	// match it pushed to us, the first arrival) was lost or is late. Then
+	// the find goes again at once, rather than at the next re-send, and the
+	// server answers a matched find's re-send with the match (PROTOCOL.md
+	// 2.8, rule 1). Such early re-sends are at most one per Retry: whoever
+	// sends us datagrams makes us send no more than that, and only to the
+	// server.
+	ex.wakeOnStray = true
 	matched := false
 	defer func() {
 		if !matched && !errors.Is(err, ErrVersionMismatch) {
@@ -372,7 +381,7 @@ type exchange struct {
 	sent  int
 	// wakeOnStray: receive returns early, as at its deadline, when a
 	// datagram from another address arrives, at most once per Retry
-	// (strayWoke is when it last did); wait sets it.
+	// (strayWoke is when it last did); Find sets it once it has a cookie.
 	wakeOnStray bool
 	strayWoke   time.Time
 }
@@ -466,7 +475,11 @@ func (ex *exchange) roundTrip(m wire.Message) (wire.Message, error) {
 		if e, ok := reply.(*wire.Error); ok && (e.Code == wire.CodeRateLimited || e.Code == wire.CodeBusy) {
 			// Back off and try again; the server is protecting itself.
 			ex.c.log().Debug("rendezvous server asks to slow down", "code", e.Code.String())
-			if _, err := ex.receive(time.Now().Add(maxRetry)); err != nil {
+			wake := ex.wakeOnStray
+			ex.wakeOnStray = false // no stray datagram cuts this wait short
+			_, err := ex.receive(time.Now().Add(maxRetry))
+			ex.wakeOnStray = wake
+			if err != nil {
 				return nil, err
 			}
 			retry = maxRetry
@@ -483,19 +496,10 @@ func (ex *exchange) roundTrip(m wire.Message) (wire.Message, error) {
 }
 
 // wait re-sends a waiting find every MaxRetry until an answer other than
-// "still waiting" arrives, which it keeps for the next roundTrip.
-//
-// A datagram from anyone but the server while we wait is most likely the
-// peer's first probe: the server paired us and its pushed match was lost
-// (or is late). Then the find goes again at once, rather than at the next
-// MaxRetry, and the server's answer to a matched find's re-send is the
-// match (PROTOCOL.md 2.8, rule 1). Such early re-sends are at most one per
-// Retry: whoever sends us datagrams makes us send no more than that, and
-// only to the server.
+// "still waiting" arrives, which it keeps for the next roundTrip; a stray
+// datagram re-sends it sooner (see Find).
 func (ex *exchange) wait(m wire.Message) error {
 	_, maxRetry := ex.c.retries()
-	ex.wakeOnStray = true
-	defer func() { ex.wakeOnStray = false }()
 	for {
 		reply, err := ex.receive(time.Now().Add(maxRetry))
 		if err != nil {
@@ -588,14 +592,14 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 }
 
 // strayWakes reports whether a datagram from another address than the
-// server's, arriving now, ends the receive early (see wait).
+// server's, arriving now, ends the receive early (see Find).
 func (ex *exchange) strayWakes(from netip.AddrPort) bool {
 	retry, _ := ex.c.retries()
 	if !ex.wakeOnStray || time.Since(ex.strayWoke) < retry {
 		return false
 	}
 	ex.strayWoke = time.Now()
-	ex.c.log().Debug("a datagram from another address while waiting: asking the server again", "from", from.String())
+	ex.c.log().Debug("a datagram from another address while finding: asking the server again", "from", from.String())
 	return true
 }
 

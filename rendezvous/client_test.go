@@ -307,12 +307,22 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// TestLostPushRecovered: the server's pushed match to a waiting client is
-// lost; the peer's first probe arrives instead, and the client asks the
-// server again at once, getting the match well before its next re-send
-// would have (MaxRetry, here 10 s).
-func TestLostPushRecovered(t *testing.T) {
-	var finds sync.Map // request id → Finds seen
+// TestStrayDatagramResendsFind: the server's match is lost on its way to
+// us, as its push to the waiting first arrival or as its answer to the
+// second; the peer's first probe arrives instead, and the client asks the
+// server again at once, getting the match long before its next re-send
+// would have (MaxRetry and Retry, here 10 s).
+func TestStrayDatagramResendsFind(t *testing.T) {
+	t.Run("push lost", func(t *testing.T) { strayResendsFind(t, true) })
+	t.Run("answer lost", func(t *testing.T) { strayResendsFind(t, false) })
+}
+
+// strayResendsFind runs a fake server that answers a client's first Find
+// with "waiting" (waiting) or not at all, and later ones with the match;
+// a probe reaches the client once the first Find arrived.
+func strayResendsFind(t *testing.T, waiting bool) {
+	var finds atomic.Int32
+	probed := make(chan struct{})
 	match := &wire.FindResp{Status: wire.FindMatched, Observed: netip.MustParseAddrPort("192.0.2.1:1"),
 		PairingID: [16]byte{7}, PeerObserved: netip.MustParseAddrPort("192.0.2.2:2")}
 	srv := startFake(t, func(pkt []byte) [][]byte {
@@ -324,10 +334,12 @@ func TestLostPushRecovered(t *testing.T) {
 		case *wire.Hello:
 			return [][]byte{(&wire.Challenge{ReqID: m.ReqID, Cookie: []byte("cookie")}).AppendTo(nil)}
 		case *wire.Find:
-			n, _ := finds.LoadOrStore(m.ReqID, new(atomic.Int32))
-			if n.(*atomic.Int32).Add(1) == 1 {
-				// Waiting; the match pushed a moment later is lost.
-				return [][]byte{(&wire.FindResp{ReqID: m.ReqID, Status: wire.FindWaiting}).AppendTo(nil)}
+			if finds.Add(1) == 1 {
+				close(probed)
+				if waiting { // the match pushed a moment later is lost
+					return [][]byte{(&wire.FindResp{ReqID: m.ReqID, Status: wire.FindWaiting}).AppendTo(nil)}
+				}
+				return nil // the answer is lost
 			}
 			r := *match
 			r.ReqID = m.ReqID
@@ -336,8 +348,11 @@ func TestLostPushRecovered(t *testing.T) {
 		return nil
 	})
 	c := srv.client(t)
-	c.MaxRetry = 10 * time.Second
-	probe := func() {
+	c.Retry, c.MaxRetry = 10*time.Second, 10*time.Second
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		<-probed
+		time.Sleep(10 * time.Millisecond) // after a "waiting" answer reached the client
 		s, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(c.Conn.(*net.UDPConn).LocalAddr().(*net.UDPAddr).AddrPort()))
 		if err != nil {
 			t.Error(err)
@@ -345,15 +360,17 @@ func TestLostPushRecovered(t *testing.T) {
 		}
 		defer s.Close()
 		s.Write([]byte("the peer's probe"))
-	}
+	})
 	start := time.Now()
-	var wg sync.WaitGroup
-	m, err := c.Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b", OnWaiting: func() { wg.Go(probe) }})
+	m, err := c.Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"})
 	wg.Wait()
 	if err != nil || m.PairingID != match.PairingID {
 		t.Fatalf("Find = %+v, %v", m, err)
 	}
 	if el := time.Since(start); el > 5*time.Second {
 		t.Fatalf("matched after %v: the probe did not make the client ask again", el)
+	}
+	if n := finds.Load(); n != 2 {
+		t.Fatalf("the client sent %d Finds, want 2", n)
 	}
 }
