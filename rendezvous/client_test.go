@@ -374,3 +374,57 @@ func strayResendsFind(t *testing.T, waiting bool) {
 		t.Fatalf("the client sent %d Finds, want 2", n)
 	}
 }
+
+// TestStrayDatagramKeepsBackOff: a server that asks us to slow down (rate
+// limited) is not asked again sooner because a stray datagram arrived.
+func TestStrayDatagramKeepsBackOff(t *testing.T) {
+	var mu sync.Mutex
+	var findAt []time.Time
+	probed := make(chan struct{})
+	srv := startFake(t, func(pkt []byte) [][]byte {
+		m, err := wire.Decode(pkt)
+		if err != nil {
+			return nil
+		}
+		switch m := m.(type) {
+		case *wire.Hello:
+			return [][]byte{(&wire.Challenge{ReqID: m.ReqID, Cookie: []byte("cookie")}).AppendTo(nil)}
+		case *wire.Find:
+			mu.Lock()
+			defer mu.Unlock()
+			findAt = append(findAt, time.Now())
+			if len(findAt) == 1 {
+				close(probed)
+				return [][]byte{(&wire.Error{ReqID: m.ReqID, Code: wire.CodeRateLimited}).AppendTo(nil)}
+			}
+			return [][]byte{(&wire.FindResp{ReqID: m.ReqID, Status: wire.FindMatched, PairingID: [16]byte{7}}).AppendTo(nil)}
+		}
+		return nil
+	})
+	c := srv.client(t)
+	c.Retry, c.MaxRetry = 50*time.Millisecond, time.Second
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		<-probed
+		s, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(c.Conn.(*net.UDPConn).LocalAddr().(*net.UDPAddr).AddrPort()))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer s.Close()
+		for range 5 {
+			time.Sleep(50 * time.Millisecond)
+			s.Write([]byte("a stray datagram"))
+		}
+	})
+	_, err := c.Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"})
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(findAt) != 2 || findAt[1].Sub(findAt[0]) < 900*time.Millisecond {
+		t.Fatalf("Finds at %v: want the second one MaxRetry after the rate-limited first", findAt)
+	}
+}
