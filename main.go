@@ -22,6 +22,7 @@ import (
 	"runtime/pprof"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -30,6 +31,10 @@ import (
 	"github.com/p2pcat/p2pcat/pipe/term"
 	"github.com/p2pcat/p2pcat/rendezvous"
 )
+
+// processStart is when package main was initialised, after every package
+// it imports: the -vv log's "command ready" line measures from it.
+var processStart = time.Now()
 
 // version is set at build time with -ldflags "-X main.version=v1.2.3".
 var version = ""

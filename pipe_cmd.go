@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/user"
 	"strings"
+	"time"
 
 	"github.com/mattn/go-isatty"
 	"github.com/urfave/cli/v2"
@@ -49,6 +50,10 @@ func runPipe(c *cli.Context) error {
 	if c.String("find") == "" && c.NumFlags() == 0 {
 		return cli.ShowAppHelp(c)
 	}
+	// The RSA key grows from now on, while we look up the server's name,
+	// read the session key and ask for the password; pipe.Run takes it.
+	// (An invalid size starts nothing; pipeConfig says what is wrong.)
+	pipe.StartKey(c.Int("rsa-bits"))
 	cfg, err := pipeConfig(c)
 	if err != nil {
 		return err
@@ -68,6 +73,9 @@ func runPipe(c *cli.Context) error {
 		return err
 	}
 	defer closeChat()
+	// scripts/setup_steps.sh reads this line: the command's own share of
+	// the setup, from package main's initialisation to the session's start.
+	cfg.Logger.Debug("command ready", "since_init", time.Since(processStart).String())
 	return explainPipeError(pipe.Run(c.Context, cfg), cfg)
 }
 
@@ -179,14 +187,25 @@ func verbosity(c *cli.Context) int {
 }
 
 func pipeLogger(w io.Writer, verbose int) *slog.Logger {
-	level := slog.Level(100) // silent
+	opts := &slog.HandlerOptions{Level: slog.Level(100)} // silent
 	switch {
 	case verbose >= 2:
-		level = slog.LevelDebug
+		// Debug lines carry microseconds, so that the steps of a setup on
+		// loopback (scripts/setup_steps.sh) can be told apart.
+		opts.Level, opts.ReplaceAttr = slog.LevelDebug, microseconds
 	case verbose == 1:
-		level = slog.LevelInfo
+		opts.Level = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// microseconds writes a record's time with microseconds (slog's text
+// handler writes milliseconds).
+func microseconds(groups []string, a slog.Attr) slog.Attr {
+	if a.Key == slog.TimeKey && len(groups) == 0 && a.Value.Kind() == slog.KindTime {
+		a.Value = slog.StringValue(a.Value.Time().Format("2006-01-02T15:04:05.000000Z07:00"))
+	}
+	return a
 }
 
 // pipeTerminal sets how the session talks to a human: the chat when stdin

@@ -243,6 +243,15 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) 
 	if err := f.adopt(ch); err != nil {
 		return Match{}, err
 	}
+	// From now on a datagram from anyone but the server is most likely the
+	// peer's first probe: the server paired us, and its answer (or the
+	// match it pushed to us, the first arrival) was lost or is late. Then
+	// the find goes again at once, rather than at the next re-send, and the
+	// server answers a matched find's re-send with the match (PROTOCOL.md
+	// 2.8, rule 1). Such early re-sends are at most one per Retry: whoever
+	// sends us datagrams makes us send no more than that, and only to the
+	// server.
+	ex.wakeOnStray = true
 	matched := false
 	defer func() {
 		if !matched && !errors.Is(err, ErrVersionMismatch) {
@@ -268,6 +277,7 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) 
 		case *wire.FindResp:
 			if r.Status == wire.FindMatched {
 				matched = true
+				c.log().Debug("rendezvous: matched", "requests", ex.sent, "took", time.Since(ex.start).String(), "waited", f.waiting)
 				return f.match(r), nil
 			}
 			if err := f.wait(r); err != nil {
@@ -363,12 +373,24 @@ type exchange struct {
 	heardAny bool
 	// authErr is what an Error code 4 (auth_failed) means to this exchange.
 	authErr error
+	// start is when the exchange began; sent counts the datagrams it sent,
+	// re-sends included: the round trips it took when none was lost and
+	// no stray datagram woke wait (scripts/setup_steps.sh reads them from
+	// the -vv log).
+	start time.Time
+	sent  int
+	// wakeOnStray: receive returns early, as at its deadline, when a
+	// datagram from another address arrives, at most once per Retry
+	// (strayWoke is when it last did); Find sets it once it has a cookie.
+	wakeOnStray bool
+	strayWoke   time.Time
 }
 
 func (c *Client) newExchange(ctx context.Context) *exchange {
 	var b [8]byte
 	rand.Read(b[:])
-	return &exchange{c: c, ctx: ctx, reqID: binary.BigEndian.Uint64(b[:]), buf: make([]byte, 2048), heardAt: time.Now()}
+	now := time.Now()
+	return &exchange{c: c, ctx: ctx, reqID: binary.BigEndian.Uint64(b[:]), buf: make([]byte, 2048), heardAt: now, start: now}
 }
 
 // errSilent: the server left us unanswered for longer than ServerTimeout.
@@ -418,6 +440,7 @@ func (ex *exchange) challenge(session string) (*wire.Challenge, error) {
 			return nil, err
 		}
 		if ch, ok := reply.(*wire.Challenge); ok {
+			ex.c.log().Debug("rendezvous: challenge", "requests", ex.sent, "took", time.Since(ex.start).String())
 			return ch, nil
 		}
 	}
@@ -428,6 +451,7 @@ func (ex *exchange) send(m wire.Message) error {
 	if _, err := ex.c.Conn.WriteToUDPAddrPort(b, ex.c.Server); err != nil {
 		return fmt.Errorf("sending to rendezvous server %s: %w", ex.c.Server, err)
 	}
+	ex.sent++
 	return nil
 }
 
@@ -451,7 +475,11 @@ func (ex *exchange) roundTrip(m wire.Message) (wire.Message, error) {
 		if e, ok := reply.(*wire.Error); ok && (e.Code == wire.CodeRateLimited || e.Code == wire.CodeBusy) {
 			// Back off and try again; the server is protecting itself.
 			ex.c.log().Debug("rendezvous server asks to slow down", "code", e.Code.String())
-			if _, err := ex.receive(time.Now().Add(maxRetry)); err != nil {
+			wake := ex.wakeOnStray
+			ex.wakeOnStray = false // no stray datagram cuts this wait short
+			_, err := ex.receive(time.Now().Add(maxRetry))
+			ex.wakeOnStray = wake
+			if err != nil {
 				return nil, err
 			}
 			retry = maxRetry
@@ -468,7 +496,8 @@ func (ex *exchange) roundTrip(m wire.Message) (wire.Message, error) {
 }
 
 // wait re-sends a waiting find every MaxRetry until an answer other than
-// "still waiting" arrives, which it keeps for the next roundTrip.
+// "still waiting" arrives, which it keeps for the next roundTrip; a stray
+// datagram re-sends it sooner (see Find).
 func (ex *exchange) wait(m wire.Message) error {
 	_, maxRetry := ex.c.retries()
 	for {
@@ -538,6 +567,9 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 			continue
 		}
 		if udpio.Unmap(from) != udpio.Unmap(ex.c.Server) {
+			if ex.strayWakes(from) {
+				return nil, nil
+			}
 			continue // a peer's early probe, or noise
 		}
 		if id, ok := wire.ReqIDOf(ex.buf[:n]); !ok || id != ex.reqID {
@@ -557,6 +589,18 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 		ex.heardAt, ex.heardAny = time.Now(), true
 		return msg, nil
 	}
+}
+
+// strayWakes reports whether a datagram from another address than the
+// server's, arriving now, ends the receive early (see Find).
+func (ex *exchange) strayWakes(from netip.AddrPort) bool {
+	retry, _ := ex.c.retries()
+	if !ex.wakeOnStray || time.Since(ex.strayWoke) < retry {
+		return false
+	}
+	ex.strayWoke = time.Now()
+	ex.c.log().Debug("a datagram from another address while finding: asking the server again", "from", from.String())
+	return true
 }
 
 func (ex *exchange) answer(m wire.Message) (wire.Message, error) {

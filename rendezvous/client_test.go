@@ -9,10 +9,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -222,5 +224,207 @@ func TestFindLeavesNoDeadline(t *testing.T) {
 	n, _, err := conn.ReadFromUDPAddrPort(buf)
 	if err != nil || string(buf[:n]) != "session data" {
 		t.Fatalf("reading the socket after Find: %q, %v", buf[:n], err)
+	}
+}
+
+// countingConn counts the datagrams a client sends.
+type countingConn struct {
+	rendezvous.PacketConn
+	mu   sync.Mutex
+	sent int
+}
+
+func (c *countingConn) WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error) {
+	c.mu.Lock()
+	c.sent++
+	c.mu.Unlock()
+	return c.PacketConn.WriteToUDPAddrPort(b, addr)
+}
+
+// TestFindRoundTrips: a pairing takes each side two requests, the Hello
+// (whose Challenge proves its address and says whether the session is
+// registered) and one Find, signed or not; the first arrival's match is
+// pushed to it, with nothing more to ask. The -vv log's "rendezvous:
+// matched" line (scripts/setup_steps.sh) says the same count.
+func TestFindRoundTrips(t *testing.T) {
+	srv := rendezvoustest.Start(t, server.Config{})
+	key := srv.RegisterSession(t, "club")
+	t.Run("unregistered", func(t *testing.T) { findRoundTrips(t, srv, "s", nil) })
+	t.Run("registered", func(t *testing.T) { findRoundTrips(t, srv, "club", &key) })
+}
+
+func findRoundTrips(t *testing.T, srv *rendezvoustest.Server, session string, key *rendezvous.SessionKey) {
+	ctx := ctxTimeout(t, 10*time.Second)
+	var logs [2]lockedBuffer
+	var conns [2]*countingConn
+	var clients [2]*rendezvous.Client
+	for i := range clients {
+		clients[i] = srv.Client(t)
+		conns[i] = &countingConn{PacketConn: clients[i].Conn}
+		clients[i].Conn = conns[i]
+		clients[i].Logger = slog.New(slog.NewTextHandler(&logs[i], &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	var wg sync.WaitGroup
+	var errB error
+	arrived := false
+	_, errA := clients[0].Find(ctx, rendezvous.FindRequest{Session: session, Name: "a", Peer: "b", SessionKey: key, OnWaiting: func() {
+		arrived = true
+		wg.Go(func() {
+			_, errB = clients[1].Find(ctx, rendezvous.FindRequest{Session: session, Name: "b", Peer: "a", SessionKey: key})
+		})
+	}})
+	wg.Wait()
+	if errA != nil || errB != nil || !arrived {
+		t.Fatalf("Find: a %v, b %v (b started: %v)", errA, errB, arrived)
+	}
+	for i, name := range []string{"first arrival", "second arrival"} {
+		if conns[i].sent != 2 {
+			t.Errorf("%s sent %d datagrams, want 2 (Hello, Find)", name, conns[i].sent)
+		}
+		if log := logs[i].String(); !strings.Contains(log, `msg="rendezvous: matched" requests=2 `) ||
+			!strings.Contains(log, `msg="rendezvous: challenge" requests=1 `) {
+			t.Errorf("%s logged:\n%s", name, log)
+		}
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for a logger written from the client's
+// goroutine and read by the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestStrayDatagramResendsFind: the server's match is lost on its way to
+// us, as its push to the waiting first arrival or as its answer to the
+// second; the peer's first probe arrives instead, and the client asks the
+// server again at once, getting the match long before its next re-send
+// would have (MaxRetry and Retry, here 10 s).
+func TestStrayDatagramResendsFind(t *testing.T) {
+	t.Run("push lost", func(t *testing.T) { strayResendsFind(t, true) })
+	t.Run("answer lost", func(t *testing.T) { strayResendsFind(t, false) })
+}
+
+// strayResendsFind runs a fake server that answers a client's first Find
+// with "waiting" (waiting) or not at all, and later ones with the match;
+// a probe reaches the client once the first Find arrived.
+func strayResendsFind(t *testing.T, waiting bool) {
+	var finds atomic.Int32
+	probed := make(chan struct{})
+	match := &wire.FindResp{Status: wire.FindMatched, Observed: netip.MustParseAddrPort("192.0.2.1:1"),
+		PairingID: [16]byte{7}, PeerObserved: netip.MustParseAddrPort("192.0.2.2:2")}
+	srv := startFake(t, func(pkt []byte) [][]byte {
+		m, err := wire.Decode(pkt)
+		if err != nil {
+			return nil
+		}
+		switch m := m.(type) {
+		case *wire.Hello:
+			return [][]byte{(&wire.Challenge{ReqID: m.ReqID, Cookie: []byte("cookie")}).AppendTo(nil)}
+		case *wire.Find:
+			if finds.Add(1) == 1 {
+				close(probed)
+				if waiting { // the match pushed a moment later is lost
+					return [][]byte{(&wire.FindResp{ReqID: m.ReqID, Status: wire.FindWaiting}).AppendTo(nil)}
+				}
+				return nil // the answer is lost
+			}
+			r := *match
+			r.ReqID = m.ReqID
+			return [][]byte{r.AppendTo(nil)}
+		}
+		return nil
+	})
+	c := srv.client(t)
+	c.Retry, c.MaxRetry = 10*time.Second, 10*time.Second
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		<-probed
+		time.Sleep(10 * time.Millisecond) // after a "waiting" answer reached the client
+		s, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(c.Conn.(*net.UDPConn).LocalAddr().(*net.UDPAddr).AddrPort()))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer s.Close()
+		s.Write([]byte("the peer's probe"))
+	})
+	start := time.Now()
+	m, err := c.Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"})
+	wg.Wait()
+	if err != nil || m.PairingID != match.PairingID {
+		t.Fatalf("Find = %+v, %v", m, err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("matched after %v: the probe did not make the client ask again", el)
+	}
+	if n := finds.Load(); n != 2 {
+		t.Fatalf("the client sent %d Finds, want 2", n)
+	}
+}
+
+// TestStrayDatagramKeepsBackOff: a server that asks us to slow down (rate
+// limited) is not asked again sooner because a stray datagram arrived.
+func TestStrayDatagramKeepsBackOff(t *testing.T) {
+	var mu sync.Mutex
+	var findAt []time.Time
+	probed := make(chan struct{})
+	srv := startFake(t, func(pkt []byte) [][]byte {
+		m, err := wire.Decode(pkt)
+		if err != nil {
+			return nil
+		}
+		switch m := m.(type) {
+		case *wire.Hello:
+			return [][]byte{(&wire.Challenge{ReqID: m.ReqID, Cookie: []byte("cookie")}).AppendTo(nil)}
+		case *wire.Find:
+			mu.Lock()
+			defer mu.Unlock()
+			findAt = append(findAt, time.Now())
+			if len(findAt) == 1 {
+				close(probed)
+				return [][]byte{(&wire.Error{ReqID: m.ReqID, Code: wire.CodeRateLimited}).AppendTo(nil)}
+			}
+			return [][]byte{(&wire.FindResp{ReqID: m.ReqID, Status: wire.FindMatched, PairingID: [16]byte{7}}).AppendTo(nil)}
+		}
+		return nil
+	})
+	c := srv.client(t)
+	c.Retry, c.MaxRetry = 50*time.Millisecond, time.Second
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		<-probed
+		s, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(c.Conn.(*net.UDPConn).LocalAddr().(*net.UDPAddr).AddrPort()))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer s.Close()
+		for range 5 {
+			time.Sleep(50 * time.Millisecond)
+			s.Write([]byte("a stray datagram"))
+		}
+	})
+	_, err := c.Find(ctxTimeout(t, 30*time.Second), rendezvous.FindRequest{Session: "s", Name: "a", Peer: "b"})
+	wg.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(findAt) != 2 || findAt[1].Sub(findAt[0]) < 900*time.Millisecond {
+		t.Fatalf("Finds at %v: want the second one MaxRetry after the rate-limited first", findAt)
 	}
 }

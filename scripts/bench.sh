@@ -14,6 +14,10 @@
 #       segmentation offload), so the gain from offload shows
 #       (PLAIN=0 skips it).
 #   (b) setup time: both sides started → the first line arrives at bob.
+#   (b') the same step by step, on loopback and across a 40 ms RTT (each
+#       client's path to the server through its own relay, then a --peer
+#       pair through one), with the rendezvous's requests: the output of
+#       scripts/setup_steps.sh.
 #   (c) LOSSY_MB (default 32) across a path with 40 ms RTT and 1% random loss
 #       each way (the userspace relay scripts/netem).
 #
@@ -212,6 +216,13 @@ echo
 printf "%-38s %-20s %-20s\n" "(b) setup (started → first line)" "p2pcat ms" "nc ms"
 printf "%-38s %-20s %-20s\n" "" "$(stat_col "$work/setup" 1)" "$(stat_col "$work/ncsetup" 1)"
 
+# (b') where the setup goes, step by step, on loopback and across 40 ms RTT
+echo
+echo "(b') setup step by step (scripts/setup_steps.sh), loopback:"
+RUNS=$((RUNS * 2)) scripts/setup_steps.sh | sed 's/^/  /'
+echo "(b') across 40 ms RTT:"
+RUNS=$RUNS DELAY=20ms scripts/setup_steps.sh | sed 's/^/  /'
+
 # (c) lossy path: 40 ms RTT, 1% loss each way, through the userspace relay
 pa=$((40000 + RANDOM % 10000)); pb=$((pa + 1))
 "$work/netem" -a "127.0.0.1:$pa" -b "127.0.0.1:$pb" -loss 0.01 -delay 20ms -seed 7 >"$work/netem.out" 2>"$work/netem.err" &
@@ -233,4 +244,9 @@ echo
 printf "%-38s %-20s %s\n" "(c) ${LOSSY_MB} MiB, 40 ms RTT, 1% loss" "$(stat_col "$work/lossy" 1 %.1f) MB/s" "(TCP BBR 16, CUBIC 0.46)"
 echo
 echo "CPU s/GiB is user+sys per side for the whole run (p2pcat's includes its ~0.1 s RSA key)."
+echo "Setup steps (b'): on loopback the two RSA keys, generated at once on the cores, are most of"
+echo "the setup (keys_ready); the key starts right after the flags, so that the password prompt"
+echo "and the rendezvous run beside it. The rendezvous takes two requests per"
+echo "side, Hello (its Challenge proves the address) and Find, so two round trips to the server;"
+echo "the peers then need two round trips for the handshake and half of one for the first byte."
 echo "Reference figures on this machine class: hyperbeam 189 MB/s, 217 ms setup, 93 MB RSS; croc 41 MB/s, 56 ms setup."
