@@ -38,7 +38,7 @@ const mappingTimeout = 300 * time.Millisecond
 // birthdayWait: the hard side's sockets send only after the easy side's
 // spray (path.SprayDuration) plus this margin for the two sides' clocks
 // (the server answers both Finds at the same moment).
-const birthdayWait = 50 * time.Millisecond
+const birthdayWait = 80 * time.Millisecond
 
 // birthdayBudget bounds the hard side's sockets' time after its wait:
 // some probe rounds (one every 100 ms) for answers to come back.
@@ -124,7 +124,14 @@ func (a *attempt) birthday(ctx context.Context, udp *net.UDPConn, ours mapping) 
 		return udp
 	}
 	log := a.cfg.Logger
-	switch birthdayRoles(ours, a.match) {
+	role := birthdayRoles(ours, a.match)
+	if role != birthdayNone {
+		// The spray, then the sockets, is the order that keeps a "clash"
+		// router from being claimed by the peer's first packets; holding
+		// one side back (staggered) would undo it.
+		a.opts.ProbeDelay = 0
+	}
+	switch role {
 	case birthdaySpray:
 		a.opts.Spray = a.match.PeerObserved
 		log.Info("birthday punching: the peer's NAT maps each destination to a new port; probing many of its ports", "peer", a.match.PeerObserved.String())

@@ -34,7 +34,7 @@ import (
 // The bounds, which nothing raises:
 //   - the easy side sends at most SprayProbes probes (default
 //     DefaultSprayProbes, capped at MaxSprayProbes), sprayBurst every
-//     sprayTick, to distinct ports of the one IP the server saw the peer
+//     sprayTick on average (sprayCatchUp bounds a burst), to distinct ports of the one IP the server saw the peer
 //     at, and stops at the first probe that comes back from one of them
 //     or when the path is confirmed;
 //   - the hard side opens at most MaxBirthdaySockets sockets, each sending
@@ -216,8 +216,14 @@ func (c *Conn) spray(ctx context.Context, ip netip.Addr, skip uint16, n int) (se
 	t := time.NewTicker(sprayTick)
 	defer t.Stop()
 	defer func() { c.count(func(s *Stats) { s.ProbesSent += uint64(sent) }) }()
+	start := time.Now()
 	for sent < len(ports) && !c.sprayAnswered(ip, given) {
-		for _, p := range ports[sent:min(sent+sprayBurst, len(ports))] {
+		// The pace is kept by the clock, not by the ticks, which a busy
+		// machine delays: after a late tick, what is due goes at once
+		// (at most sprayCatchUp more ticks' worth).
+		due := sprayBurst * (1 + int(time.Since(start)/sprayTick))
+		due = min(due, sent+sprayCatchUp*sprayBurst, len(ports))
+		for _, p := range ports[sent:due] {
 			c.sock.WriteToUDPAddrPort(probe, netip.AddrPortFrom(ip, p))
 			sent++
 		}
@@ -229,6 +235,10 @@ func (c *Conn) spray(ctx context.Context, ip netip.Addr, skip uint16, n int) (se
 	}
 	return sent
 }
+
+// sprayCatchUp bounds a burst after a late tick, in ticks' worth of
+// probes.
+const sprayCatchUp = 8
 
 // sprayPorts picks n distinct ports from sprayLowPort up, none of them skip.
 func sprayPorts(n int, skip uint16) []uint16 {
