@@ -561,4 +561,4 @@ const stunPairRetry = 100 * time.Millisecond
 
 // stunPairSlack is what MappingPair gives the alternate beyond twice the
 // primary's round trip: the time a busy server takes to answer.
-const stunPairSlack = 20 * time.Millisecond
+const stunPairSlack = 50 * time.Millisecond
