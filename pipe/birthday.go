@@ -25,7 +25,8 @@ import (
 //
 // Roles, from the match (birthdayRoles): when exactly one side's mapping
 // is endpoint-dependent and neither side is public, the hard side opens
-// many sockets and probes the peer from each (birthdayDial), the easy side
+// many sockets and probes the peer from each (birthdayDial, in up to
+// birthdayBatches batches), the easy side
 // sprays probes to random ports of the hard side's IP (path.Options.Spray).
 // When both are endpoint-dependent nothing here helps (the relay carries
 // the session); when one side is public its probes' real source port is
@@ -40,9 +41,17 @@ const mappingTimeout = 300 * time.Millisecond
 // (the server answers both Finds at the same moment).
 const birthdayWait = 80 * time.Millisecond
 
-// birthdayBudget bounds the hard side's sockets' time after its wait:
-// some probe rounds (one every 100 ms) for answers to come back.
-const birthdayBudget = 700 * time.Millisecond
+// birthdayBatches, birthdayBatchTime: the hard side tries this many
+// batches of path.DefaultSockets fresh sockets, each for this long after
+// its first probes (a probe round every 100 ms). The peer's NAT keeps the
+// mappings its spray opened, so a second batch is a second, as likely
+// chance without another spray: one batch misses in about 2 of 100 tries,
+// two in about 4 of 10,000. The first batch waits longer: the peer answers
+// a probe only once its handshake reads the socket, after its RSA key is
+// ready, which a loaded machine delays.
+const birthdayBatches = 2
+
+var birthdayBatchTime = [birthdayBatches]time.Duration{800 * time.Millisecond, 500 * time.Millisecond}
 
 // mapping is what the STUN round trip to the server's two ports found:
 // our public address as the primary and as the alternate see it (invalid
@@ -136,18 +145,36 @@ func (a *attempt) birthday(ctx context.Context, udp *net.UDPConn, ours mapping) 
 		a.opts.Spray = a.match.PeerObserved
 		log.Info("birthday punching: the peer's NAT maps each destination to a new port; probing many of its ports", "peer", a.match.PeerObserved.String())
 	case birthdayDial:
-		wait := path.SprayDuration + birthdayWait
-		res, err := path.BirthdayPunch(ctx, a.match.PeerObserved, a.match.PairingID, path.DefaultSockets, wait, wait+birthdayBudget, log)
-		if err != nil {
-			log.Warn("birthday punching: could not open its sockets", "err", err)
-			return udp
-		}
-		log.Info("birthday punching: our NAT maps each destination to a new port; probed the peer from many sockets",
-			"sockets", res.Sockets, "probes", res.Probes, "met", res.Sock != nil, "took", res.Took.Round(time.Millisecond).String())
-		if res.Sock != nil {
+		if sock := a.dialBirthday(ctx); sock != nil {
 			udp.Close()
-			return res.Sock
+			return sock
 		}
 	}
 	return udp
+}
+
+// dialBirthday is the hard side's part: batches of sockets that probe the
+// peer, the first after the peer's spray. It returns the socket that met
+// the peer, or nil.
+func (a *attempt) dialBirthday(ctx context.Context) *net.UDPConn {
+	log := a.cfg.Logger
+	wait := path.SprayDuration + birthdayWait
+	var sockets, probes int
+	var took time.Duration
+	var met *net.UDPConn
+	for _, batch := range birthdayBatchTime {
+		res, err := path.BirthdayPunch(ctx, a.match.PeerObserved, a.match.PairingID, path.DefaultSockets, wait, wait+batch, log)
+		if err != nil {
+			log.Warn("birthday punching: could not open its sockets", "err", err)
+			break
+		}
+		sockets, probes, took, met = sockets+res.Sockets, probes+res.Probes, took+res.Took, res.Sock
+		if met != nil || ctx.Err() != nil {
+			break
+		}
+		wait = 0
+	}
+	log.Info("birthday punching: our NAT maps each destination to a new port; probed the peer from many sockets",
+		"sockets", sockets, "probes", probes, "met", met != nil, "took", took.Round(time.Millisecond).String())
+	return met
 }
