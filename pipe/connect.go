@@ -156,7 +156,7 @@ func (pl *plan) start(ctx context.Context, n int) (*attempt, error) {
 	if err != nil {
 		return nil, err
 	}
-	match, err := cfg.meet(ctx, udp, n)
+	match, ours, err := cfg.meet(ctx, udp, n)
 	if err != nil {
 		udp.Close()
 		return nil, err
@@ -171,6 +171,7 @@ func (pl *plan) start(ctx context.Context, n int) (*attempt, error) {
 	}
 	pl.localPort = udp.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 	a := pl.attempt(n, match)
+	udp = a.birthday(ctx, udp, ours) // birthday.go: the spray's options, or the socket that met the peer
 	a.punch(udp)
 	return a, nil
 }

@@ -23,10 +23,11 @@ import (
 const reFindTimeout = 5 * time.Second
 
 // meet pairs us with the peer over udp: through the rendezvous server, or
-// from the names alone in direct mode.
-func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int) (rendezvous.Match, error) {
+// from the names alone in direct mode. It also returns our NAT's mapping
+// as the server's two STUN ports saw it (birthday.go).
+func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int) (rendezvous.Match, mapping, error) {
 	if cfg.PeerAddr.IsValid() {
-		return directMatch(*cfg), nil
+		return directMatch(*cfg), mapping{}, nil
 	}
 	log := cfg.Logger
 	port := udp.LocalAddr().(*net.UDPAddr).AddrPort().Port()
@@ -41,6 +42,7 @@ func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int) (ren
 	if cfg.STUN.IsValid() {
 		cands = cfg.stunCandidate(ctx, udp, cands)
 	}
+	cands, ours := cfg.learnMapping(ctx, udp, cands, wire.MaxCandidates)
 	log.Debug("asking the rendezvous server", "server", cfg.Server.String(), "candidates", fmt.Sprint(cands), "attempt", attempt+1)
 	warned := false
 	match, err := client.Find(fctx, rendezvous.FindRequest{
@@ -56,13 +58,13 @@ func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int) (ren
 	switch {
 	case err == nil:
 		log.Debug("paired", "role", match.Role.String(), "peer_observed", match.PeerObserved.String(), "peer_candidates", fmt.Sprint(match.PeerCandidates), "observed", match.Observed.String())
-		return match, nil
+		return match, ours, nil
 	case ctx.Err() != nil:
-		return match, ErrInterrupted
+		return match, ours, ErrInterrupted
 	case errors.Is(err, rendezvous.ErrPeerNotFound) && attempt == 0:
-		return match, fmt.Errorf("%s did not show up within %s: %w", cfg.Peer, cfg.Timeout, err)
+		return match, ours, fmt.Errorf("%s did not show up within %s: %w", cfg.Peer, cfg.Timeout, err)
 	}
-	return match, err
+	return match, ours, err
 }
 
 // stunTimeout bounds the question to the --stun server.

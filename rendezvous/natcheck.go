@@ -501,3 +501,64 @@ func sourceIPFor(server netip.AddrPort) (netip.Addr, error) {
 	defer c.Close()
 	return udpio.Unmap(c.LocalAddr().(*net.UDPAddr).AddrPort()).Addr(), nil
 }
+
+// MappingPair asks the STUN servers primary and alternate, from the same
+// socket and at the same time, which address each sees conn's datagrams
+// come from: one round trip for the question a session asks (is our NAT's
+// mapping endpoint-dependent?) before it offers its candidates. Each
+// request is sent once and retransmitted at stunPairRetry, and ctx bounds
+// the wait (callers give it a short deadline: a session must not wait on
+// an alternate that is not there). Once the primary answered, the
+// alternate (on the same host) has twice that round trip more, and
+// stunPairSlack, to answer. A mapped address is invalid when its answer
+// did not come; the error is only that of a broken socket.
+func MappingPair(ctx context.Context, conn PacketConn, primary, alternate netip.AddrPort) (p, a netip.AddrPort, err error) {
+	primary, alternate = udpio.Unmap(primary), udpio.Unmap(alternate)
+	reqP, txP := newBindingRequest(0)
+	reqA, txA := newBindingRequest(0)
+	defer conn.SetReadDeadline(time.Time{})
+	buf := make([]byte, wire.MaxRelayDatagram)
+	start := time.Now()
+	for ctx.Err() == nil && (!p.IsValid() || !a.IsValid()) {
+		if !p.IsValid() {
+			conn.WriteToUDPAddrPort(reqP, primary)
+		}
+		if !a.IsValid() {
+			conn.WriteToUDPAddrPort(reqA, alternate)
+		}
+		until := time.Now().Add(stunPairRetry)
+		if d, ok := ctx.Deadline(); ok && d.Before(until) {
+			until = d
+		}
+		for (!p.IsValid() || !a.IsValid()) && time.Now().Before(until) {
+			conn.SetReadDeadline(until)
+			n, _, rerr := conn.ReadFromUDPAddrPort(buf)
+			switch {
+			case errors.Is(rerr, net.ErrClosed):
+				return p, a, rerr
+			case rerr != nil:
+				continue // the deadline, or an ICMP error: try again
+			}
+			if ans, ok := stunmsg.ParseAnswer(buf[:n], txP); ok && ans.Code == 0 && !p.IsValid() {
+				p = ans.Mapped
+				var stop context.CancelFunc
+				ctx, stop = context.WithTimeout(ctx, 2*time.Since(start)+stunPairSlack)
+				defer stop()
+				if d, _ := ctx.Deadline(); d.Before(until) {
+					until = d
+				}
+			} else if ans, ok := stunmsg.ParseAnswer(buf[:n], txA); ok && ans.Code == 0 {
+				a = ans.Mapped
+			}
+		}
+	}
+	return p, a, nil
+}
+
+// stunPairRetry: MappingPair re-sends a request not answered this long
+// (a lost datagram costs this, not a whole RFC 5389 RTO).
+const stunPairRetry = 100 * time.Millisecond
+
+// stunPairSlack is what MappingPair gives the alternate beyond twice the
+// primary's round trip: the time a busy server takes to answer.
+const stunPairSlack = 50 * time.Millisecond

@@ -126,6 +126,12 @@ type Options struct {
 	// authenticates our RelayBind and the server's RelayEnded, so nobody
 	// who only saw the pairing id can move or end our end of the relay.
 	RelayToken [16]byte
+	// Spray, when valid, is the observed address of a peer behind an
+	// endpoint-dependent NAT while ours is not: birthday punching's easy
+	// side (birthday.go) sends SprayProbes (0: DefaultSprayProbes) probes
+	// to random ports of its IP before the punch rounds find the port.
+	Spray       netip.AddrPort
+	SprayProbes int
 }
 
 // New starts punching to candidates (in order of preference) over sock,
@@ -160,7 +166,7 @@ func New(sock Socket, server netip.AddrPort, pairingID [16]byte, candidates []ne
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	c.stopPunch = cancel
-	go c.routinePunch(ctx, opt.ProbeDelay)
+	c.startPunch(ctx, opt)
 	return c
 }
 

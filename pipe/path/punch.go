@@ -5,6 +5,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/p2pcat/p2pcat/internal/udpio"
 	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
@@ -24,11 +25,38 @@ const probeLen = 128
 // seconds a probe a second re-opens our NAT toward it.
 const quietNudges = 5
 
+// startPunch starts the punch routine, and birthday punching's spray
+// beside it when opt asks for it (birthday.go); Close waits for both.
+func (c *Conn) startPunch(ctx context.Context, opt Options) {
+	sprayed := make(chan struct{})
+	if !opt.Spray.IsValid() || c.relayOnly {
+		close(sprayed)
+	} else {
+		go func() {
+			defer close(sprayed)
+			if opt.ProbeDelay > 0 && !c.punchWait(ctx, opt.ProbeDelay) {
+				return
+			}
+			n := opt.SprayProbes
+			if n <= 0 {
+				n = DefaultSprayProbes
+			}
+			spray := udpio.Unmap(opt.Spray)
+			sent := c.spray(ctx, spray.Addr(), spray.Port(), n)
+			c.log.Info("birthday punching: sprayed the peer's ports", "ip", spray.Addr().String(), "probes", sent)
+		}()
+	}
+	go c.routinePunch(ctx, opt.ProbeDelay, sprayed)
+}
+
 // routinePunch sends probes to every candidate, quickly at first and then
 // every 200 ms, until the path is confirmed; while the path is the relay,
-// every second. It returns when the Conn closes.
-func (c *Conn) routinePunch(ctx context.Context, delay time.Duration) {
-	defer close(c.punchDone)
+// every second. It returns when the Conn closes, and after sprayed.
+func (c *Conn) routinePunch(ctx context.Context, delay time.Duration, sprayed <-chan struct{}) {
+	defer func() {
+		<-sprayed
+		close(c.punchDone)
+	}()
 	if delay > 0 && !c.punchWait(ctx, delay) {
 		return
 	}
