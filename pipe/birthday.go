@@ -120,6 +120,16 @@ func birthdayRoles(ours mapping, m rendezvous.Match) birthdayRole {
 	return birthdaySpray
 }
 
+// bothIPv6 reports whether both sides offer a global IPv6 address: the
+// peer in the match, we among this host's addresses (what our Find
+// offered). Both sides see the same two lists, so they decide alike.
+func bothIPv6(m rendezvous.Match) bool {
+	global6 := func(as []netip.AddrPort) bool {
+		return slices.ContainsFunc(as, func(a netip.AddrPort) bool { return a.Addr().Is6() && a.Addr().IsGlobalUnicast() })
+	}
+	return global6(m.PeerCandidates) && global6(path.LocalCandidates(0, false))
+}
+
 // isLocal reports whether a is one of this host's addresses.
 func isLocal(a netip.AddrPort) bool {
 	return slices.Contains(path.LocalCandidates(a.Port(), false), a)
@@ -134,6 +144,13 @@ func (a *attempt) birthday(ctx context.Context, udp *net.UDPConn, ours mapping) 
 	}
 	log := a.cfg.Logger
 	role := birthdayRoles(ours, a.match)
+	if role != birthdayNone && a.n == 0 && bothIPv6(a.match) {
+		// No NAT on IPv6 (stateful firewalls open to our own probes): the
+		// first attempt punches over it, without a thousand probes; a later
+		// attempt, if it comes to that, tries the birthday way.
+		log.Debug("birthday punching: both sides offer global IPv6, punching over it first")
+		role = birthdayNone
+	}
 	if role != birthdayNone {
 		// The spray, then the sockets, is the order that keeps a "clash"
 		// router from being claimed by the peer's first packets; holding

@@ -39,3 +39,20 @@ func TestBirthdayRoles(t *testing.T) {
 		}
 	}
 }
+
+// TestBothIPv6: the peer's global IPv6 candidate counts, its IPv4 ones and
+// link-local or private ones do not.
+func TestBothIPv6(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	weHave := bothIPv6(rendezvous.Match{PeerCandidates: []netip.AddrPort{ap("[2001:db8::1]:5000")}})
+	for _, m := range []rendezvous.Match{
+		{PeerCandidates: []netip.AddrPort{ap("198.51.100.20:5000")}},
+		{PeerCandidates: []netip.AddrPort{ap("[fe80::1]:5000"), ap("10.0.0.1:5000")}},
+		{},
+	} {
+		if bothIPv6(m) {
+			t.Errorf("bothIPv6(%v) = true without a global IPv6 peer candidate", m.PeerCandidates)
+		}
+	}
+	t.Logf("this host offers global IPv6: %v", weHave)
+}
