@@ -1,6 +1,10 @@
 package stream
 
-import "testing"
+import (
+	"sync"
+	"testing"
+	"time"
+)
 
 // largeTransport is a memTransport that accepts payloads up to limit but
 // whose path silently drops those above pathMax, like a path with a
@@ -12,6 +16,17 @@ type largeTransport struct {
 	// shrinkAfter > 0: after that many large datagrams got through, the
 	// path's MTU drops to the base size (a route change mid-session).
 	shrinkAfter, largeSent int
+
+	mu      sync.Mutex          // Send runs on both loops of a Conn
+	sizedAt map[int][]time.Time // with record: when datagrams of each size were sent
+	record  bool
+}
+
+// sentAt returns when datagrams of size bytes were sent (with record).
+func (t *largeTransport) sentAt(size int) []time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return append([]time.Time(nil), t.sizedAt[size]...)
 }
 
 func (t *largeTransport) PayloadLimit() int { return t.limit }
@@ -19,6 +34,14 @@ func (t *largeTransport) PayloadLimit() int { return t.limit }
 func (t *largeTransport) Send(p []byte) error {
 	if len(p) > t.limit {
 		return errTooLarge
+	}
+	if t.record {
+		t.mu.Lock()
+		if t.sizedAt == nil {
+			t.sizedAt = map[int][]time.Time{}
+		}
+		t.sizedAt[len(p)] = append(t.sizedAt[len(p)], time.Now())
+		t.mu.Unlock()
 	}
 	if len(p) > t.pathMax {
 		return nil // lost on the way
@@ -50,7 +73,7 @@ func TestPMTUProbe(t *testing.T) {
 	tb := &largeTransport{memTransport: mb, limit: 65000, pathMax: 9000}
 	a, b := newConnPair(t, ta, tb, Config{})
 	// Both sides send enough for their probing to finish even on a loaded
-	// machine (six probes are lost before 8 KiB gets through).
+	// machine.
 	exchange(t, a, b, randomBytes(8<<20, 21), randomBytes(8<<20, 22))
 	for name, c := range map[string]*Conn{"a": a, "b": b} {
 		c.mu.Lock()
@@ -83,4 +106,45 @@ func TestPMTUBlackHole(t *testing.T) {
 		t.Fatalf("a's packet size after the MTU shrank: %d, want the base %d", got, a.baseMaxPayload)
 	}
 	t.Logf("a: %+v", a.Stats())
+}
+
+// TestPMTUFirstRoundTrip pins how soon the packets grow: the probes go out
+// with the first packets, every candidate size at once, so data goes out
+// at the largest size the path carries one round trip after the start,
+// instead of a round trip (or a loss detection) per size tried after the
+// first ack.
+func TestPMTUFirstRoundTrip(t *testing.T) {
+	checkGoroutines(t)
+	const delay = 50 * time.Millisecond // one way: a round trip is 100 ms
+	link := func(seed uint64) linkConfig { return linkConfig{delay: delay, seed: seed} }
+	ma, mb, _, _ := newMemPair(link(41), link(42))
+	ta := &largeTransport{memTransport: ma, limit: 65000, pathMax: 9000, record: true}
+	tb := &largeTransport{memTransport: mb, limit: 65000, pathMax: 9000}
+	aData, bData := randomBytes(4<<20, 43), randomBytes(1<<10, 44)
+	start := time.Now()
+	a, b := newConnPair(t, ta, tb, Config{})
+	exchange(t, a, b, aData, bData)
+	for _, size := range []int{65000, 16 << 10, 8 << 10, 1400} {
+		if at := ta.sentAt(size); len(at) == 0 || at[0].Sub(start) > delay/2 {
+			t.Errorf("no probe of %d bytes at once (sent at %v)", size, at)
+		}
+	}
+	// Of the datagrams above 1400 bytes that the path carries, the first
+	// is the 8 KiB probe; the next ones carry data.
+	var first time.Time
+	for size := 1401; size <= 8<<10 && first.IsZero(); size++ {
+		for _, at := range ta.sentAt(size) {
+			if size != 8<<10 || !at.Equal(ta.sentAt(size)[0]) {
+				first = at
+				break
+			}
+		}
+	}
+	if first.IsZero() {
+		t.Fatal("no data packet above 1400 bytes")
+	}
+	if d := first.Sub(start); d > 3*delay {
+		t.Errorf("the first large data packet went out %v after the start, want within 1.5 round trips (%v)", d, 3*delay)
+	}
+	t.Logf("first large data packet after %v; a: %+v", first.Sub(start).Round(time.Millisecond), a.Stats())
 }

@@ -399,6 +399,11 @@ func (s *sender) ackPacket(pn, largest uint64, now time.Duration, t *ackTally) {
 	if p.mtuProbe {
 		s.hooks.onProbeAckedLocked(pn)
 	}
+	// Any ack-eliciting packet gives an RTT sample, a path MTU probe too:
+	// the first packets of a session are probes (pmtu.go).
+	if pn == largest && p.ackEliciting {
+		t.rtt = now - p.sentAt
+	}
 	if !p.inFlight {
 		return
 	}
@@ -413,9 +418,6 @@ func (s *sender) ackPacket(pn, largest uint64, now time.Duration, t *ackTally) {
 		t.priorTime = p.deliveredAt
 		t.sendElapsed = p.sentAt - p.firstSentAt
 		s.firstSentAt = p.sentAt
-	}
-	if pn == largest && p.ackEliciting {
-		t.rtt = now - p.sentAt
 	}
 }
 

@@ -175,8 +175,8 @@ func (c *Conn) runTimersLocked(now time.Duration, needPeer bool) bool {
 	return true
 }
 
-// buildBurstLocked builds the burst of produceLocked: a path MTU probe if
-// one is due, then packets while something may go out (data the windows
+// buildBurstLocked builds the burst of produceLocked: the path MTU probes
+// that are due, then packets while something may go out (data the windows
 // and pacer allow, or probe data after a PTO, an ack that is due, the
 // plan's DONE or PING) and the burst has room. It reports whether it
 // stopped for room rather than for want of anything to send.
@@ -184,8 +184,9 @@ func (c *Conn) buildBurstLocked(now time.Duration, arena []byte, bufs, bodies *[
 	s, r := &c.snd, &c.rcv
 	used := 0  // bytes of arena taken
 	total := 0 // bytes of packets built, bodies included
-	if c.pmtu.due(s) && !c.closing.complete() {
-		bufs[n] = c.buildMTUProbeLocked(arena[:0], now)
+	// The probes due go out together, first (pmtu.go).
+	for i := c.pmtu.due(); i >= 0 && !c.closing.complete() && used+c.pmtu.cands[i].size <= len(arena); i = c.pmtu.due() {
+		bufs[n] = c.buildMTUProbeLocked(arena[used:used], now, i)
 		used += len(bufs[n])
 		total += len(bufs[n])
 		n++
