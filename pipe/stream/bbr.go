@@ -146,6 +146,7 @@ const (
 	// rate samples would measure that slow start instead of the path.
 	initialPacingRTT = time.Millisecond
 	fastStartRTT     = 2 * time.Millisecond // fastStart
+	hostOnlyMSS      = 9216                 // fastStart: the largest jumbo frames carry about 9 KiB
 	highLossRate     = 0.10
 	severeLossRate   = 0.5
 
@@ -415,7 +416,9 @@ func (b *bbr) setRateAndWindow(srtt time.Duration, acked int) {
 }
 
 // fastStart reports whether startup runs fast: on a path whose min RTT is
-// below fastStartRTT (loopback, a LAN), the window is at least
+// below fastStartRTT (loopback, a LAN), or that carries packets larger
+// than any link's frames (above hostOnlyMSS: loopback, whose round trip a
+// busy host can stretch past fastStartRTT), the window is at least
 // initialCwndPkt packets of the current size (which grows after the path
 // MTU probes of the first round trip: 64 KiB on loopback, as TCP's
 // initial window counts packets), and the pacing rate is at least what
@@ -427,7 +430,7 @@ func (b *bbr) setRateAndWindow(srtt time.Duration, acked int) {
 // milliseconds to reach the path's rate instead of a few round trips. On
 // longer paths startup paces as BBR does.
 func (b *bbr) fastStart() bool {
-	return !b.filledPipe && b.minRTT > 0 && b.minRTT < fastStartRTT
+	return !b.filledPipe && b.minRTT > 0 && (b.minRTT < fastStartRTT || b.mss > hostOnlyMSS)
 }
 
 // setPacingRate sets the pacing rate from the model: gain × bandwidth,

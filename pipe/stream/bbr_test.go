@@ -354,6 +354,15 @@ func TestStartupFastOnShortPaths(t *testing.T) {
 		t.Errorf("short path: pacing rate %.0f, want at least the window's rate %.0f", b.pacingRate, want)
 	}
 
+	// Loopback on a busy host: a 5 ms sample, but 64 KiB packets.
+	b = newBBR(1150)
+	b.setMSS(65000)
+	rtt = 5 * time.Millisecond
+	b.onAck(rtt, rateSample{}, 0, rtt, rtt, 0, 0)
+	if b.cwnd < initialCwndPkt*65000 {
+		t.Errorf("64 KiB packets: window %d after the first ack, want at least %d packets of 65000", b.cwnd, initialCwndPkt)
+	}
+
 	// 40 ms: no fast start, and the nominal initial rate does not survive
 	// a sample that shows a slower path.
 	b = newBBR(1150)
