@@ -2,9 +2,10 @@
 //
 // A Conn starts with the Transport's MaxPayload, which every path carries.
 // When the Transport can carry more (LargeTransport), the Conn probes for
-// the largest size its path carries, at once: the first packets of a
-// session are its probes, so that the data reaches full packet size one
-// round trip after it starts, not several.
+// the largest size its path carries, at once: the first packets a side
+// sends once it has data are its probes, so that the data reaches full
+// packet size one round trip after it starts, not several. A side that
+// only acknowledges never probes.
 //
 //   - A probe is one packet holding a PING frame padded with PADDING to the
 //     size tried. It carries no stream data, so losing it loses nothing, and

@@ -109,18 +109,18 @@ func TestPMTUBlackHole(t *testing.T) {
 }
 
 // TestPMTUFirstRoundTrip pins how soon the packets grow: the probes go out
-// with the first packets, every candidate size at once, so data goes out
-// at the largest size the path carries one round trip after the start,
+// with the first data, every candidate size at once, so data goes out at
+// the largest size the path carries one round trip after the start,
 // instead of a round trip (or a loss detection) per size tried after the
-// first ack.
+// first ack. A side with no data to send does not probe.
 func TestPMTUFirstRoundTrip(t *testing.T) {
 	checkGoroutines(t)
 	const delay = 50 * time.Millisecond // one way: a round trip is 100 ms
 	link := func(seed uint64) linkConfig { return linkConfig{delay: delay, seed: seed} }
 	ma, mb, _, _ := newMemPair(link(41), link(42))
 	ta := &largeTransport{memTransport: ma, limit: 65000, pathMax: 9000, record: true}
-	tb := &largeTransport{memTransport: mb, limit: 65000, pathMax: 9000}
-	aData, bData := randomBytes(4<<20, 43), randomBytes(1<<10, 44)
+	tb := &largeTransport{memTransport: mb, limit: 65000, pathMax: 9000, record: true}
+	aData, bData := randomBytes(4<<20, 43), []byte(nil) // b only acknowledges, and sends its FIN
 	start := time.Now()
 	a, b := newConnPair(t, ta, tb, Config{})
 	exchange(t, a, b, aData, bData)
@@ -128,6 +128,9 @@ func TestPMTUFirstRoundTrip(t *testing.T) {
 		if at := ta.sentAt(size); len(at) == 0 || at[0].Sub(start) > delay/2 {
 			t.Errorf("no probe of %d bytes at once (sent at %v)", size, at)
 		}
+	}
+	if at := tb.sentAt(1400); len(at) > 0 {
+		t.Errorf("b, with no data to send, sent %d probes of 1400 bytes", len(at))
 	}
 	// Of the datagrams above 1400 bytes that the path carries, the first
 	// is the 8 KiB probe; the next ones carry data.
