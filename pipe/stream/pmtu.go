@@ -28,8 +28,9 @@
 // The path layer sets the don't-fragment bit, so a size the path cannot
 // carry is lost rather than fragmented.
 //
-// Conn methods that serve path MTU discovery live here; the sender tells
-// them of acknowledged and lost probes and of repeated probe timeouts
+// Conn methods that serve path MTU discovery live here, with the start
+// over on a change of path (checkPathLocked); the sender tells them of
+// acknowledged and lost probes and of repeated probe timeouts
 // (senderHooks).
 
 package stream
@@ -186,10 +187,13 @@ type PathTransport interface {
 	PathSwitches() uint64
 }
 
-// checkPathLocked starts path MTU discovery over when the path changed: the
-// new path may carry less than the old one (a relay takes at most about
-// 1450 bytes, a loopback path 64 KiB), and waiting for repeated probe
-// timeouts to show it would stall the session for seconds.
+// checkPathLocked starts over when the path changed (RFC 9000 section
+// 9.4): path MTU discovery, because the new path may carry less than the
+// old one (a relay takes at most about 1450 bytes, a loopback path 64 KiB),
+// and waiting for repeated probe timeouts to show it would stall the
+// session for seconds; and congestion control and the RTT estimate,
+// because the old path's model would hold a direct path to a relay's
+// policed rate for seconds, or send a fast path's window into a slow one.
 func (c *Conn) checkPathLocked() {
 	pt, ok := c.tr.(PathTransport)
 	if !ok {
@@ -197,7 +201,9 @@ func (c *Conn) checkPathLocked() {
 	}
 	if n := pt.PathSwitches(); n != c.pathSwitches {
 		c.pathSwitches = n
-		c.log.Debug("stream: the path changed; back to the base packet size")
-		c.onRepeatedPTOLocked()
+		c.log.Debug("stream: the path changed; packet size, congestion control and RTT estimate start over", "t", c.now())
+		c.maxPayload = c.baseMaxPayload
+		c.snd.onPathChange(c.baseMaxPayload)
+		c.pmtu = newPMTUState(c.baseMaxPayload, c.payloadLimit)
 	}
 }

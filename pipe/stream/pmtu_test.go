@@ -1,7 +1,11 @@
 package stream
 
 import (
+	"bytes"
+	"context"
+	"io"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -150,4 +154,77 @@ func TestPMTUFirstRoundTrip(t *testing.T) {
 		t.Errorf("the first large data packet went out %v after the start, want within 1.5 round trips (%v)", d, 3*delay)
 	}
 	t.Logf("first large data packet after %v; a: %+v", first.Sub(start).Round(time.Millisecond), a.Stats())
+}
+
+// switchTransport is a largeTransport whose path can change.
+type switchTransport struct {
+	*largeTransport
+	switches atomic.Uint64
+}
+
+var _ PathTransport = (*switchTransport)(nil)
+
+func (t *switchTransport) PathSwitches() uint64 { return t.switches.Load() }
+
+// TestPathChangeStartsOver: when the Transport's path changes mid-transfer
+// (the move from the relay to a direct path), the Conn goes back to the
+// base packet size and probes again, and congestion control and the RTT
+// estimate start over, as on a new session; no byte is lost, and the
+// packets grow again on the new path.
+func TestPathChangeStartsOver(t *testing.T) {
+	checkGoroutines(t)
+	ma, mb, _, _ := newMemPair(linkConfig{seed: 51}, linkConfig{seed: 52})
+	ta := &switchTransport{largeTransport: &largeTransport{memTransport: ma, limit: 65000, pathMax: 65000}}
+	tb := &largeTransport{memTransport: mb, limit: 65000, pathMax: 65000}
+	a, b := newConnPair(t, ta, tb, Config{})
+	data := randomBytes(8<<20, 53)
+	half := len(data) / 2
+	got := make(chan []byte, 1)
+	halfRead := make(chan struct{})
+	go func() {
+		buf := make([]byte, half)
+		n, _ := io.ReadFull(b, buf)
+		close(halfRead)
+		rest, _ := io.ReadAll(b)
+		got <- append(buf[:n], rest...)
+	}()
+	if _, err := a.Write(data[:half]); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-halfRead:
+	case <-time.After(testDeadline):
+		t.Fatal("the first half never arrived")
+	}
+	a.mu.Lock()
+	grown, rounds := a.maxPayload, a.snd.cc.round
+	ta.switches.Add(1)
+	a.checkPathLocked()
+	st := a.snd
+	a.mu.Unlock()
+	if grown != 65000 || rounds == 0 {
+		t.Fatalf("before the change: packet size %d, %d rounds; want 65000 and some", grown, rounds)
+	}
+	if st.cc.round != 0 || st.cc.mss != a.baseMaxPayload || st.rtt.has || st.pathPN != st.nextPN {
+		t.Errorf("after the change: %d rounds, mss %d, RTT sampled %v, path from pn %d (next %d); want a new controller and estimate",
+			st.cc.round, st.cc.mss, st.rtt.has, st.pathPN, st.nextPN)
+	}
+	if _, err := a.Write(data[half:]); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
+	defer cancel()
+	go b.Shutdown(ctx)
+	if err := a.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out := <-got; !bytes.Equal(out, data) {
+		t.Fatalf("received %d bytes that differ from the %d sent", len(out), len(data))
+	}
+	a.mu.Lock()
+	regrown := a.maxPayload
+	a.mu.Unlock()
+	if regrown != 65000 {
+		t.Errorf("packet size %d after the change, want 65000 again", regrown)
+	}
 }
