@@ -26,7 +26,10 @@ import (
 //     round without high loss (in the spirit of BBRv2's inflight_hi).
 //
 // Unlike BBR it has no ProbeRTT phase: the min-RTT estimate expires after
-// minRTTWindow and is replaced by the next sample.
+// minRTTWindow and is replaced by the next sample. And on a path with a
+// tiny round trip (loopback, a LAN) startup is limited by its window, not
+// paced (fastStart), so a session reaches the path's rate within a few
+// round trips.
 //
 // Token-bucket policers (the rendezvous relay, ISPs) need rules of their
 // own, because there the loss depends on the sending rate, and the
