@@ -26,7 +26,10 @@ import (
 //     round without high loss (in the spirit of BBRv2's inflight_hi).
 //
 // Unlike BBR it has no ProbeRTT phase: the min-RTT estimate expires after
-// minRTTWindow and is replaced by the next sample.
+// minRTTWindow and is replaced by the next sample. And on a path with a
+// tiny round trip (loopback, a LAN) startup is limited by its window, not
+// paced (fastStart), so a session reaches the path's rate within a few
+// round trips.
 //
 // Token-bucket policers (the rendezvous relay, ISPs) need rules of their
 // own, because there the loss depends on the sending rate, and the
@@ -84,8 +87,9 @@ type bbr struct {
 	lostSinceAck int    // bytes declared lost since the last onAck
 	lt           ltState
 
-	cwnd       int
-	pacingRate float64 // bytes per second
+	cwnd        int
+	pacingRate  float64 // bytes per second
+	nominalRate bool    // pacingRate is the initial one, from initialPacingRTT
 }
 
 // ltState is the policer detection's (ltSample).
@@ -138,8 +142,16 @@ const (
 	probeCwndGain  = 2
 	initialCwndPkt = 32
 	minCwndPkt     = 4
-	highLossRate   = 0.10
-	severeLossRate = 0.5
+	// Before the first RTT sample, pace as if the RTT were 1 ms, as Linux
+	// BBR does without one (bbr_init_pacing_rate_from_rtt): the initial
+	// window goes out in about a millisecond, where the 100 ms RTT assumed
+	// for timeouts would spread it over a tenth of a second, and the first
+	// rate samples would measure that slow start instead of the path.
+	initialPacingRTT = time.Millisecond
+	fastStartRTT     = 2 * time.Millisecond // fastStart
+	hostOnlyMSS      = 9216                 // fastStart: the largest jumbo frames carry about 9 KiB
+	highLossRate     = 0.10
+	severeLossRate   = 0.5
 
 	// Policer detection (ltSample). Linux tcp_bbr.c's bbr_lt_* values:
 	ltMinRounds = 4         // rounds an interval lasts at least (4× at most)
@@ -169,7 +181,7 @@ func newBBR(mss int) bbr {
 		cwndGain:   startupGain,
 		cwnd:       initialCwndPkt * mss,
 	}
-	b.pacingRate = startupGain * float64(b.cwnd) / initialRTT.Seconds()
+	b.pacingRate, b.nominalRate = startupGain*float64(b.cwnd)/initialPacingRTT.Seconds(), true
 	return b
 }
 
@@ -390,15 +402,10 @@ func (b *bbr) cwndTarget() int {
 }
 
 func (b *bbr) setRateAndWindow(srtt time.Duration, acked int) {
-	if b.bw() > 0 {
-		rate := b.pacingGain * b.bw()
-		// In startup never slow down: a lower estimate is noise.
-		if b.filledPipe || rate > b.pacingRate {
-			b.pacingRate = rate
-		}
-	} else if srtt > 0 {
-		b.pacingRate = startupGain * float64(b.cwnd) / srtt.Seconds()
+	if b.fastStart() {
+		b.cwnd = max(b.cwnd, initialCwndPkt*b.mss)
 	}
+	b.setPacingRate(srtt)
 	target := b.cwndTarget()
 	if b.filledPipe {
 		b.cwnd = min(b.cwnd+acked, target)
@@ -409,6 +416,51 @@ func (b *bbr) setRateAndWindow(srtt time.Duration, acked int) {
 		b.cwnd = min(b.cwnd, b.inflightHi)
 	}
 	b.cwnd = max(b.cwnd, minCwndPkt*b.mss)
+}
+
+// fastStart reports whether startup runs fast: on a path whose min RTT is
+// below fastStartRTT (loopback, a LAN), or that carries packets larger
+// than any link's frames (above hostOnlyMSS: loopback, whose round trip a
+// busy host can stretch past fastStartRTT), the window is at least
+// initialCwndPkt packets of the current size (which grows after the path
+// MTU probes of the first round trip: 64 KiB on loopback, as TCP's
+// initial window counts packets), and the pacing rate is at least what
+// the window allows, gain × cwnd / srtt, so that the window, doubling
+// every round, is the limit, as in TCP's slow start. Pacing a round trip
+// that short gains nothing (the pacer's bursts already cover it), while
+// each pacer wait costs a timer's wake-up (a millisecond or more in Go's
+// runtime), several times the round trip: startup would take many
+// milliseconds to reach the path's rate instead of a few round trips. On
+// longer paths startup paces as BBR does.
+func (b *bbr) fastStart() bool {
+	return !b.filledPipe && b.minRTT > 0 && (b.minRTT < fastStartRTT || b.mss > hostOnlyMSS)
+}
+
+// setPacingRate sets the pacing rate from the model: gain × bandwidth,
+// or before the first bandwidth sample gain × cwnd / srtt (see also
+// fastStart).
+func (b *bbr) setPacingRate(srtt time.Duration) {
+	if b.minRTT == 0 {
+		return // the initial rate holds until the first RTT sample
+	}
+	if b.nominalRate {
+		// The initial rate assumed an RTT; startup's rule below must not
+		// keep it on a path slower than it.
+		b.pacingRate, b.nominalRate = 0, false
+	}
+	rate := b.pacingRate
+	if b.bw() > 0 {
+		rate = b.pacingGain * b.bw()
+	} else if b.minRTT > 0 {
+		rate = startupGain * float64(b.cwnd) / srtt.Seconds()
+	}
+	if b.fastStart() {
+		rate = max(rate, startupGain*float64(b.cwnd)/max(srtt, b.minRTT).Seconds())
+	}
+	if !b.filledPipe {
+		rate = max(rate, b.pacingRate) // in startup never slow down: a lower estimate is noise
+	}
+	b.pacingRate = rate
 }
 
 func (b *bbr) onLoss(bytes int) {

@@ -331,3 +331,47 @@ func TestRandomLossModel(t *testing.T) {
 		}
 	}
 }
+
+// TestStartupFastOnShortPaths pins the start of a session: before an RTT
+// sample the initial window is paced as if the RTT were initialPacingRTT;
+// on a path with a tiny RTT (loopback, after its 64 KiB path MTU probe)
+// the window is at once initialCwndPkt packets of the new size and the
+// pacer does not hold it back; on a long path the first sample sets the
+// rate from what it measured, as before.
+func TestStartupFastOnShortPaths(t *testing.T) {
+	b := newBBR(1150)
+	if want := startupGain * float64(b.cwnd) / initialPacingRTT.Seconds(); b.pacingRate != want {
+		t.Fatalf("initial pacing rate %.0f, want %.0f", b.pacingRate, want)
+	}
+	// Loopback: the probe's ack (the first) gives a 100 µs sample.
+	b.setMSS(65000)
+	rtt := 100 * time.Microsecond
+	b.onAck(rtt, rateSample{}, 0, rtt, rtt, 0, 0)
+	if b.cwnd < initialCwndPkt*65000 {
+		t.Errorf("short path: window %d after the first ack, want at least %d packets of 65000", b.cwnd, initialCwndPkt)
+	}
+	if want := startupGain * float64(b.cwnd) / rtt.Seconds(); b.pacingRate < want {
+		t.Errorf("short path: pacing rate %.0f, want at least the window's rate %.0f", b.pacingRate, want)
+	}
+
+	// Loopback on a busy host: a 5 ms sample, but 64 KiB packets.
+	b = newBBR(1150)
+	b.setMSS(65000)
+	rtt = 5 * time.Millisecond
+	b.onAck(rtt, rateSample{}, 0, rtt, rtt, 0, 0)
+	if b.cwnd < initialCwndPkt*65000 {
+		t.Errorf("64 KiB packets: window %d after the first ack, want at least %d packets of 65000", b.cwnd, initialCwndPkt)
+	}
+
+	// 40 ms: no fast start, and the nominal initial rate does not survive
+	// a sample that shows a slower path.
+	b = newBBR(1150)
+	rtt = 40 * time.Millisecond
+	b.onAck(rtt, rateSample{valid: true, delivered: 2 * 1150, interval: rtt}, 2*1150, rtt, rtt, 30*1150, 2*1150)
+	if b.cwnd > initialCwndPkt*1150+2*1150 {
+		t.Errorf("long path: window %d after the first ack, want the initial one grown by what was acked", b.cwnd)
+	}
+	if limit := startupGain * float64(b.cwnd) / rtt.Seconds(); b.pacingRate > limit {
+		t.Errorf("long path: pacing rate %.0f after a 40 ms sample, want at most %.0f", b.pacingRate, limit)
+	}
+}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"runtime"
 	"sync"
 	"time"
 )
@@ -240,9 +241,7 @@ func New(tr Transport, cfg Config) *Conn {
 	if lt, ok := tr.(LargeTransport); ok {
 		c.payloadLimit = lt.PayloadLimit()
 		c.pmtu = newPMTUState(c.maxPayload, c.payloadLimit)
-		if len(c.pmtu.candidates) > 0 {
-			c.bufSize = c.pmtu.candidates[0]
-		}
+		c.bufSize = max(c.bufSize, c.pmtu.largest())
 	}
 	if c.maxPayload < minPayload {
 		c.failLocked(fmt.Errorf("stream: transport payload of %d bytes is too small (need %d)", c.maxPayload, minPayload))
@@ -348,6 +347,11 @@ func (c *Conn) ReadFrom(r io.Reader) (int64, error) {
 				return total, err
 			}
 			total += int64(n)
+			// A reader that never blocks (a file) would otherwise keep a
+			// lone P (Config.TransferProcs in pipe) until the buffer is
+			// full: the send loop, just woken, must get its turn now, or
+			// the first packets wait until megabytes are read.
+			runtime.Gosched()
 		}
 		if rerr == io.EOF {
 			return total, nil

@@ -104,6 +104,7 @@ type sender struct {
 
 	ring         sentRing
 	nextPN       uint64
+	pathPN       uint64 // the first packet number sent on the current path
 	hasAcked     bool
 	largestAcked uint64
 	holes        []uint64 // outstanding packet numbers below largestAcked, ascending
@@ -399,6 +400,12 @@ func (s *sender) ackPacket(pn, largest uint64, now time.Duration, t *ackTally) {
 	if p.mtuProbe {
 		s.hooks.onProbeAckedLocked(pn)
 	}
+	// Any ack-eliciting packet sent on the current path gives an RTT
+	// sample, a path MTU probe too: the first packets of a session are
+	// probes (pmtu.go).
+	if pn == largest && p.ackEliciting && pn >= s.pathPN {
+		t.rtt = now - p.sentAt
+	}
 	if !p.inFlight {
 		return
 	}
@@ -413,9 +420,6 @@ func (s *sender) ackPacket(pn, largest uint64, now time.Duration, t *ackTally) {
 		t.priorTime = p.deliveredAt
 		t.sendElapsed = p.sentAt - p.firstSentAt
 		s.firstSentAt = p.sentAt
-	}
-	if pn == largest && p.ackEliciting {
-		t.rtt = now - p.sentAt
 	}
 }
 
@@ -511,6 +515,17 @@ func (s *sender) onPTO() {
 			return
 		}
 	}
+}
+
+// onPathChange starts congestion control and the RTT estimate over for a
+// new path, with packets of mss bytes: what was learnt of the old path
+// says nothing of the new one. Packets still in flight stay counted until
+// they are acknowledged or lost, but give no RTT sample.
+func (s *sender) onPathChange(mss int) {
+	s.cc = newBBR(mss)
+	s.rtt = rttEstimator{}
+	s.pathPN = s.nextPN
+	s.ptoCount = 0
 }
 
 // ptoDeadline is when the probe timeout fires, or 0.

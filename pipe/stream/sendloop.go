@@ -41,6 +41,9 @@ func (c *Conn) sendLoop() {
 		c.mu.Lock()
 		now := c.now()
 		n, more, next := c.produceLocked(now, arena, &bufs, &bodies)
+		if now < 20*time.Millisecond {
+			c.log.Debug("TRACE loop", "t", now, "n", n, "more", more, "next", next, "end", c.snd.end, "pace", c.snd.paceNext, "inflight", c.snd.bytesInFlight, "cwnd", c.snd.cc.cwnd, "pw", c.snd.peerWindow)
+		}
 		pinned := c.snd.pinned
 		finished := c.finished
 		if more {
@@ -175,8 +178,8 @@ func (c *Conn) runTimersLocked(now time.Duration, needPeer bool) bool {
 	return true
 }
 
-// buildBurstLocked builds the burst of produceLocked: a path MTU probe if
-// one is due, then packets while something may go out (data the windows
+// buildBurstLocked builds the burst of produceLocked: the path MTU probes
+// that are due, then packets while something may go out (data the windows
 // and pacer allow, or probe data after a PTO, an ack that is due, the
 // plan's DONE or PING) and the burst has room. It reports whether it
 // stopped for room rather than for want of anything to send.
@@ -184,8 +187,11 @@ func (c *Conn) buildBurstLocked(now time.Duration, arena []byte, bufs, bodies *[
 	s, r := &c.snd, &c.rcv
 	used := 0  // bytes of arena taken
 	total := 0 // bytes of packets built, bodies included
-	if c.pmtu.due(s) && !c.closing.complete() {
-		bufs[n] = c.buildMTUProbeLocked(arena[:0], now)
+	// The probes due go out together, before the first data (pmtu.go); a
+	// side that has never had data to send (it only acknowledges, or sends
+	// a FIN alone) needs none.
+	for i := c.pmtu.due(); i >= 0 && s.end > 0 && !c.closing.complete() && used+c.pmtu.cands[i].size <= len(arena); i = c.pmtu.due() {
+		bufs[n] = c.buildMTUProbeLocked(arena[used:used], now, i)
 		used += len(bufs[n])
 		total += len(bufs[n])
 		n++
@@ -305,6 +311,9 @@ func (c *Conn) appendDataLocked(b []byte, p *sentPacket) (head, body []byte) {
 		}
 	}
 	fin := finAll && n == avail
+	if off == 0 && !retx && n > 0 {
+		c.log.Debug("TRACE first data", "t", c.now(), "n", n)
+	}
 	if retx {
 		rr.off += uint64(n)
 		rr.n -= uint32(n)
