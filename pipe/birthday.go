@@ -43,8 +43,8 @@ const birthdayWait = 80 * time.Millisecond
 
 // birthdayBatches, birthdayBatchTime: the hard side tries this many
 // batches of path.DefaultSockets fresh sockets, each for this long after
-// its first probes (a probe round every 100 ms). The peer's NAT keeps the
-// mappings its spray opened, so a second batch is a second, as likely
+// its first probes (path.BirthdayPunch: three probe rounds). The peer's
+// NAT keeps the mappings its spray opened, so a second batch is a second, as likely
 // chance without another spray: one batch misses in about 2 of 100 tries,
 // two in about 4 of 10,000. The first batch waits longer: the peer answers
 // a probe only once its handshake reads the socket, after its RSA key is

@@ -38,9 +38,13 @@ import (
 //     at, and stops at the first probe that comes back from one of them
 //     or when the path is confirmed;
 //   - the hard side opens at most MaxBirthdaySockets sockets, each sending
-//     one probe every birthdayRepeat, only to the peer's observed address,
-//     for at most the budget its caller gives; every socket but the
-//     winner is closed before BirthdayPunch returns.
+//     at most birthdayRounds probes, birthdayRepeat apart, only to the
+//     peer's observed address, for at most the budget its caller gives;
+//     every socket but the winner is closed before BirthdayPunch returns.
+//     One probe per socket opens its mapping (which the NAT then keeps for
+//     tens of seconds); the repeats are for loss, and the cap keeps what a
+//     malicious server can aim at one address (by naming it as the peer)
+//     at 128 bytes × 3 × 256 per batch.
 const (
 	DefaultSprayProbes = 1024
 	MaxSprayProbes     = 4096
@@ -50,7 +54,8 @@ const (
 	sprayTick          = time.Millisecond // so at most 4000 probes a second
 	// SprayDuration is how long the default spray takes.
 	SprayDuration  = DefaultSprayProbes / sprayBurst * sprayTick
-	birthdayRepeat = 100 * time.Millisecond
+	birthdayRepeat = 200 * time.Millisecond
+	birthdayRounds = 3
 	// sprayLowPort: NATs map an unprivileged source port to an
 	// unprivileged one.
 	sprayLowPort = 1024
@@ -139,13 +144,13 @@ func openSockets(n int, v4 bool) ([]*net.UDPConn, error) {
 }
 
 // send probes the peer from every socket, first after wait and then every
-// birthdayRepeat, until a socket wins or ctx ends, and returns the probes
-// sent.
+// birthdayRepeat, birthdayRounds times, and waits until a socket wins or
+// ctx ends; it returns the probes sent.
 func (b *birthday) send(ctx context.Context, socks []*net.UDPConn, wait time.Duration) int {
 	sent := 0
 	t := time.NewTimer(wait)
 	defer t.Stop()
-	for {
+	for round := 0; ; round++ {
 		select {
 		case <-ctx.Done():
 			return sent
@@ -153,6 +158,9 @@ func (b *birthday) send(ctx context.Context, socks []*net.UDPConn, wait time.Dur
 			b.won <- i // for the caller
 			return sent
 		case <-t.C:
+		}
+		if round >= birthdayRounds {
+			continue // no more probes: the answers may still come
 		}
 		for _, s := range socks {
 			if _, err := s.WriteToUDPAddrPort(b.probe, b.peer); err == nil {

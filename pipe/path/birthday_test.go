@@ -168,19 +168,21 @@ func TestBirthdayPunchGivesUp(t *testing.T) {
 	peer, peerAddr := listen(t)
 	defer peer.Close()
 	fdsBefore := openFDs(t)
-	res, err := BirthdayPunch(context.Background(), peerAddr, [16]byte{1}, 16, 10*time.Millisecond, 300*time.Millisecond, nil)
+	res, err := BirthdayPunch(context.Background(), peerAddr, [16]byte{1}, 16, 10*time.Millisecond, time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if res.Sock != nil {
 		t.Fatal("a socket won without an answer")
 	}
-	if res.Took < 300*time.Millisecond || res.Took > 2*time.Second {
+	if res.Took < time.Second || res.Took > 3*time.Second {
 		t.Errorf("took %v, want the budget", res.Took)
 	}
-	// 16 sockets probing at 0, 100, 200 ms (and maybe 300).
-	if res.Probes < 3*16 || res.Probes > 4*16 {
-		t.Errorf("%d probes, want 48..64", res.Probes)
+	// 16 sockets probing at 10, 210 and 410 ms, and never more than
+	// birthdayRounds times (a late timer on a loaded machine may leave
+	// the last round out).
+	if res.Probes < 2*16 || res.Probes > birthdayRounds*16 {
+		t.Errorf("%d probes, want %d..%d", res.Probes, 2*16, birthdayRounds*16)
 	}
 	if got := openFDs(t); got != fdsBefore {
 		t.Errorf("%d file descriptors open, want %d", got, fdsBefore)
