@@ -152,6 +152,7 @@ func (a *attempt) birthday(ctx context.Context, udp *net.UDPConn, ours mapping) 
 		role = birthdayNone
 	}
 	if role != birthdayNone {
+		a.birthdayPunching = true
 		// The spray, then the sockets, is the order that keeps a "clash"
 		// router from being claimed by the peer's first packets; holding
 		// one side back (staggered) would undo it.

@@ -60,7 +60,14 @@ import (
 // Punch attempts.
 const (
 	attemptTimeout = 2 * time.Second // for a path and handshake, except the last attempt
-	answerGrace    = time.Second     // more for a responder that answered, before it moves on
+	// unheardTimeout: an attempt without the relay (and not a birthday
+	// one) that has heard nothing at all from the peer by then, not even
+	// a probe, is over: both sides probe from the moment they are paired,
+	// so on a path that works their probes cross within a round trip; a
+	// port clash (the NAT lab's "clash" router) silences both sides, who
+	// see alike and meet again at once instead of at attemptTimeout.
+	unheardTimeout = 800 * time.Millisecond
+	answerGrace    = time.Second // more for a responder that answered, before it moves on
 	// relayAfter: in the last attempt, the relay carries copies of the
 	// handshake from this long on, so a direct path still wins when both
 	// work.
@@ -305,6 +312,9 @@ type attempt struct {
 	// relayAt is when the relay starts carrying copies of the handshake
 	// (zero: it does not before a path is confirmed, or from the start).
 	relayAt time.Time
+	// birthdayPunching: the attempt punches the birthday way (birthday.go), whose
+	// first packets from the peer may take most of a second to come.
+	birthdayPunching bool
 }
 
 // punch starts the attempt's path over udp. Probing starts now, before the
@@ -334,16 +344,31 @@ func (a *attempt) handshake(ctx context.Context, hs *secure.Handshaker) (*secure
 	if !wake.After(start) || !wake.Before(deadline) {
 		wake = time.Time{}
 	}
+	var unheard time.Time // when an attempt that heard nothing is over
+	if !a.last && a.relayAt.IsZero() && !a.birthdayPunching {
+		unheard = start.Add(unheardTimeout)
+	}
 	for {
 		until := deadline
 		if !wake.IsZero() {
 			until = wake
 		}
+		if !unheard.IsZero() && unheard.Before(until) {
+			until = unheard
+		}
 		sconn, err := hs.Run(ctx, a.link, until)
 		if err == nil {
 			return sconn, time.Since(start), nil
 		}
-		if !wake.IsZero() && errors.Is(err, secure.ErrAttemptTimeout) {
+		if !unheard.IsZero() && errors.Is(err, secure.ErrAttemptTimeout) && !time.Now().Before(unheard) {
+			if a.link.Stats().LastHeard.IsZero() {
+				a.cfg.Logger.Debug("punch attempt: nothing heard from the peer", "attempt", a.n, "after", time.Since(start).Round(time.Millisecond).String())
+				return nil, 0, err
+			}
+			unheard = time.Time{}
+			continue
+		}
+		if !wake.IsZero() && errors.Is(err, secure.ErrAttemptTimeout) && !time.Now().Before(wake) {
 			wake = time.Time{}
 			continue
 		}
