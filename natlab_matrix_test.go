@@ -49,6 +49,11 @@ var natExpectations = []natCase{
 	{a: "cone", b: "cone", want: wantDirect, goal: wantDirect},
 	{a: "cone", b: "clash", want: wantDirect, goal: wantDirect},
 	{a: "clash", b: "clash", want: wantDirectOrRelay, goal: wantDirect},
+	// With an ISP hop past each NAT, as on real paths, the second
+	// attempt's low-TTL first probes (path.Options.LowTTLFirst) open both
+	// NATs without reaching the other's router: clash-clash is direct.
+	{a: "clash", b: "clash", hop: true, want: wantDirect, goal: wantDirect},
+	{a: "cone", b: "clash", hop: true, want: wantDirect, goal: wantDirect},
 	{a: "samelan", b: "samelan", want: wantDirect, goal: wantDirect},
 	{a: "symmetric", b: "public", want: wantDirect, goal: wantDirect},
 	{a: "symmetric", b: "cone", want: wantDirect, goal: wantDirect},
@@ -73,6 +78,7 @@ var natExpectations = []natCase{
 type natCase struct {
 	a, b       string
 	ipv6       string
+	hop        bool   // natlab.sh's hop: an ISP router past each NAT (no delay: its links are not TAPs)
 	relay      string // "" leaves the default (auto)
 	want, goal pathWant
 	within     time.Duration // the longest time to connected (0: any)
@@ -101,6 +107,9 @@ func (c natCase) name() string {
 	}
 	if c.ipv6 != "" {
 		name += "-" + c.ipv6
+	}
+	if c.hop {
+		name += "-hop"
 	}
 	if c.relay != "" {
 		name += "-relay-" + c.relay
@@ -180,6 +189,9 @@ func testNATMatrix(t *testing.T, script string, slots chan struct{}, delay time.
 	}
 	var jobs []labJob
 	for i, c := range cases {
+		if c.hop && delay > 0 {
+			continue // the hop's links are veths, which the delay cannot reach
+		}
 		prefix := fmt.Sprintf("nl%d%s%d", os.Getpid(), group, i)
 		jobs = append(jobs, labJob{c.name(), func(t *testing.T) {
 			if runs == 1 {
@@ -224,7 +236,7 @@ func runNATCase(t *testing.T, script, prefix string, c natCase, delay time.Durat
 	// A bound for a hang, well above what a relayed case takes under -race
 	// on a busy 2-core machine.
 	ctx := testCtx(t, 60*time.Second)
-	lab := upNATLabWith(t, ctx, script, prefix, c.a, c.b, labOptions{ipv6: c.ipv6, delay: delay})
+	lab := upNATLabWith(t, ctx, script, prefix, c.a, c.b, labOptions{ipv6: c.ipv6, delay: delay, hop: c.hop})
 	file := randomBytes(t, 1<<20)
 	reply := "hello from bob in " + prefix + "-b\n"
 	var extra []string

@@ -134,6 +134,7 @@ func upNATLab(t *testing.T, ctx context.Context, script, prefix, typeA, typeB st
 type labOptions struct {
 	ipv6  string
 	delay time.Duration
+	hop   bool // an ISP router between each NAT and the internet (natlab.sh's hop)
 }
 
 // upNATLabWith is upNATLab for a lab with options o.
@@ -154,6 +155,9 @@ func upNATLabWith(t *testing.T, ctx context.Context, script, prefix, typeA, type
 	}
 	if o.delay > 0 {
 		args = append(args, "tap")
+	}
+	if o.hop {
+		args = append(args, "hop")
 	}
 	t.Log(runNATLabScript(t, ctx, script, args...))
 	if o.delay > 0 {

@@ -207,6 +207,9 @@ func (pl *plan) attempt(n int, m rendezvous.Match) *attempt {
 			NoOffload: cfg.NoOffload, ProbeDelay: probeDelay,
 			Relay: m.Relay && cfg.Relay != RelayNever, RelayAfter: relayDelay, RelayOnly: cfg.Relay == RelayOnly, Role: m.Role,
 			RelayToken: m.RelayToken,
+			// After a first attempt that found nothing (a port clash,
+			// perhaps), open our NAT with low-TTL probes first.
+			LowTTLFirst: n > 0 && cfg.Relay != RelayOnly,
 		},
 	}
 }

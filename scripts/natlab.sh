@@ -14,6 +14,12 @@
 #         unsolicited from the WAN, as home routers do.
 #   ipv6open  ipv6 with routers that forward IPv6 unfiltered (no firewall
 #         on IPv6; IPv4 is NATed and filtered as before).
+#   hop   each NAT router reaches the internet through an ISP router of
+#         its own (PREFIX-ia / PREFIX-ib, 198.51.100.111 / .121 on the
+#         bridge, proxy ARP for the router's WAN address), so a packet from
+#         a client crosses a routed hop past its NAT before the internet,
+#         as on every real path: a probe sent with a small TTL then opens
+#         our NAT's mapping and dies before the peer's router. IPv4 only.
 #   tap   each client's link to the internet (its router's WAN, or its own
 #         link when public) is a pair of TAP devices, one in the client's
 #         or router's namespace and one on the internet bridge, instead of
@@ -74,6 +80,8 @@ readonly NET6=2001:db8:100
 IPV6=0
 IPV6_OPEN=0
 TAP=0
+HOP=0
+ISPS=()
 readonly STEP_TIMEOUT=10
 
 die() {
@@ -118,7 +126,7 @@ check_prefix() {
 lab_namespaces() {
 	local p=$1
 	timeout "$STEP_TIMEOUT" ip netns list 2>/dev/null | awk '{print $1}' |
-		grep -E "^${p}-(inet|srv|a|b|ra|rb|r)\$" || true
+		grep -E "^${p}-(inet|srv|a|b|ra|rb|r|ia|ib)\$" || true
 }
 
 down() {
@@ -211,7 +219,11 @@ client() {
 	add_ns "$router"
 	add_ns "$host"
 	ROUTERS+=("$router $type")
-	plug "$router" wan "$NET.$wan/24" "port_r$side" "$wan"
+	if [ "$HOP" = 1 ]; then
+		isp "$side" "$router" "$wan"
+	else
+		plug "$router" wan "$NET.$wan/24" "port_r$side" "$wan"
+	fi
 	cmd "$router" link add name lan type veth peer name eth0 netns "$host"
 	cmd "$router" addr add "10.0.$subnet.1/24" dev lan
 	router6 "$router" lan "$subnet" "$wan"
@@ -221,6 +233,24 @@ client() {
 	cmd "$host" route add default via "10.0.$subnet.1"
 	lan6 "$host" "$router" "$subnet" 2
 	echo "$side: namespace $host, 10.0.$subnet.2 behind $type NAT $router (WAN $NET.$wan)$(v6note "; 2001:db8:$subnet::2 behind its $(v6filter)")"
+}
+
+# isp SIDE ROUTER WAN plans the ISP router between ROUTER and the internet
+# (option hop): the ISP is on the bridge at $NET.(WAN+100) and answers ARP
+# there for the router's WAN address $NET.WAN, which it routes to the
+# router over a link of their own; the router routes everything to it.
+isp() {
+	local side=$1 router=$2 wan=$3 ns=$P-i$1
+	add_ns "$ns"
+	ISPS+=("$ns")
+	plug "$ns" up "$NET.$((wan + 100))/24" "port_i$side" "$((wan + 100))"
+	# The router's plan runs first (its namespace was added first).
+	cmd "$router" link add name wan type veth peer name cust netns "$ns"
+	cmd "$ns" link set dev cust up
+	cmd "$ns" route add "$NET.$wan/32" dev cust
+	cmd "$router" addr add "$NET.$wan/32" dev wan
+	cmd "$router" link set dev wan up
+	cmd "$router" route add default dev wan
 }
 
 # v6filter names what the routers do with IPv6 from the WAN.
@@ -320,6 +350,9 @@ build() {
 		# shellcheck disable=SC2086 # "NS TYPE"
 		router_rules $r
 	done
+	for ns in "${ISPS[@]}"; do
+		nsrun "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.proxy_arp=1 net.ipv4.conf.up.proxy_arp=1 net.ipv4.conf.cust.proxy_arp=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.up.rp_filter=0 net.ipv4.conf.cust.rp_filter=0
+	done
 }
 
 # plan_routes6 plans, on every host of the internet but the LAN's own
@@ -344,7 +377,8 @@ up() {
 		ipv6) IPV6=1 ;;
 		ipv6open) IPV6=1 IPV6_OPEN=1 ;;
 		tap) TAP=1 ;;
-		*) die "unknown option '$opt' (ipv6, ipv6open, tap)" ;;
+		hop) HOP=1 ;;
+		*) die "unknown option '$opt' (ipv6, ipv6open, tap, hop)" ;;
 		esac
 	done
 	for t in "$ta" "$tb"; do
@@ -353,6 +387,8 @@ up() {
 	if [ "$ta" = samelan ] || [ "$tb" = samelan ]; then
 		[ "$ta" = "$tb" ] || die "samelan puts both clients behind one NAT: give it as both types"
 	fi
+	[ "$HOP" = 0 ] || [ "$IPV6" = 0 ] || die "hop is for IPv4 labs only"
+	[ "$HOP" = 0 ] || [ "$ta" != samelan ] || die "hop needs a router per client, not samelan"
 	for tool in ip nft conntrack timeout; do
 		command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install iproute2 nftables conntrack)"
 	done

@@ -132,7 +132,24 @@ type Options struct {
 	// to random ports of its IP before the punch rounds find the port.
 	Spray       netip.AddrPort
 	SprayProbes int
+	// LowTTLFirst sends a first round of probes with a small TTL (lowTTL):
+	// they open our NAT's mapping toward each candidate and die a few hops
+	// out, before they reach the peer's router. Every other datagram is
+	// held back for lowTTLLead, so that the peer's low-TTL round (it does
+	// the same) has opened its NAT before our first full probe arrives
+	// there. This keeps a router that lets an unsolicited packet claim a
+	// port mapping (a port clash) from being claimed by our first packets.
+	LowTTLFirst bool
 }
+
+// lowTTL is the TTL (IPv6 hop limit) of LowTTLFirst's probes: past a home
+// router and the first hops of its ISP (a carrier-grade NAT among them),
+// and short of a peer that is further away, as peers almost always are.
+// lowTTLLead is how long the other datagrams wait after them.
+const (
+	lowTTL     = 3
+	lowTTLLead = 30 * time.Millisecond
+)
 
 // New starts punching to candidates (in order of preference) over sock,
 // which the Conn now owns. server is the rendezvous server, whose late
@@ -150,6 +167,9 @@ func New(sock Socket, server netip.AddrPort, pairingID [16]byte, candidates []ne
 	}
 	if opt.ProbeDelay > 0 {
 		c.holdUntil = time.Now().Add(opt.ProbeDelay)
+	}
+	if opt.LowTTLFirst && opt.ProbeDelay < lowTTLLead {
+		c.holdUntil = time.Now().Add(lowTTLLead)
 	}
 	if udp, ok := sock.(*net.UDPConn); ok {
 		c.useKernel(udp, opt)

@@ -46,7 +46,27 @@ func (c *Conn) startPunch(ctx context.Context, opt Options) {
 			c.log.Info("birthday punching: sprayed the peer's ports", "ip", spray.Addr().String(), "probes", sent)
 		}()
 	}
+	if opt.LowTTLFirst && !c.relayOnly {
+		c.lowTTLRound()
+	}
 	go c.routinePunch(ctx, opt.ProbeDelay, sprayed)
+}
+
+// lowTTLRound sends Options.LowTTLFirst's probes: one to each candidate,
+// within the anti-amplification budget like every probe.
+func (c *Conn) lowTTLRound() {
+	c.mu.Lock()
+	targets := slices.Clone(c.candidates)
+	c.mu.Unlock()
+	probe := c.probe()
+	sent := 0
+	for _, t := range targets {
+		if c.spend(t, len(probe)) && c.writeLowTTL(probe, t) {
+			sent++
+			c.count(func(s *Stats) { s.ProbesSent++ })
+		}
+	}
+	c.log.Debug("punch: low-TTL probes", "ttl", lowTTL, "sent", sent)
 }
 
 // routinePunch sends probes to every candidate, quickly at first and then
