@@ -6,10 +6,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
+	mathrand "math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -196,14 +198,23 @@ func testPipeLossyPath(t *testing.T, probe bool) {
 	}
 }
 
+// freeUDPPort returns a UDP port that is free on every address. It picks
+// below Linux's ephemeral range (32768-60999), where the kernel
+// never hands out a port by itself: a port found free there stays free
+// until the binary binds it, however many sockets other tests open
+// meanwhile (birthday punching's tests open hundreds).
 func freeUDPPort(t *testing.T) string {
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
+	for range 1000 {
+		port := 20000 + mathrand.IntN(12000)
+		c, err := net.ListenUDP("udp", &net.UDPAddr{Port: port})
+		if err != nil {
+			continue
+		}
+		c.Close()
+		return strconv.Itoa(port)
 	}
-	defer c.Close()
-	_, port, _ := strings.Cut(c.LocalAddr().String(), ":")
-	return port
+	t.Fatal("no free UDP port in 20000-31999")
+	return ""
 }
 
 // TestPipeExitCodes checks every documented exit code of the pipe.
