@@ -60,6 +60,14 @@ type mapping struct {
 	primary, alternate netip.AddrPort
 }
 
+// ourSide is what a side knows of itself after the rendezvous: the
+// candidates its Find offered (the very list the peer received, so that
+// both sides decide from the same data) and its mapping.
+type ourSide struct {
+	offered []netip.AddrPort
+	mapping
+}
+
 // endpointDependent reports whether the two answers show a mapping that
 // depends on the destination.
 func (m mapping) endpointDependent() bool {
@@ -97,9 +105,9 @@ const (
 	birthdaySpray              // the peer's is: probes to many of its ports
 )
 
-// birthdayRoles decides our part from our mapping and what the match says
-// of the peer.
-func birthdayRoles(ours mapping, m rendezvous.Match) birthdayRole {
+// birthdayRoles decides our part from what we offered, our mapping and
+// what the match says of the peer.
+func birthdayRoles(ours ourSide, m rendezvous.Match) birthdayRole {
 	weHard := ours.endpointDependent()
 	peerHard, peerPublic := false, false
 	for _, c := range m.PeerCandidates {
@@ -110,7 +118,7 @@ func birthdayRoles(ours mapping, m rendezvous.Match) birthdayRole {
 			peerHard = true
 		}
 	}
-	wePublic := isLocal(m.Observed)
+	wePublic := slices.Contains(ours.offered, m.Observed)
 	switch {
 	case peerPublic || wePublic || weHard == peerHard:
 		return birthdayNone
@@ -120,31 +128,25 @@ func birthdayRoles(ours mapping, m rendezvous.Match) birthdayRole {
 	return birthdaySpray
 }
 
-// bothIPv6 reports whether both sides offer a global IPv6 address: the
-// peer in the match, we among this host's addresses (what our Find
-// offered). Both sides see the same two lists, so they decide alike.
-func bothIPv6(m rendezvous.Match) bool {
+// bothIPv6 reports whether both sides offered a global IPv6 address. Both
+// sides see the same two lists, so they decide alike.
+func bothIPv6(ours ourSide, m rendezvous.Match) bool {
 	global6 := func(as []netip.AddrPort) bool {
 		return slices.ContainsFunc(as, func(a netip.AddrPort) bool { return a.Addr().Is6() && a.Addr().IsGlobalUnicast() })
 	}
-	return global6(m.PeerCandidates) && global6(path.LocalCandidates(0, false))
-}
-
-// isLocal reports whether a is one of this host's addresses.
-func isLocal(a netip.AddrPort) bool {
-	return slices.Contains(path.LocalCandidates(a.Port(), false), a)
+	return global6(m.PeerCandidates) && global6(ours.offered)
 }
 
 // birthday prepares attempt a for birthday punching as ours and the
 // match say, and returns the socket its path runs over: udp, or on the
 // hard side the socket that met the peer (udp is then closed).
-func (a *attempt) birthday(ctx context.Context, udp *net.UDPConn, ours mapping) *net.UDPConn {
+func (a *attempt) birthday(ctx context.Context, udp *net.UDPConn) *net.UDPConn {
 	if a.opts.RelayOnly || a.cfg.PeerAddr.IsValid() {
 		return udp
 	}
 	log := a.cfg.Logger
-	role := birthdayRoles(ours, a.match)
-	if role != birthdayNone && a.n == 0 && bothIPv6(a.match) {
+	role := birthdayRoles(a.ours, a.match)
+	if role != birthdayNone && a.n == 0 && bothIPv6(a.ours, a.match) {
 		// No NAT on IPv6 (stateful firewalls open to our own probes): the
 		// first attempt punches over it, without a thousand probes; a later
 		// attempt, if it comes to that, tries the birthday way.

@@ -12,9 +12,10 @@ import (
 // neither are, or when a side is public.
 func TestBirthdayRoles(t *testing.T) {
 	ap := netip.MustParseAddrPort
-	hard := mapping{primary: ap("198.51.100.11:4000"), alternate: ap("198.51.100.11:4001")}
-	easy := mapping{primary: ap("198.51.100.11:4000"), alternate: ap("198.51.100.11:4000")}
-	unknown := mapping{primary: ap("198.51.100.11:4000")}
+	offered := []netip.AddrPort{ap("10.0.1.2:4000")}
+	hard := ourSide{offered, mapping{primary: ap("198.51.100.11:4000"), alternate: ap("198.51.100.11:4001")}}
+	easy := ourSide{offered, mapping{primary: ap("198.51.100.11:4000"), alternate: ap("198.51.100.11:4000")}}
+	unknown := ourSide{offered, mapping{primary: ap("198.51.100.11:4000")}}
 	peerHard := rendezvous.Match{Observed: ap("198.51.100.11:4000"), PeerObserved: ap("198.51.100.21:5000"),
 		PeerCandidates: []netip.AddrPort{ap("10.0.2.2:6000"), ap("198.51.100.21:5001")}}
 	peerEasy := rendezvous.Match{Observed: ap("198.51.100.11:4000"), PeerObserved: ap("198.51.100.21:5000"),
@@ -23,7 +24,7 @@ func TestBirthdayRoles(t *testing.T) {
 		PeerCandidates: []netip.AddrPort{ap("198.51.100.20:5000")}}
 	for _, c := range []struct {
 		name string
-		ours mapping
+		ours ourSide
 		m    rendezvous.Match
 		want birthdayRole
 	}{
@@ -33,6 +34,7 @@ func TestBirthdayRoles(t *testing.T) {
 		{"hard-hard", hard, peerHard, birthdayNone},
 		{"easy-easy", easy, peerEasy, birthdayNone},
 		{"hard-public", hard, peerPublic, birthdayNone},
+		{"public-hard", ourSide{offered: []netip.AddrPort{ap("198.51.100.11:4000")}, mapping: easy.mapping}, peerHard, birthdayNone},
 	} {
 		if got := birthdayRoles(c.ours, c.m); got != c.want {
 			t.Errorf("%s: role %d, want %d", c.name, got, c.want)
@@ -40,19 +42,26 @@ func TestBirthdayRoles(t *testing.T) {
 	}
 }
 
-// TestBothIPv6: the peer's global IPv6 candidate counts, its IPv4 ones and
-// link-local or private ones do not.
+// TestBothIPv6: a global IPv6 address offered by both sides counts; IPv4,
+// link-local or an IPv6 offer on one side only does not.
 func TestBothIPv6(t *testing.T) {
 	ap := netip.MustParseAddrPort
-	weHave := bothIPv6(rendezvous.Match{PeerCandidates: []netip.AddrPort{ap("[2001:db8::1]:5000")}})
+	v6 := ourSide{offered: []netip.AddrPort{ap("10.0.1.2:4000"), ap("[2001:db8:1::2]:4000")}}
+	v4 := ourSide{offered: []netip.AddrPort{ap("10.0.1.2:4000")}}
+	peer6 := rendezvous.Match{PeerCandidates: []netip.AddrPort{ap("10.0.2.2:5000"), ap("[2001:db8:2::2]:5000")}}
+	if !bothIPv6(v6, peer6) {
+		t.Error("both offer global IPv6: bothIPv6 = false")
+	}
+	if bothIPv6(v4, peer6) {
+		t.Error("only the peer offers IPv6: bothIPv6 = true")
+	}
 	for _, m := range []rendezvous.Match{
 		{PeerCandidates: []netip.AddrPort{ap("198.51.100.20:5000")}},
 		{PeerCandidates: []netip.AddrPort{ap("[fe80::1]:5000"), ap("10.0.0.1:5000")}},
 		{},
 	} {
-		if bothIPv6(m) {
+		if bothIPv6(v6, m) {
 			t.Errorf("bothIPv6(%v) = true without a global IPv6 peer candidate", m.PeerCandidates)
 		}
 	}
-	t.Logf("this host offers global IPv6: %v", weHave)
 }

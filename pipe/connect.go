@@ -143,7 +143,7 @@ type plan struct {
 	// found.
 	connectBy time.Time
 	lastHeard time.Time // the peer's last datagram in any attempt (path.Stats.LastHeard)
-	localPort uint16    // of the current attempt's socket
+	ours      ourSide   // what the current attempt's Find offered, and our mapping
 	lastErr   error     // why the last attempt found no path
 }
 
@@ -176,9 +176,9 @@ func (pl *plan) start(ctx context.Context, n int) (*attempt, error) {
 		udp.Close()
 		return nil, fmt.Errorf("%w: %w (--relay only)", ErrNoPath, ErrNoRelay)
 	}
-	pl.localPort = udp.LocalAddr().(*net.UDPAddr).AddrPort().Port()
+	pl.ours = ours
 	a := pl.attempt(n, match)
-	udp = a.birthday(ctx, udp, ours) // birthday.go: the spray's options, or the socket that met the peer
+	udp = a.birthday(ctx, udp) // birthday.go: the spray's options, or the socket that met the peer
 	a.punch(udp)
 	return a, nil
 }
@@ -201,7 +201,7 @@ func (pl *plan) attempt(n int, m rendezvous.Match) *attempt {
 		relayDelay = relayFirstAfter
 	}
 	return &attempt{
-		cfg: cfg, n: n, last: last, connectBy: pl.connectBy, match: m,
+		cfg: cfg, n: n, last: last, connectBy: pl.connectBy, match: m, ours: pl.ours,
 		candidates: append([]netip.AddrPort{m.PeerObserved}, m.PeerCandidates...),
 		opts: path.Options{
 			NoOffload: cfg.NoOffload, ProbeDelay: probeDelay,
@@ -232,7 +232,7 @@ func (pl *plan) relayFirst(n int, m rendezvous.Match) bool {
 	if n != 0 || !m.Relay || pl.cfg.Relay != RelayAuto || pl.cfg.PeerAddr.IsValid() {
 		return false
 	}
-	return portMoved(m.Observed, []uint16{pl.localPort}) || portMoved(m.PeerObserved, portsOf(m.PeerCandidates))
+	return portMoved(m.Observed, portsOf(pl.ours.offered)) || portMoved(m.PeerObserved, portsOf(m.PeerCandidates))
 }
 
 // portMoved reports whether the server saw a side at a port that none of
@@ -309,6 +309,7 @@ type attempt struct {
 	last       bool // no attempt follows: the handshake may take until connectBy, the relay joins in
 	connectBy  time.Time
 	match      rendezvous.Match
+	ours       ourSide          // what our Find offered, and our mapping
 	candidates []netip.AddrPort // the peer's addresses, observed first
 	opts       path.Options
 	link       *path.Conn // the attempt's path, from punch on

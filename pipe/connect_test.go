@@ -29,12 +29,12 @@ func TestPlanAttempts(t *testing.T) {
 	}
 	peerAddr := netip.MustParseAddrPort("192.0.2.1:1000")
 	// A NAT gave the peer's socket (port 1000) the port 2000, or ours
-	// (localPort) the port 3000.
+	// (offered at port 4000) the port 3000.
 	peerMoved := match
 	peerMoved.PeerObserved = netip.MustParseAddrPort("192.0.2.1:2000")
 	weMoved := match
 	weMoved.Observed = netip.MustParseAddrPort("198.51.100.7:3000")
-	const localPort = 4000
+	offered := []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:4000")}
 	for _, tc := range []struct {
 		name     string
 		cfg      Config
@@ -91,7 +91,7 @@ func TestPlanAttempts(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			pl := newPlan(&tc.cfg)
-			pl.localPort = localPort
+			pl.ours.offered = offered
 			pl.connectBy = time.Now().Add(tc.connect)
 			for n, w := range tc.attempts {
 				a := pl.attempt(n, tc.match)
@@ -104,5 +104,35 @@ func TestPlanAttempts(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestRelayFirstAlike: both sides decide from the same lists (each side's
+// observed address and the candidates its Find offered), so they agree,
+// also when a side offered a STUN reflexive address (--stun) whose port is
+// the one the server saw while its socket's port is another.
+func TestRelayFirstAlike(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	aOffered := []netip.AddrPort{ap("10.0.1.2:4000"), ap("198.51.100.11:4000")}
+	bOffered := []netip.AddrPort{ap("10.0.2.2:5000"), ap("198.51.100.21:6000")} // reflexive at the port seen
+	for _, tc := range []struct {
+		name   string
+		aSeen  netip.AddrPort
+		bSeen  netip.AddrPort
+		racing bool
+	}{
+		{"nobody moved", ap("198.51.100.11:4000"), ap("198.51.100.21:6000"), false},
+		{"a moved", ap("198.51.100.11:4444"), ap("198.51.100.21:6000"), true},
+	} {
+		side := func(offered []netip.AddrPort, seen, peerSeen netip.AddrPort, peerOffered []netip.AddrPort) bool {
+			pl := newPlan(&Config{Name: "a", Peer: "b", Relay: RelayAuto})
+			pl.ours.offered = offered
+			return pl.relayFirst(0, rendezvous.Match{Relay: true, Observed: seen, PeerObserved: peerSeen, PeerCandidates: peerOffered})
+		}
+		a := side(aOffered, tc.aSeen, tc.bSeen, bOffered)
+		b := side(bOffered, tc.bSeen, tc.aSeen, aOffered)
+		if a != b || a != tc.racing {
+			t.Errorf("%s: a races the relay %v, b %v; want both %v", tc.name, a, b, tc.racing)
+		}
 	}
 }

@@ -23,11 +23,12 @@ import (
 const reFindTimeout = 5 * time.Second
 
 // meet pairs us with the peer over udp: through the rendezvous server, or
-// from the names alone in direct mode. It also returns our NAT's mapping
-// as the server's two STUN ports saw it (birthday.go).
-func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int) (rendezvous.Match, mapping, error) {
+// from the names alone in direct mode. It also returns what our Find
+// offered and our NAT's mapping as the server's two STUN ports saw it
+// (birthday.go).
+func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int) (rendezvous.Match, ourSide, error) {
 	if cfg.PeerAddr.IsValid() {
-		return directMatch(*cfg), mapping{}, nil
+		return directMatch(*cfg), ourSide{}, nil
 	}
 	log := cfg.Logger
 	port := udp.LocalAddr().(*net.UDPAddr).AddrPort().Port()
@@ -42,7 +43,9 @@ func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int) (ren
 	if cfg.STUN.IsValid() {
 		cands = cfg.stunCandidate(ctx, udp, cands)
 	}
-	cands, ours := cfg.learnMapping(ctx, udp, cands, wire.MaxCandidates)
+	var ours ourSide
+	cands, ours.mapping = cfg.learnMapping(ctx, udp, cands, wire.MaxCandidates)
+	ours.offered = cands
 	log.Debug("asking the rendezvous server", "server", cfg.Server.String(), "candidates", fmt.Sprint(cands), "attempt", attempt+1)
 	warned := false
 	match, err := client.Find(fctx, rendezvous.FindRequest{
