@@ -53,11 +53,12 @@ func runPipe(c *cli.Context) error {
 	// The RSA key grows from now on, while we look up the server's name,
 	// read the session key and ask for the password; pipe.Run takes it.
 	// (An invalid size starts nothing; pipeConfig says what is wrong.)
-	pipe.StartKey(c.Int("rsa-bits"))
+	key := pipe.StartKey(c.Int("rsa-bits"))
 	cfg, err := pipeConfig(c)
 	if err != nil {
 		return err
 	}
+	cfg.Key = key
 	cfg.Logger = pipeLogger(c.App.ErrWriter, verbosity(c))
 	if cfg.SessionKey, err = pipeSessionKey(c.String("session-key-file")); err != nil {
 		return err

@@ -3,7 +3,6 @@ package pipe
 import (
 	"crypto/rand"
 	"crypto/rsa"
-	"sync"
 
 	"github.com/p2pcat/p2pcat/pipe/secure"
 )
@@ -23,16 +22,25 @@ type keyResult struct {
 // Run that ends before the key is ready leaves the generation running, the
 // one goroutine of Run's that outlives it (besides a pending read or
 // write, Config.Stdin), and it ends when the key is done. A generation
-// that StartKey began for this key size is taken instead of a new one.
+// that StartKey began for this key size (Config.Key) is taken instead of a
+// new one.
 func (cfg *Config) generateKey() <-chan keyResult {
-	gen, bits := cfg.testOnlyGenerateKey, cfg.RSABits
-	if gen == nil {
-		if keys := takeEarlyKey(bits); keys != nil {
-			return keys
-		}
-		gen = generateRSA
+	if gen := cfg.testOnlyGenerateKey; gen != nil {
+		return startGenerating(gen, cfg.RSABits)
 	}
-	keys := make(chan keyResult, 1) // the result is dropped when nobody reads it
+	if k := cfg.Key; k != nil && k.bits == cfg.RSABits {
+		cfg.Key = nil // one session, one key
+		return k.result
+	}
+	return startGenerating(generateRSA, cfg.RSABits)
+}
+
+func generateRSA(bits int) (*rsa.PrivateKey, error) { return rsa.GenerateKey(rand.Reader, bits) }
+
+// startGenerating runs gen on its own goroutine; the result is dropped
+// when nobody reads it.
+func startGenerating(gen func(bits int) (*rsa.PrivateKey, error), bits int) <-chan keyResult {
+	keys := make(chan keyResult, 1)
 	go func() {
 		k, err := gen(bits)
 		keys <- keyResult{k, err}
@@ -40,49 +48,23 @@ func (cfg *Config) generateKey() <-chan keyResult {
 	return keys
 }
 
-func generateRSA(bits int) (*rsa.PrivateKey, error) { return rsa.GenerateKey(rand.Reader, bits) }
-
-// early is the generation StartKey began, until a Run takes it.
-var early struct {
-	sync.Mutex
-	bits int
-	keys <-chan keyResult
+// Key is an RSA key whose generation StartKey began, for Config.Key.
+type Key struct {
+	bits   int
+	result <-chan keyResult
 }
 
-// StartKey starts generating the RSA key of the next Run in this process
-// whose Config.RSABits is bits (0 is DefaultRSABits), so that the key
-// grows while the command asks for the password and reads its files; an
-// invalid size does nothing. A Run with another size generates its own
-// key; a second StartKey replaces the first, whose key is dropped when it
-// is done. Like generateKey's, the generation cannot be cancelled. It is
-// for a process that runs one session, the command line, as
-// Config.TransferProcs is.
-func StartKey(bits int) {
+// StartKey starts generating an RSA key of bits (0 is DefaultRSABits), so
+// that it grows while the command asks for the password and reads its
+// files; Run takes it from Config.Key when Config.RSABits is the same
+// size. An invalid size starts nothing and returns nil. Like
+// generateKey's, the generation cannot be cancelled.
+func StartKey(bits int) *Key {
 	if bits == 0 {
 		bits = DefaultRSABits
 	}
 	if secure.CheckRSABits(bits) != nil {
-		return
-	}
-	keys := make(chan keyResult, 1)
-	go func() {
-		k, err := generateRSA(bits)
-		keys <- keyResult{k, err}
-	}()
-	early.Lock()
-	defer early.Unlock()
-	early.bits, early.keys = bits, keys
-}
-
-// takeEarlyKey returns StartKey's generation if it is for bits, once; nil
-// otherwise.
-func takeEarlyKey(bits int) <-chan keyResult {
-	early.Lock()
-	defer early.Unlock()
-	keys := early.keys
-	if keys == nil || early.bits != bits {
 		return nil
 	}
-	early.bits, early.keys = 0, nil
-	return keys
+	return &Key{bits: bits, result: startGenerating(generateRSA, bits)}
 }

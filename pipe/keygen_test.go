@@ -5,27 +5,24 @@ import (
 	"time"
 )
 
-// TestStartKey: a key StartKey began is taken by the first Run of its
-// size, and only by that one; another size, or a later Run, generates its
-// own.
+// TestStartKey: a key StartKey began is taken by the Run of its size, and
+// only once; another size, or a later Run, generates its own.
 func TestStartKey(t *testing.T) {
-	StartKey(0) // DefaultRSABits
-	early.Lock()
-	started := early.keys
-	early.Unlock()
+	started := StartKey(0) // DefaultRSABits
 	if started == nil {
 		t.Fatal("StartKey(0) started nothing")
 	}
-	if keys := takeEarlyKey(3072); keys != nil {
+	other := Config{RSABits: 3072, Key: started}
+	if keys := other.generateKey(); keys == started.result {
 		t.Fatal("a Run of 3072 bits took the 2048-bit key")
 	}
-	cfg := Config{RSABits: DefaultRSABits}
+	cfg := Config{RSABits: DefaultRSABits, Key: started}
 	first := cfg.generateKey()
-	if first != started {
+	if first != started.result {
 		t.Fatal("the first Run did not take StartKey's key")
 	}
 	second := cfg.generateKey()
-	if second == started {
+	if second == started.result {
 		t.Fatal("a second Run took the same key")
 	}
 	for i, keys := range []<-chan keyResult{first, second} {
@@ -38,8 +35,7 @@ func TestStartKey(t *testing.T) {
 			t.Fatalf("key %d never came", i)
 		}
 	}
-	StartKey(1024) // too small: nothing starts
-	if takeEarlyKey(1024) != nil {
+	if StartKey(1024) != nil { // too small: nothing starts
 		t.Fatal("StartKey(1024) started a key")
 	}
 }

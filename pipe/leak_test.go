@@ -251,7 +251,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 			t.Fatalf("Run = %v, want ErrInterrupted", err)
 		}
 		checkGoroutines(t, base+1)
-		if !blockedIn("(*Config).generateKey.func") {
+		if !blockedIn("pipe.startGenerating.func") {
 			t.Errorf("the goroutine left is not the key's:\n%s", goroutineStacks())
 		}
 		close(release)

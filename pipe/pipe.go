@@ -64,6 +64,9 @@ type Config struct {
 	// registered). Finds prove it to the server; the handshake binds it
 	// with the password, so the peer must have it too.
 	SessionKey *rendezvous.SessionKey
+	// Key, when set, is an RSA key StartKey began earlier, which the
+	// session uses if it is of RSABits (else it generates its own).
+	Key *Key
 
 	Timeout        time.Duration // for the peer to show up (default 2 min)
 	ConnectTimeout time.Duration // for a path and handshake once paired (default 15 s)
