@@ -20,11 +20,12 @@ srv=$!
 for _ in $(seq 100); do grep -q "rendezvous server listening" "$work/server.log" && break; sleep 0.05; done
 export P2PCAT_SERVER="127.0.0.1:$port"
 
-echo "== registering session 'demo' with a generated passphrase"
-pass=$("$p2pcat" register demo --generate --ttl 1h 2>"$work/register.log")
-echo "   $(cat "$work/register.log")"
-echo "   passphrase: $pass"
-export P2PCAT_PASSWORD="$pass"
+echo "== registering session 'demo' (a new session key in demo.key)"
+"$p2pcat" register demo --session-key-file "$work/demo.key" --ttl 1h 2>"$work/register.log"
+sed 's/^/   /' "$work/register.log"
+# Everyone in session 'demo' needs its key, and the peers a shared password.
+export P2PCAT_SESSION_KEY_FILE="$work/demo.key"
+export P2PCAT_PASSWORD="correct horse battery staple"
 
 echo "== a line each way: alice and bob find each other in session 'demo'"
 echo "hello bob, this is alice" | "$p2pcat" --session demo --name alice --find bob -v >"$work/alice.out" 2>"$work/alice.log" &
@@ -51,9 +52,9 @@ echo "   received sha256 $got ($(stat -c %s "$work/received.bin") bytes, $(echo 
 
 echo "== a wrong password is refused on both sides (exit code 4)"
 set +e
-echo x | P2PCAT_PASSWORD=wrong "$p2pcat" --session open --name alice --find bob 2>"$work/alice.log" &
+echo x | P2PCAT_SESSION_KEY_FILE= P2PCAT_PASSWORD=wrong "$p2pcat" --session open --name alice --find bob 2>"$work/alice.log" &
 a=$!
-echo x | P2PCAT_PASSWORD=right "$p2pcat" --session open --name bob --find alice 2>"$work/bob.log"
+echo x | P2PCAT_SESSION_KEY_FILE= P2PCAT_PASSWORD=right "$p2pcat" --session open --name bob --find alice 2>"$work/bob.log"
 cb=$?
 wait "$a"; ca=$?
 set -e
