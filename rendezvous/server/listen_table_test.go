@@ -80,13 +80,19 @@ func TestTableListenerWaits(t *testing.T) {
 
 // TestTableFindersBeforeListener: finders that came first are served when
 // the listener arrives, oldest first, one per find of the listener; a
-// finder's re-sends keep its place.
+// finder's re-sends keep its place, and one that leaves loses it.
 func TestTableFindersBeforeListener(t *testing.T) {
 	now := time.Now()
 	tab := newTable(time.Minute, 30*time.Second, 100, 10, true)
+	gone := netip.MustParseAddrPort("198.51.100.3:3000")
 	mustFind(t, tab, finderFind(1, "first"), finderAddr, now)
+	mustFind(t, tab, finderFind(7, "gone"), gone, now.Add(time.Second))
 	mustFind(t, tab, finderFind(2, "second"), finder2Addr, now.Add(time.Second))
 	mustFind(t, tab, finderFind(1, "first"), finderAddr, now.Add(2*time.Second)) // a re-send
+	// One in the middle of the queue leaves.
+	if !tab.leave(&wire.Leave{ReqID: 7, Session: "s", Name: "gone", Peer: "homebox"}, gone, now.Add(2*time.Second)) {
+		t.Fatal("the Leave did not withdraw the find")
+	}
 	for i, want := range []string{"first", "second"} {
 		r := mustFind(t, tab, listenFind(uint64(10+i)), listenerAddr, now.Add(3*time.Second))
 		if !r.paired || r.reply.PeerName != want || r.push.PeerName != "homebox" || r.reply.Role != wire.RoleResponder {

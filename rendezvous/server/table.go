@@ -1,7 +1,6 @@
 package server
 
 import (
-	"container/list"
 	"crypto/rand"
 	"errors"
 	"net/netip"
@@ -40,7 +39,8 @@ type table struct {
 	// waitingFor queues, oldest first, the pending plain finds (neither
 	// any-peer nor again) by the session and peer they want, so that a
 	// listener arriving after them is paired with the first.
-	waitingFor map[wantKey]*list.List
+	waitingFor map[wantKey]waitQueue
+
 	// Matched and withdrawn entries only answer re-sent finds; they do not
 	// count toward a client IP's pending cap (a host that runs many
 	// sessions in a row would otherwise be refused for MatchTTL), and at
@@ -53,6 +53,11 @@ type entryKey struct{ session, name, peer string }
 // wantKey is the session and peer a find wants.
 type wantKey struct{ session, peer string }
 
+// waitQueue is a list of entries linked through their next and prev
+// fields, oldest first. It lives in the entries themselves, so that it
+// costs a pending find two pointers and its name, not an allocation.
+type waitQueue struct{ first, last *entry }
+
 type entry struct {
 	reqID     uint64
 	flags     wire.FindFlags
@@ -61,9 +66,12 @@ type entry struct {
 	expires   time.Time
 	matched   *wire.FindResp // nil while pending
 	withdrawn bool           // a Leave ended this attempt
-	// queued is this entry's place in waitingFor while it is a pending
-	// plain find; nil otherwise.
-	queued *list.Element
+	// queued: the entry is in its waitingFor queue (a pending plain
+	// find), between prev and next; name is its own name, which with the
+	// queue's wantKey makes its key.
+	queued     bool
+	name       string
+	prev, next *entry
 }
 
 // plain reports whether e is a find that a listener may take: neither
@@ -84,7 +92,7 @@ func newTable(pendingTTL, matchTTL time.Duration, maxTotal, maxPerIP int, relay 
 		maxTotal: maxTotal, maxPerIP: maxPerIP, relay: relay,
 		entries:    make(map[entryKey]*entry),
 		perIP:      make(map[netip.Addr]int),
-		waitingFor: make(map[wantKey]*list.List),
+		waitingFor: make(map[wantKey]waitQueue),
 	}
 }
 
@@ -131,16 +139,14 @@ func (t *table) find(f *wire.Find, addr netip.AddrPort, now time.Time) (findResu
 // for a listener's find the oldest plain find that wants it; for any other
 // find the one that wants it back, and failing that (unless f is an
 // again-find) the listener. Never an entry from f's own address, nor an
-// expired one.
+// expired one: the walk skips those (sweep removes the expired within 5 s;
+// an IP's own entries are at most MaxPendingPerIP).
 func (t *table) partnerLocked(f *wire.Find, addr netip.AddrPort, now time.Time) (entryKey, *entry) {
 	usable := func(p *entry) bool { return p != nil && p.pending() && now.Before(p.expires) && p.addr != addr }
 	if f.Flags&wire.FindAnyPeer != 0 {
-		if q := t.waitingFor[wantKey{f.Session, f.Name}]; q != nil {
-			for el := q.Front(); el != nil; el = el.Next() {
-				k := el.Value.(entryKey)
-				if p := t.entries[k]; usable(p) {
-					return k, p
-				}
+		for p := t.waitingFor[wantKey{f.Session, f.Name}].first; p != nil; p = p.next {
+			if usable(p) {
+				return entryKey{f.Session, p.name, f.Name}, p
 			}
 		}
 		return entryKey{}, nil
@@ -248,11 +254,14 @@ func (t *table) addLocked(k entryKey, e *entry) {
 	if e.plain() {
 		w := wantKey{k.session, k.peer}
 		q := t.waitingFor[w]
-		if q == nil {
-			q = list.New()
-			t.waitingFor[w] = q
+		e.queued, e.name, e.prev, e.next = true, k.name, q.last, nil
+		if q.last != nil {
+			q.last.next = e
+		} else {
+			q.first = e
 		}
-		e.queued = q.PushBack(k)
+		q.last = e
+		t.waitingFor[w] = q
 	}
 }
 
@@ -272,13 +281,24 @@ func (t *table) removeLocked(k entryKey) {
 	} else {
 		t.perIP[ip]--
 	}
-	if e.queued != nil {
+	if e.queued {
 		w := wantKey{k.session, k.peer}
 		q := t.waitingFor[w]
-		q.Remove(e.queued)
-		e.queued = nil
-		if q.Len() == 0 {
+		if e.prev != nil {
+			e.prev.next = e.next
+		} else {
+			q.first = e.next
+		}
+		if e.next != nil {
+			e.next.prev = e.prev
+		} else {
+			q.last = e.prev
+		}
+		e.queued, e.prev, e.next = false, nil, nil
+		if q.first == nil {
 			delete(t.waitingFor, w)
+		} else {
+			t.waitingFor[w] = q
 		}
 	}
 }
