@@ -241,3 +241,104 @@ func TestTableListenerCaps(t *testing.T) {
 	}
 	checkEmpty(t, tab, now)
 }
+
+// FuzzTableListeners runs a sequence of finds (plain, again, listeners'),
+// Leaves and clock steps over a few names and addresses, and checks after
+// each step that the table's counts and the listeners' queues agree with
+// its entries, and that an answer names the right peer.
+//
+//	go test -run XXX -fuzz FuzzTableListeners -fuzztime 1m ./rendezvous/server/
+func FuzzTableListeners(f *testing.F) {
+	f.Add([]byte{0x20, 0x01, 0x00, 0x01, 0x02})
+	f.Add([]byte{0x01, 0x11, 0x21, 0x20, 0x40, 0x20, 0x31, 0x60, 0x20})
+	f.Add([]byte{0x01, 0x05, 0x09, 0x60, 0x70, 0x21, 0x22, 0x03, 0x13, 0x23})
+	names := []string{"a", "b", "c", "d"}
+	addrs := []netip.AddrPort{finderAddr, finder2Addr, listenerAddr, netip.AddrPortFrom(listenerAddr.Addr(), 4001)}
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		now := time.Now()
+		tab := newTable(10*time.Second, 30*time.Second, 12, 4, true)
+		for i, op := range ops {
+			name, peer, addr := names[op&3], names[(op>>2)&3], addrs[(op>>4)&3]
+			reqID := uint64(i % 5) // repeats: re-sends and their answers
+			fd := &wire.Find{ReqID: reqID, Session: "s", Name: name, Peer: peer}
+			switch op >> 6 {
+			case 1:
+				fd.Flags = wire.FindAgain
+			case 2:
+				fd.Peer, fd.Flags = "", wire.FindAnyPeer
+			case 3:
+				if op&0x20 != 0 {
+					now = now.Add(4 * time.Second)
+					tab.sweep(now)
+				} else {
+					tab.leave(&wire.Leave{ReqID: reqID, Session: "s", Name: name, Peer: fd.Peer}, addr, now)
+				}
+				checkTable(t, tab)
+				continue
+			}
+			if fd.Check() != nil {
+				continue // the server refuses it before the table
+			}
+			r, err := tab.find(fd, addr, now)
+			checkTable(t, tab)
+			if err != nil || r.withdrawn || r.reply.Status != wire.FindMatched {
+				continue
+			}
+			if r.reply.PeerName == fd.Name || fd.Peer != "" && r.reply.PeerName != fd.Peer {
+				t.Fatalf("step %d: %+v answered naming %q", i, fd, r.reply.PeerName)
+			}
+			if r.paired && r.push.PeerName != fd.Name {
+				t.Fatalf("step %d: the push names %q, not the finder %q", i, r.push.PeerName, fd.Name)
+			}
+		}
+		checkEmpty(t, tab, now)
+	})
+}
+
+// checkTable fails t unless the table's counts and queues match its
+// entries: every pending plain find is queued, once, under the session and
+// peer it wants, and nothing else is.
+func checkTable(t *testing.T, tab *table) {
+	t.Helper()
+	pending, perIP, queued := 0, map[netip.Addr]int{}, map[wantKey]int{}
+	for k, e := range tab.entries {
+		if e.pending() {
+			pending++
+			perIP[e.addr.Addr()]++
+		}
+		if want := e.pending() && e.plain(); e.queued != want {
+			t.Fatalf("entry %+v: queued %v, want %v", k, e.queued, want)
+		}
+		if e.queued {
+			if e.name != k.name {
+				t.Fatalf("entry %+v queued as %q", k, e.name)
+			}
+			queued[wantKey{k.session, k.peer}]++
+		}
+	}
+	if pending != tab.pending || len(perIP) != len(tab.perIP) {
+		t.Fatalf("%d pending entries from %d IPs; the table counts %d from %d", pending, len(perIP), tab.pending, len(tab.perIP))
+	}
+	for ip, n := range perIP {
+		if tab.perIP[ip] != n {
+			t.Fatalf("%v: %d pending, counted %d", ip, n, tab.perIP[ip])
+		}
+	}
+	if len(queued) != len(tab.waitingFor) {
+		t.Fatalf("%d queues, want %d", len(tab.waitingFor), len(queued))
+	}
+	for w, q := range tab.waitingFor {
+		n := 0
+		var prev *entry
+		for e := q.first; e != nil; e = e.next {
+			if e.prev != prev || tab.entries[entryKey{w.session, e.name, w.peer}] != e {
+				t.Fatalf("queue %+v is broken at %q", w, e.name)
+			}
+			prev = e
+			n++
+		}
+		if q.last != prev || n != queued[w] {
+			t.Fatalf("queue %+v: %d linked (last %p, want %p), %d queued entries", w, n, q.last, prev, queued[w])
+		}
+	}
+}
