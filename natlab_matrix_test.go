@@ -56,8 +56,12 @@ var natExpectations = []natCase{
 	{a: "cone", b: "clash", hop: true, want: wantDirect, goal: wantDirect},
 	{a: "samelan", b: "samelan", want: wantDirect, goal: wantDirect},
 	{a: "symmetric", b: "public", want: wantDirect, goal: wantDirect},
-	{a: "symmetric", b: "cone", want: wantDirect, goal: wantDirect},
-	{a: "symmetric", b: "clash", want: wantDirect, goal: wantDirect},
+	// Birthday punching finds the port with a probability (about 98% an
+	// attempt with 256 sockets and 1024 probes), so these rows run
+	// birthdayRuns times and pass with 9 in 10 direct, the issue's bar:
+	// one run that ends relayed is chance, not a fault.
+	{a: "symmetric", b: "cone", want: wantDirect, goal: wantDirect, runs: birthdayRuns},
+	{a: "symmetric", b: "clash", want: wantDirect, goal: wantDirect, runs: birthdayRuns},
 	{a: "symmetric", b: "symmetric", want: wantDirectOrRelay, goal: wantDirectOrRelay},
 	// IPv6 on every host, behind the routers' stateful firewalls (ipv6)
 	// or unfiltered (ipv6open).
@@ -82,16 +86,24 @@ type natCase struct {
 	relay      string // "" leaves the default (auto)
 	want, goal pathWant
 	within     time.Duration // the longest time to connected (0: any)
+	runs       int           // the fewest runs of the case (P2PCAT_NATLAB_RUNS may ask more)
 }
+
+// birthdayRuns is how many times a case that needs birthday punching runs at
+// least: enough for the 9-in-10 bar to mean something.
+const birthdayRuns = 10
 
 // natLabStrictConnect bounds the time to connected of every pair in the
 // labs without delay under P2PCAT_NATLAB_STRICT=1 (issue 14).
 const natLabStrictConnect = time.Second
 
-// slowness ranks how long the case is expected to take: 2 when it waits
-// out the punch attempts, 1 when it may need a second attempt, else 0.
+// slowness ranks how long the case is expected to take: 2 when it runs
+// several times or waits out the punch attempts, 1 when it may need a second
+// attempt, else 0.
 func (c natCase) slowness() int {
 	switch {
+	case c.runs > 1:
+		return 2
 	case c.want == wantNoPath || c.want == wantDirectOrRelay && c.b != "public":
 		return 2
 	case c.a == "clash" || c.b == "clash":
@@ -193,6 +205,7 @@ func testNATMatrix(t *testing.T, script string, slots chan struct{}, delay time.
 			continue // the hop's links are veths, which the delay cannot reach
 		}
 		prefix := fmt.Sprintf("nl%d%s%d", os.Getpid(), group, i)
+		runs := max(runs, c.runs)
 		jobs = append(jobs, labJob{c.name(), func(t *testing.T) {
 			if runs == 1 {
 				runNATCase(t, script, prefix, c, delay, table)
