@@ -18,7 +18,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -36,7 +35,8 @@ import (
 // it imports: the -vv log's "command ready" line measures from it.
 var processStart = time.Now()
 
-// version is set at build time with -ldflags "-X main.version=v1.2.3".
+// version is set at build time with -ldflags "-X main.version=v1.2.3";
+// without it, --version tells the build from its build info (version.go).
 var version = ""
 
 // Exit codes. Scripts depend on them; README.md and --help list them.
@@ -196,16 +196,6 @@ func exitCode(err error) int {
 }
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
-
-func versionString() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "devel"
-}
 
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	cli.HelpFlag = &cli.BoolFlag{Name: "help", Aliases: []string{"h"}, Usage: "show help"}
