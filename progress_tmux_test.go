@@ -81,6 +81,7 @@ func TestProgressInTerminal(t *testing.T) {
 		t.Fatalf("alice's shell never opened its stdin; screen:\n%s", tm.screen(false))
 	}
 	defer in.Close()
+	in.SetWriteDeadline(time.Now().Add(60 * time.Second)) // a FIFO's write waits for alice to read it
 
 	seen := map[string]bool{}
 	for _, step := range []struct {
