@@ -106,6 +106,9 @@ func (p *progress) watch(cfg *pipe.Config, verbose int) {
 		p.log = slog.New(slog.NewTextHandler(p.out, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	}
 	cfg.Stdin = countingReader{cfg.Stdin, &p.sent}
+	if p.terminal != nil && isTerminal(cfg.Stdout) {
+		cfg.Stdout = terminalOutput{p, cfg.Stdout} // no deadline to keep: a terminal has none
+	}
 	cfg.Stdout = countingWriter{cfg.Stdout, &p.received}
 	cfg.OnConnected = p.begin
 }
@@ -187,17 +190,30 @@ func (p *progress) finish(err error) {
 }
 
 // Write writes other stderr output (status lines, logs, warnings) with
-// the line out of its way: erased first, drawn again after a whole line.
-func (p *progress) Write(b []byte) (int, error) {
+// the line out of its way.
+func (p *progress) Write(b []byte) (int, error) { return p.besideLine(p.out, b) }
+
+// besideLine writes b to w with the line out of its way: erased first,
+// drawn again after a whole line.
+func (p *progress) besideLine(w io.Writer, b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.eraseLocked()
-	n, err := p.out.Write(b)
+	n, err := w.Write(b)
 	if len(b) > 0 && b[len(b)-1] == '\n' && p.last != "" {
 		p.drawLocked()
 	}
 	return n, err
 }
+
+// terminalOutput is stdout on the terminal the line is drawn on (asked
+// for with --progress): the peer's lines print above the line.
+type terminalOutput struct {
+	p *progress
+	w io.Writer
+}
+
+func (t terminalOutput) Write(b []byte) (int, error) { return t.p.besideLine(t.w, b) }
 
 func (p *progress) drawLocked() {
 	line := p.last

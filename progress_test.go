@@ -50,6 +50,14 @@ func TestProgressLineMakesWay(t *testing.T) {
 	if out.String() != want {
 		t.Fatalf("stderr:\n%q\nwant\n%q", out.String(), want)
 	}
+
+	// stdout on the same terminal (--progress asked for there)
+	out.Reset()
+	var stdout bytes.Buffer
+	io.WriteString(terminalOutput{p, &stdout}, "a line from the peer\n")
+	if out.String() != "\r\x1b[K"+"\rp2pcat: sent 1.0 KiB\x1b[K" || stdout.String() != "a line from the peer\n" {
+		t.Fatalf("stdout at the terminal: stderr %q, stdout %q", out.String(), stdout.String())
+	}
 }
 
 // TestProgressNotOnTerminal: with stderr not a terminal there is no
