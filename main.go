@@ -18,7 +18,6 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"syscall"
@@ -36,7 +35,8 @@ import (
 // it imports: the -vv log's "command ready" line measures from it.
 var processStart = time.Now()
 
-// version is set at build time with -ldflags "-X main.version=v1.2.3".
+// version is set at build time with -ldflags "-X main.version=v1.2.3";
+// without it, --version tells the build from its build info (version.go).
 var version = ""
 
 // Exit codes. Scripts depend on them; README.md and --help list them.
@@ -60,6 +60,15 @@ const (
    6  register: the session is registered with another session key
  130  interrupted (Ctrl-C, SIGTERM), in any state; the peer is told and exits 1 at once
  141  stdout was closed by its reader (| head); the peer is told and exits 1 at once`
+)
+
+// The app's description, in --help and the man page (man_cmd.go).
+const (
+	appExamples = `  echo hi | p2pcat --server rv.example:3478 --find bob      (on alice's machine)
+  p2pcat --server rv.example:3478 --find alice > out         (on bob's machine)`
+	appNotes = `The password comes from P2PCAT_PASSWORD or a hidden prompt on the terminal;
+there is no password flag, because argv is visible to every user.
+Every flag can also be set from the environment variable shown beside it.`
 )
 
 // usageError marks errors in what the user typed or configured.
@@ -106,6 +115,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	signal.Notify(sigpipe, syscall.SIGPIPE)
 	defer signal.Stop(sigpipe)
 	app := newApp(stdin, stdout, stderr)
+	if completing(args) { // a shell's Tab: completion_cmd.go
+		printCompletions(app, args)
+		return exitOK
+	}
 	err := app.RunContext(ctx, interspersed(app, args))
 	if err == nil {
 		return exitOK
@@ -197,31 +210,14 @@ func exitCode(err error) int {
 
 func oneLine(s string) string { return strings.Join(strings.Fields(s), " ") }
 
-func versionString() string {
-	if version != "" {
-		return version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
-		return bi.Main.Version
-	}
-	return "devel"
-}
-
 func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	cli.HelpFlag = &cli.BoolFlag{Name: "help", Aliases: []string{"h"}, Usage: "show help"}
 	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version"}
 	app := &cli.App{
-		Name:    "p2pcat",
-		Usage:   "netcat across NATs: link stdin/stdout of two machines over an encrypted, hole-punched UDP path",
-		Version: versionString(),
-		Description: `  echo hi | p2pcat --server rv.example:3478 --find bob      (on alice's machine)
-  p2pcat --server rv.example:3478 --find alice > out         (on bob's machine)
-
-The password comes from P2PCAT_PASSWORD or a hidden prompt on the terminal;
-there is no password flag, because argv is visible to every user.
-Every flag can also be set from the environment variable shown beside it.
-
-` + exitsHelpTxt,
+		Name:                   "p2pcat",
+		Usage:                  "netcat across NATs: link stdin/stdout of two machines over an encrypted, hole-punched UDP path",
+		Version:                versionString(),
+		Description:            appExamples + "\n\n" + appNotes + "\n\n" + exitsHelpTxt,
 		Reader:                 stdin,
 		Writer:                 stdout,
 		ErrWriter:              stderr,
@@ -231,9 +227,10 @@ Every flag can also be set from the environment variable shown beside it.
 		OnUsageError: func(c *cli.Context, err error, isSubcommand bool) error {
 			return usageError{err}
 		},
-		Commands: []*cli.Command{serveCommand(), registerCommand(), natCheckCommand()},
-		Flags:    pipeFlags(),
-		Action:   runPipe,
+		EnableBashCompletion: true, // completion_cmd.go
+		Commands:             []*cli.Command{serveCommand(), registerCommand(), natCheckCommand(), completionCommand(), manCommand()},
+		Flags:                pipeFlags(),
+		Action:               runPipe,
 	}
 	// A subcommand does not inherit the app's hook.
 	for _, cmd := range app.Commands {

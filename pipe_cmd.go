@@ -39,6 +39,8 @@ func pipeFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "no-offload", EnvVars: []string{"P2PCAT_NO_OFFLOAD"}, Usage: "no UDP GSO/GRO: batches of whole datagrams (sendmmsg/recvmmsg) instead of segmentation offload"},
 		&cli.BoolFlag{Name: "no-mtu-probe", EnvVars: []string{"P2PCAT_NO_MTU_PROBE"}, Usage: "keep datagrams at 1200 bytes instead of probing the path for larger ones"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"P2PCAT_VERBOSE"}, Usage: "log to stderr: -v progress and the 'connected' line, -vv debug"},
+		&cli.BoolFlag{Name: "progress", EnvVars: []string{"P2PCAT_PROGRESS"}, Usage: "show bytes sent and received, rate, elapsed time and path on stderr: a line redrawn in place on a terminal (the default when stderr is one and stdout is not), else a log line every 5 s (also with -v); a summary at the end; never in the chat"},
+		&cli.BoolFlag{Name: "no-progress", EnvVars: []string{"P2PCAT_NO_PROGRESS"}, Usage: "no progress line or progress log lines, whatever --progress and -v say"},
 	}
 }
 
@@ -59,25 +61,31 @@ func runPipe(c *cli.Context) error {
 		return err
 	}
 	cfg.Key = key
-	cfg.Logger = pipeLogger(c.App.ErrWriter, verbosity(c))
+	verbose := verbosity(c)
+	prog := newProgress(c, verbose)
+	stderr := prog.stderr(c.App.ErrWriter) // keeps the progress line out of the way
+	cfg.Logger = pipeLogger(stderr, verbose)
 	if cfg.SessionKey, err = pipeSessionKey(c.String("session-key-file")); err != nil {
 		return err
 	}
 	cfg.Warn = func(format string, args ...any) {
-		fmt.Fprintf(c.App.ErrWriter, "p2pcat: warning: %s\n", fmt.Sprintf(format, args...))
+		fmt.Fprintf(stderr, "p2pcat: warning: %s\n", fmt.Sprintf(format, args...))
 	}
 	if cfg.Password, err = term.Password(c.Context, "Password for "+cfg.Peer+" (session "+cfg.Session+"): ", false); err != nil {
 		return err
 	}
-	closeChat, err := pipeTerminal(c, &cfg)
+	closeChat, err := pipeTerminal(c, &cfg, stderr)
 	if err != nil {
 		return err
 	}
 	defer closeChat()
+	prog.watch(&cfg, verbose)
 	// scripts/setup_steps.sh reads this line: the command's own share of
 	// the setup, from package main's initialisation to the session's start.
 	cfg.Logger.Debug("command ready", "since_init", time.Since(processStart).String())
-	return explainPipeError(pipe.Run(c.Context, cfg), cfg)
+	err = pipe.Run(c.Context, cfg)
+	prog.finish(err)
+	return explainPipeError(err, cfg)
 }
 
 // pipeConfig turns the flags into the session's configuration, with a
@@ -209,14 +217,16 @@ func microseconds(groups []string, a slog.Attr) slog.Attr {
 	return a
 }
 
+// chatMode: stdin and stdout are both terminals, so the session is the
+// interactive chat.
+func chatMode(c *cli.Context) bool { return isTerminal(c.App.Reader) && isTerminal(c.App.Writer) }
+
 // pipeTerminal sets how the session talks to a human: the chat when stdin
-// and stdout are both terminals, else status lines on a terminal stderr.
-// The returned function closes the chat.
-func pipeTerminal(c *cli.Context, cfg *pipe.Config) (closeChat func(), err error) {
-	stdinTTY := isTerminal(c.App.Reader)
-	stdoutTTY := isTerminal(c.App.Writer)
-	cfg.EndOnPeerEOF = stdinTTY
-	if stdinTTY && stdoutTTY {
+// and stdout are both terminals, else status lines on stderr when it is a
+// terminal. The returned function closes the chat.
+func pipeTerminal(c *cli.Context, cfg *pipe.Config, stderr io.Writer) (closeChat func(), err error) {
+	cfg.EndOnPeerEOF = isTerminal(c.App.Reader)
+	if chatMode(c) {
 		chat, err := term.NewChat(os.Stdin, os.Stdout, cfg.Peer)
 		if err != nil {
 			return nil, err
@@ -227,7 +237,7 @@ func pipeTerminal(c *cli.Context, cfg *pipe.Config) (closeChat func(), err error
 	}
 	if isTerminal(c.App.ErrWriter) {
 		cfg.Status = func(format string, args ...any) {
-			fmt.Fprintf(c.App.ErrWriter, "p2pcat: %s\n", fmt.Sprintf(format, args...))
+			fmt.Fprintf(stderr, "p2pcat: %s\n", fmt.Sprintf(format, args...))
 		}
 	}
 	return func() {}, nil

@@ -117,6 +117,8 @@ type Config struct {
 	// Warn shows a warning on stderr, even in a script (nil: nowhere).
 	Warn   func(format string, args ...any)
 	Logger *slog.Logger
+	// OnConnected, if set, watches the session once connected (observe.go).
+	OnConnected func(Session)
 
 	// testOnlyConnected, if set, is called with the path once the session
 	// is connected (the soak test closes it: a peer that dies).
@@ -230,6 +232,7 @@ func (cfg *Config) connected(link *path.Conn, took time.Duration) {
 	}
 	cfg.Logger.Info("connected", "path", kind, "peer", link.Peer().String(), "handshake", took.Round(time.Microsecond).String(), "role", secure.RoleFor(cfg.Name, cfg.Peer).String())
 	cfg.Status("connected to %s (%s, %s)", cfg.Peer, kind, link.Peer())
+	cfg.observeConnected(link)
 }
 
 // newStream starts the session's reliable stream over the secure Conn.

@@ -3,8 +3,8 @@
 # (unit, end-to-end with real processes and sockets, CLI scripts, the NAT
 # lab in network namespaces when run as root), and a short smoke run of
 # every fuzz target. Installs what it needs on a fresh machine (Go modules;
-# tmux, iproute2, nftables, conntrack and coturn (for its STUN client) from
-# Debian when running as root).
+# tmux, iproute2, nftables, conntrack, coturn (for its STUN client), zsh,
+# fish, mandoc and groff from Debian when running as root).
 #
 #   scripts/test.sh            everything
 #   FUZZTIME=30s scripts/test.sh   longer fuzzing (default: 3000 inputs per target;
@@ -28,6 +28,12 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 	command -v conntrack >/dev/null || need+=(conntrack)
 	# a real third-party STUN client against our server (TestTurnutilsStunclient)
 	command -v turnutils_stunclient >/dev/null || need+=(coturn)
+	# the completion scripts' syntax (zsh -n, fish -n, fish's own completion)
+	# and the man page's lint (TestZshAndFishCompletion, TestManPageRenders)
+	command -v zsh >/dev/null || need+=(zsh)
+	command -v fish >/dev/null || need+=(fish)
+	command -v mandoc >/dev/null || need+=(mandoc)
+	command -v groff >/dev/null || need+=(groff-base)
 	if [ ${#need[@]} -gt 0 ]; then
 		apt-get update -qq >/dev/null 2>&1 || true
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || echo "warning: could not install ${need[*]}; the tests that need them will say so"
