@@ -22,11 +22,11 @@ import (
 )
 
 func pipeFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "find", Aliases: []string{"f"}, EnvVars: []string{"P2PCAT_FIND"}, Usage: "the peer's `NAME`: pair with the p2pcat that runs --find <your name>"},
 		&cli.StringFlag{Name: "name", Aliases: []string{"n"}, EnvVars: []string{"P2PCAT_NAME"}, Usage: "your `NAME` as the peer finds you (default: your login name)"},
 		&cli.StringFlag{Name: "session", EnvVars: []string{"P2PCAT_SESSION"}, Value: "default", Usage: "session `NAME` to meet in (register one with 'p2pcat register')"},
-		&cli.StringFlag{Name: "session-key-file", Aliases: []string{"k"}, EnvVars: []string{"P2PCAT_SESSION_KEY_FILE"}, Usage: "the registered session's key, from `FILE` (or the key itself in P2PCAT_SESSION_KEY)"},
+		&cli.StringFlag{Name: "session-key-file", Aliases: []string{"K"}, EnvVars: []string{"P2PCAT_SESSION_KEY_FILE"}, Usage: "the registered session's key, from `FILE` (or the key itself in P2PCAT_SESSION_KEY)"},
 		serverFlag(),
 		&cli.DurationFlag{Name: "timeout", Aliases: []string{"t"}, EnvVars: []string{"P2PCAT_TIMEOUT"}, Value: pipe.DefaultTimeout, Usage: "how long to wait for the peer to show up (exit 3 after)"},
 		&cli.DurationFlag{Name: "connect-timeout", EnvVars: []string{"P2PCAT_CONNECT_TIMEOUT"}, Value: pipe.DefaultConnectTimeout, Usage: "how long to try to reach the peer once it is found (exit 5 after)"},
@@ -39,7 +39,7 @@ func pipeFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "no-offload", EnvVars: []string{"P2PCAT_NO_OFFLOAD"}, Usage: "no UDP GSO/GRO: batches of whole datagrams (sendmmsg/recvmmsg) instead of segmentation offload"},
 		&cli.BoolFlag{Name: "no-mtu-probe", EnvVars: []string{"P2PCAT_NO_MTU_PROBE"}, Usage: "keep datagrams at 1200 bytes instead of probing the path for larger ones"},
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"P2PCAT_VERBOSE"}, Usage: "log to stderr: -v progress and the 'connected' line, -vv debug"},
-	}
+	}, listenFlags()...)
 }
 
 // runPipe is the command without a subcommand: one session with the peer.
@@ -49,6 +49,9 @@ func runPipe(c *cli.Context) error {
 	}
 	if c.String("find") == "" && c.NumFlags() == 0 {
 		return cli.ShowAppHelp(c)
+	}
+	if listenMode(c) {
+		return runListen(c) // listen_cmd.go
 	}
 	// The RSA key grows from now on, while we look up the server's name,
 	// read the session key and ask for the password; pipe.Run takes it.
@@ -127,8 +130,8 @@ func pipeConfig(c *cli.Context) (pipe.Config, error) {
 // --session, checked.
 func pipeNames(c *cli.Context) (name, peer, session string, err error) {
 	peer = c.String("find")
-	if peer == "" {
-		return "", "", "", usagef("whom to connect to? give --find PEER or set P2PCAT_FIND")
+	if peer == "" && !c.Bool("listen") {
+		return "", "", "", usagef("whom to connect to? give --find PEER (or --listen) or set P2PCAT_FIND")
 	}
 	name = c.String("name")
 	if name == "" {
@@ -139,6 +142,9 @@ func pipeNames(c *cli.Context) (name, peer, session string, err error) {
 	}
 	session = c.String("session")
 	for flag, v := range map[string]string{"--find": peer, "--name": name, "--session": session} {
+		if flag == "--find" && c.Bool("listen") {
+			continue // a listener learns the peer's name from the server
+		}
 		if err := rendezvous.ValidSession(v); err != nil {
 			return "", "", "", usagef("%s %q: %v", flag, v, err)
 		}
