@@ -56,7 +56,7 @@ const (
 
 func listenFlags() []cli.Flag {
 	return []cli.Flag{
-		&cli.BoolFlag{Name: "listen", Aliases: []string{"l"}, EnvVars: []string{"P2PCAT_LISTEN"}, Usage: "wait for any peer that runs --find <your name> (no --find; its name shows in -v, the status and P2PCAT_PEER_NAME)"},
+		&cli.BoolFlag{Name: "listen", Aliases: []string{"l"}, EnvVars: []string{"P2PCAT_LISTENER"}, Usage: "wait for any peer that runs --find <your name> (no --find; its name shows in -v, the status and P2PCAT_PEER_NAME)"},
 		&cli.BoolFlag{Name: "keep-open", Aliases: []string{"k"}, EnvVars: []string{"P2PCAT_KEEP_OPEN"}, Usage: "with --listen: serve peers one after another and several at once (without --exec: their data to stdout, whole lines at a time; nothing is sent)"},
 		&cli.IntFlag{Name: "max-sessions", EnvVars: []string{"P2PCAT_MAX_SESSIONS"}, Value: defaultMaxSessions, Usage: fmt.Sprintf("with --keep-open: sessions at once, the waiting one included (1 to %d)", maxMaxSessions)},
 		&cli.StringFlag{Name: "exec", Aliases: []string{"e"}, EnvVars: []string{"P2PCAT_EXEC"}, Usage: "run `CMD` through /bin/sh -c for each authenticated session: its stdin is what the peer sends, its stdout what we send (env P2PCAT_PEER_NAME, P2PCAT_SESSION)"},

@@ -40,7 +40,7 @@ import (
 const killGrace = 2 * time.Second
 
 // execHidden are variables the command does not inherit.
-var execHidden = []string{"P2PCAT_PASSWORD", "P2PCAT_SESSION_KEY", "P2PCAT_LISTEN", "P2PCAT_KEEP_OPEN", "P2PCAT_MAX_SESSIONS", "P2PCAT_EXEC"}
+var execHidden = []string{"P2PCAT_PASSWORD", "P2PCAT_SESSION_KEY", "P2PCAT_LISTENER", "P2PCAT_KEEP_OPEN", "P2PCAT_MAX_SESSIONS", "P2PCAT_EXEC"}
 
 // execSession is --exec's command for one session.
 type execSession struct {
