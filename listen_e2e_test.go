@@ -132,7 +132,7 @@ func TestListenKeepOpen(t *testing.T) {
 		t.Fatalf("the listener wrote %d bytes, not the %d the three peers sent in turn", len(got), len(sent))
 	}
 	for _, name := range []string{"alice", "bob", "carol"} {
-		if !l.sawStderr(`msg="peer found"`) || !l.sawStderr("peer=" + name) {
+		if !l.sawStderr(`msg="peer found"`) || !l.sawStderr("peer="+name) {
 			t.Fatalf("no -v line names peer %s:\n%s", name, l.Stderr())
 		}
 	}
