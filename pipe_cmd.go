@@ -131,7 +131,7 @@ func pipeConfig(c *cli.Context) (pipe.Config, error) {
 func pipeNames(c *cli.Context) (name, peer, session string, err error) {
 	peer = c.String("find")
 	if peer == "" && !c.Bool("listen") {
-		return "", "", "", usagef("whom to connect to? give --find PEER (or --listen) or set P2PCAT_FIND")
+		return "", "", "", usagef("whom to connect to? give --find PEER or set P2PCAT_FIND")
 	}
 	name = c.String("name")
 	if name == "" {
