@@ -101,6 +101,7 @@ func runListen(c *cli.Context) error {
 		return explainPipeError(runOneSession(c, cfg, log), cfg)
 	}
 	cfg.TransferProcs = 0 // GOMAXPROCS is process-wide: sessions run side by side
+	cfg.Status = stderrStatus(c)
 	l := newListener(c, cfg, log)
 	return explainPipeError(l.serve(c.Context), cfg)
 }
@@ -151,6 +152,7 @@ func runOneSession(c *cli.Context, cfg pipe.Config, log *slog.Logger) error {
 	if command := c.String("exec"); command != "" {
 		ex := newExecSession(command, cfg.Session, c.App.ErrWriter, log)
 		ex.attach(&cfg)
+		cfg.Status = stderrStatus(c)
 		err = pipe.Run(c.Context, cfg)
 		ex.finish()
 	} else {
@@ -183,6 +185,17 @@ func listenTerminal(c *cli.Context, cfg *pipe.Config) (func(), error) {
 	closeChat, err := pipeTerminal(c, &labelled)
 	cfg.Chat, cfg.Status, cfg.EndOnPeerEOF = labelled.Chat, labelled.Status, labelled.EndOnPeerEOF
 	return closeChat, err
+}
+
+// stderrStatus shows the sessions' status lines on stderr when it is a
+// terminal (nil: nowhere), as pipeTerminal does without the chat.
+func stderrStatus(c *cli.Context) func(format string, args ...any) {
+	if !isTerminal(c.App.ErrWriter) {
+		return nil
+	}
+	return func(format string, args ...any) {
+		fmt.Fprintf(c.App.ErrWriter, "p2pcat: %s\n", fmt.Sprintf(format, args...))
+	}
 }
 
 // wrongPassword is the log line of a failed handshake.

@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -404,5 +407,62 @@ func TestListenSurvivesServerRestart(t *testing.T) {
 	mustExit(t, ctx, p, "bob", exitOK)
 	if got := l.stdout.String(); got != "before\nafter\n" {
 		t.Fatalf("the listener wrote %q", got)
+	}
+}
+
+// TestListenExecKilledWithSession: when the session ends before the
+// command (here its peer is interrupted), the command's whole process
+// group is stopped, a child it started included.
+func TestListenExecKilledWithSession(t *testing.T) {
+	ctx := testCtx(t, 3*time.Minute)
+	_, server := startServe(t, ctx)
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	l := startListener(t, server, "homebox", nil, "-k", "--exec", fmt.Sprintf("echo $$ > %s; sleep 300; echo done", pidFile))
+	r, w := io.Pipe()
+	t.Cleanup(func() { w.Close() })
+	p := startP2pcat(t, r, peerEnv(server, "pw"), "--name", "alice", "--find", "homebox")
+	l.waitStderr(ctx, `msg="command started"`)
+	var pgid int
+	for pgid == 0 {
+		if b, err := os.ReadFile(pidFile); err == nil && bytes.HasSuffix(b, []byte("\n")) {
+			pgid, _ = strconv.Atoi(strings.TrimSpace(string(b)))
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the command never wrote its pid")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	p.signal(syscall.SIGTERM)
+	mustExit(t, ctx, p, "alice", exitSignal)
+	l.waitStderr(ctx, `msg="command failed"`)
+	if !l.sawStderr("killed by signal 15") {
+		t.Fatalf("the command's end is not logged as SIGTERM:\n%s", l.Stderr())
+	}
+	if err := syscall.Kill(-pgid, 0); err != syscall.ESRCH {
+		t.Fatalf("the command's process group %d is still there (kill -0: %v)", pgid, err)
+	}
+	if strings.Contains(p.stdout.String(), "done") {
+		t.Fatal("the command ran to its end")
+	}
+}
+
+// TestAuthDelay: the pause after failed handshakes doubles from 1 s to
+// its cap of 10 minutes, so a guesser gets at most 6 guesses an hour
+// once there (README: Listening).
+func TestAuthDelay(t *testing.T) {
+	want := []time.Duration{0, time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second}
+	for n, d := range want {
+		if got := authDelay(n); got != d {
+			t.Errorf("authDelay(%d) = %v, want %v", n, got, d)
+		}
+	}
+	for _, n := range []int{11, 12, 40, 1 << 20} {
+		if got := authDelay(n); got != maxAuthDelay {
+			t.Errorf("authDelay(%d) = %v, want the cap %v", n, got, maxAuthDelay)
+		}
+	}
+	if perHour := int(time.Hour / authDelay(100)); perHour != 6 {
+		t.Errorf("%d guesses an hour at the cap, README says 6", perHour)
 	}
 }
