@@ -202,9 +202,6 @@ type FindRequest struct {
 	// says the session is not registered; the find goes on without a
 	// signature.
 	OnUnregistered func()
-	// THROWAWAY (i15-listen, until i15-rdv lands): the names only.
-	AnyPeer bool
-	Again   bool
 }
 
 // Match is a completed pairing.
@@ -220,7 +217,6 @@ type Match struct {
 	// RelayToken is our end's secret for the relay (wire.RelayBindMAC,
 	// wire.RelayEnded.Verify); zero when the pairing is not relayed.
 	RelayToken [16]byte
-	PeerName   string // THROWAWAY (i15-listen, until i15-rdv lands)
 }
 
 // Find waits until the server pairs us with the peer or ctx ends. When ctx
@@ -354,7 +350,6 @@ func (f *finding) match(r *wire.FindResp) Match {
 		PairingID: r.PairingID, Role: r.Role, Observed: r.Observed,
 		PeerObserved: r.PeerObserved, PeerCandidates: r.PeerCandidates,
 		Server: f.c.Server, ServerID: f.serverID, Relay: r.Relay,
-		PeerName: f.fr.Peer,
 	}
 	if r.Relay {
 		m.RelayToken = r.RelayToken
