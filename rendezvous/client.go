@@ -46,6 +46,10 @@ var (
 	ErrNoServer        = errors.New("rendezvous server did not answer")
 	ErrServerLost      = errors.New("lost the rendezvous server")
 	ErrServerRefused   = errors.New("rendezvous server refused the request")
+	// ErrBadAnswer: the server's answer to a Find with our request id did
+	// not decode, or named a peer we did not ask for (an invalid or
+	// unexpected peer name): a broken or hostile server, never passed on.
+	ErrBadAnswer = errors.New("the rendezvous server sent a malformed answer")
 )
 
 // keyNeededError is ErrSessionKeyNeeded for one session.
@@ -190,6 +194,13 @@ func (c *Client) Register(ctx context.Context, session string, key SessionKey, t
 // FindRequest says who we are and whom we want.
 type FindRequest struct {
 	Session, Name, Peer string
+	// AnyPeer: wait for whoever finds Name (p2pcat --listen). Peer must be "".
+	// The Match names the peer that found us.
+	AnyPeer bool
+	// Again: this Find continues a pairing this run already made (a punch
+	// attempt after the first, from a fresh port). It pairs only with a Find
+	// that names us, never with a listener's AnyPeer Find.
+	Again bool
 	// SessionKey is the session's key, when the user gave one; nil when
 	// not. It is used only if the server says the session is registered:
 	// then a Find without it is never sent (ErrSessionKeyNeeded).
@@ -217,20 +228,55 @@ type Match struct {
 	// RelayToken is our end's secret for the relay (wire.RelayBindMAC,
 	// wire.RelayEnded.Verify); zero when the pairing is not relayed.
 	RelayToken [16]byte
+	// PeerName is the peer's name as it gave it to the server; always set
+	// (also for normal finds), and always a wire.ValidName.
+	PeerName string
 }
 
-// Find waits until the server pairs us with the peer or ctx ends. When ctx
-// ends it returns ErrPeerNotFound if the server was answering, ErrNoServer if
-// it never did.
+// check validates fr before anything is sent, and returns the flags its
+// Find carries.
+func (fr *FindRequest) check() (wire.FindFlags, error) {
+	names := []string{fr.Session, fr.Name}
+	var flags wire.FindFlags
+	switch {
+	case fr.AnyPeer && fr.Peer != "":
+		return 0, fmt.Errorf("a find for any peer names no peer (got %q)", textsafe.Line(fr.Peer))
+	case fr.AnyPeer && fr.Again:
+		return 0, errors.New("a find for any peer cannot continue a pairing (AnyPeer and Again both set)")
+	case fr.AnyPeer:
+		flags |= wire.FindAnyPeer
+	case fr.Peer == "":
+		return 0, errors.New("no peer name: give the peer's name, or find any peer (AnyPeer)")
+	default:
+		names = append(names, fr.Peer)
+	}
+	if fr.Again {
+		flags |= wire.FindAgain
+	}
+	for _, n := range names {
+		if err := wire.ValidName(n); err != nil {
+			return 0, fmt.Errorf("name %q: %w", textsafe.Line(n), err)
+		}
+	}
+	if fr.Name == fr.Peer {
+		return 0, fmt.Errorf("own name and peer name are both %q: they must differ", fr.Name)
+	}
+	return flags, nil
+}
+
+// Find waits until the server pairs us with the peer (with whoever finds
+// fr.Name, for fr.AnyPeer) or ctx ends. When ctx ends it returns
+// ErrPeerNotFound if the server was answering, ErrNoServer if it never did.
+// A request that no server would accept (see FindRequest) fails before
+// anything is sent.
 //
 // For a registered session (the Challenge says so) the Find carries a
 // signature by fr.SessionKey; without a key Find returns
 // ErrSessionKeyNeeded at once, having sent nothing but the Hello.
 func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) {
-	for _, n := range []string{fr.Session, fr.Name, fr.Peer} {
-		if err := wire.ValidName(n); err != nil {
-			return Match{}, fmt.Errorf("name %q: %w", textsafe.Line(n), err)
-		}
+	flags, err := fr.check()
+	if err != nil {
+		return Match{}, err
 	}
 	ex := c.newExchange(ctx)
 	ex.authErr = fmt.Errorf("%w: wrong session key for registered session %q", ErrSessionKeyRefused, fr.Session)
@@ -239,7 +285,7 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) 
 		return Match{}, ex.final(err)
 	}
 	f := &finding{c: c, fr: fr, ex: ex,
-		req: &wire.Find{ReqID: ex.reqID, Session: fr.Session, Name: fr.Name, Peer: fr.Peer, Candidates: fr.Candidates}}
+		req: &wire.Find{ReqID: ex.reqID, Session: fr.Session, Name: fr.Name, Peer: fr.Peer, Flags: flags, Candidates: fr.Candidates}}
 	if err := f.adopt(ch); err != nil {
 		return Match{}, err
 	}
@@ -278,7 +324,7 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) 
 			if r.Status == wire.FindMatched {
 				matched = true
 				c.log().Debug("rendezvous: matched", "requests", ex.sent, "took", time.Since(ex.start).String(), "waited", f.waiting)
-				return f.match(r), nil
+				return f.match(r)
 			}
 			if err := f.wait(r); err != nil {
 				return Match{}, err
@@ -314,7 +360,7 @@ func (f *finding) adopt(ch *wire.Challenge) error {
 	case registered && f.fr.SessionKey == nil:
 		return &keyNeededError{f.fr.Session}
 	case registered:
-		f.req.Signature = FindSignature(*f.fr.SessionKey, ch.ServerID, ch.Cookie, f.fr.Session, f.fr.Name, f.fr.Peer)
+		f.req.Signature = FindSignatureFlags(*f.fr.SessionKey, ch.ServerID, ch.Cookie, f.fr.Session, f.fr.Name, f.fr.Peer, f.req.Flags)
 	case f.fr.SessionKey != nil && !f.toldUnregistered:
 		f.toldUnregistered = true
 		if f.fr.OnUnregistered != nil {
@@ -344,17 +390,27 @@ func (f *finding) wait(r *wire.FindResp) error {
 	return nil
 }
 
-// match is the Match a matched FindResp r makes.
-func (f *finding) match(r *wire.FindResp) Match {
+// match is the Match a matched FindResp r makes. The peer's name must be a
+// valid one (the decoder checks it too) and, unless we find any peer, the
+// one we asked for.
+func (f *finding) match(r *wire.FindResp) (Match, error) {
+	if err := wire.ValidName(r.PeerName); err != nil {
+		return Match{}, fmt.Errorf("%w from %s: peer name: %v", ErrBadAnswer, f.c.Server, err)
+	}
+	if !f.fr.AnyPeer && r.PeerName != f.fr.Peer {
+		return Match{}, fmt.Errorf("%w from %s: it paired us with %q, we asked for %q",
+			ErrBadAnswer, f.c.Server, textsafe.Line(r.PeerName), f.fr.Peer)
+	}
 	m := Match{
 		PairingID: r.PairingID, Role: r.Role, Observed: r.Observed,
 		PeerObserved: r.PeerObserved, PeerCandidates: r.PeerCandidates,
 		Server: f.c.Server, ServerID: f.serverID, Relay: r.Relay,
+		PeerName: r.PeerName,
 	}
 	if r.Relay {
 		m.RelayToken = r.RelayToken
 	}
-	return m
+	return m, nil
 }
 
 // exchange is one request/answer conversation with the server, identified by
@@ -582,6 +638,12 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 			// rather than ignore it until we time out.
 			if e, v, ok := wire.DecodeAnyVersionError(ex.buf[:n]); ok && v != wire.Version {
 				return nil, &versionError{server: ex.c.Server, version: int(v), message: e.Message}
+			}
+			// A FindResp of our own version that does not decode (a
+			// peer name that is no name, say) is an answer we must not
+			// act on, nor wait for again: the server is broken.
+			if h, herr := wire.ParseHeader(ex.buf[:n]); herr == nil && h.Type == wire.TypeFindResp {
+				return nil, fmt.Errorf("%w from %s: %v", ErrBadAnswer, ex.c.Server, err)
 			}
 			ex.c.log().Debug("ignoring undecodable answer", "err", err)
 			continue

@@ -324,7 +324,7 @@ func strayResendsFind(t *testing.T, waiting bool) {
 	var finds atomic.Int32
 	probed := make(chan struct{})
 	match := &wire.FindResp{Status: wire.FindMatched, Observed: netip.MustParseAddrPort("192.0.2.1:1"),
-		PairingID: [16]byte{7}, PeerObserved: netip.MustParseAddrPort("192.0.2.2:2")}
+		PairingID: [16]byte{7}, PeerName: "b", PeerObserved: netip.MustParseAddrPort("192.0.2.2:2")}
 	srv := startFake(t, func(pkt []byte) [][]byte {
 		m, err := wire.Decode(pkt)
 		if err != nil {
@@ -397,7 +397,7 @@ func TestStrayDatagramKeepsBackOff(t *testing.T) {
 				close(probed)
 				return [][]byte{(&wire.Error{ReqID: m.ReqID, Code: wire.CodeRateLimited}).AppendTo(nil)}
 			}
-			return [][]byte{(&wire.FindResp{ReqID: m.ReqID, Status: wire.FindMatched, PairingID: [16]byte{7}}).AppendTo(nil)}
+			return [][]byte{(&wire.FindResp{ReqID: m.ReqID, Status: wire.FindMatched, PairingID: [16]byte{7}, PeerName: "b"}).AppendTo(nil)}
 		}
 		return nil
 	})

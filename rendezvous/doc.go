@@ -3,11 +3,12 @@
 //
 // It owns:
 //   - the Client (client.go): Find, which waits for the pairing with the
-//     peer, and Register, which reserves a session; their errors (ErrSessionKeyRefused,
+//     peer (or, for a listener, with whoever finds it: FindRequest.AnyPeer),
+//     and Register, which reserves a session; their errors (ErrSessionKeyRefused,
 //     ErrPeerNotFound, ...) from which the CLI picks exit codes;
 //   - session keys (sessionkey.go): their text form, the verifier the server
 //     stores, and the signatures that Find and Register carry (the server
-//     checks them with VerifyFind and VerifyRegister from here);
+//     checks them with VerifyFindFlags and VerifyRegister from here);
 //   - the NAT check and STUN queries (natcheck.go): STUNBinding, CheckNAT.
 //
 // The wire format is in rendezvous/wire and PROTOCOL.md; the server is

@@ -31,6 +31,8 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
 // SessionKey is a registered session's secret: 256 random bits.
@@ -141,16 +143,19 @@ func (k SessionKey) CPaceInput() []byte {
 
 // findMessage is what a Find signature covers:
 //
-//	"p2pcat v2 find" || 0x00 || lv(serverID) || lv(cookie) || lv(session) || lv(name) || lv(peer)
+//	"p2pcat v2 find" || 0x00 || lv(serverID) || lv(cookie) || lv(session) || lv(name) || lv(peer) || u8(flags)
 //
-// with lv(x) = u32be(len(x)) || x.
-func findMessage(serverID [16]byte, cookie []byte, session, name, peer string) []byte {
+// with lv(x) = u32be(len(x)) || x. The flags are covered so that nobody on
+// the path can turn a find for one peer into a listener's find for anyone
+// (or back), nor an again-find into a first one.
+func findMessage(serverID [16]byte, cookie []byte, session, name, peer string, flags wire.FindFlags) []byte {
 	b := []byte("p2pcat v2 find\x00")
 	b = appendLV(b, serverID[:])
 	b = appendLV(b, cookie)
 	b = appendLV(b, []byte(session))
 	b = appendLV(b, []byte(name))
-	return appendLV(b, []byte(peer))
+	b = appendLV(b, []byte(peer))
+	return append(b, byte(flags))
 }
 
 // registerMessage is what a Register signature covers:
@@ -165,15 +170,25 @@ func registerMessage(serverID [16]byte, cookie []byte, session string, ttlSecond
 	return appendLV(b, verifier[:])
 }
 
-// FindSignature signs a Find of a registered session: the server id and the
-// cookie come from the Challenge, the names from the Find.
-func FindSignature(k SessionKey, serverID [16]byte, cookie []byte, session, name, peer string) [64]byte {
-	return [64]byte(ed25519.Sign(k.signingKey(), findMessage(serverID, cookie, session, name, peer)))
+// FindSignatureFlags signs a Find of a registered session: the server id
+// and the cookie come from the Challenge, the names and flags from the Find.
+func FindSignatureFlags(k SessionKey, serverID [16]byte, cookie []byte, session, name, peer string, flags wire.FindFlags) [64]byte {
+	return [64]byte(ed25519.Sign(k.signingKey(), findMessage(serverID, cookie, session, name, peer, flags)))
 }
 
-// VerifyFind reports whether sig is verifier's signature of that Find.
+// VerifyFindFlags reports whether sig is verifier's signature of that Find.
+func VerifyFindFlags(verifier [32]byte, sig [64]byte, serverID [16]byte, cookie []byte, session, name, peer string, flags wire.FindFlags) bool {
+	return ed25519.Verify(verifier[:], findMessage(serverID, cookie, session, name, peer, flags), sig[:])
+}
+
+// FindSignature is FindSignatureFlags of a plain find (no flags).
+func FindSignature(k SessionKey, serverID [16]byte, cookie []byte, session, name, peer string) [64]byte {
+	return FindSignatureFlags(k, serverID, cookie, session, name, peer, 0)
+}
+
+// VerifyFind is VerifyFindFlags of a plain find (no flags).
 func VerifyFind(verifier [32]byte, sig [64]byte, serverID [16]byte, cookie []byte, session, name, peer string) bool {
-	return ed25519.Verify(verifier[:], findMessage(serverID, cookie, session, name, peer), sig[:])
+	return VerifyFindFlags(verifier, sig, serverID, cookie, session, name, peer, 0)
 }
 
 // RegisterSignature signs a Register of session for ttlSeconds; it covers

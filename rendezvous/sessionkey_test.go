@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/p2pcat/p2pcat/rendezvous"
+	"github.com/p2pcat/p2pcat/rendezvous/wire"
 )
 
 // vectorKey is the session key 00 01 02 … 1f. The vectors below were
@@ -25,9 +26,11 @@ const (
 	vectorVerifier = "2975699604aeb811042d487232940f36eda8227815998a97deef4bf76c09de9a"
 	vectorCPace    = "3465a22af1279392091f4d0fcd254b3598f42fd013bdbcb66421e90fcd9554c1"
 	// Over server id 16 × 0x11, cookie "cookie", session "team", names
-	// "alice" and "bob", ttl 86400.
-	vectorFind     = "1df5a64e5dad2981072fb0686fc1994879580fc2af667915afaf465c63a811cf2ddcad0aed7365767d50d5d0e1f311d1ea4d6765c26abe29af70cc5f8ab64603"
-	vectorRegister = "7bd0667cede5a1795670fda81b38c8702e7ad792b7177ad931fbdbed3cf8c825caf0ea364cc133c5965b0853011a8d865f7c543815b8fe9aadbba966f3c45506"
+	// "alice" and "bob" (flags 0), ttl 86400; the listener's find is name
+	// "homebox", no peer, flags 1 (any peer).
+	vectorFind        = "7353fced69fc14c056c55b1efa05e3372a56e7ae2e7bb4b6b347c1427cf79e7b38fbc1b5800b0df9d85c2a13514241d089f4b135a8df8af1ffbe3d8bc925e107"
+	vectorFindAnyPeer = "edcf36bc37db94cdc722ba193c1b251f56a17c442a7f8fb36ade10e62b34af0152ed1c4502a7feb0f0c4503fef92b02ebd29c54bdb931d09c97192c3238d500e"
+	vectorRegister    = "7bd0667cede5a1795670fda81b38c8702e7ad792b7177ad931fbdbed3cf8c825caf0ea364cc133c5965b0853011a8d865f7c543815b8fe9aadbba966f3c45506"
 )
 
 var vectorServerID = [16]byte{0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11}
@@ -46,6 +49,9 @@ func TestSessionKeyVectors(t *testing.T) {
 	cookie := []byte("cookie")
 	if s := rendezvous.FindSignature(k, vectorServerID, cookie, "team", "alice", "bob"); fmt.Sprintf("%x", s) != vectorFind {
 		t.Errorf("FindSignature = %x, want %s", s, vectorFind)
+	}
+	if s := rendezvous.FindSignatureFlags(k, vectorServerID, cookie, "team", "homebox", "", wire.FindAnyPeer); fmt.Sprintf("%x", s) != vectorFindAnyPeer {
+		t.Errorf("FindSignatureFlags(any peer) = %x, want %s", s, vectorFindAnyPeer)
 	}
 	if s := rendezvous.RegisterSignature(k, vectorServerID, cookie, "team", 86400); fmt.Sprintf("%x", s) != vectorRegister {
 		t.Errorf("RegisterSignature = %x, want %s", s, vectorRegister)
@@ -158,6 +164,11 @@ func TestSignatures(t *testing.T) {
 		"zero signature":  rendezvous.VerifyFind(v, [64]byte{}, sid, cookie, "team", "alice", "bob"),
 		"zero verifier":   rendezvous.VerifyFind([32]byte{}, sig, sid, cookie, "team", "alice", "bob"),
 		"register as one": rendezvous.VerifyRegister(v, sig, sid, cookie, "team", 0),
+		"again flag":      rendezvous.VerifyFindFlags(v, sig, sid, cookie, "team", "alice", "bob", wire.FindAgain),
+		"any-peer flag":   rendezvous.VerifyFindFlags(v, sig, sid, cookie, "team", "alice", "bob", wire.FindAnyPeer),
+		// Someone on the path cannot turn a listener's find into a plain one.
+		"any-peer flag cleared": rendezvous.VerifyFindFlags(v, rendezvous.FindSignatureFlags(k, sid, cookie, "team", "alice", "", wire.FindAnyPeer),
+			sid, cookie, "team", "alice", "", 0),
 	} {
 		if ok {
 			t.Errorf("Find signature verifies with %s", name)

@@ -125,7 +125,7 @@ func Derived(password []byte, k Known) []Value {
 			for _, cookie := range k.Cookies {
 				for _, session := range k.Sessions {
 					for _, n := range k.Names {
-						msg := bytes.Join([][]byte{[]byte("p2pcat v2 find\x00"), lv32(sid[:]), lv32(cookie), lv32([]byte(session)), lv32([]byte(n[0])), lv32([]byte(n[1]))}, nil)
+						msg := bytes.Join([][]byte{[]byte("p2pcat v2 find\x00"), lv32(sid[:]), lv32(cookie), lv32([]byte(session)), lv32([]byte(n[0])), lv32([]byte(n[1])), {0}}, nil) // flags byte 0: a plain find
 						add("Ed25519 find signature by "+seed.Label, ed25519.Sign(priv, msg))
 					}
 				}

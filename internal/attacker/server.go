@@ -160,6 +160,9 @@ func Pair(pair PairFunc) Behaviour {
 			if a.resp != nil {
 				r := *a.resp
 				r.ReqID, r.Status, r.Observed = m.ReqID, wire.FindMatched, d.From
+				if r.PeerName == "" {
+					r.PeerName = m.Peer // whom the Find asked for, as the real server names it
+				}
 				resp = &r
 			}
 			s.Send(d.From, resp)

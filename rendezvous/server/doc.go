@@ -1,5 +1,6 @@
 // Package server is p2pcat's rendezvous server, run by `p2pcat serve`: it
-// pairs two clients who ask for each other and keeps registered sessions.
+// pairs two clients who ask for each other (or a listener with whoever asks
+// for it) and keeps registered sessions.
 //
 // It owns:
 //   - the Server and its Config (server.go): the read loop, cookies

@@ -442,8 +442,8 @@ func (s *Server) commitRegister(conn *net.UDPConn, job registerJob) {
 }
 
 func (s *Server) handleFind(out *sender, m *wire.Find, now time.Time) {
-	if m.Name == m.Peer {
-		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeBadArgument, Message: "own name and peer name are the same"})
+	if err := m.Check(); err != nil {
+		out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeBadArgument, Message: err.Error()})
 		return
 	}
 	if h := s.testOnly.Load(); h != nil && h.panicOn == m.Session {
@@ -456,7 +456,7 @@ func (s *Server) handleFind(out *sender, m *wire.Find, now time.Time) {
 			s.handleHello(out, &wire.Hello{ReqID: m.ReqID, Session: m.Session}, now)
 			return
 		}
-		if !rendezvous.VerifyFind(reg.Verifier, m.Signature, s.ServerID(), m.Cookie, m.Session, m.Name, m.Peer) {
+		if !rendezvous.VerifyFindFlags(reg.Verifier, m.Signature, s.ServerID(), m.Cookie, m.Session, m.Name, m.Peer, m.Flags) {
 			s.metrics.authFailures.Inc()
 			s.log.Info("find refused: wrong session key", "session", m.Session, "name", m.Name, "from", out.to.String())
 			out.send(&wire.Error{ReqID: m.ReqID, Code: wire.CodeAuthFailed, Message: "authentication failed: wrong session key for this registered session"})
@@ -485,7 +485,7 @@ func (s *Server) handleFind(out *sender, m *wire.Find, now time.Time) {
 	out.send(&res.reply)
 	if res.paired {
 		s.metrics.pairings.Inc()
-		s.log.Debug("paired", "session", m.Session, "a", m.Peer, "b", m.Name)
+		s.log.Debug("paired", "session", m.Session, "a", res.reply.PeerName, "b", m.Name)
 		// The peer's address was proven by its own cookie when it was stored.
 		push := &sender{s: s, batch: out.batch, to: res.pushAddr, proven: true}
 		push.send(res.push)

@@ -20,6 +20,12 @@ import (
 // attempt is over: a re-sent find of that attempt that arrives after the
 // Leave (the server's readers run in parallel, so the two can swap) must
 // not bring back a client that has gone.
+//
+// A listener's find (wire.FindAnyPeer) is keyed with an empty peer, which no
+// other find has. Pairing (PROTOCOL.md 2.8): a find (s, X, L) pairs with a
+// pending (s, L, X); failing that, unless it is an again-find, with a
+// pending listener (s, L, ""). A listener's find pairs with the oldest
+// pending plain find (s, X, L), through the queue waitingFor keeps.
 type table struct {
 	pendingTTL, matchTTL time.Duration
 	maxTotal, maxPerIP   int
@@ -30,6 +36,11 @@ type table struct {
 	entries map[entryKey]*entry
 	perIP   map[netip.Addr]int // pending entries per client IP
 	pending int                // entries not yet matched
+	// waitingFor queues, oldest first, the pending plain finds (neither
+	// any-peer nor again) by the session and peer they want, so that a
+	// listener arriving after them is paired with the first.
+	waitingFor map[wantKey]waitQueue
+
 	// Matched and withdrawn entries only answer re-sent finds; they do not
 	// count toward a client IP's pending cap (a host that runs many
 	// sessions in a row would otherwise be refused for MatchTTL), and at
@@ -39,14 +50,33 @@ type table struct {
 
 type entryKey struct{ session, name, peer string }
 
+// wantKey is the session and peer a find wants.
+type wantKey struct{ session, peer string }
+
+// waitQueue is a list of entries linked through their next and prev
+// fields, oldest first. It lives in the entries themselves, so that it
+// costs a pending find two pointers and its name, not an allocation.
+type waitQueue struct{ first, last *entry }
+
 type entry struct {
 	reqID     uint64
+	flags     wire.FindFlags
 	addr      netip.AddrPort
 	cands     []netip.AddrPort
 	expires   time.Time
 	matched   *wire.FindResp // nil while pending
 	withdrawn bool           // a Leave ended this attempt
+	// queued: the entry is in its waitingFor queue (a pending plain
+	// find), between prev and next; name is its own name, which with the
+	// queue's wantKey makes its key.
+	queued     bool
+	name       string
+	prev, next *entry
 }
+
+// plain reports whether e is a find that a listener may take: neither
+// any-peer nor again.
+func (e *entry) plain() bool { return e.flags&(wire.FindAnyPeer|wire.FindAgain) == 0 }
 
 // pending reports whether e waits for its peer.
 func (e *entry) pending() bool { return e.matched == nil && !e.withdrawn }
@@ -60,8 +90,9 @@ func newTable(pendingTTL, matchTTL time.Duration, maxTotal, maxPerIP int, relay 
 	return &table{
 		pendingTTL: pendingTTL, matchTTL: matchTTL,
 		maxTotal: maxTotal, maxPerIP: maxPerIP, relay: relay,
-		entries: make(map[entryKey]*entry),
-		perIP:   make(map[netip.Addr]int),
+		entries:    make(map[entryKey]*entry),
+		perIP:      make(map[netip.Addr]int),
+		waitingFor: make(map[wantKey]waitQueue),
 	}
 }
 
@@ -78,7 +109,8 @@ type findResult struct {
 	withdrawn bool
 }
 
-// find records f from addr and returns what to send.
+// find records f from addr and returns what to send. f has passed
+// f.Check.
 func (t *table) find(f *wire.Find, addr netip.AddrPort, now time.Time) (findResult, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -94,14 +126,43 @@ func (t *table) find(f *wire.Find, addr netip.AddrPort, now time.Time) (findResu
 			return findResult{withdrawn: true}, nil
 		}
 	}
-	other := entryKey{f.Session, f.Peer, f.Name}
-	if p := t.entries[other]; p != nil && p.pending() && now.Before(p.expires) && p.addr != addr {
+	if other, p := t.partnerLocked(f, addr, now); p != nil {
 		return t.pairLocked(me, other, p, f, addr, now), nil
 	}
 	if err := t.putPendingLocked(me, f, addr, now); err != nil {
 		return findResult{}, err
 	}
 	return findResult{reply: wire.FindResp{ReqID: f.ReqID, Status: wire.FindWaiting, Observed: addr}}, nil
+}
+
+// partnerLocked returns the pending entry f pairs with, and its key, or nil:
+// for a listener's find the oldest plain find that wants it; for any other
+// find the one that wants it back, and failing that (unless f is an
+// again-find) the listener. Never an entry from f's own address, nor an
+// expired one: the walk skips those (sweep removes the expired within 5 s;
+// an IP's own entries are at most MaxPendingPerIP).
+func (t *table) partnerLocked(f *wire.Find, addr netip.AddrPort, now time.Time) (entryKey, *entry) {
+	usable := func(p *entry) bool { return p != nil && p.pending() && now.Before(p.expires) && p.addr != addr }
+	if f.Flags&wire.FindAnyPeer != 0 {
+		for p := t.waitingFor[wantKey{f.Session, f.Name}].first; p != nil; p = p.next {
+			if usable(p) {
+				return entryKey{f.Session, p.name, f.Name}, p
+			}
+		}
+		return entryKey{}, nil
+	}
+	k := entryKey{f.Session, f.Peer, f.Name}
+	if p := t.entries[k]; usable(p) {
+		return k, p
+	}
+	if f.Flags&wire.FindAgain != 0 {
+		return entryKey{}, nil
+	}
+	k = entryKey{f.Session, f.Peer, ""}
+	if p := t.entries[k]; usable(p) {
+		return k, p
+	}
+	return entryKey{}, nil
 }
 
 // leave withdraws the pending find that l names: only the find with the
@@ -128,22 +189,24 @@ func (t *table) leave(l *wire.Leave, addr netip.AddrPort, now time.Time) bool {
 	return e != nil
 }
 
-// pairLocked matches the new find f with the pending entry p: p arrived first
-// and is the pairing's initiator end (wire.PairingRole; the peers' handshake
-// roles come from their names, not from us). With the relay, each side's answer carries
-// that side's own relay token; the stored answers (for re-sends) carry the
-// same ones.
+// pairLocked matches the new find f (key me) with the pending entry p (key
+// other): p arrived first and is the pairing's initiator end
+// (wire.PairingRole; the peers' handshake roles come from their names, not
+// from us). Each answer names the other side as it named itself, which is
+// how a listener learns whom it got. With the relay, each side's answer
+// carries that side's own relay token; the stored answers (for re-sends)
+// carry the same ones.
 func (t *table) pairLocked(me, other entryKey, p *entry, f *wire.Find, addr netip.AddrPort, now time.Time) findResult {
 	var id [16]byte
 	rand.Read(id[:])
 	mine := &wire.FindResp{
 		ReqID: f.ReqID, Status: wire.FindMatched, Observed: addr,
-		PairingID: id, Role: wire.RoleResponder,
+		PairingID: id, Role: wire.RoleResponder, PeerName: other.name,
 		PeerObserved: p.addr, PeerCandidates: p.cands,
 	}
 	theirs := &wire.FindResp{
 		ReqID: p.reqID, Status: wire.FindMatched, Observed: p.addr,
-		PairingID: id, Role: wire.RoleInitiator,
+		PairingID: id, Role: wire.RoleInitiator, PeerName: me.name,
 		PeerObserved: addr, PeerCandidates: cloneAddrs(f.Candidates),
 	}
 	if t.relay {
@@ -161,8 +224,9 @@ func (t *table) pairLocked(me, other entryKey, p *entry, f *wire.Find, addr neti
 }
 
 func (t *table) putPendingLocked(k entryKey, f *wire.Find, addr netip.AddrPort, now time.Time) error {
-	if e := t.entries[k]; e != nil && e.pending() && e.addr.Addr() == addr.Addr() {
-		// A re-send (or a new attempt from the same host): refresh in place.
+	if e := t.entries[k]; e != nil && e.pending() && e.addr.Addr() == addr.Addr() && e.flags == f.Flags {
+		// A re-send (or a new attempt from the same host): refresh in
+		// place, keeping its place in the listener's queue.
 		e.reqID, e.addr, e.expires = f.ReqID, addr, now.Add(t.pendingTTL)
 		e.cands = cloneAddrs(f.Candidates)
 		return nil
@@ -174,7 +238,7 @@ func (t *table) putPendingLocked(k entryKey, f *wire.Find, addr netip.AddrPort, 
 	if t.perIP[addr.Addr()] >= t.maxPerIP {
 		return errIPFull
 	}
-	t.addLocked(k, &entry{reqID: f.ReqID, addr: addr, cands: cloneAddrs(f.Candidates), expires: now.Add(t.pendingTTL)})
+	t.addLocked(k, &entry{reqID: f.ReqID, flags: f.Flags, addr: addr, cands: cloneAddrs(f.Candidates), expires: now.Add(t.pendingTTL)})
 	t.pending++
 	return nil
 }
@@ -183,8 +247,21 @@ func (t *table) putPendingLocked(k entryKey, f *wire.Find, addr netip.AddrPort, 
 // already be counted in t.pending by the caller.
 func (t *table) addLocked(k entryKey, e *entry) {
 	t.entries[k] = e
-	if e.pending() {
-		t.perIP[e.addr.Addr()]++
+	if !e.pending() {
+		return
+	}
+	t.perIP[e.addr.Addr()]++
+	if e.plain() {
+		w := wantKey{k.session, k.peer}
+		q := t.waitingFor[w]
+		e.queued, e.name, e.prev, e.next = true, k.name, q.last, nil
+		if q.last != nil {
+			q.last.next = e
+		} else {
+			q.first = e
+		}
+		q.last = e
+		t.waitingFor[w] = q
 	}
 }
 
@@ -203,6 +280,26 @@ func (t *table) removeLocked(k entryKey) {
 		delete(t.perIP, ip)
 	} else {
 		t.perIP[ip]--
+	}
+	if e.queued {
+		w := wantKey{k.session, k.peer}
+		q := t.waitingFor[w]
+		if e.prev != nil {
+			e.prev.next = e.next
+		} else {
+			q.first = e.next
+		}
+		if e.next != nil {
+			e.next.prev = e.prev
+		} else {
+			q.last = e.prev
+		}
+		e.queued, e.prev, e.next = false, nil, nil
+		if q.first == nil {
+			delete(t.waitingFor, w)
+		} else {
+			t.waitingFor[w] = q
+		}
 	}
 }
 

@@ -140,6 +140,16 @@ func (r *reader) name(what string) string {
 	return s
 }
 
+// nameOrEmpty reads a string field that is empty or satisfies ValidName:
+// the peer of a find for any peer is empty.
+func (r *reader) nameOrEmpty(what string) string {
+	if r.err == nil && len(r.b) > 0 && r.b[0] == 0 {
+		r.b = r.b[1:]
+		return ""
+	}
+	return r.name(what)
+}
+
 func (r *reader) text(limit int, what string) string {
 	n := int(r.u8(what + " length"))
 	if n > limit {

@@ -6,18 +6,60 @@ package wire
 
 import (
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"net/netip"
 )
 
-// Find asks to be paired with Peer in Session.
+// Find asks to be paired with Peer in Session, or with whoever finds Name
+// (FindAnyPeer, Peer empty).
 type Find struct {
-	ReqID      uint64
-	Cookie     []byte
-	Session    string
-	Name       string
-	Peer       string
-	Signature  [64]byte // by the session key, for registered sessions; all zero otherwise
+	ReqID   uint64
+	Cookie  []byte
+	Session string
+	Name    string
+	Peer    string // empty exactly when Flags has FindAnyPeer
+	Flags   FindFlags
+	// Signature is by the session key, for registered sessions (it covers
+	// Flags too); all zero otherwise.
+	Signature  [64]byte
 	Candidates []netip.AddrPort
+}
+
+// FindFlags are the flag bits of a Find. The decoder keeps bits it does not
+// know, so that the server can refuse them with CodeBadArgument (Check).
+type FindFlags uint8
+
+const (
+	// FindAnyPeer: wait for whoever finds Name (p2pcat --listen); Peer is
+	// empty, and the match names the peer (FindResp.PeerName).
+	FindAnyPeer FindFlags = 1 << 0
+	// FindAgain: the find continues a pairing its run already made (a
+	// punch attempt after the first). It pairs only with a find that names
+	// the sender, never with a FindAnyPeer one.
+	FindAgain FindFlags = 1 << 1
+
+	findKnownFlags = FindAnyPeer | FindAgain
+)
+
+// Check reports what makes f a request no server should act on: unknown
+// flag bits, FindAnyPeer with a Peer or with FindAgain, no Peer without
+// FindAnyPeer, or Name and Peer the same. The server answers it with
+// CodeBadArgument and this text.
+func (f *Find) Check() error {
+	switch {
+	case f.Flags&^findKnownFlags != 0:
+		return fmt.Errorf("unknown find flags 0x%02x", uint8(f.Flags&^findKnownFlags))
+	case f.Flags&FindAnyPeer != 0 && f.Flags&FindAgain != 0:
+		return errors.New("a find for any peer cannot continue a pairing (any-peer and again flags both set)")
+	case f.Flags&FindAnyPeer != 0 && f.Peer != "":
+		return errors.New("a find for any peer names no peer")
+	case f.Flags&FindAnyPeer == 0 && f.Peer == "":
+		return errors.New("no peer name (and not a find for any peer)")
+	case f.Name == f.Peer:
+		return errors.New("own name and peer name are the same")
+	}
+	return nil
 }
 
 // Leave withdraws a Find that is still waiting for its peer (the client
@@ -29,7 +71,7 @@ type Leave struct {
 	Cookie  []byte
 	Session string
 	Name    string
-	Peer    string
+	Peer    string // empty for a FindAnyPeer find
 }
 
 // FindStatus tells whether the peer has shown up yet.
@@ -69,6 +111,9 @@ type FindResp struct {
 	PairingID [16]byte
 	Role      PairingRole
 	Relay     bool // the server relays datagrams for this pairing
+	// PeerName is the peer's name as it gave it in its Find (matched
+	// only): for a FindAnyPeer find the only way to learn it.
+	PeerName string
 	// RelayToken is this recipient's secret for its end of the relay
 	// (RelayBind, RelayEnded); each end gets its own. Encoded only when
 	// Relay is set, and zero otherwise.
@@ -88,6 +133,7 @@ func (m *Find) AppendTo(b []byte) []byte {
 	b = appendString(b, m.Session)
 	b = appendString(b, m.Name)
 	b = appendString(b, m.Peer)
+	b = append(b, byte(m.Flags))
 	b = append(b, m.Signature[:]...)
 	return appendAddrs(b, m.Candidates)
 }
@@ -119,6 +165,7 @@ func (m *FindResp) AppendTo(b []byte) []byte {
 	if m.Relay {
 		b = append(b, m.RelayToken[:]...)
 	}
+	b = appendString(b, m.PeerName)
 	b = appendAddr(b, m.PeerObserved)
 	return appendAddrs(b, m.PeerCandidates)
 }
@@ -128,7 +175,8 @@ func readFind(r *reader) *Find {
 	v.Cookie = r.bytes(MaxCookieLen, "cookie")
 	v.Session = r.name("session")
 	v.Name = r.name("name")
-	v.Peer = r.name("peer")
+	v.Peer = r.nameOrEmpty("peer")
+	v.Flags = FindFlags(r.u8("flags"))
 	r.array(v.Signature[:], "signature")
 	v.Candidates = r.addrs("candidates")
 	r.padding()
@@ -140,7 +188,7 @@ func readLeave(r *reader) *Leave {
 	v.Cookie = r.bytes(MaxCookieLen, "cookie")
 	v.Session = r.name("session")
 	v.Name = r.name("name")
-	v.Peer = r.name("peer")
+	v.Peer = r.nameOrEmpty("peer")
 	r.padding()
 	return v
 }
@@ -176,6 +224,7 @@ func readMatch(r *reader, v *FindResp) {
 	if v.Relay {
 		r.array(v.RelayToken[:], "relay token")
 	}
+	v.PeerName = r.name("peer name")
 	v.PeerObserved = r.addr("peer address")
 	v.PeerCandidates = r.addrs("peer candidates")
 }

@@ -23,18 +23,20 @@
 //	Register     reqID u64, cookie string, session string, verifier [32]byte (Ed25519 public key),
 //	             ttl u32 (seconds), signature [64]byte (Ed25519, see rendezvous/sessionkey.go)
 //	RegisterResp reqID u64, status u8 (0 created, 1 refreshed), expires u64 (unix seconds)
-//	Find         reqID u64, cookie string, session string, name string, peer string,
+//	Find         reqID u64, cookie string, session string, name string, peer string (empty with any-peer),
+//	             flags u8 (bit 0 any-peer: pair with whoever finds name; bit 1 again: continues a
+//	             pairing, never pairs with an any-peer find; other bits refused),
 //	             signature [64]byte (all zero when not required), candidates u8 count (<= 8) × address
 //	FindResp     reqID u64, status u8 (0 waiting, 1 matched), observed address (the requester as the server saw it);
 //	             when matched: pairingID [16]byte, role u8 (0 initiator, 1 responder),
 //	             flags u8 (bit 0: the server relays this pairing, see relay.go),
 //	             relayToken [16]byte (only when the relay flag is set: this recipient's end's secret),
-//	             peer observed address, peer candidates u8 count × address
+//	             peer name string (as the peer gave it in its Find), peer observed address, peer candidates u8 count × address
 //	Error        reqID u64, code u8, message string (the same layout in every protocol version)
 //	RelayBind    reqID u64, cookie string, pairingID [16]byte, role u8 (the sender's),
 //	             mac [32]byte (RelayBindMAC under the sender's relay token)
-//	Leave        reqID u64, cookie string, session string, name string, peer string
-//	             (withdraws the pending Find with that reqID; no answer)
+//	Leave        reqID u64, cookie string, session string, name string, peer string (empty for
+//	             an any-peer find; withdraws the pending Find with that reqID; no answer)
 //	RelayEnded   pairingID [16]byte, reason string, mac [32]byte (RelayEndedMAC under the
 //	             recipient's relay token); server to client, no reqID
 //

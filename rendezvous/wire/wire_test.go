@@ -24,13 +24,19 @@ func sampleMessages() []Message {
 		&Find{ReqID: 6, Session: "s", Name: "a", Peer: "b"},
 		&FindResp{ReqID: 7, Status: FindWaiting, Observed: v4},
 		&FindResp{ReqID: 8, Status: FindMatched, Observed: v4, PairingID: [16]byte{0xaa}, Role: RoleResponder,
-			PeerObserved: v6, PeerCandidates: []netip.AddrPort{v4}},
+			PeerName: "bob", PeerObserved: v6, PeerCandidates: []netip.AddrPort{v4}},
 		&Error{ReqID: 9, Code: CodeTaken, Message: "session taken"},
 		&FindResp{ReqID: 10, Status: FindMatched, Observed: v6, PairingID: [16]byte{0xbb}, Role: RoleInitiator, Relay: true,
-			RelayToken: [16]byte{0x11, 15: 0x22}, PeerObserved: v4},
+			RelayToken: [16]byte{0x11, 15: 0x22}, PeerName: "alice", PeerObserved: v4},
 		&RelayBind{ReqID: 11, Cookie: []byte{1, 2, 3}, PairingID: [16]byte{0xcc}, Role: RoleResponder, MAC: [32]byte{5, 31: 6}},
 		&Leave{ReqID: 12, Cookie: []byte{4, 5}, Session: "team", Name: "alice", Peer: "bob"},
 		&RelayEnded{PairingID: [16]byte{0xdd}, Reason: "the relay's cap was reached", MAC: [32]byte{1, 31: 2}},
+		// A listener's find for any peer, a finder's later punch attempt,
+		// and the listener's Leave.
+		&Find{ReqID: 14, Cookie: []byte{6}, Session: "team", Name: "homebox", Flags: FindAnyPeer, Signature: [64]byte{2, 63: 1},
+			Candidates: []netip.AddrPort{v4}},
+		&Find{ReqID: 15, Cookie: []byte{6}, Session: "team", Name: "laptop", Peer: "homebox", Flags: FindAgain},
+		&Leave{ReqID: 16, Cookie: []byte{6}, Session: "team", Name: "homebox"},
 	}
 }
 
@@ -115,6 +121,15 @@ func TestRejects(t *testing.T) {
 		// matched FindResp without the flag that still carries 16 more
 		// bytes does not decode.
 		"token without relay": {tokenWithoutRelay(), ErrMalformed},
+		"matched, no peer name": {func() []byte {
+			m := &FindResp{ReqID: 1, Status: FindMatched, Observed: netip.MustParseAddrPort("192.0.2.1:1"), PeerName: "b"}
+			b := m.AppendTo(nil)
+			// header 6, reqID 8, status 1, observed 7, pairing id 16, role 1, flags 1: the name's length
+			return append(b[:6+8+1+7+16+1+1], append([]byte{0}, b[6+8+1+7+16+1+1+2:]...)...)
+		}(), ErrMalformed},
+		"matched, escape in peer name": {(&FindResp{ReqID: 1, Status: FindMatched, PeerName: "\x1b]0;x\x07",
+			Observed: netip.MustParseAddrPort("192.0.2.1:1"), PeerObserved: netip.MustParseAddrPort("192.0.2.1:1")}).AppendTo(nil), ErrMalformed},
+		"find, bad peer name": {(&Find{ReqID: 1, Session: "s", Name: "a", Peer: "b c"}).AppendTo(nil), ErrMalformed},
 	}
 	for name, c := range cases {
 		if _, err := Decode(c.b); !errors.Is(err, c.want) {
@@ -125,7 +140,7 @@ func TestRejects(t *testing.T) {
 
 func tokenWithoutRelay() []byte {
 	m := &FindResp{ReqID: 1, Status: FindMatched, Observed: netip.MustParseAddrPort("192.0.2.1:1"), Relay: true,
-		RelayToken: [16]byte{1}, PeerObserved: netip.MustParseAddrPort("192.0.2.2:2")}
+		RelayToken: [16]byte{1}, PeerName: "b", PeerObserved: netip.MustParseAddrPort("192.0.2.2:2")}
 	b := m.AppendTo(nil)
 	// header 6, reqID 8, status 1, observed 7, pairing id 16, role 1: flags
 	b[6+8+1+7+16+1] = 0
@@ -227,6 +242,46 @@ func TestRelayMACs(t *testing.T) {
 	}
 	if got := fmt.Sprintf("%x", RelayEndedMAC([16]byte{}, [16]byte{}, "")); got != relayEndedVector {
 		t.Errorf("RelayEndedMAC(zero) = %s, want %s", got, relayEndedVector)
+	}
+}
+
+// TestFindCheck: the decoder keeps a find's flags and an empty peer as they
+// came, and Check says what is wrong with the ones no server may act on.
+func TestFindCheck(t *testing.T) {
+	for name, f := range map[string]Find{
+		"plain":     {Name: "a", Peer: "b"},
+		"again":     {Name: "a", Peer: "b", Flags: FindAgain},
+		"any peer":  {Name: "a", Flags: FindAnyPeer},
+		"long name": {Name: string(bytes.Repeat([]byte("x"), MaxNameLen)), Flags: FindAnyPeer},
+	} {
+		if err := f.Check(); err != nil {
+			t.Errorf("%s: Check = %v", name, err)
+		}
+	}
+	for name, f := range map[string]Find{
+		"unknown bit":         {Name: "a", Peer: "b", Flags: 1 << 2},
+		"top bit":             {Name: "a", Flags: FindAnyPeer | 1<<7},
+		"any peer with peer":  {Name: "a", Peer: "b", Flags: FindAnyPeer},
+		"any peer and again":  {Name: "a", Flags: FindAnyPeer | FindAgain},
+		"no peer":             {Name: "a"},
+		"again without peer":  {Name: "a", Flags: FindAgain},
+		"name is peer":        {Name: "a", Peer: "a"},
+		"name is peer, again": {Name: "a", Peer: "a", Flags: FindAgain},
+	} {
+		f.Session = "s"
+		err := f.Check()
+		if err == nil {
+			t.Errorf("%s: Check accepted %+v", name, f)
+			continue
+		}
+		// It decodes all the same: refusing it is the server's, with a
+		// reason (CodeBadArgument), not a malformed packet.
+		got, derr := Decode(f.AppendTo(nil))
+		if derr != nil {
+			t.Errorf("%s: Decode = %v, want the find as sent", name, derr)
+		} else if g := got.(*Find); g.Flags != f.Flags || g.Peer != f.Peer {
+			t.Errorf("%s: decoded flags 0x%02x peer %q, sent 0x%02x %q", name, g.Flags, g.Peer, f.Flags, f.Peer)
+		}
 	}
 }
 
