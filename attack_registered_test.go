@@ -87,7 +87,7 @@ func attackRegisteredFlag(t *testing.T) {
 				s.Send(d.From, &wire.FindResp{ReqID: m.ReqID, Status: wire.FindWaiting, Observed: d.From})
 			}
 		})
-		victim := startP2pcat(t, strings.NewReader("secret\n"), peerEnv(srv.Addr.String(), password), "--name", "alice", "--find", "bob", "-k", keyFile, "--timeout", "2s")
+		victim := startP2pcat(t, strings.NewReader("secret\n"), peerEnv(srv.Addr.String(), password), "--name", "alice", "--find", "bob", "-K", keyFile, "--timeout", "2s")
 		code := victim.wait(ctx)
 		t.Logf("victim: exit %d: %s", code, victim.errorLine())
 		if code != exitNoPeer {
@@ -166,7 +166,7 @@ func attackRegisteredCapture(t *testing.T) {
 		if code := reg.wait(ctx); code != exitOK {
 			t.Fatalf("register: exit %d\n%s", code, reg.Stderr())
 		}
-		alice := startP2pcat(t, strings.NewReader("from alice\n"), env, "--name", "alice", "--find", "bob", "--session", "club", "-k", keyFile, "--port", portA, "-vv")
+		alice := startP2pcat(t, strings.NewReader("from alice\n"), env, "--name", "alice", "--find", "bob", "--session", "club", "-K", keyFile, "--port", portA, "-vv")
 		// bob comes second, so that the roles (and so the captures) are
 		// the same in both runs.
 		if !waitUntil(ctx, func() bool {
@@ -179,7 +179,7 @@ func attackRegisteredCapture(t *testing.T) {
 		}) {
 			t.Fatalf("alice never waited:\n%s", alice.Stderr())
 		}
-		bob := startP2pcat(t, strings.NewReader("from bob\n"), env, "--name", "bob", "--find", "alice", "--session", "club", "-k", keyFile, "--port", portB, "-vv")
+		bob := startP2pcat(t, strings.NewReader("from bob\n"), env, "--name", "bob", "--find", "alice", "--session", "club", "-K", keyFile, "--port", portB, "-vv")
 		ca, cb := alice.wait(ctx), bob.wait(ctx)
 		if ca != exitOK || cb != exitOK || alice.stdout.String() != "from bob\n" || bob.stdout.String() != "from alice\n" {
 			t.Fatalf("run %d: exit %d %d, got %q %q\nalice:\n%s\nbob:\n%s", i+1, ca, cb, alice.stdout.String(), bob.stdout.String(), alice.Stderr(), bob.Stderr())

@@ -22,11 +22,11 @@ import (
 )
 
 func pipeFlags() []cli.Flag {
-	return []cli.Flag{
+	return append([]cli.Flag{
 		&cli.StringFlag{Name: "find", Aliases: []string{"f"}, EnvVars: []string{"P2PCAT_FIND"}, Usage: "the peer's `NAME`: pair with the p2pcat that runs --find <your name>"},
 		&cli.StringFlag{Name: "name", Aliases: []string{"n"}, EnvVars: []string{"P2PCAT_NAME"}, Usage: "your `NAME` as the peer finds you (default: your login name)"},
 		&cli.StringFlag{Name: "session", EnvVars: []string{"P2PCAT_SESSION"}, Value: "default", Usage: "session `NAME` to meet in (register one with 'p2pcat register')"},
-		&cli.StringFlag{Name: "session-key-file", Aliases: []string{"k"}, EnvVars: []string{"P2PCAT_SESSION_KEY_FILE"}, Usage: "the registered session's key, from `FILE` (or the key itself in P2PCAT_SESSION_KEY)"},
+		&cli.StringFlag{Name: "session-key-file", Aliases: []string{"K"}, EnvVars: []string{"P2PCAT_SESSION_KEY_FILE"}, Usage: "the registered session's key, from `FILE` (or the key itself in P2PCAT_SESSION_KEY)"},
 		serverFlag(),
 		&cli.DurationFlag{Name: "timeout", Aliases: []string{"t"}, EnvVars: []string{"P2PCAT_TIMEOUT"}, Value: pipe.DefaultTimeout, Usage: "how long to wait for the peer to show up (exit 3 after)"},
 		&cli.DurationFlag{Name: "connect-timeout", EnvVars: []string{"P2PCAT_CONNECT_TIMEOUT"}, Value: pipe.DefaultConnectTimeout, Usage: "how long to try to reach the peer once it is found (exit 5 after)"},
@@ -41,7 +41,7 @@ func pipeFlags() []cli.Flag {
 		&cli.BoolFlag{Name: "verbose", Aliases: []string{"v"}, EnvVars: []string{"P2PCAT_VERBOSE"}, Usage: "log to stderr: -v progress and the 'connected' line, -vv debug"},
 		&cli.BoolFlag{Name: "progress", EnvVars: []string{"P2PCAT_PROGRESS"}, Usage: "show bytes sent and received, rate, elapsed time and path on stderr: a line redrawn in place on a terminal (the default when stderr is one and stdout is not), else a log line every 5 s (also with -v); a summary at the end; never in the chat"},
 		&cli.BoolFlag{Name: "no-progress", EnvVars: []string{"P2PCAT_NO_PROGRESS"}, Usage: "no progress line or progress log lines, whatever --progress and -v say"},
-	}
+	}, listenFlags()...)
 }
 
 // runPipe is the command without a subcommand: one session with the peer.
@@ -51,6 +51,9 @@ func runPipe(c *cli.Context) error {
 	}
 	if c.String("find") == "" && c.NumFlags() == 0 {
 		return cli.ShowAppHelp(c)
+	}
+	if listenMode(c) {
+		return runListen(c) // listen_cmd.go
 	}
 	// The RSA key grows from now on, while we look up the server's name,
 	// read the session key and ask for the password; pipe.Run takes it.
@@ -135,7 +138,7 @@ func pipeConfig(c *cli.Context) (pipe.Config, error) {
 // --session, checked.
 func pipeNames(c *cli.Context) (name, peer, session string, err error) {
 	peer = c.String("find")
-	if peer == "" {
+	if peer == "" && !c.Bool("listen") {
 		return "", "", "", usagef("whom to connect to? give --find PEER or set P2PCAT_FIND")
 	}
 	name = c.String("name")
@@ -147,6 +150,9 @@ func pipeNames(c *cli.Context) (name, peer, session string, err error) {
 	}
 	session = c.String("session")
 	for flag, v := range map[string]string{"--find": peer, "--name": name, "--session": session} {
+		if flag == "--find" && c.Bool("listen") {
+			continue // a listener learns the peer's name from the server
+		}
 		if err := rendezvous.ValidSession(v); err != nil {
 			return "", "", "", usagef("%s %q: %v", flag, v, err)
 		}

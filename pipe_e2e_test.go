@@ -277,7 +277,7 @@ func TestPipeExitCodes(t *testing.T) {
 			}
 		}
 		// Another session's key: the server refuses the find.
-		p := startP2pcat(t, nil, peerEnv(server, "pw"), "--name", "mallory", "--find", "bob", "--session", "club", "-k", otherKey)
+		p := startP2pcat(t, nil, peerEnv(server, "pw"), "--name", "mallory", "--find", "bob", "--session", "club", "-K", otherKey)
 		if code := p.wait(ctx); code != exitAuth || !strings.Contains(p.Stderr(), "wrong session key") {
 			t.Fatalf("wrong key: exit %d\n%s", code, p.Stderr())
 		}
@@ -288,14 +288,14 @@ func TestPipeExitCodes(t *testing.T) {
 		}
 		// The right key and the wrong password: the peers' handshake
 		// fails on both sides.
-		alice := startP2pcat(t, strings.NewReader("x\n"), peerEnv(server, "alice-pw"), "--name", "alice", "--find", "bob", "--session", "club", "-k", keyFile)
-		bob := startP2pcat(t, strings.NewReader("y\n"), peerEnv(server, "bob-pw"), "--name", "bob", "--find", "alice", "--session", "club", "-k", keyFile)
+		alice := startP2pcat(t, strings.NewReader("x\n"), peerEnv(server, "alice-pw"), "--name", "alice", "--find", "bob", "--session", "club", "-K", keyFile)
+		bob := startP2pcat(t, strings.NewReader("y\n"), peerEnv(server, "bob-pw"), "--name", "bob", "--find", "alice", "--session", "club", "-K", keyFile)
 		if ca, cb := alice.wait(ctx), bob.wait(ctx); ca != exitAuth || cb != exitAuth {
 			t.Fatalf("wrong password with the key: exit codes %d %d\nalice:\n%s\nbob:\n%s", ca, cb, alice.Stderr(), bob.Stderr())
 		}
 		// The right key and password: connected.
-		alice = startP2pcat(t, strings.NewReader("from alice\n"), peerEnv(server, "pw"), "--name", "alice", "--find", "bob", "--session", "club", "-k", keyFile)
-		bob = startP2pcat(t, strings.NewReader("from bob\n"), peerEnv(server, "pw"), "--name", "bob", "--find", "alice", "--session", "club", "-k", keyFile)
+		alice = startP2pcat(t, strings.NewReader("from alice\n"), peerEnv(server, "pw"), "--name", "alice", "--find", "bob", "--session", "club", "-K", keyFile)
+		bob = startP2pcat(t, strings.NewReader("from bob\n"), peerEnv(server, "pw"), "--name", "bob", "--find", "alice", "--session", "club", "-K", keyFile)
 		if ca, cb := alice.wait(ctx), bob.wait(ctx); ca != exitOK || cb != exitOK || bob.stdout.String() != "from alice\n" {
 			t.Fatalf("key and password right: exit codes %d %d, bob got %q\nalice:\n%s\nbob:\n%s", ca, cb, bob.stdout.String(), alice.Stderr(), bob.Stderr())
 		}

@@ -33,11 +33,7 @@ func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int) (ren
 	log := cfg.Logger
 	port := udp.LocalAddr().(*net.UDPAddr).AddrPort().Port()
 	client := &rendezvous.Client{Conn: udp, Server: cfg.Server, Logger: log}
-	timeout, onWaiting := cfg.Timeout, func() { cfg.Status("waiting for %s…", cfg.Peer) }
-	if attempt > 0 {
-		timeout, onWaiting = reFindTimeout, nil
-	}
-	fctx, cancel := context.WithTimeout(ctx, timeout)
+	fctx, cancel, onWaiting := cfg.findWait(ctx, attempt)
 	defer cancel()
 	cands := path.LocalCandidates(port, cfg.Server.Addr().IsLoopback())
 	if cfg.STUN.IsValid() {
@@ -50,6 +46,10 @@ func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int) (ren
 	warned := false
 	match, err := client.Find(fctx, rendezvous.FindRequest{
 		Session: cfg.Session, Name: cfg.Name, Peer: cfg.Peer, SessionKey: cfg.SessionKey,
+		// A listener's first Find takes whoever finds our name; every
+		// later attempt's Find is for the peer of the first, and never
+		// pairs with a listener (the peer's next session may wait there).
+		AnyPeer: cfg.Listen && attempt == 0, Again: attempt > 0,
 		Candidates: cands, OnWaiting: onWaiting,
 		OnUnregistered: func() {
 			if !warned && attempt == 0 {
@@ -60,10 +60,15 @@ func (cfg *Config) meet(ctx context.Context, udp *net.UDPConn, attempt int) (ren
 	})
 	switch {
 	case err == nil:
-		log.Debug("paired", "role", match.Role.String(), "peer_observed", match.PeerObserved.String(), "peer_candidates", fmt.Sprint(match.PeerCandidates), "observed", match.Observed.String())
+		log.Debug("paired", "role", match.Role.String(), "peer", match.PeerName, "peer_observed", match.PeerObserved.String(), "peer_candidates", fmt.Sprint(match.PeerCandidates), "observed", match.Observed.String())
+		if attempt == 0 {
+			return match, ours, cfg.found(match)
+		}
 		return match, ours, nil
 	case ctx.Err() != nil:
 		return match, ours, ErrInterrupted
+	case errors.Is(err, rendezvous.ErrPeerNotFound) && attempt == 0 && cfg.Listen:
+		return match, ours, fmt.Errorf("no peer found %s within %s: %w", cfg.Name, cfg.Timeout, err)
 	case errors.Is(err, rendezvous.ErrPeerNotFound) && attempt == 0:
 		return match, ours, fmt.Errorf("%s did not show up within %s: %w", cfg.Peer, cfg.Timeout, err)
 	}

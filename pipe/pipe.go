@@ -6,8 +6,10 @@
 //
 // It owns the session's story and nothing below it: Run (this file), the
 // connect step with its attempts and the run's one handshake (connect.go),
-// the rendezvous side of an attempt (meet.go), and the link of the stream
-// to stdin/stdout (transfer.go). It may import its layers (pipe/path,
+// the rendezvous side of an attempt (meet.go), a listener's side of it
+// (listen.go: the name learned from the server, the hooks that serve an
+// authenticated peer), and the link of the stream to stdin/stdout
+// (transfer.go). It may import its layers (pipe/path,
 // pipe/secure, pipe/stream, pipe/frame, pipe/term), the rendezvous client
 // and its wire messages, and internal/ helpers; never the server side,
 // and no layer imports pipe back. Only the command (package main) uses it.
@@ -93,6 +95,30 @@ type Config struct {
 	// only a process that runs one session at a time (the command line)
 	// should set this.
 	TransferProcs int
+
+	// Listen waits for any peer that finds our Name (Peer must be ""): the
+	// first Find asks the server for whoever comes, and the name it pairs
+	// us with becomes Peer for the handshake (which binds it), the roles,
+	// the logs and the status. A name that contains '/' or '\\' or starts
+	// with '.' is refused before the handshake (a *PeerNameError): scripts
+	// put it in paths (listen.go).
+	Listen bool
+	// WaitForever: the first Find waits until ctx ends, not Timeout (a
+	// listener without --timeout).
+	WaitForever bool
+	// OnFound, if set, is called once, when the server paired us with the
+	// peer (before the handshake), with its name and the address the
+	// server saw it at.
+	OnFound func(peer string, from netip.AddrPort)
+	// OnAuthenticated, if set, is called once the handshake succeeded,
+	// before the transfer starts: nothing that serves the peer (a command
+	// to run) may start before it. An error ends the session: the peer is
+	// told its input failed, with the error's text.
+	OnAuthenticated func(peer string) error
+	// OnPeerEOF, if set, is called once the peer finished sending and
+	// every byte of its was written to Stdout: a command reading it sees
+	// its end of input when Stdout is closed then.
+	OnPeerEOF func()
 
 	// Stdin and Stdout are the session's input and output. Run returns
 	// with no goroutine of its own left when it can end a pending Read of
@@ -196,6 +222,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := secure.CheckRSABits(cfg.RSABits); err != nil {
 		return err
 	}
+	if err := cfg.checkListen(); err != nil {
+		return err
+	}
 	keys := cfg.generateKey() // while the rendezvous runs
 	sconn, link, took, err := cfg.connect(ctx, keys)
 	if err != nil {
@@ -209,6 +238,10 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 	}
 	st := cfg.newStream(sconn)
+	if err := cfg.authenticated(st); err != nil {
+		logSessionEnd(cfg.Logger, st, sconn, err)
+		return err
+	}
 	if n := cfg.TransferProcs; n > 0 && n < runtime.GOMAXPROCS(0) {
 		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(n))
 	}

@@ -82,6 +82,9 @@ func linkUntilEnd(ctx context.Context, st *stream.Conn, cfg Config, up, down <-c
 			case err != nil:
 				return explain(err, cfg)
 			}
+			if cfg.OnPeerEOF != nil {
+				cfg.OnPeerEOF()
+			}
 			if cfg.EndOnPeerEOF && !upDone {
 				cfg.Status("%s left", cfg.Peer)
 				st.CloseWrite()

@@ -34,6 +34,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 	command -v fish >/dev/null || need+=(fish)
 	command -v mandoc >/dev/null || need+=(mandoc)
 	command -v groff >/dev/null || need+=(groff-base)
+	# sshd's stand-in in the ProxyCommand test (TestListenProxyCommand; Debian nc is netcat-openbsd)
+	command -v nc >/dev/null || need+=(netcat-openbsd)
 	if [ ${#need[@]} -gt 0 ]; then
 		apt-get update -qq >/dev/null 2>&1 || true
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || echo "warning: could not install ${need[*]}; the tests that need them will say so"
