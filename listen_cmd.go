@@ -184,8 +184,10 @@ func runOneSession(c *cli.Context, cfg pipe.Config, log *slog.Logger, prog *prog
 }
 
 // listenTerminal is pipeTerminal for a session whose peer's name is not
-// known yet: the chat labels the peer's lines "peer" (the status line
-// names it once connected).
+// known yet: the chat opens with the peer's lines labelled "peer" and
+// names them once the handshake authenticated the peer. Not at OnFound:
+// the server's word is trustworthy only once the handshake, which binds
+// the name, succeeded; and no line arrives before it anyway.
 func listenTerminal(c *cli.Context, cfg *pipe.Config, stderr io.Writer) (func(), error) {
 	if !cfg.Listen {
 		return pipeTerminal(c, cfg, stderr)
@@ -194,6 +196,9 @@ func listenTerminal(c *cli.Context, cfg *pipe.Config, stderr io.Writer) (func(),
 	labelled.Peer = "peer"
 	closeChat, err := pipeTerminal(c, &labelled, stderr)
 	cfg.Chat, cfg.Status, cfg.EndOnPeerEOF = labelled.Chat, labelled.Status, labelled.EndOnPeerEOF
+	if chat := cfg.Chat; chat != nil {
+		cfg.OnAuthenticated = func(peer string) error { chat.SetPeer(peer); return nil }
+	}
 	return closeChat, err
 }
 

@@ -426,3 +426,32 @@ func TestAuthDelay(t *testing.T) {
 		t.Errorf("%d guesses an hour at the cap, README says 6", perHour)
 	}
 }
+
+// TestListenChatNamesPeer: a listener in a real terminal (tmux) opens the
+// chat before it knows its peer; once bob authenticated, his lines carry
+// his name, not "peer".
+func TestListenChatNamesPeer(t *testing.T) {
+	tm := newTmux(t)
+	ctx := testCtx(t, 90*time.Second)
+	_, server := startServe(t, ctx)
+	bin, err := exec.LookPath("p2pcat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shell := fmt.Sprintf("P2PCAT_SERVER=%s P2PCAT_PASSWORD=pw %s --listen --name homebox --session chat; sleep 60", server, bin)
+	tm.run("new-session", "-d", "-s", "chat", "-x", "100", "-y", "20", shell)
+	tm.waitFor("waiting for a peer to find homebox", false, 30*time.Second)
+
+	bobIn, bobInW := io.Pipe()
+	t.Cleanup(func() { bobInW.Close() })
+	bob := startP2pcat(t, bobIn, peerEnv(server, "pw"), "--name", "bob", "--find", "homebox", "--session", "chat")
+	tm.waitFor("connected to bob", false, 30*time.Second)
+	fmt.Fprint(bobInW, "hello homebox\n")
+	screen := tm.waitFor("bob: hello homebox", false, 10*time.Second)
+	if strings.Contains(screen, "peer: hello") {
+		t.Fatalf("bob's line is labelled \"peer\":\n%s", screen)
+	}
+	bobInW.Close()
+	tm.waitFor("bob left", false, 10*time.Second)
+	mustExit(t, ctx, bob, "bob", exitOK)
+}
