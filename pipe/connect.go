@@ -70,8 +70,9 @@ const (
 	answerGrace    = time.Second // more for a responder that answered, before it moves on
 	// relayAfter: in the last attempt, the relay carries copies of the
 	// handshake from this long on, so a direct path still wins when both
-	// work.
-	relayAfter = time.Second
+	// work (its probes cross in a round trip); one found later still
+	// takes the session over, as after relayFirstAfter.
+	relayAfter = 300 * time.Millisecond
 	// relayFirstAfter: in a first attempt that races the relay
 	// (plan.relayFirst), the relay carries copies of the handshake from
 	// this long after the punch starts. A direct path that works has
@@ -207,9 +208,12 @@ func (pl *plan) attempt(n int, m rendezvous.Match) *attempt {
 			NoOffload: cfg.NoOffload, ProbeDelay: probeDelay,
 			Relay: m.Relay && cfg.Relay != RelayNever, RelayAfter: relayDelay, RelayOnly: cfg.Relay == RelayOnly, Role: m.Role,
 			RelayToken: m.RelayToken,
-			// After a first attempt that found nothing (a port clash,
-			// perhaps), open our NAT with low-TTL probes first.
-			LowTTLFirst: n > 0 && cfg.Relay != RelayOnly,
+			// Open our NAT with low-TTL probes first, so that a router
+			// of either side that lets an early probe claim a port (a
+			// port clash) is not claimed: in every attempt where a NAT is
+			// in the way (where none is, the hold costs a round of
+			// probes 60 ms), and after a first attempt that found nothing.
+			LowTTLFirst: cfg.Relay != RelayOnly && (n > 0 || pl.behindNAT(m)),
 		},
 	}
 }
@@ -233,6 +237,17 @@ func (pl *plan) relayFirst(n int, m rendezvous.Match) bool {
 		return false
 	}
 	return portMoved(m.Observed, portsOf(pl.ours.offered)) || portMoved(m.PeerObserved, portsOf(m.PeerCandidates))
+}
+
+// behindNAT reports whether the server saw either side at an address
+// that is not among the side's own (a NAT rewrote it); false when it
+// cannot tell, or when the side offered its public address itself
+// (--stun).
+func (pl *plan) behindNAT(m rendezvous.Match) bool {
+	rewritten := func(observed netip.AddrPort, own []netip.AddrPort) bool {
+		return observed.IsValid() && len(own) > 0 && !slices.Contains(own, observed)
+	}
+	return rewritten(m.Observed, pl.ours.offered) || rewritten(m.PeerObserved, m.PeerCandidates)
 }
 
 // portMoved reports whether the server saw a side at a port that none of

@@ -350,8 +350,12 @@ build() {
 		# shellcheck disable=SC2086 # "NS TYPE"
 		router_rules $r
 	done
+	# The ISP answers ARP for its customer's address at once: Linux delays
+	# proxy ARP answers by up to neigh.*.proxy_delay (0.8 s by default),
+	# which held back every new peer's first packets to the router by most
+	# of a second, as no real ISP does.
 	for ns in "${ISPS[@]}"; do
-		nsrun "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.proxy_arp=1 net.ipv4.conf.up.proxy_arp=1 net.ipv4.conf.cust.proxy_arp=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.up.rp_filter=0 net.ipv4.conf.cust.rp_filter=0
+		nsrun "$ns" sysctl -qw net.ipv4.ip_forward=1 net.ipv4.conf.all.proxy_arp=1 net.ipv4.conf.up.proxy_arp=1 net.ipv4.conf.cust.proxy_arp=1 net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.up.rp_filter=0 net.ipv4.conf.cust.rp_filter=0 net.ipv4.neigh.up.proxy_delay=0 net.ipv4.neigh.cust.proxy_delay=0
 	done
 }
 

@@ -146,9 +146,21 @@ type Options struct {
 // router and the first hops of its ISP (a carrier-grade NAT among them),
 // and short of a peer that is further away, as peers almost always are.
 // lowTTLLead is how long the other datagrams wait after them.
+//
+// heldLowTTLAfter: a side that holds back its first packets (ProbeDelay,
+// the staggered attempts) sends its low-TTL round this long after the
+// attempt starts, not at once: between the peer's low-TTL round (at 0) and
+// the peer's first full probes (at lowTTLLead), with half the lead of
+// slack either way for the two sides' start times. Where the routers are
+// so close that a low-TTL probe reaches the peer's router after all (no
+// routed hop between the NATs, as in the plain NAT lab), the side that
+// sends first is then the one that does not hold back, which is what the
+// staggered attempts are for; where they are further apart, both NATs
+// are open before the first full probe arrives, as before.
 const (
-	lowTTL     = 3
-	lowTTLLead = 30 * time.Millisecond
+	lowTTL          = 3
+	lowTTLLead      = 60 * time.Millisecond
+	heldLowTTLAfter = lowTTLLead / 2
 )
 
 // New starts punching to candidates (in order of preference) over sock,

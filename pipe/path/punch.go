@@ -46,10 +46,11 @@ func (c *Conn) startPunch(ctx context.Context, opt Options) {
 			c.log.Info("birthday punching: sprayed the peer's ports", "ip", spray.Addr().String(), "probes", sent)
 		}()
 	}
-	if opt.LowTTLFirst && !c.relayOnly {
+	lowTTL := opt.LowTTLFirst && !c.relayOnly
+	if lowTTL && opt.ProbeDelay == 0 {
 		c.lowTTLRound()
 	}
-	go c.routinePunch(ctx, opt.ProbeDelay, sprayed)
+	go c.routinePunch(ctx, opt.ProbeDelay, lowTTL && opt.ProbeDelay > 0, sprayed)
 }
 
 // lowTTLRound sends Options.LowTTLFirst's probes: one to each candidate,
@@ -72,11 +73,22 @@ func (c *Conn) lowTTLRound() {
 // routinePunch sends probes to every candidate, quickly at first and then
 // every 200 ms, until the path is confirmed; while the path is the relay,
 // every second. It returns when the Conn closes, and after sprayed.
-func (c *Conn) routinePunch(ctx context.Context, delay time.Duration, sprayed <-chan struct{}) {
+//
+// A side that holds back (delay) and punches low-TTL first sends its
+// low-TTL round heldLowTTLAfter into the delay, not at once: see
+// heldLowTTLAfter.
+func (c *Conn) routinePunch(ctx context.Context, delay time.Duration, heldLowTTL bool, sprayed <-chan struct{}) {
 	defer func() {
 		<-sprayed
 		close(c.punchDone)
 	}()
+	if heldLowTTL {
+		if !c.punchWait(ctx, heldLowTTLAfter) {
+			return
+		}
+		c.lowTTLRound()
+		delay -= heldLowTTLAfter
+	}
 	if delay > 0 && !c.punchWait(ctx, delay) {
 		return
 	}

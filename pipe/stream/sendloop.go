@@ -41,9 +41,6 @@ func (c *Conn) sendLoop() {
 		c.mu.Lock()
 		now := c.now()
 		n, more, next := c.produceLocked(now, arena, &bufs, &bodies)
-		if now < 20*time.Millisecond {
-			c.log.Debug("TRACE loop", "t", now, "n", n, "more", more, "next", next, "end", c.snd.end, "pace", c.snd.paceNext, "inflight", c.snd.bytesInFlight, "cwnd", c.snd.cc.cwnd, "pw", c.snd.peerWindow)
-		}
 		pinned := c.snd.pinned
 		finished := c.finished
 		if more {
@@ -311,9 +308,6 @@ func (c *Conn) appendDataLocked(b []byte, p *sentPacket) (head, body []byte) {
 		}
 	}
 	fin := finAll && n == avail
-	if off == 0 && !retx && n > 0 {
-		c.log.Debug("TRACE first data", "t", c.now(), "n", n)
-	}
 	if retx {
 		rr.off += uint64(n)
 		rr.n -= uint32(n)

@@ -465,6 +465,16 @@ func (l *soakLeaver) withdraw(ips *soakIPs, pairs [][2]string, peers bool) {
 	c.send(g.server, left...)
 	g.add(kTableOps, 3*len(left))
 	g.add(kWithdrawn, len(left))
+	// A re-sent find answered after that (a full table let it begin the
+	// attempt again, and the server's parallel readers let it overtake the
+	// second Leave) is an attempt the client knows it left: it leaves again,
+	// once the answer shows the order.
+	c.recv(soakWait, func(p []byte, _ netip.AddrPort) {
+		if r, ok := decode(p).(*wire.FindResp); ok && r.ReqID-base < uint64(len(pairs)) && waiting[int(r.ReqID-base)] {
+			c.send(g.server, leaves[r.ReqID-base])
+			g.add(kTableOps, 1)
+		}
+	}, func() bool { return false })
 }
 
 // stunRound: Binding requests to the primary, some with CHANGE-REQUEST
