@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -424,5 +427,112 @@ func TestAuthDelay(t *testing.T) {
 	}
 	if perHour := int(time.Hour / authDelay(100)); perHour != 6 {
 		t.Errorf("%d guesses an hour at the cap, README says 6", perHour)
+	}
+}
+
+// TestListenChatNamesPeer: a listener in a real terminal (tmux) opens the
+// chat before it knows its peer; once bob authenticated, his lines carry
+// his name, not "peer".
+func TestListenChatNamesPeer(t *testing.T) {
+	tm := newTmux(t)
+	ctx := testCtx(t, 90*time.Second)
+	_, server := startServe(t, ctx)
+	bin, err := exec.LookPath("p2pcat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	shell := fmt.Sprintf("P2PCAT_SERVER=%s P2PCAT_PASSWORD=pw %s --listen --name homebox --session chat; sleep 60", server, bin)
+	tm.run("new-session", "-d", "-s", "chat", "-x", "100", "-y", "20", shell)
+	tm.waitFor("waiting for a peer to find homebox", false, 30*time.Second)
+
+	bobIn, bobInW := io.Pipe()
+	t.Cleanup(func() { bobInW.Close() })
+	bob := startP2pcat(t, bobIn, peerEnv(server, "pw"), "--name", "bob", "--find", "homebox", "--session", "chat")
+	tm.waitFor("connected to bob", false, 30*time.Second)
+	fmt.Fprint(bobInW, "hello homebox\n")
+	screen := tm.waitFor("bob: hello homebox", false, 10*time.Second)
+	if strings.Contains(screen, "peer: hello") {
+		t.Fatalf("bob's line is labelled \"peer\":\n%s", screen)
+	}
+	bobInW.Close()
+	tm.waitFor("bob left", false, 10*time.Second)
+	mustExit(t, ctx, bob, "bob", exitOK)
+}
+
+// TestListenExecKilledWithSession: when the session ends before the
+// command (its peer is interrupted, or the listener is), the command's
+// whole process group is stopped: a child it started in the background
+// too, and a command that ignores SIGTERM by SIGKILL after the grace.
+func TestListenExecKilledWithSession(t *testing.T) {
+	for _, c := range []struct {
+		name, command string
+		stopListener  bool // else the peer is interrupted
+		signal        string
+	}{
+		{"peer-interrupted", "echo $$ > PIDFILE; sleep 300; echo done", false, "killed by signal 15"},
+		{"background-child", "sleep 300 & echo $$ > PIDFILE; wait; echo done", false, "killed by signal 15"},
+		{"ignores-sigterm", "trap '' TERM; echo $$ > PIDFILE; sleep 300; echo done", false, "killed by signal 9"},
+		{"listener-interrupted", "sleep 300 & echo $$ > PIDFILE; wait; echo done", true, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx := testCtx(t, 2*time.Minute)
+			_, server := startServe(t, ctx)
+			pidFile := filepath.Join(t.TempDir(), "pid")
+			args := []string{"--exec", strings.ReplaceAll(c.command, "PIDFILE", pidFile)}
+			if !c.stopListener {
+				args = append(args, "-k")
+			}
+			l := startListener(t, server, "homebox", nil, args...)
+			// A real pipe as the peer's stdin, held open: the peer never
+			// finishes sending, so only the stop ends the session.
+			r, w, err := os.Pipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { r.Close(); w.Close() })
+			p := startP2pcat(t, r, peerEnv(server, "pw"), "--name", "alice", "--find", "homebox")
+			pgid := waitPIDFile(t, ctx, pidFile)
+			if c.stopListener {
+				l.signal(syscall.SIGTERM)
+				mustExit(t, ctx, l, "the listener", exitSignal)
+				p.wait(ctx)
+			} else {
+				p.signal(syscall.SIGTERM)
+				mustExit(t, ctx, p, "alice", exitSignal)
+				if !l.waitStderr(ctx, `msg="command failed"`) || !l.sawStderr(c.signal) {
+					t.Fatalf("the command's end is not logged (%s):\n%s", c.signal, l.Stderr())
+				}
+			}
+			// The group is gone once the listener logged the command's
+			// end (it waited for it); allow a moment for the kernel.
+			deadline := time.Now().Add(10 * time.Second)
+			for syscall.Kill(-pgid, 0) != syscall.ESRCH {
+				if time.Now().After(deadline) {
+					t.Fatalf("the command's process group %d is still there", pgid)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if strings.Contains(p.stdout.String(), "done") {
+				t.Fatal("the command ran to its end")
+			}
+		})
+	}
+}
+
+// waitPIDFile waits for the command to write its pid (its process group)
+// to file.
+func waitPIDFile(t *testing.T, ctx context.Context, file string) int {
+	t.Helper()
+	for {
+		if b, err := os.ReadFile(file); err == nil && bytes.HasSuffix(b, []byte("\n")) {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+				return pid
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("the command never wrote its pid")
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }

@@ -55,28 +55,11 @@ func runPipe(c *cli.Context) error {
 	if listenMode(c) {
 		return runListen(c) // listen_cmd.go
 	}
-	// The RSA key grows from now on, while we look up the server's name,
-	// read the session key and ask for the password; pipe.Run takes it.
-	// (An invalid size starts nothing; pipeConfig says what is wrong.)
-	key := pipe.StartKey(c.Int("rsa-bits"))
-	cfg, err := pipeConfig(c)
+	st, err := setUp(c, true)
 	if err != nil {
 		return err
 	}
-	cfg.Key = key
-	verbose := verbosity(c)
-	prog := newProgress(c, verbose)
-	stderr := prog.stderr(c.App.ErrWriter) // keeps the progress line out of the way
-	cfg.Logger = pipeLogger(stderr, verbose)
-	if cfg.SessionKey, err = pipeSessionKey(c.String("session-key-file")); err != nil {
-		return err
-	}
-	cfg.Warn = func(format string, args ...any) {
-		fmt.Fprintf(stderr, "p2pcat: warning: %s\n", fmt.Sprintf(format, args...))
-	}
-	if cfg.Password, err = term.Password(c.Context, "Password for "+cfg.Peer+" (session "+cfg.Session+"): ", false); err != nil {
-		return err
-	}
+	cfg, prog, stderr, verbose := st.cfg, st.prog, st.stderr, st.verbose
 	closeChat, err := pipeTerminal(c, &cfg, stderr)
 	if err != nil {
 		return err
@@ -89,6 +72,52 @@ func runPipe(c *cli.Context) error {
 	err = pipe.Run(c.Context, cfg)
 	prog.finish(err)
 	return explainPipeError(err, cfg)
+}
+
+// setup is what a session's command has before it runs: the session's
+// configuration, its progress line (nil: none) and the stderr that keeps
+// that line out of the way of the log.
+type setup struct {
+	cfg     pipe.Config
+	prog    *progress
+	stderr  io.Writer
+	verbose int
+}
+
+// setUp is the start runPipe and runListen share. The RSA key grows from
+// its first line on, while we look up the server's name, read the session
+// key and ask for the password; pipe.Run takes it. (An invalid size
+// starts nothing; pipeConfig says what is wrong.) withProgress asks for
+// the progress line (newProgress decides whether there is one).
+func setUp(c *cli.Context, withProgress bool) (*setup, error) {
+	key := pipe.StartKey(c.Int("rsa-bits"))
+	cfg, err := pipeConfig(c)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Key = key
+	st := &setup{verbose: verbosity(c)}
+	if withProgress {
+		st.prog = newProgress(c, st.verbose)
+	}
+	st.stderr = st.prog.stderr(c.App.ErrWriter)
+	cfg.Logger = pipeLogger(st.stderr, st.verbose)
+	if cfg.SessionKey, err = pipeSessionKey(c.String("session-key-file")); err != nil {
+		return nil, err
+	}
+	cfg.Warn = func(format string, args ...any) {
+		fmt.Fprintf(st.stderr, "p2pcat: warning: %s\n", fmt.Sprintf(format, args...))
+	}
+	prompt := "Password for " + cfg.Peer + " (session " + cfg.Session + "): "
+	if c.Bool("listen") {
+		cfg.Listen, cfg.WaitForever = true, !c.IsSet("timeout")
+		prompt = "Password for the peers of " + cfg.Name + " (session " + cfg.Session + "): "
+	}
+	if cfg.Password, err = term.Password(c.Context, prompt, false); err != nil {
+		return nil, err
+	}
+	st.cfg = cfg
+	return st, nil
 }
 
 // pipeConfig turns the flags into the session's configuration, with a
@@ -261,6 +290,8 @@ func explainPipeError(err error, cfg pipe.Config) error {
 		return hinted{err, "run the same p2pcat version on both sides and on the server"}
 	case errors.Is(err, secure.ErrUnconfirmed):
 		return hinted{err, "if the peer gave the same password (and session key), someone else took its place: run again, and check who you are paired with (-v)"}
+	case errors.Is(err, rendezvous.ErrBadAnswer):
+		return hinted{err, "the server at " + cfg.Server.String() + " sent an answer this p2pcat cannot use: is it a p2pcat server of this version? nothing was sent to anyone"}
 	case errors.Is(err, rendezvous.ErrServerLost):
 		return hinted{err, "the server at " + cfg.Server.String() + " stopped answering; is it still running? try again when it is"}
 	case errors.Is(err, path.ErrRelayEnded):

@@ -28,15 +28,15 @@ the server. Everyone who joins the session needs the key (P2PCAT_SESSION_KEY
 or --session-key-file) as well as the password, which the peers check
 with each other as before.
 
-  p2pcat register team -k team.key    # makes team.key (mode 0600) and registers
-  p2pcat register team -k team.key    # again later: extends the registration
+  p2pcat register team -K team.key    # makes team.key (mode 0600) and registers
+  p2pcat register team -K team.key    # again later: extends the registration
   p2pcat register team > team.key     # without a key file: the new key on stdout
 
 Registering again with the same key extends the registration; the name
 registered with another key gets "session taken" (exit 6).`,
 		Flags: []cli.Flag{
 			serverFlag(),
-			&cli.StringFlag{Name: "session-key-file", Aliases: []string{"key-file", "k"}, EnvVars: []string{"P2PCAT_SESSION_KEY_FILE"}, Usage: "the session key's `FILE`: read when it exists (to refresh), else created with a new key"},
+			&cli.StringFlag{Name: "session-key-file", Aliases: []string{"key-file", "K", "k"}, EnvVars: []string{"P2PCAT_SESSION_KEY_FILE"}, Usage: "the session key's `FILE`: read when it exists (to refresh), else created with a new key"},
 			&cli.DurationFlag{Name: "ttl", Value: 24 * time.Hour, EnvVars: []string{"P2PCAT_TTL"}, Usage: "how long the registration lasts"},
 			&cli.DurationFlag{Name: "timeout", Value: 15 * time.Second, EnvVars: []string{"P2PCAT_TIMEOUT"}, Usage: "give up when the server does not answer within this"},
 		},

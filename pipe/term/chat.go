@@ -23,8 +23,8 @@ import (
 type Chat struct {
 	in, out *os.File
 	t       *term.Terminal
-	peer    string
 	mu      sync.Mutex
+	peer    string // guarded by mu
 	started bool
 	restore func()
 }
@@ -67,9 +67,21 @@ func (c *Chat) Start() error {
 // io.EOF when the user leaves (Ctrl-D or Ctrl-C).
 func (c *Chat) ReadLine() (string, error) { return c.t.ReadLine() }
 
+// SetPeer changes the name shown on the peer's lines, for a chat opened
+// before the peer was known (a listener learns it in the handshake). It
+// may be called while lines are received.
+func (c *Chat) SetPeer(name string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.peer = textsafe.Line(name)
+}
+
 // Received shows one line from the peer.
 func (c *Chat) Received(line []byte) {
-	c.print(fmt.Sprintf("\x1b[36m%s:\x1b[0m %s\n", c.peer, textsafe.Text(string(line))))
+	c.mu.Lock()
+	peer := c.peer
+	c.mu.Unlock()
+	c.print(fmt.Sprintf("\x1b[36m%s:\x1b[0m %s\n", peer, textsafe.Text(string(line))))
 }
 
 // Status shows a message from p2pcat itself.
