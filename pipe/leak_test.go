@@ -110,10 +110,17 @@ func (b *lockedBuffer) Write(p []byte) (int, error) {
 type closeOnWrite struct {
 	lockedBuffer
 	stdin *os.File
+	after <-chan struct{} // if set, closes stdin only once this is closed (or 10 s passed)
 }
 
 func (c *closeOnWrite) Write(p []byte) (int, error) {
 	n, err := c.lockedBuffer.Write(p)
+	if c.after != nil {
+		select {
+		case <-c.after:
+		case <-time.After(10 * time.Second):
+		}
+	}
 	c.stdin.Close()
 	return n, err
 }
@@ -268,8 +275,10 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 		base := runtime.NumGoroutine()
 		alice, bob := directPair(t, "leak-block")
 		ain, aw := openStdin(t, "from alice\n")
-		alice.Stdin, alice.Stdout = ain, &closeOnWrite{stdin: aw}
-		in := &stuckReader{first: "from bob\n", release: make(chan struct{})}
+		in := &stuckReader{first: "from bob\n", release: make(chan struct{}), blocked: make(chan struct{})}
+		// Alice ends only once bob's reader is stuck: else bob's Run may
+		// end before it reads again, and nothing is stuck.
+		alice.Stdin, alice.Stdout = ain, &closeOnWrite{stdin: aw, after: in.blocked}
 		bout := &lockedBuffer{}
 		bob.Stdin, bob.Stdout, bob.EndOnPeerEOF = in, bout, true
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -295,6 +304,7 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 type stuckReader struct {
 	first   string
 	release chan struct{}
+	blocked chan struct{} // closed when the second Read blocks
 	reads   int
 }
 
@@ -302,6 +312,9 @@ func (r *stuckReader) Read(p []byte) (int, error) {
 	r.reads++
 	if r.reads == 1 {
 		return copy(p, r.first), nil
+	}
+	if r.reads == 2 {
+		close(r.blocked)
 	}
 	<-r.release
 	return copy(p, "too late\n"), nil
