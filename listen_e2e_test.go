@@ -483,8 +483,13 @@ func TestListenExecKilledWithSession(t *testing.T) {
 			pidFile := filepath.Join(t.TempDir(), "pid")
 			args := []string{"--exec", strings.ReplaceAll(c.command, "PIDFILE", pidFile)}
 			if !c.stopListener {
-				args = append(args, "-k", "--idle-timeout", "3s")
+				args = append(args, "-k")
 			}
+			var idle []string // both sides: the peer's keepalives come often enough
+			if c.peerSignal == syscall.SIGKILL {
+				idle = []string{"--idle-timeout", "3s"}
+			}
+			args = append(args, idle...)
 			l := startListener(t, server, "homebox", nil, args...)
 			// A real pipe as the peer's stdin, held open: the peer never
 			// finishes sending, so only the stop ends the session.
@@ -493,7 +498,7 @@ func TestListenExecKilledWithSession(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { r.Close(); w.Close() })
-			p := startP2pcat(t, r, peerEnv(server, "pw"), "--name", "alice", "--find", "homebox")
+			p := startP2pcat(t, r, peerEnv(server, "pw"), append([]string{"--name", "alice", "--find", "homebox"}, idle...)...)
 			pgid := waitPIDFile(t, ctx, pidFile)
 			if c.stopListener {
 				l.signal(syscall.SIGTERM)
