@@ -152,6 +152,9 @@ func TestAttackServerPairsWrongPeer(t *testing.T) {
 	if code == exitOK || bob.stdout.Len() != 0 || alice.stdout.Len() != 0 {
 		t.Fatalf("BREAK: bob exit %d, bob got %q, alice got %q:\n%s", code, bob.stdout.String(), alice.stdout.String(), bob.Stderr())
 	}
+	if code != exitFailure {
+		t.Fatalf("bob exited %d, want %d (a server's bad answer):\n%s", code, exitFailure, bob.Stderr())
+	}
 	if !bob.sawStderr(`paired us with \"carol\", we asked for \"alice\"`) && !bob.sawStderr(`paired us with "carol", we asked for "alice"`) {
 		t.Fatalf("bob does not say whom the server paired it with:\n%s", bob.Stderr())
 	}
