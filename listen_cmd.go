@@ -42,7 +42,6 @@ import (
 
 	"github.com/p2pcat/p2pcat/pipe"
 	"github.com/p2pcat/p2pcat/pipe/secure"
-	"github.com/p2pcat/p2pcat/pipe/term"
 	"github.com/p2pcat/p2pcat/rendezvous"
 )
 
@@ -75,33 +74,12 @@ func runListen(c *cli.Context) error {
 	if err := checkListenFlags(c); err != nil {
 		return err
 	}
-	key := pipe.StartKey(c.Int("rsa-bits"))
-	cfg, err := pipeConfig(c)
+	// One session's data on our stdout: progress as runPipe's.
+	st, err := setUp(c, !c.Bool("keep-open") && c.String("exec") == "")
 	if err != nil {
 		return err
 	}
-	cfg.Key = key
-	verbose := verbosity(c)
-	var prog *progress // one session's data on our stdout: progress as runPipe's
-	if !c.Bool("keep-open") && c.String("exec") == "" {
-		prog = newProgress(c, verbose)
-	}
-	stderr := prog.stderr(c.App.ErrWriter)
-	cfg.Logger = pipeLogger(stderr, verbose)
-	if cfg.SessionKey, err = pipeSessionKey(c.String("session-key-file")); err != nil {
-		return err
-	}
-	cfg.Warn = func(format string, args ...any) {
-		fmt.Fprintf(stderr, "p2pcat: warning: %s\n", fmt.Sprintf(format, args...))
-	}
-	prompt := "Password for " + cfg.Peer + " (session " + cfg.Session + "): "
-	if c.Bool("listen") {
-		cfg.Listen, cfg.WaitForever = true, !c.IsSet("timeout")
-		prompt = "Password for the peers of " + cfg.Name + " (session " + cfg.Session + "): "
-	}
-	if cfg.Password, err = term.Password(c.Context, prompt, false); err != nil {
-		return err
-	}
+	cfg, prog, stderr, verbose := st.cfg, st.prog, st.stderr, st.verbose
 	log := listenLogger(stderr, verbose)
 	if !c.Bool("keep-open") {
 		return explainPipeError(runOneSession(c, cfg, log, prog, stderr), cfg)
