@@ -92,16 +92,18 @@ func (p *lyingPairer) behave(s *attacker.Server, d attacker.Datagram, m wire.Mes
 // expects) the listener answers bob's Hello, bob rejects it and exits 4,
 // and the listener logs a failed handshake from "aaron" with bob's
 // address; with "mallory" both sides take the initiator's part, neither
-// answers the other's Hello, and bob ends without a session (4 or 5). In
+// answers the other's Hello, bob ends without a session (4 or 5) and the
+// listener logs the failed session when its connect timeout ends. In
 // both, the listener serves on (-k: it waits for the next peer) and no
 // byte of either side's input reaches the other.
 func TestAttackServerLiesToListener(t *testing.T) {
 	for _, c := range []struct {
 		lie   string
 		exits []int
+		logs  string // the listener's failure
 	}{
-		{"aaron", []int{exitAuth}},
-		{"mallory", []int{exitAuth, exitNoPath}},
+		{"aaron", []int{exitAuth}, "wrong password from aaron at 127.0.0.1:"},
+		{"mallory", []int{exitAuth, exitNoPath}, "session with mallory failed"},
 	} {
 		t.Run(c.lie, func(t *testing.T) {
 			ctx := testCtx(t, 2*time.Minute)
@@ -113,7 +115,7 @@ func TestAttackServerLiesToListener(t *testing.T) {
 			if code := bob.wait(ctx); !slices.Contains(c.exits, code) {
 				t.Fatalf("bob exited %d, want one of %v:\n%s", code, c.exits, bob.Stderr())
 			}
-			if c.lie == "aaron" && !l.waitStderr(ctx, "wrong password from aaron at 127.0.0.1:") {
+			if !l.waitStderr(ctx, c.logs) {
 				t.Fatalf("the listener did not log the failed handshake:\n%s", l.Stderr())
 			}
 			for liar.listenFinds() < 2 {
@@ -149,6 +151,9 @@ func TestAttackServerPairsWrongPeer(t *testing.T) {
 	alice.wait(ctx)
 	if code == exitOK || bob.stdout.Len() != 0 || alice.stdout.Len() != 0 {
 		t.Fatalf("BREAK: bob exit %d, bob got %q, alice got %q:\n%s", code, bob.stdout.String(), alice.stdout.String(), bob.Stderr())
+	}
+	if code != exitFailure {
+		t.Fatalf("bob exited %d, want %d (a server's bad answer):\n%s", code, exitFailure, bob.Stderr())
 	}
 	if !bob.sawStderr(`paired us with \"carol\", we asked for \"alice\"`) && !bob.sawStderr(`paired us with "carol", we asked for "alice"`) {
 		t.Fatalf("bob does not say whom the server paired it with:\n%s", bob.Stderr())

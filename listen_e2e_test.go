@@ -446,8 +446,8 @@ func TestListenChatNamesPeer(t *testing.T) {
 	tm.waitFor("waiting for a peer to find homebox", false, 30*time.Second)
 
 	bobIn, bobInW := io.Pipe()
-	t.Cleanup(func() { bobInW.Close() })
 	bob := startP2pcat(t, bobIn, peerEnv(server, "pw"), "--name", "bob", "--find", "homebox", "--session", "chat")
+	t.Cleanup(func() { bobInW.Close() }) // before bob's cleanup waits for him (LIFO): his stdin copy ends
 	tm.waitFor("connected to bob", false, 30*time.Second)
 	fmt.Fprint(bobInW, "hello homebox\n")
 	screen := tm.waitFor("bob: hello homebox", false, 10*time.Second)
@@ -460,19 +460,22 @@ func TestListenChatNamesPeer(t *testing.T) {
 }
 
 // TestListenExecKilledWithSession: when the session ends before the
-// command (its peer is interrupted, or the listener is), the command's
-// whole process group is stopped: a child it started in the background
-// too, and a command that ignores SIGTERM by SIGKILL after the grace.
+// command (its peer is interrupted or killed, or the listener is
+// interrupted), the command's whole process group is stopped: a child it
+// started in the background too, and a command that ignores SIGTERM by
+// SIGKILL after the grace.
 func TestListenExecKilledWithSession(t *testing.T) {
 	for _, c := range []struct {
 		name, command string
-		stopListener  bool // else the peer is interrupted
+		stopListener  bool           // else the peer gets peerSignal
+		peerSignal    syscall.Signal // SIGKILL: the listener learns it from the peer's silence
 		signal        string
 	}{
-		{"peer-interrupted", "echo $$ > PIDFILE; sleep 300; echo done", false, "killed by signal 15"},
-		{"background-child", "sleep 300 & echo $$ > PIDFILE; wait; echo done", false, "killed by signal 15"},
-		{"ignores-sigterm", "trap '' TERM; echo $$ > PIDFILE; sleep 300; echo done", false, "killed by signal 9"},
-		{"listener-interrupted", "sleep 300 & echo $$ > PIDFILE; wait; echo done", true, ""},
+		{"peer-interrupted", "echo $$ > PIDFILE; sleep 300; echo done", false, syscall.SIGTERM, "killed by signal 15"},
+		{"background-child", "sleep 300 & echo $$ > PIDFILE; wait; echo done", false, syscall.SIGTERM, "killed by signal 15"},
+		{"ignores-sigterm", "trap '' TERM; echo $$ > PIDFILE; sleep 300; echo done", false, syscall.SIGTERM, "killed by signal 9"},
+		{"peer-killed", "sleep 300 & echo $$ > PIDFILE; wait; echo done", false, syscall.SIGKILL, "killed by signal 15"},
+		{"listener-interrupted", "sleep 300 & echo $$ > PIDFILE; wait; echo done", true, 0, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ctx := testCtx(t, 2*time.Minute)
@@ -482,6 +485,11 @@ func TestListenExecKilledWithSession(t *testing.T) {
 			if !c.stopListener {
 				args = append(args, "-k")
 			}
+			var idle []string // both sides: the peer's keepalives come often enough
+			if c.peerSignal == syscall.SIGKILL {
+				idle = []string{"--idle-timeout", "3s"}
+			}
+			args = append(args, idle...)
 			l := startListener(t, server, "homebox", nil, args...)
 			// A real pipe as the peer's stdin, held open: the peer never
 			// finishes sending, so only the stop ends the session.
@@ -490,15 +498,19 @@ func TestListenExecKilledWithSession(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { r.Close(); w.Close() })
-			p := startP2pcat(t, r, peerEnv(server, "pw"), "--name", "alice", "--find", "homebox")
+			p := startP2pcat(t, r, peerEnv(server, "pw"), append([]string{"--name", "alice", "--find", "homebox"}, idle...)...)
 			pgid := waitPIDFile(t, ctx, pidFile)
 			if c.stopListener {
 				l.signal(syscall.SIGTERM)
 				mustExit(t, ctx, l, "the listener", exitSignal)
 				p.wait(ctx)
 			} else {
-				p.signal(syscall.SIGTERM)
-				mustExit(t, ctx, p, "alice", exitSignal)
+				p.signal(c.peerSignal)
+				if c.peerSignal == syscall.SIGKILL {
+					p.wait(ctx)
+				} else {
+					mustExit(t, ctx, p, "alice", exitSignal)
+				}
 				if !l.waitStderr(ctx, `msg="command failed"`) || !l.sawStderr(c.signal) {
 					t.Fatalf("the command's end is not logged (%s):\n%s", c.signal, l.Stderr())
 				}

@@ -291,7 +291,7 @@ func explainPipeError(err error, cfg pipe.Config) error {
 	case errors.Is(err, secure.ErrUnconfirmed):
 		return hinted{err, "if the peer gave the same password (and session key), someone else took its place: run again, and check who you are paired with (-v)"}
 	case errors.Is(err, rendezvous.ErrBadAnswer):
-		return hinted{err, "the server at " + cfg.Server.String() + " sent an answer this p2pcat cannot use: is it a p2pcat server of this version? nothing was sent to anyone"}
+		return hinted{err, "the server at " + cfg.Server.String() + " sent an answer this p2pcat cannot use: is it a p2pcat server of this version? (nothing was sent to the peer it named)"}
 	case errors.Is(err, rendezvous.ErrServerLost):
 		return hinted{err, "the server at " + cfg.Server.String() + " stopped answering; is it still running? try again when it is"}
 	case errors.Is(err, path.ErrRelayEnded):
