@@ -262,9 +262,15 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 			t.Errorf("the goroutine left is not the key's:\n%s", goroutineStacks())
 		}
 		close(release)
-		// The generation itself takes its time; Run's is gone already.
-		for deadline := time.Now().Add(time.Minute); runtime.NumGoroutine() > base && time.Now().Before(deadline); {
+		// The generation itself takes its time (a 4096-bit key, seconds
+		// under -race on a loaded machine); Run's is gone already. Wait
+		// for that goroutine itself, not a count: another test's goroutine
+		// ending meanwhile would hide it, and the next test would see it.
+		for deadline := time.Now().Add(2 * time.Minute); blockedIn("pipe.startGenerating.func") && time.Now().Before(deadline); {
 			time.Sleep(10 * time.Millisecond)
+		}
+		if blockedIn("pipe.startGenerating.func") {
+			t.Fatalf("the key's generation did not end within 2 minutes:\n%s", goroutineStacks())
 		}
 		checkGoroutines(t, base)
 	})
