@@ -210,9 +210,9 @@ func (pl *plan) attempt(n int, m rendezvous.Match) *attempt {
 			RelayToken: m.RelayToken,
 			// Open our NAT with low-TTL probes first, so that a router
 			// of either side that lets an early probe claim a port (a
-			// port clash) is not claimed: in every attempt where a NAT is
-			// in the way (where none is, the hold costs a round of
-			// probes 60 ms), and after a first attempt that found nothing.
+			// port clash) is not claimed: in the first attempt when a NAT
+			// is in the way (without one, holding the full probes back
+			// 60 ms would buy nothing), and in every later attempt.
 			LowTTLFirst: cfg.Relay != RelayOnly && (n > 0 || pl.behindNAT(m)),
 		},
 	}

@@ -136,3 +136,46 @@ func TestRelayFirstAlike(t *testing.T) {
 		}
 	}
 }
+
+// TestLowTTLFirst: the low-TTL first round is sent in the first attempt
+// only when a NAT rewrote a side's address (the server saw it at an
+// address that is not among its own), in every later attempt, and never
+// with --relay only.
+func TestLowTTLFirst(t *testing.T) {
+	offered := []netip.AddrPort{netip.MustParseAddrPort("10.0.0.1:4000")}
+	peerOwn := []netip.AddrPort{netip.MustParseAddrPort("10.0.0.2:1000")}
+	natted := rendezvous.Match{
+		Observed:       netip.MustParseAddrPort("198.51.100.7:4000"), // a NAT that kept the port
+		PeerObserved:   netip.MustParseAddrPort("192.0.2.1:1000"),
+		PeerCandidates: peerOwn,
+	}
+	public := rendezvous.Match{
+		Observed:       offered[0],
+		PeerObserved:   peerOwn[0],
+		PeerCandidates: peerOwn,
+	}
+	peerNatted := public
+	peerNatted.PeerObserved = netip.MustParseAddrPort("192.0.2.1:1000")
+	for _, tc := range []struct {
+		name  string
+		relay RelayMode
+		match rendezvous.Match
+		want  []bool // by attempt
+	}{
+		{"both behind NATs", RelayAuto, natted, []bool{true, true}},
+		{"only the peer behind one", RelayAuto, peerNatted, []bool{true, true}},
+		{"no NAT", RelayAuto, public, []bool{false, true}},
+		{"relay only", RelayOnly, natted, []bool{false}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			pl := newPlan(&Config{Name: "alice", Peer: "bob", Relay: tc.relay})
+			pl.ours.offered = offered
+			pl.connectBy = time.Now().Add(15 * time.Second)
+			for n, w := range tc.want {
+				if got := pl.attempt(n, tc.match).opts.LowTTLFirst; got != w {
+					t.Errorf("attempt %d: LowTTLFirst %v, want %v", n+1, got, w)
+				}
+			}
+		})
+	}
+}
