@@ -188,6 +188,7 @@ func (c *Conn) recvPlain(buf []byte) (int, netip.AddrPort, error) {
 			// that spins on it.
 			switch {
 			case icmpError(err):
+				c.readErrQueue()
 				continue
 			case errors.Is(err, syscall.ENOSYS):
 				r.off = true
