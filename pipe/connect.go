@@ -67,7 +67,16 @@ const (
 	// port clash (the NAT lab's "clash" router) silences both sides, who
 	// see alike and meet again at once instead of at attemptTimeout.
 	unheardTimeout = 800 * time.Millisecond
-	answerGrace    = time.Second // more for a responder that answered, before it moves on
+	// refusedGrace: an attempt that has heard nothing and got ICMP port
+	// unreachable about a datagram to a peer candidate (path.Conn.Refused:
+	// a clash router took our probe for itself, so this socket pair is
+	// spoilt) is over this long after the first such ICMP, instead of at
+	// unheardTimeout; the grace lets a LAN candidate's probes in (a router
+	// answers probes to its own public address with the same ICMP).
+	// refusedCheck: how often the handshake looks (a run of it ends there).
+	refusedGrace = 100 * time.Millisecond
+	refusedCheck = 50 * time.Millisecond
+	answerGrace  = time.Second // more for a responder that answered, before it moves on
 	// relayAfter: in the last attempt, the relay carries copies of the
 	// handshake from this long on, so a direct path still wins when both
 	// work (its probes cross in a round trip); one found later still
@@ -367,6 +376,7 @@ func (a *attempt) handshake(ctx context.Context, hs *secure.Handshaker) (*secure
 	if !a.last && a.relayAt.IsZero() && !a.birthdayPunching {
 		unheard = start.Add(unheardTimeout)
 	}
+	var refusedAt time.Time // when Refused was first seen closed
 	for {
 		until := deadline
 		if !wake.IsZero() {
@@ -375,9 +385,23 @@ func (a *attempt) handshake(ctx context.Context, hs *secure.Handshaker) (*secure
 		if !unheard.IsZero() && unheard.Before(until) {
 			until = unheard
 		}
+		if !unheard.IsZero() {
+			until = earlier(until, time.Now().Add(refusedCheck))
+		}
 		sconn, err := hs.Run(ctx, a.link, until)
 		if err == nil {
 			return sconn, time.Since(start), nil
+		}
+		if !unheard.IsZero() && errors.Is(err, secure.ErrAttemptTimeout) && time.Now().Before(unheard) {
+			if !a.link.Stats().LastHeard.IsZero() {
+				unheard = time.Time{} // heard: the attempt goes on as before
+				continue
+			}
+			if a.refusedLongEnough(&refusedAt) {
+				a.cfg.Logger.Debug("punch attempt: nothing heard from the peer, ICMP port unreachable from its address", "attempt", a.n, "after", time.Since(start).Round(time.Millisecond).String())
+				return nil, 0, err
+			}
+			continue
 		}
 		if !unheard.IsZero() && errors.Is(err, secure.ErrAttemptTimeout) && !time.Now().Before(unheard) {
 			if a.link.Stats().LastHeard.IsZero() {
@@ -405,6 +429,21 @@ func (a *attempt) handshake(ctx context.Context, hs *secure.Handshaker) (*secure
 		}
 		return nil, 0, err
 	}
+}
+
+// refusedLongEnough reports whether the attempt got ICMP port unreachable
+// about a datagram to one of the peer's candidates at least refusedGrace
+// ago (first seen at *seen, set here).
+func (a *attempt) refusedLongEnough(seen *time.Time) bool {
+	if seen.IsZero() {
+		select {
+		case <-a.link.Refused():
+			*seen = time.Now()
+		default:
+			return false
+		}
+	}
+	return time.Since(*seen) >= refusedGrace
 }
 
 // end closes the attempt's path and returns what it saw: its counters,
