@@ -24,3 +24,7 @@ func (c *Conn) noteRefused(to netip.AddrPort) {
 // Refused is closed at the first ICMP port unreachable about a datagram
 // sent to one of the peer's candidates (Linux; elsewhere never).
 func (c *Conn) Refused() <-chan struct{} { return c.refusedC }
+
+// SeesICMP reports whether the socket reports ICMP errors (Refused can
+// fire): Linux, where IP_RECVERR could be set.
+func (c *Conn) SeesICMP() bool { return c.recvErr }

@@ -12,12 +12,9 @@ package path
 // error once as ECONNREFUSED; the receive loops then drain the queue here.
 
 import (
-	"net/netip"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/p2pcat/p2pcat/internal/udpio"
 )
 
 const (
@@ -88,15 +85,4 @@ func portUnreachable(oob []byte) bool {
 		}
 	}
 	return false
-}
-
-// sockaddrAddrPort converts the kernel's address, IPv4 unmapped.
-func sockaddrAddrPort(sa unix.Sockaddr) netip.AddrPort {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
-	case *unix.SockaddrInet6:
-		return udpio.Unmap(netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port)))
-	}
-	return netip.AddrPort{}
 }

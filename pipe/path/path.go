@@ -43,6 +43,8 @@ type Conn struct {
 	peer       netip.AddrPort   // confirmed address; invalid until Confirm
 	confirmedC chan struct{}    // closed at the first Confirm
 	refusedC   chan struct{}    // closed at the first ICMP port unreachable naming a candidate (Refused)
+	movedOnC   chan struct{}    // closed when the peer's moved-on notice came through the relay (MovedOn)
+	movedOn    sync.Once
 	recvErr    bool             // the socket queues ICMP errors (IP_RECVERR), set by New
 	stats      Stats
 
@@ -180,6 +182,7 @@ func New(sock Socket, server netip.AddrPort, pairingID [16]byte, candidates []ne
 		sock: sock, server: udpio.Unmap(server), pairingID: pairingID, log: log,
 		confirmedC: make(chan struct{}),
 		refusedC:   make(chan struct{}),
+		movedOnC:   make(chan struct{}),
 		punchDone:  make(chan struct{}),
 		known:      make(map[netip.AddrPort]*ampBudget),
 	}
