@@ -45,7 +45,7 @@ type Conn struct {
 	refusedC   chan struct{}    // closed at the first ICMP port unreachable naming a candidate (Refused)
 	movedOnC   chan struct{}    // closed when the peer's moved-on notice came through the relay (MovedOn)
 	movedOn    sync.Once
-	recvErr    bool             // the socket queues ICMP errors (IP_RECVERR), set by New
+	recvErr    bool // the socket queues ICMP errors (IP_RECVERR), set by New
 	stats      Stats
 
 	// The relay (see the package comment).
