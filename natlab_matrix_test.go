@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,6 +52,7 @@ var natExpectations = []natCase{
 	// margins, on a loaded machine): these rows run timingRuns times and
 	// pass with 9 in 10 direct, as the birthday rows below.
 	{a: "cone", b: "clash", want: wantDirect, goal: wantDirect, runs: timingRuns},
+	{a: "clash", b: "cone", want: wantDirect, goal: wantDirect, runs: timingRuns},
 	{a: "clash", b: "clash", want: wantDirectOrRelay, goal: wantDirect},
 	// With an ISP hop past each NAT, as on real paths, the low-TTL first
 	// probes (path.Options.LowTTLFirst, in the first attempt when a NAT is
@@ -269,6 +271,7 @@ func runNATCase(t *testing.T, script, prefix string, c natCase, delay time.Durat
 	bob := lab.client("b", strings.NewReader(reply), extra...)
 	ca, cb := alice.wait(ctx), bob.wait(ctx)
 	row.fill(begin, alice, bob)
+	keepLabLogs(t, prefix, alice, bob)
 	fail := func(short string) {
 		t.Helper()
 		row.outcome = "FAILED: " + short
@@ -318,4 +321,18 @@ func checkNoPath(c natCase, ca, cb int, alice, bob *proc) string {
 		}
 	}
 	return ""
+}
+
+// keepLabLogs writes both clients' logs to P2PCAT_NATLAB_LOGS/PREFIX-{a,b}.log
+// when that directory is set, to look into a slow run that passed.
+func keepLabLogs(t *testing.T, prefix string, alice, bob *proc) {
+	dir := os.Getenv("P2PCAT_NATLAB_LOGS")
+	if dir == "" {
+		return
+	}
+	for side, p := range map[string]*proc{"a": alice, "b": bob} {
+		if err := os.WriteFile(filepath.Join(dir, prefix+"-"+side+".log"), []byte(p.Stderr()), 0o644); err != nil {
+			t.Errorf("P2PCAT_NATLAB_LOGS: %v", err)
+		}
+	}
 }

@@ -67,7 +67,14 @@ const (
 	// port clash (the NAT lab's "clash" router) silences both sides, who
 	// see alike and meet again at once instead of at attemptTimeout.
 	unheardTimeout = 800 * time.Millisecond
-	answerGrace    = time.Second // more for a responder that answered, before it moves on
+	// refusedGrace: an attempt that has heard nothing and got ICMP port
+	// unreachable about a datagram to a peer candidate (path.Conn.Refused:
+	// a clash router took our probe for itself, so this socket pair is
+	// spoilt) is over this long after the first such ICMP, instead of at
+	// unheardTimeout; the grace lets a LAN candidate's probes in (a router
+	// answers probes to its own public address with the same ICMP).
+	refusedGrace = 100 * time.Millisecond
+	answerGrace  = time.Second // more for a responder that answered, before it moves on
 	// relayAfter: in the last attempt, the relay carries copies of the
 	// handshake from this long on, so a direct path still wins when both
 	// work (its probes cross in a round trip); one found later still
@@ -114,13 +121,20 @@ func (cfg *Config) connect(ctx context.Context, keys <-chan keyResult) (_ *secur
 			return nil, nil, 0, err
 		}
 		if hs == nil {
-			if hs, err = cfg.newHandshaker(ctx, keys); err != nil {
-				a.link.Close()
+			// An attempt over for silence before the key came ends here
+			// (ErrAttemptTimeout); the next one waits for the key again.
+			if hs, err = a.awaitKey(ctx, keys, cfg.newHandshaker); err != nil && !errors.Is(err, secure.ErrAttemptTimeout) {
+				a.end()
 				return nil, nil, 0, err
 			}
 		}
-		sconn, took, err := a.handshake(ctx, hs)
+		var sconn *secure.Conn
+		var took time.Duration
+		if hs != nil {
+			sconn, took, err = a.handshake(ctx, hs)
+		}
 		if err == nil {
+			a.stopWatch()
 			return sconn, a.link, took, nil
 		}
 		if err := pl.failed(ctx, a, err); err != nil {
@@ -146,6 +160,9 @@ type plan struct {
 	lastHeard time.Time // the peer's last datagram in any attempt (path.Stats.LastHeard)
 	ours      ourSide   // what the current attempt's Find offered, and our mapping
 	lastErr   error     // why the last attempt found no path
+	// refused: the last attempt got ICMP port unreachable from a peer
+	// candidate, on a socket that sees ICMP errors (seesICMP).
+	refused, seesICMP bool
 }
 
 func newPlan(cfg *Config) *plan {
@@ -181,6 +198,7 @@ func (pl *plan) start(ctx context.Context, n int) (*attempt, error) {
 	a := pl.attempt(n, match)
 	udp = a.birthday(ctx, udp) // birthday.go: the spray's options, or the socket that met the peer
 	a.punch(udp)
+	a.watchSilence()
 	return a, nil
 }
 
@@ -191,12 +209,12 @@ func (pl *plan) attempt(n int, m rendezvous.Match) *attempt {
 	cfg := pl.cfg
 	last := cfg.PeerAddr.IsValid() || cfg.Relay == RelayOnly || n+1 >= pl.attempts || time.Until(pl.connectBy) < 2*attemptTimeout
 	var probeDelay time.Duration
-	if staggered(n, cfg.Name < cfg.Peer) {
+	if pl.holdsBack(n) {
 		probeDelay = staggerDelay
 	}
 	var relayDelay time.Duration // 0: no relayed copies before a path is confirmed
 	switch {
-	case last:
+	case last || n > 0 && m.Relay && cfg.Relay == RelayAuto:
 		relayDelay = relayAfter
 	case pl.relayFirst(n, m):
 		relayDelay = relayFirstAfter
@@ -267,6 +285,21 @@ func portsOf(addrs []netip.AddrPort) []uint16 {
 	return ports
 }
 
+// holdsBack reports whether this side holds back its first packets in
+// attempt n. In the second, when this side can see ICMP errors, the first
+// attempt's ICMP decides: the side that got port unreachable from the
+// peer's address holds back, as its probes reached the peer's router
+// before the peer had sent anything there (where such a router takes the
+// probe for itself, the peer's own packets then clash: conntrack's port
+// clash), and the other side sends first. Otherwise, and in later
+// attempts, staggered alternates.
+func (pl *plan) holdsBack(n int) bool {
+	if n == 1 && pl.seesICMP {
+		return pl.refused
+	}
+	return staggered(n, pl.cfg.Name < pl.cfg.Peer)
+}
+
 // staggered reports whether this side holds back its first packets in
 // the given attempt: nobody in the first, then the side whose name sorts
 // first, then the other, alternating.
@@ -278,10 +311,14 @@ func staggered(attempt int, nameFirst bool) bool {
 // error that ends the connect step, or nil when another attempt follows.
 func (pl *plan) failed(ctx context.Context, a *attempt, err error) error {
 	cfg := pl.cfg
+	if !a.last && errors.Is(err, secure.ErrAttemptTimeout) && ctx.Err() == nil {
+		a.link.SendMovedOn() // the peer's attempt ends too (path/movedon.go)
+	}
 	st, confirmed := a.end()
 	if !st.LastHeard.IsZero() {
 		pl.lastHeard = st.LastHeard
 	}
+	pl.refused, pl.seesICMP = st.PortUnreachable > 0 && a.refusalCounts(), a.link.SeesICMP()
 	switch {
 	case errors.Is(err, secure.ErrAuth):
 		return err
@@ -334,6 +371,11 @@ type attempt struct {
 	// birthdayPunching: the attempt punches the birthday way (birthday.go), whose
 	// first packets from the peer may take most of a second to come.
 	birthdayPunching bool
+	// unheard is closed when the attempt is over for silence (watchSilence,
+	// silence.go); nil when it does not end that way. stopWatch ends the
+	// watch (any number of times).
+	unheard   <-chan struct{}
+	stopWatch func()
 }
 
 // punch starts the attempt's path over udp. Probing starts now, before the
@@ -363,28 +405,27 @@ func (a *attempt) handshake(ctx context.Context, hs *secure.Handshaker) (*secure
 	if !wake.After(start) || !wake.Before(deadline) {
 		wake = time.Time{}
 	}
-	var unheard time.Time // when an attempt that heard nothing is over
-	if !a.last && a.relayAt.IsZero() && !a.birthdayPunching {
-		unheard = start.Add(unheardTimeout)
-	}
+	over := a.unheard // nil when the attempt does not end for silence
 	for {
 		until := deadline
 		if !wake.IsZero() {
 			until = wake
 		}
-		if !unheard.IsZero() && unheard.Before(until) {
-			until = unheard
+		if over != nil && isClosed(over) {
+			if isClosed(a.link.MovedOn()) {
+				return nil, 0, fmt.Errorf("%w: the peer moved on to another attempt", secure.ErrAttemptTimeout)
+			}
+			if a.link.Stats().LastHeard.IsZero() {
+				return nil, 0, fmt.Errorf("%w: nothing heard from the peer", secure.ErrAttemptTimeout)
+			}
+			a.stopWatch() // heard at the last moment: the attempt goes on
+			over = nil
 		}
 		sconn, err := hs.Run(ctx, a.link, until)
 		if err == nil {
 			return sconn, time.Since(start), nil
 		}
-		if !unheard.IsZero() && errors.Is(err, secure.ErrAttemptTimeout) && !time.Now().Before(unheard) {
-			if a.link.Stats().LastHeard.IsZero() {
-				a.cfg.Logger.Debug("punch attempt: nothing heard from the peer", "attempt", a.n, "after", time.Since(start).Round(time.Millisecond).String())
-				return nil, 0, err
-			}
-			unheard = time.Time{}
+		if over != nil && isClosed(over) {
 			continue
 		}
 		if !wake.IsZero() && errors.Is(err, secure.ErrAttemptTimeout) && !time.Now().Before(wake) {
@@ -410,6 +451,7 @@ func (a *attempt) handshake(ctx context.Context, hs *secure.Handshaker) (*secure
 // end closes the attempt's path and returns what it saw: its counters,
 // and whether a packet of the peer's authenticated over it.
 func (a *attempt) end() (st path.Stats, confirmed bool) {
+	a.stopWatch()
 	confirmed = isClosed(a.link.Confirmed())
 	st = a.link.Stats()
 	a.link.Close()
@@ -426,18 +468,26 @@ func (a *attempt) noPath(st path.Stats) error {
 		len(a.candidates), a.n+1, arrived, a.cfg.relayNote(a.match))
 }
 
-// newHandshaker waits for the session's RSA key, or for ctx, and starts
-// the run's one handshake.
-func (cfg *Config) newHandshaker(ctx context.Context, keys <-chan keyResult) (*secure.Handshaker, error) {
-	var kr keyResult
+// awaitKey waits for the session's RSA key, or for ctx, and starts the
+// run's one handshake with it (start); an attempt that is over for silence
+// first (silence.go) ends with ErrAttemptTimeout and no handshake, and the
+// next attempt waits for the key again.
+func (a *attempt) awaitKey(ctx context.Context, keys <-chan keyResult, start func(keyResult) (*secure.Handshaker, error)) (*secure.Handshaker, error) {
 	select {
-	case kr = <-keys:
+	case kr := <-keys:
+		if kr.err != nil {
+			return nil, fmt.Errorf("generating the RSA key: %w", kr.err)
+		}
+		return start(kr)
 	case <-ctx.Done():
 		return nil, ErrInterrupted
+	case <-a.unheard: // never when nil
+		return nil, fmt.Errorf("%w: nothing heard from the peer while the RSA key was generated", secure.ErrAttemptTimeout)
 	}
-	if kr.err != nil {
-		return nil, fmt.Errorf("generating the RSA key: %w", kr.err)
-	}
+}
+
+// newHandshaker starts the run's one handshake with the session's RSA key.
+func (cfg *Config) newHandshaker(kr keyResult) (*secure.Handshaker, error) {
 	p := secure.Params{
 		Role:    secure.RoleFor(cfg.Name, cfg.Peer),
 		Session: cfg.Session, LocalName: cfg.Name, PeerName: cfg.Peer,

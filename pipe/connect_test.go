@@ -44,22 +44,22 @@ func TestPlanAttempts(t *testing.T) {
 	}{
 		{"auto, alice", Config{Name: "alice", Peer: "bob", Relay: RelayAuto}, match, 15 * time.Second, []want{
 			{false, 0, true, 0, false, 2},
-			{false, staggerDelay, true, 0, false, 2},
+			{false, staggerDelay, true, relayAfter, false, 2},
 			{true, 0, true, relayAfter, false, 2},
 		}},
 		{"auto, bob", Config{Name: "bob", Peer: "alice", Relay: RelayAuto}, match, 15 * time.Second, []want{
 			{false, 0, true, 0, false, 2},
-			{false, 0, true, 0, false, 2},
+			{false, 0, true, relayAfter, false, 2},
 			{true, staggerDelay, true, relayAfter, false, 2},
 		}},
 		{"auto, the peer's NAT moved its port", Config{Name: "alice", Peer: "bob", Relay: RelayAuto}, peerMoved, 15 * time.Second, []want{
 			{false, 0, true, relayFirstAfter, false, 2},
-			{false, staggerDelay, true, 0, false, 2},
+			{false, staggerDelay, true, relayAfter, false, 2},
 			{true, 0, true, relayAfter, false, 2},
 		}},
 		{"auto, our NAT moved our port", Config{Name: "bob", Peer: "alice", Relay: RelayAuto}, weMoved, 15 * time.Second, []want{
 			{false, 0, true, relayFirstAfter, false, 2},
-			{false, 0, true, 0, false, 2},
+			{false, 0, true, relayAfter, false, 2},
 			{true, staggerDelay, true, relayAfter, false, 2},
 		}},
 		{"never, a NAT moved a port", Config{Name: "alice", Peer: "bob", Relay: RelayNever}, peerMoved, 15 * time.Second, []want{
@@ -177,5 +177,34 @@ func TestLowTTLFirst(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestHoldsBackAfterICMP: in the second attempt, a side that sees ICMP
+// errors holds back exactly when its first attempt got port unreachable
+// from the peer's address (its probes reached the peer's router first),
+// whatever its name; later attempts, and a side that cannot see ICMP,
+// alternate by name.
+func TestHoldsBackAfterICMP(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		seesICMP, refused bool
+		want              [3]bool // attempts 1, 2, 3
+	}{
+		{"alice", false, false, [3]bool{false, true, false}},
+		{"bob", false, false, [3]bool{false, false, true}},
+		{"alice", true, false, [3]bool{false, false, false}},
+		{"bob", true, false, [3]bool{false, false, true}},
+		{"alice", true, true, [3]bool{false, true, false}},
+		{"bob", true, true, [3]bool{false, true, true}},
+	} {
+		peer := map[string]string{"alice": "bob", "bob": "alice"}[tc.name]
+		pl := newPlan(&Config{Name: tc.name, Peer: peer, Relay: RelayAuto})
+		pl.seesICMP, pl.refused = tc.seesICMP, tc.refused
+		for n, w := range tc.want {
+			if got := pl.holdsBack(n); got != w {
+				t.Errorf("%s, sees ICMP %v, refused %v: attempt %d holds back %v, want %v", tc.name, tc.seesICMP, tc.refused, n+1, got, w)
+			}
+		}
 	}
 }

@@ -134,7 +134,7 @@ func (c *Conn) sendPlainLocked(bufs [][]byte, peer netip.AddrPort) error {
 // socket, or ENOSYS.
 func (c *Conn) writeBatchLocked(msgs []ipv4.Message) (int, error) {
 	s := &c.plainOut
-	sent := 0
+	sent, retried := 0, -1
 	for sent < len(msgs) {
 		n, err := s.conn.WriteBatch(msgs[sent:], 0)
 		s.calls++
@@ -143,6 +143,11 @@ func (c *Conn) writeBatchLocked(msgs []ipv4.Message) (int, error) {
 			sent += max(n, 1) // sendmmsg sends at least one or fails; never spin
 		case errors.Is(err, net.ErrClosed), errors.Is(err, syscall.ENOSYS):
 			return sent, err
+		case icmpError(err) && retried != sent:
+			// An ICMP error about an earlier datagram, as in write: read
+			// it and send this one again (once).
+			c.readErrQueue()
+			retried = sent
 		default:
 			// sendmmsg fails only on the first datagram of a call (a later
 			// failure ends the call early, and the next call starts with
@@ -188,6 +193,7 @@ func (c *Conn) recvPlain(buf []byte) (int, netip.AddrPort, error) {
 			// that spins on it.
 			switch {
 			case icmpError(err):
+				c.readErrQueue()
 				continue
 			case errors.Is(err, syscall.ENOSYS):
 				r.off = true

@@ -27,5 +27,9 @@ func (c *Conn) writeLowTTL(b []byte, to netip.AddrPort) bool {
 	h.SetLen(unix.CmsgLen(4))
 	binary.NativeEndian.PutUint32(oob[unix.CmsgLen(0):], lowTTL)
 	_, _, err := c.udp.WriteMsgUDPAddrPort(b, oob, to)
+	if err != nil && icmpError(err) { // about an earlier datagram, as in write
+		c.readErrQueue()
+		_, _, err = c.udp.WriteMsgUDPAddrPort(b, oob, to)
+	}
 	return err == nil
 }

@@ -24,6 +24,9 @@ type Stats struct {
 	// none did. It is not authenticated: only a diagnosis uses it (did the
 	// peer fall silent, or was it never reachable?).
 	LastHeard time.Time
+	// PortUnreachable counts ICMP port unreachable errors about datagrams
+	// sent to a candidate (Linux, icmp_linux.go).
+	PortUnreachable uint64
 }
 
 // Conn is the punched path to one peer. It implements the secure layer's
@@ -39,6 +42,10 @@ type Conn struct {
 	candidates []netip.AddrPort // probed until confirmed
 	peer       netip.AddrPort   // confirmed address; invalid until Confirm
 	confirmedC chan struct{}    // closed at the first Confirm
+	refusedC   chan struct{}    // closed at the first ICMP port unreachable naming a candidate (Refused)
+	movedOnC   chan struct{}    // closed when the peer's moved-on notice came through the relay (MovedOn)
+	movedOn    sync.Once
+	recvErr    bool // the socket queues ICMP errors (IP_RECVERR), set by New
 	stats      Stats
 
 	// The relay (see the package comment).
@@ -174,6 +181,8 @@ func New(sock Socket, server netip.AddrPort, pairingID [16]byte, candidates []ne
 	c := &Conn{
 		sock: sock, server: udpio.Unmap(server), pairingID: pairingID, log: log,
 		confirmedC: make(chan struct{}),
+		refusedC:   make(chan struct{}),
+		movedOnC:   make(chan struct{}),
 		punchDone:  make(chan struct{}),
 		known:      make(map[netip.AddrPort]*ampBudget),
 	}
@@ -210,6 +219,7 @@ func (c *Conn) useKernel(udp *net.UDPConn, opt Options) {
 	// whole should be lost, so that path MTU probing above (pipe/stream)
 	// learns the truth; fragments would also multiply the loss rate.
 	setDontFragment(udp)
+	c.enableRecvErr()
 	if !opt.NoOffload {
 		c.gso = gsoSupported(udp)
 		c.gro = enableGRO(udp)

@@ -26,6 +26,7 @@ func (c *Conn) recvEach(buf []byte) (int, netip.AddrPort, error) {
 			// Any error but an ICMP report ends Recv, rather than a loop
 			// that spins on it.
 			if icmpError(err) {
+				c.readErrQueue()
 				continue
 			}
 			return 0, netip.AddrPort{}, err
@@ -106,6 +107,7 @@ func (c *Conn) recvGRO(buf []byte) (int, netip.AddrPort, error) {
 		n, oobn, _, from, err := c.udp.ReadMsgUDPAddrPort(rb, c.oobIn)
 		if err != nil {
 			if icmpError(err) {
+				c.readErrQueue()
 				continue
 			}
 			return 0, netip.AddrPort{}, err

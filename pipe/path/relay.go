@@ -85,6 +85,10 @@ func (c *Conn) fromServer(p []byte) ([]byte, error) {
 		if len(payload) == 0 {
 			return nil, nil // the echo of our relay keepalive, or a bind's answer
 		}
+		if payload[0] == ProbeType {
+			c.noteMovedOn(payload) // movedon.go; never for the secure layer
+			return nil, nil
+		}
 		c.heard()
 		return payload, nil
 	}

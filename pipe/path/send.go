@@ -41,6 +41,12 @@ func (c *Conn) write(b []byte, to netip.AddrPort) error {
 		return nil
 	}
 	_, err := c.sock.WriteToUDPAddrPort(b, to)
+	if err != nil && icmpError(err) {
+		// An ICMP error about an earlier datagram (IP_RECVERR reports it
+		// at the next send): read it, and send this one again.
+		c.readErrQueue()
+		_, err = c.sock.WriteToUDPAddrPort(b, to)
+	}
 	return err
 }
 
@@ -138,6 +144,10 @@ func (c *Conn) sendRunLocked(run [][]byte, size int, peer netip.AddrPort) error 
 		}
 	}
 	_, _, err := c.udp.WriteMsgUDPAddrPort(b, gsoControl(c.oobOut, size), peer)
+	if err != nil && icmpError(err) { // about an earlier datagram, as in write
+		c.readErrQueue()
+		_, _, err = c.udp.WriteMsgUDPAddrPort(b, gsoControl(c.oobOut, size), peer)
+	}
 	if err == nil || errors.Is(err, net.ErrClosed) {
 		return err
 	}
