@@ -19,7 +19,7 @@ import (
 // exactly their size, made of two distinct primes as the rules say, and
 // work with the standard library's OAEP.
 func TestGenerateKey(t *testing.T) {
-	sizes := []int{2048, 3072, 4096}
+	sizes := []int{2048, 3072, 4096, 2049} // an odd size: p a bit longer than q
 	if testing.Short() {
 		sizes = sizes[:1]
 	}
@@ -74,6 +74,45 @@ func checkPrimeRules(t *testing.T, p *big.Int, bits int) {
 	}
 	if !p.ProbablyPrime(20) {
 		t.Errorf("%v is not prime", p)
+	}
+}
+
+// TestPrimePairOffer: a prime goes to an empty slot of its size, and not
+// when it is too close to the other.
+func TestPrimePairOffer(t *testing.T) {
+	pp := &primePair{bits: [2]int{1025, 1024}, minDiffBits: 1024/2 - 100}
+	q := new(big.Int).Lsh(bigOne, 1023)
+	pp.offer(q)
+	if pp.found[1] != q || pp.found[0] != nil {
+		t.Fatalf("a 1024-bit prime went to %v", pp.found)
+	}
+	if bits, ok := pp.wanted(1); !ok || bits != 1025 {
+		t.Fatalf("wanted(1) = %d, %v; want the 1025 bits of p", bits, ok)
+	}
+	pp.offer(new(big.Int).Add(q, bigTwo)) // no empty slot of its size
+	if pp.found[0] != nil {
+		t.Fatal("a 1024-bit prime went to p's slot")
+	}
+	p := new(big.Int).Lsh(bigOne, 1024)
+	pp.offer(p)
+	if pp.found[0] != p {
+		t.Fatal("p was not taken")
+	}
+	if _, ok := pp.wanted(0); ok {
+		t.Fatal("a complete pair wants more")
+	}
+
+	pp = &primePair{bits: [2]int{1024, 1024}, minDiffBits: 1024/2 - 100}
+	pp.offer(q)
+	near := new(big.Int).Add(q, new(big.Int).Lsh(bigOne, 1024/2-101))
+	pp.offer(near)
+	if pp.found[1] != nil {
+		t.Fatal("a prime within 2^(bits/2−100) of the other was taken")
+	}
+	far := new(big.Int).Add(q, new(big.Int).Lsh(bigOne, 1024/2-99))
+	pp.offer(far)
+	if pp.found[1] != far {
+		t.Fatal("a prime far enough from the other was not taken")
 	}
 }
 
