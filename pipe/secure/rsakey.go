@@ -47,6 +47,7 @@ import (
 	"fmt"
 	"math/big"
 	"math/bits"
+	"runtime"
 	"sync"
 )
 
@@ -233,6 +234,10 @@ func randomPrime(ctx context.Context, bits int) (*big.Int, error) {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
+			// The session's other goroutines (the rendezvous, punching)
+			// run between two exponentiations: with both searches on the
+			// process's Ps they would wait for a preemption, up to 10 ms.
+			runtime.Gosched()
 			ok, err := probablyPrime(c, rounds)
 			if err != nil {
 				return nil, err
