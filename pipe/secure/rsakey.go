@@ -19,19 +19,19 @@ package secure
 //   - Almost all of it is the one exponentiation that rejects each
 //     composite candidate. A sieve by the odd primes below sieveBound
 //     leaves only the candidates without a small factor (about 1 in 10 of
-//     the odd numbers), so a 1024-bit prime costs some 36 exponentiations
-//     instead of 355.
+//     the odd numbers), so a 1024-bit prime takes some 34 exponentiations
+//     on composites instead of about 355.
 //   - The candidates are the odd numbers from one random start upwards
 //     (incremental search, as OpenSSL before 3.0 did): the sieve is then
 //     a few additions per small prime for a whole window of candidates,
 //     where fresh random candidates pay a trial division by every small
 //     prime for each survivor. It does not weaken the key: the start is
-//     uniform, so the prime found is uniform among the primes of its size
-//     but weighted by the gap below it, which costs a few bits of the
-//     ~1000 bits of entropy of a 1024-bit prime (Brandt and Damgård, "On
-//     generation of probable primes by incremental search", CRYPTO '92);
-//     nothing about p's structure (no chosen residues, no shared start
-//     between p and q) follows from it.
+//     uniform, so each prime of the size can come out, with a chance in
+//     proportion to the gap below it instead of exactly uniform; that
+//     costs a few bits of the ~1000 bits of entropy of a 1024-bit prime
+//     (Brandt and Damgård, "On generation of probable primes by
+//     incremental search", CRYPTO '92), and gives p no structure (no
+//     chosen residues; p and q from independent starts).
 //   - p and q are searched at once, one goroutine each, and the first
 //     done joins the other's search: the wall time is less than that of
 //     the slower search, and far less than that of both.
@@ -67,13 +67,6 @@ func GenerateKey(ctx context.Context, bits int) (*rsa.PrivateKey, error) {
 	if err := CheckRSABits(bits); err != nil {
 		return nil, err
 	}
-	return generateKey(ctx, bits)
-}
-
-// generateKey is GenerateKey without the size policy: the package's tests
-// use smaller keys (Params.testOnlyRSABits); bits must be above 256, so
-// that no candidate is itself a small prime.
-func generateKey(ctx context.Context, bits int) (*rsa.PrivateKey, error) {
 	for {
 		p, q, err := searchPrimes(ctx, bits)
 		if err != nil {
@@ -116,7 +109,7 @@ func searchPrimes(parent context.Context, bits int) (p, q *big.Int, err error) {
 // primePair is what the two searches of searchPrimes share.
 type primePair struct {
 	bits        [2]int // of p and q
-	minDiffBits int    // |p−q| must have more bits
+	minDiffBits int    // |p−q| must be above 2^minDiffBits
 
 	mu    sync.Mutex
 	found [2]*big.Int
@@ -134,7 +127,7 @@ func (pp *primePair) search(ctx context.Context, cancel context.CancelFunc, slot
 		}
 		prime, err := randomPrime(ctx, bits)
 		if ctx.Err() != nil {
-			return // the pair is complete, or the caller gave up
+			return // the pair is complete, the other search failed, or the caller gave up
 		}
 		if err != nil {
 			pp.fail(err)
@@ -168,7 +161,7 @@ func (pp *primePair) offer(prime *big.Int) {
 		}
 		if other := pp.found[1-i]; other != nil {
 			diff := new(big.Int).Sub(prime, other)
-			if diff.Abs(diff).BitLen() <= pp.minDiffBits {
+			if diff.Abs(diff).Cmp(new(big.Int).Lsh(bigOne, uint(pp.minDiffBits))) <= 0 {
 				return
 			}
 		}

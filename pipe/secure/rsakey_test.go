@@ -40,7 +40,7 @@ func TestGenerateKey(t *testing.T) {
 		p, q := key.Primes[0], key.Primes[1]
 		checkPrimeRules(t, p, bits-bits/2)
 		checkPrimeRules(t, q, bits/2)
-		if diff := new(big.Int).Sub(p, q); diff.Abs(diff).BitLen() <= bits/2-100 {
+		if diff := new(big.Int).Sub(p, q); diff.Abs(diff).Cmp(new(big.Int).Lsh(bigOne, uint(bits/2-100))) <= 0 {
 			t.Errorf("%d bits: |p−q| = %v, too small", bits, diff)
 		}
 		lambda := lcmMinusOne(p, q)
@@ -104,10 +104,11 @@ func TestPrimePairOffer(t *testing.T) {
 
 	pp = &primePair{bits: [2]int{1024, 1024}, minDiffBits: 1024/2 - 100}
 	pp.offer(q)
-	near := new(big.Int).Add(q, new(big.Int).Lsh(bigOne, 1024/2-101))
-	pp.offer(near)
-	if pp.found[1] != nil {
-		t.Fatal("a prime within 2^(bits/2−100) of the other was taken")
+	for _, shift := range []uint{1024/2 - 101, 1024/2 - 100} {
+		pp.offer(new(big.Int).Add(q, new(big.Int).Lsh(bigOne, shift)))
+		if pp.found[1] != nil {
+			t.Fatalf("a prime 2^%d from the other was taken", shift)
+		}
 	}
 	far := new(big.Int).Add(q, new(big.Int).Lsh(bigOne, 1024/2-99))
 	pp.offer(far)
