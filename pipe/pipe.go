@@ -67,7 +67,8 @@ type Config struct {
 	// with the password, so the peer must have it too.
 	SessionKey *rendezvous.SessionKey
 	// Key, when set, is an RSA key StartKey began earlier, which the
-	// session uses if it is of RSABits (else it generates its own).
+	// session uses if it is of RSABits (else it generates its own); Run
+	// stops a Key it took when it returns (Key.Stop).
 	Key *Key
 
 	Timeout        time.Duration // for the peer to show up (default 2 min)
