@@ -60,6 +60,7 @@ func runPipe(c *cli.Context) error {
 		return err
 	}
 	cfg, prog, stderr, verbose := st.cfg, st.prog, st.stderr, st.verbose
+	defer cfg.Key.Stop() // Run's job, unless we fail before it
 	closeChat, err := pipeTerminal(c, &cfg, stderr)
 	if err != nil {
 		return err
@@ -86,11 +87,18 @@ type setup struct {
 
 // setUp is the start runPipe and runListen share. The RSA key grows from
 // its first line on, while we look up the server's name, read the session
-// key and ask for the password; pipe.Run takes it. (An invalid size
-// starts nothing; pipeConfig says what is wrong.) withProgress asks for
-// the progress line (newProgress decides whether there is one).
-func setUp(c *cli.Context, withProgress bool) (*setup, error) {
+// key and ask for the password; pipe.Run takes it, and stops it when it
+// returns. (An invalid size starts nothing; pipeConfig says what is
+// wrong.) A setUp that fails stops the key, which nobody will take.
+// withProgress asks for the progress line (newProgress decides whether
+// there is one).
+func setUp(c *cli.Context, withProgress bool) (_ *setup, err error) {
 	key := pipe.StartKey(c.Int("rsa-bits"))
+	defer func() {
+		if err != nil {
+			key.Stop()
+		}
+	}()
 	cfg, err := pipeConfig(c)
 	if err != nil {
 		return nil, err

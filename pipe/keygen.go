@@ -1,7 +1,7 @@
 package pipe
 
 import (
-	"crypto/rand"
+	"context"
 	"crypto/rsa"
 
 	"github.com/p2pcat/p2pcat/pipe/secure"
@@ -10,55 +10,55 @@ import (
 // The session's ephemeral RSA key: its generation starts when Run starts
 // (or earlier, with StartKey) and runs beside the rendezvous; the
 // handshake takes the key when it needs it (newHandshaker, connect.go).
+// Run stops a generation it no longer needs when it returns, and waits
+// for it: the search checks for that before each of its exponentiations.
 
 type keyResult struct {
 	key *rsa.PrivateKey
 	err error
 }
 
+// Key is an RSA key being generated, for Config.Key: StartKey began it.
+type Key struct {
+	bits   int
+	result <-chan keyResult
+	cancel context.CancelFunc
+	done   <-chan struct{} // closed when the generation's goroutine returned
+}
+
 // generateKey starts generating the session's RSA key, so that it is ready
-// when the rendezvous answers and adds no latency, and returns where the
-// key will be. Generating cannot be cancelled, and nobody waits for it: a
-// Run that ends before the key is ready leaves the generation running, the
-// one goroutine of Run's that outlives it (besides a pending read or
-// write, Config.Stdin), and it ends when the key is done. A generation
-// that StartKey began for this key size (Config.Key) is taken instead of a
-// new one.
-func (cfg *Config) generateKey() <-chan keyResult {
+// when the rendezvous answers and adds no latency. A generation that
+// StartKey began for this key size (Config.Key) is taken instead of a new
+// one. The caller owns the generation: it stops it (Key.Stop) when done.
+func (cfg *Config) generateKey() *Key {
 	if gen := cfg.testOnlyGenerateKey; gen != nil {
 		return startGenerating(gen, cfg.RSABits)
 	}
 	if k := cfg.Key; k != nil && k.bits == cfg.RSABits {
 		cfg.Key = nil // one session, one key
-		return k.result
+		return k
 	}
-	return startGenerating(generateRSA, cfg.RSABits)
+	return startGenerating(secure.GenerateKey, cfg.RSABits)
 }
 
-func generateRSA(bits int) (*rsa.PrivateKey, error) { return rsa.GenerateKey(rand.Reader, bits) }
-
-// startGenerating runs gen on its own goroutine; the result is dropped
-// when nobody reads it.
-func startGenerating(gen func(bits int) (*rsa.PrivateKey, error), bits int) <-chan keyResult {
-	keys := make(chan keyResult, 1)
+// startGenerating runs gen on its own goroutine until it returns or the
+// Key is stopped.
+func startGenerating(gen func(ctx context.Context, bits int) (*rsa.PrivateKey, error), bits int) *Key {
+	ctx, cancel := context.WithCancel(context.Background())
+	result, done := make(chan keyResult, 1), make(chan struct{})
 	go func() {
-		k, err := gen(bits)
-		keys <- keyResult{k, err}
+		defer close(done)
+		k, err := gen(ctx, bits)
+		result <- keyResult{k, err}
 	}()
-	return keys
-}
-
-// Key is an RSA key whose generation StartKey began, for Config.Key.
-type Key struct {
-	bits   int
-	result <-chan keyResult
+	return &Key{bits: bits, result: result, cancel: cancel, done: done}
 }
 
 // StartKey starts generating an RSA key of bits (0 is DefaultRSABits), so
 // that it grows while the command asks for the password and reads its
 // files; Run takes it from Config.Key when Config.RSABits is the same
-// size. An invalid size starts nothing and returns nil. Like
-// generateKey's, the generation cannot be cancelled.
+// size, and stops it when it returns. An invalid size starts nothing and
+// returns nil.
 func StartKey(bits int) *Key {
 	if bits == 0 {
 		bits = DefaultRSABits
@@ -66,5 +66,17 @@ func StartKey(bits int) *Key {
 	if secure.CheckRSABits(bits) != nil {
 		return nil
 	}
-	return &Key{bits: bits, result: startGenerating(generateRSA, bits)}
+	return startGenerating(secure.GenerateKey, bits)
+}
+
+// Stop ends the generation if it still runs and returns once its
+// goroutine has: within one exponentiation of the prime search (a few
+// milliseconds). A key it made and nobody took is dropped; one a session
+// took is the session's. Stop may be called more than once, and on nil.
+func (k *Key) Stop() {
+	if k == nil {
+		return
+	}
+	k.cancel()
+	<-k.done
 }

@@ -3,7 +3,6 @@ package pipe
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"crypto/rsa"
 	"errors"
 	"fmt"
@@ -22,8 +21,7 @@ import (
 
 // exitGrace is how long a goroutine may take to disappear after it
 // signalled its end (wg.Done, a channel send): it is returning, not
-// blocked. A goroutine blocked in a read, or still generating a key,
-// outlasts it.
+// blocked. A goroutine blocked in a read outlasts it.
 const exitGrace = 200 * time.Millisecond
 
 // checkGoroutines fails tb unless the number of goroutines comes down to
@@ -240,39 +238,34 @@ func TestRunLeavesNoGoroutine(t *testing.T) {
 
 	t.Run("interrupted before the key is ready", func(t *testing.T) {
 		// Run does not wait for the key: it returns while the generation
-		// is held back, which is then the only goroutine left, and which
-		// ends once the key is done.
+		// is held back, and stops it on its way out, so nothing is left.
 		base := runtime.NumGoroutine()
 		alice, _ := directPair(t, "leak-key")
 		alice.RSABits = 4096
 		alice.Stdin, alice.Stdout = strings.NewReader(""), io.Discard
-		release := make(chan struct{})
-		alice.testOnlyGenerateKey = func(bits int) (*rsa.PrivateKey, error) {
-			<-release
-			return rsa.GenerateKey(rand.Reader, bits)
+		stopped := make(chan error, 1)
+		alice.testOnlyGenerateKey = func(ctx context.Context, bits int) (*rsa.PrivateKey, error) {
+			<-ctx.Done() // held until Run stops it
+			stopped <- ctx.Err()
+			return nil, ctx.Err()
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		if err := Run(ctx, alice); !errors.Is(err, ErrInterrupted) {
-			close(release)
 			t.Fatalf("Run = %v, want ErrInterrupted", err)
 		}
-		checkGoroutines(t, base+1)
-		if !blockedIn("pipe.startGenerating.func") {
-			t.Errorf("the goroutine left is not the key's:\n%s", goroutineStacks())
-		}
-		close(release)
-		// The generation itself takes its time (a 4096-bit key, seconds
-		// under -race on a loaded machine); Run's is gone already. Wait
-		// for that goroutine itself, not a count: another test's goroutine
-		// ending meanwhile would hide it, and the next test would see it.
-		for deadline := time.Now().Add(2 * time.Minute); blockedIn("pipe.startGenerating.func") && time.Now().Before(deadline); {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if blockedIn("pipe.startGenerating.func") {
-			t.Fatalf("the key's generation did not end within 2 minutes:\n%s", goroutineStacks())
+		select {
+		case err := <-stopped:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("the generation ended with %v", err)
+			}
+		default:
+			t.Error("Run returned before it stopped the key's generation")
 		}
 		checkGoroutines(t, base)
+		if blockedIn("pipe.startGenerating.func") {
+			t.Errorf("the key's generation outlived Run:\n%s", goroutineStacks())
+		}
 	})
 
 	t.Run("stdin without deadlines", func(t *testing.T) {

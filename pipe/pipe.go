@@ -67,7 +67,8 @@ type Config struct {
 	// with the password, so the peer must have it too.
 	SessionKey *rendezvous.SessionKey
 	// Key, when set, is an RSA key StartKey began earlier, which the
-	// session uses if it is of RSABits (else it generates its own).
+	// session uses if it is of RSABits (else it generates its own); Run
+	// stops a Key it took when it returns (Key.Stop).
 	Key *Key
 
 	Timeout        time.Duration // for the peer to show up (default 2 min)
@@ -128,9 +129,8 @@ type Config struct {
 	// the caller set is lost); what the call got is dropped. A call that
 	// nothing can interrupt (a blocking fd such as a terminal, whose
 	// SetReadDeadline fails with os.ErrNoDeadline; any other io.Reader;
-	// the chat) is left pending: its goroutine, which with the RSA key's
-	// generation (generateKey) is the only one of Run's that can outlive
-	// it, ends when the call returns, touching nothing else.
+	// the chat) is left pending: its goroutine, the only one of Run's that
+	// can outlive it, ends when the call returns, touching nothing else.
 	Stdin  io.Reader
 	Stdout io.Writer
 	// Chat, when set, replaces Stdin/Stdout with the interactive chat.
@@ -150,8 +150,8 @@ type Config struct {
 	// is connected (the soak test closes it: a peer that dies).
 	testOnlyConnected func(*path.Conn)
 	// testOnlyGenerateKey, if set, generates the RSA key instead of
-	// rsa.GenerateKey (the leak test holds it back).
-	testOnlyGenerateKey func(bits int) (*rsa.PrivateKey, error)
+	// secure.GenerateKey (the leak test holds it back).
+	testOnlyGenerateKey func(ctx context.Context, bits int) (*rsa.PrivateKey, error)
 }
 
 // RelayMode says when a session may use the server's relay.
@@ -215,8 +215,8 @@ func (c *Config) setDefaults() {
 // delivered and acknowledged both ways: find the peer, connect (punch,
 // handshake, relay fallback: connect.go), transfer. Every goroutine it
 // starts has ended when it returns, but for a read of Stdin or a write of
-// Stdout that nothing can interrupt (see Config.Stdin) and the RSA key's
-// generation when Run ended before the key was ready (generateKey).
+// Stdout that nothing can interrupt (see Config.Stdin); a key generation
+// it did not need (Config.Key, or its own) is stopped.
 func Run(ctx context.Context, cfg Config) error {
 	cfg.setDefaults()
 	if err := secure.CheckRSABits(cfg.RSABits); err != nil {
@@ -225,8 +225,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.checkListen(); err != nil {
 		return err
 	}
-	keys := cfg.generateKey() // while the rendezvous runs
-	sconn, link, took, err := cfg.connect(ctx, keys)
+	key := cfg.generateKey() // while the rendezvous runs
+	defer key.Stop()
+	sconn, link, took, err := cfg.connect(ctx, key.result)
 	if err != nil {
 		return err
 	}
