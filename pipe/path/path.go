@@ -77,8 +77,11 @@ type Conn struct {
 	// packet from it authenticates (ampFactor).
 	ampMu sync.Mutex
 	known map[netip.AddrPort]*ampBudget
-	// holdUntil: nothing leaves before it (Options.ProbeDelay).
+	// holdUntil: nothing leaves before it (Options.ProbeDelay); the secure
+	// layer's latest datagram meanwhile (held) goes out then (hold.go).
 	holdUntil time.Time
+	held      []byte // guarded by mu
+	holdTimer *time.Timer
 
 	stopPunch context.CancelFunc
 	punchDone chan struct{}
@@ -191,6 +194,9 @@ func New(sock Socket, server netip.AddrPort, pairingID [16]byte, candidates []ne
 	}
 	if opt.LowTTLFirst && opt.ProbeDelay < lowTTLLead {
 		c.holdUntil = time.Now().Add(lowTTLLead)
+	}
+	if !c.holdUntil.IsZero() {
+		c.holdTimer = time.AfterFunc(time.Until(c.holdUntil), c.sendHeld)
 	}
 	if udp, ok := sock.(*net.UDPConn); ok {
 		c.useKernel(udp, opt)
@@ -370,6 +376,9 @@ func (c *Conn) Stats() Stats {
 func (c *Conn) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		if c.holdTimer != nil {
+			c.holdTimer.Stop()
+		}
 		c.stopPunch()
 		err = c.sock.Close()
 		<-c.punchDone

@@ -13,6 +13,9 @@ import (
 // Send sends b to the confirmed peer address, or before confirmation to
 // every candidate (and through the relay once it may carry copies).
 func (c *Conn) Send(b []byte) error {
+	if c.holdBack(b) {
+		return nil
+	}
 	r := c.route()
 	if r.peer.IsValid() {
 		if err := c.write(b, r.peer); err != nil && errors.Is(err, net.ErrClosed) {
