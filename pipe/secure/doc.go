@@ -5,7 +5,8 @@
 // It owns the p2pcat v2 handshake (handshake.go runs it over one or more
 // links, initiator.go and responder.go are its two sides, keys.go the key
 // schedule, notice.go the AuthFailed and Cancel notices, messages.go the
-// wire format, params.go its configuration) and the data plane that follows
+// wire format, params.go its configuration, rsakey.go the ephemeral RSA
+// key's generation) and the data plane that follows
 // it: Conn (conn.go), sealing (seal.go), opening (recv.go) and the replay
 // window (replay.go). Below it is a Link (link.go), which pipe/path
 // implements; above it, pipe runs the handshake and carries its stream over
