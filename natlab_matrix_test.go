@@ -26,14 +26,18 @@ import (
 //     the router's stack, so conntrack confirms an entry for it; the
 //     client's outbound flow to the peer then clashes with that entry and
 //     is masqueraded to another port, which the other side's port-dependent
-//     filter drops (see scripts/natlab.sh). p2pcat meets the peer again
-//     from fresh ports with one side holding back its first packets, then
-//     the other: the clash side goes first in one of them, so cone-clash
-//     connects directly. With clash on both sides whoever goes first
-//     clashes at the other's router: in a lab with no delay that is every
-//     time, so the relay may carry it. A delay lets both sides' first
-//     packets cross in flight, as on most real paths: direct there in
-//     most runs, but not all yet.
+//     filter drops (see scripts/natlab.sh). The side whose probe did that
+//     gets the router's ICMP port unreachable, gives the attempt up at once
+//     and tells the peer through the relay; in the second attempt it holds
+//     back its first packets and the other side sends first, so cone-clash
+//     and clash-cone connect directly. With clash on both sides whoever
+//     goes first clashes at the other's router: in a lab with no delay and
+//     no routed hop between the two NATs (a packet that leaves one router
+//     reaches the other whatever its TTL) that is every time, so the relay
+//     carries it, from 300 ms into the second attempt. A delay lets both
+//     sides' first packets cross in flight, as on most real paths, and an
+//     ISP hop lets the low-TTL probes open both NATs without reaching the
+//     other's (the hop rows): direct there.
 //   - symmetric-symmetric: a symmetric NAT maps every destination to a new
 //     random port, so the peer's probes never find the mapping its own
 //     packets opened. Against a public peer (which filters nothing and
