@@ -92,18 +92,20 @@ func (p *lyingPairer) behave(s *attacker.Server, d attacker.Datagram, m wire.Mes
 // expects) the listener answers bob's Hello, bob rejects it and exits 4,
 // and the listener logs a failed handshake from "aaron" with bob's
 // address; with "mallory" both sides take the initiator's part, neither
-// answers the other's Hello, bob ends without a session (4 or 5) and the
-// listener logs the failed session when its connect timeout ends. In
+// answers the other's Hello, and when their connect timeouts end bob
+// exits 4 saying that the two sides disagree on their names (each got the
+// other's Hello) and the listener logs the failed session. In
 // both, the listener serves on (-k: it waits for the next peer) and no
 // byte of either side's input reaches the other.
 func TestAttackServerLiesToListener(t *testing.T) {
 	for _, c := range []struct {
-		lie   string
-		exits []int
-		logs  string // the listener's failure
+		lie     string
+		exits   []int
+		logs    string // the listener's failure
+		bobSays string
 	}{
-		{"aaron", []int{exitAuth}, "wrong password from aaron at 127.0.0.1:"},
-		{"mallory", []int{exitAuth, exitNoPath}, "session with mallory failed"},
+		{"aaron", []int{exitAuth}, "wrong password from aaron at 127.0.0.1:", ""},
+		{"mallory", []int{exitAuth}, "session with mallory failed", "the two sides disagree on their names"},
 	} {
 		t.Run(c.lie, func(t *testing.T) {
 			ctx := testCtx(t, 2*time.Minute)
@@ -114,6 +116,9 @@ func TestAttackServerLiesToListener(t *testing.T) {
 				"--name", "bob", "--find", "homebox", "--connect-timeout", "5s", "-v")
 			if code := bob.wait(ctx); !slices.Contains(c.exits, code) {
 				t.Fatalf("bob exited %d, want one of %v:\n%s", code, c.exits, bob.Stderr())
+			}
+			if c.bobSays != "" && !bob.sawStderr(c.bobSays) {
+				t.Fatalf("bob does not say %q:\n%s", c.bobSays, bob.Stderr())
 			}
 			if !l.waitStderr(ctx, c.logs) {
 				t.Fatalf("the listener did not log the failed handshake:\n%s", l.Stderr())

@@ -192,7 +192,7 @@ func exitCode(err error) int {
 	switch {
 	case errors.As(err, &ue), errors.Is(err, term.ErrNoPassword), errors.Is(err, term.ErrPasswordMismatch), errors.Is(err, term.ErrEmptyPassword):
 		return exitUsage
-	case errors.Is(err, rendezvous.ErrSessionKeyRefused), errors.Is(err, secure.ErrAuth):
+	case errors.Is(err, rendezvous.ErrSessionKeyRefused), errors.Is(err, secure.ErrAuth), errors.Is(err, secure.ErrBothInitiators):
 		return exitAuth
 	case errors.Is(err, pipe.ErrNoPath):
 		return exitNoPath

@@ -504,13 +504,17 @@ func (cfg *Config) newHandshaker(kr keyResult) (*secure.Handshaker, error) {
 // closeHandshake ends the run's handshake (hs may be nil) and returns the
 // connect step's error: a responder that answered a Hello and never got a
 // valid Finish says so, whatever else ended the attempts (but an interrupt
-// is reported as one).
+// is reported as one), and so does an initiator that got the peer's own
+// Hello (secure.BothInitiators).
 func closeHandshake(ctx context.Context, hs *secure.Handshaker, err error) error {
 	if hs == nil {
 		return err
 	}
 	if cerr := hs.Close(); cerr != nil && err != nil && ctx.Err() == nil && !errors.Is(err, secure.ErrAuth) {
 		return cerr
+	}
+	if err != nil && ctx.Err() == nil && hs.PeerAlsoInitiator() && !errors.Is(err, secure.ErrAuth) && !errors.Is(err, ErrInterrupted) && !errors.Is(err, secure.ErrBothInitiators) {
+		return secure.BothInitiators(err)
 	}
 	return err
 }

@@ -26,6 +26,18 @@ func (e unconfirmedError) Error() string {
 
 func (unconfirmedError) Is(target error) bool { return target == ErrAuth || target == ErrUnconfirmed }
 
+// ErrBothInitiators is matched by the error of a handshake that never
+// completed while the peer sent a Hello of its own
+// (Handshaker.PeerAlsoInitiator): both sides took the initiator's part, so
+// they disagree on the two names, which decide the parts (a rendezvous
+// server that named one side's peer otherwise, or a peer that calls itself
+// otherwise). The sides cannot authenticate each other (the command exits
+// as for ErrAuth), but nobody tried a password: it is not ErrAuth.
+var ErrBothInitiators = errors.New("authentication failed: the peer began the handshake as its initiator too, so the two sides disagree on their names (did the rendezvous server name the peer otherwise?)")
+
+// BothInitiators wraps err, why the attempts ended, in ErrBothInitiators.
+func BothInitiators(err error) error { return fmt.Errorf("%w: %w", ErrBothInitiators, err) }
+
 // ErrPeerCancelled means the peer gave the handshake up before it was
 // complete (its user interrupted it) and said so with a Cancel notice.
 var ErrPeerCancelled = errors.New("the peer gave up the connection before it was complete")

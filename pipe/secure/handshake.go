@@ -84,6 +84,13 @@ func (hs *Handshaker) Answered() bool { return hs.p.Role == Responder && hs.h.re
 // peer's confirmation is missing.
 func (hs *Handshaker) HasKeys() bool { return hs.p.Role == Initiator && hs.h.fin != nil }
 
+// PeerAlsoInitiator reports whether this side, an initiator, received a
+// well-formed Hello other than its own: the peer took the initiator's part
+// too, so the two sides do not agree on their names. It only ever changes
+// the words of a handshake that failed anyway (BothInitiators): anyone who
+// can send from the peer's address can make a Hello, so it ends nothing.
+func (hs *Handshaker) PeerAlsoInitiator() bool { return hs.p.Role == Initiator && hs.h.peerHello }
+
 // Run runs the handshake over link until it completes, fails, ctx ends or
 // the deadline passes. On success it returns the Conn, which owns link. At
 // the deadline it returns ErrAttemptTimeout and the handshake can go on with
@@ -229,6 +236,7 @@ type handshake struct {
 	secretR      [32]byte     // responder, between Hello and Finish
 	wantConfirmR []byte       // initiator, between Finish and Finished
 	conn         *Conn        // initiator, between Finish and Finished
+	peerHello    bool         // initiator: a Hello not ours came (PeerAlsoInitiator)
 }
 
 func newHandshake(link Link, p *Params, key *rsa.PrivateKey) *handshake {

@@ -91,6 +91,12 @@ func (h *handshake) runInitiator() (*Conn, error) {
 			if h.cancelMatches(pkt) {
 				return nil, ErrPeerCancelled
 			}
+		case typeHello:
+			// Only a responder answers a Hello; one that is not ours means
+			// the peer is an initiator too (PeerAlsoInitiator).
+			if m, err := parseHello(pkt); err == nil && m.id != h.id {
+				h.peerHello = true
+			}
 		}
 	}
 }
