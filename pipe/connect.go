@@ -425,8 +425,8 @@ func (a *attempt) handshake(ctx context.Context, hs *secure.Handshaker) (*secure
 		if err == nil {
 			return sconn, time.Since(start), nil
 		}
-		if over != nil && isClosed(over) {
-			continue
+		if over != nil && isClosed(over) && errors.Is(err, secure.ErrAttemptTimeout) {
+			continue // cut by the watch: the loop's head says why
 		}
 		if !wake.IsZero() && errors.Is(err, secure.ErrAttemptTimeout) && !time.Now().Before(wake) {
 			wake = time.Time{}
