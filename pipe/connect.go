@@ -123,7 +123,7 @@ func (cfg *Config) connect(ctx context.Context, keys <-chan keyResult) (_ *secur
 		if hs == nil {
 			// An attempt over for silence before the key came ends here
 			// (ErrAttemptTimeout); the next one waits for the key again.
-			if hs, err = a.awaitKey(ctx, keys, cfg.newHandshaker); err != nil && !errors.Is(err, secure.ErrAttemptTimeout) {
+			if hs, err = a.awaitKey(ctx, keys); err != nil && !errors.Is(err, secure.ErrAttemptTimeout) {
 				a.end()
 				return nil, nil, 0, err
 			}
@@ -469,16 +469,16 @@ func (a *attempt) noPath(st path.Stats) error {
 }
 
 // awaitKey waits for the session's RSA key, or for ctx, and starts the
-// run's one handshake with it (start); an attempt that is over for silence
-// first (silence.go) ends with ErrAttemptTimeout and no handshake, and the
-// next attempt waits for the key again.
-func (a *attempt) awaitKey(ctx context.Context, keys <-chan keyResult, start func(keyResult) (*secure.Handshaker, error)) (*secure.Handshaker, error) {
+// run's one handshake with it (newHandshaker); an attempt that is over for
+// silence first (silence.go) ends with ErrAttemptTimeout and no handshake,
+// and the next attempt waits for the key again.
+func (a *attempt) awaitKey(ctx context.Context, keys <-chan keyResult) (*secure.Handshaker, error) {
 	select {
 	case kr := <-keys:
 		if kr.err != nil {
 			return nil, fmt.Errorf("generating the RSA key: %w", kr.err)
 		}
-		return start(kr)
+		return a.cfg.newHandshaker(kr)
 	case <-ctx.Done():
 		return nil, ErrInterrupted
 	case <-a.unheard: // never when nil

@@ -12,21 +12,26 @@ import "time"
 
 // holdBack keeps b when the hold is on, and reports whether it did.
 func (c *Conn) holdBack(b []byte) bool {
-	if c.holdUntil.IsZero() || !time.Now().Before(c.holdUntil) {
+	if !c.holding.Load() {
 		return false
 	}
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.holding.Load() { // the hold ended meanwhile: b goes out now
+		return false
+	}
 	c.held = append(c.held[:0], b...)
-	c.mu.Unlock()
 	return true
 }
 
-// sendHeld sends the datagram kept during the hold, at its end.
+// sendHeld ends the hold, at holdUntil, and sends the datagram kept
+// during it.
 func (c *Conn) sendHeld() {
 	if d := time.Until(c.holdUntil); d > 0 {
 		time.Sleep(d) // a timer may fire a hair early on a coarse clock
 	}
 	c.mu.Lock()
+	c.holding.Store(false)
 	b := c.held
 	c.held = nil
 	c.mu.Unlock()

@@ -77,9 +77,11 @@ type Conn struct {
 	// packet from it authenticates (ampFactor).
 	ampMu sync.Mutex
 	known map[netip.AddrPort]*ampBudget
-	// holdUntil: nothing leaves before it (Options.ProbeDelay); the secure
-	// layer's latest datagram meanwhile (held) goes out then (hold.go).
+	// holdUntil: nothing leaves before it (Options.ProbeDelay): holding
+	// is set until holdTimer fires then; the secure layer's latest
+	// datagram meanwhile (held) goes out at that moment (hold.go).
 	holdUntil time.Time
+	holding   atomic.Bool
 	held      []byte // guarded by mu
 	holdTimer *time.Timer
 
@@ -196,6 +198,7 @@ func New(sock Socket, server netip.AddrPort, pairingID [16]byte, candidates []ne
 		c.holdUntil = time.Now().Add(lowTTLLead)
 	}
 	if !c.holdUntil.IsZero() {
+		c.holding.Store(true)
 		c.holdTimer = time.AfterFunc(time.Until(c.holdUntil), c.sendHeld)
 	}
 	if udp, ok := sock.(*net.UDPConn); ok {
