@@ -120,6 +120,9 @@ func TestAttackServerLiesToListener(t *testing.T) {
 			if c.bobSays != "" && !bob.sawStderr(c.bobSays) {
 				t.Fatalf("bob does not say %q:\n%s", c.bobSays, bob.Stderr())
 			}
+			if c.bobSays != "" && bob.sawStderr("nat-check") {
+				t.Fatalf("bob's hint is about the path, which is not what failed:\n%s", bob.Stderr())
+			}
 			if !l.waitStderr(ctx, c.logs) {
 				t.Fatalf("the listener did not log the failed handshake:\n%s", l.Stderr())
 			}

@@ -306,6 +306,9 @@ func explainPipeError(err error, cfg pipe.Config) error {
 		return hinted{err, "the server caps what it relays per session (serve --relay-bytes); 'p2pcat nat-check' on both sides shows why no direct path was found"}
 	case errors.Is(err, pipe.ErrNoRelay):
 		return hinted{err, "this server runs without the relay (serve --no-relay); try --relay auto, or a server that relays"}
+	case errors.Is(err, secure.ErrBothInitiators):
+		// Before ErrNoPath, which it wraps: the path is not what failed.
+		return hinted{err, "each side's --name must be the other's --find; if they are, the server at " + cfg.Server.String() + " named the peer otherwise (-v shows whom it paired you with)"}
 	case errors.Is(err, pipe.ErrNoPath) && cfg.Relay == pipe.RelayNever:
 		return hinted{err, "--relay never: no direct path between these NATs; allow the relay (--relay auto)"}
 	case errors.Is(err, pipe.ErrNoPath):
