@@ -36,8 +36,12 @@ package secure
 //     done joins the other's search: the wall time is less than that of
 //     the slower search, and far less than that of both.
 //
-// The arithmetic is math/big's, which is not constant-time; PROTOCOL.md
-// 3.3 says why that is acceptable for this key.
+//   - Each exponentiation is Montgomery arithmetic in assembly where the
+//     processor allows (montgomery.go), about twice as fast as math/big,
+//     and base 2 needs no multiplications.
+//
+// The arithmetic (math/big's, and montgomery.go's) is not constant-time;
+// PROTOCOL.md 3.3 says why that is acceptable for this key.
 
 import (
 	"context"
@@ -290,20 +294,66 @@ func probablyPrime(n *big.Int, rounds int) (bool, error) {
 	return true, nil
 }
 
-// millerRabin holds n − 1 = d·2^s for the rounds on n.
+// millerRabin holds n − 1 = d·2^s and n's Montgomery arithmetic for the
+// rounds on n; m is nil where there is no assembly for n's size, and
+// then the rounds use math/big.
 type millerRabin struct {
 	n, nm1, d *big.Int
 	s         uint
+	m         *montgomery
+	minus     []uint64 // n − 1 in Montgomery form
+	y         []uint64
 }
 
 func newMillerRabin(n *big.Int) *millerRabin {
 	nm1 := new(big.Int).Sub(n, bigOne)
 	s := nm1.TrailingZeroBits()
-	return &millerRabin{n: n, nm1: nm1, d: new(big.Int).Rsh(nm1, s), s: s}
+	mr := &millerRabin{n: n, nm1: nm1, d: new(big.Int).Rsh(nm1, s), s: s}
+	if rows := fastMontRows((n.BitLen() + 63) / 64); rows != nil {
+		mr.useMontgomery(rows)
+	}
+	return mr
 }
 
-// passes reports whether n is a strong probable prime to base a.
+// useMontgomery makes the rounds use Montgomery arithmetic with rows.
+func (mr *millerRabin) useMontgomery(rows func(t, x, y, n []uint64, n0 uint64) uint64) {
+	m := newMontgomery(mr.n, rows)
+	mr.m, mr.minus, mr.y = m, make([]uint64, len(m.n)), make([]uint64, len(m.n))
+	var b uint64
+	for i := range m.n {
+		mr.minus[i], b = bits.Sub64(m.n[i], m.one[i], b)
+	}
+}
+
+// passes reports whether n is a strong probable prime to base a
+// (1 < a < n − 1).
 func (mr *millerRabin) passes(a *big.Int) bool {
+	if mr.m == nil {
+		return mr.passesBig(a)
+	}
+	y := mr.y
+	if a.Cmp(bigTwo) == 0 {
+		mr.m.exp2(y, mr.d)
+	} else {
+		mr.m.exp(y, a, mr.d)
+	}
+	if equalWords(y, mr.m.one) || equalWords(y, mr.minus) {
+		return true
+	}
+	for range mr.s - 1 {
+		mr.m.mul(y, y, y)
+		switch {
+		case equalWords(y, mr.minus):
+			return true
+		case equalWords(y, mr.m.one):
+			return false // a non-trivial square root of 1
+		}
+	}
+	return false
+}
+
+// passesBig is passes with math/big.
+func (mr *millerRabin) passesBig(a *big.Int) bool {
 	y := new(big.Int).Exp(a, mr.d, mr.n)
 	if y.Cmp(bigOne) == 0 || y.Cmp(mr.nm1) == 0 {
 		return true
