@@ -128,11 +128,15 @@ func birthdayRoles(ours ourSide, m rendezvous.Match) birthdayRole {
 	return birthdaySpray
 }
 
-// bothIPv6 reports whether both sides offered a global IPv6 address. Both
-// sides see the same two lists, so they decide alike.
+// bothIPv6 reports whether both sides offered a global IPv6 address
+// (not a unique local one, fc00::/7, which many home routers hand out
+// with no route beyond the LAN). Both sides see the same two lists, so
+// they decide alike.
 func bothIPv6(ours ourSide, m rendezvous.Match) bool {
 	global6 := func(as []netip.AddrPort) bool {
-		return slices.ContainsFunc(as, func(a netip.AddrPort) bool { return a.Addr().Is6() && a.Addr().IsGlobalUnicast() })
+		return slices.ContainsFunc(as, func(a netip.AddrPort) bool {
+			return a.Addr().Is6() && !a.Addr().Is4In6() && a.Addr().IsGlobalUnicast() && !a.Addr().IsPrivate()
+		})
 	}
 	return global6(m.PeerCandidates) && global6(ours.offered)
 }

@@ -43,7 +43,8 @@ func TestBirthdayRoles(t *testing.T) {
 }
 
 // TestBothIPv6: a global IPv6 address offered by both sides counts; IPv4,
-// link-local or an IPv6 offer on one side only does not.
+// link-local, unique local (fd00::/8, routed nowhere beyond a LAN) or an
+// IPv6 offer on one side only does not.
 func TestBothIPv6(t *testing.T) {
 	ap := netip.MustParseAddrPort
 	v6 := ourSide{offered: []netip.AddrPort{ap("10.0.1.2:4000"), ap("[2001:db8:1::2]:4000")}}
@@ -58,6 +59,7 @@ func TestBothIPv6(t *testing.T) {
 	for _, m := range []rendezvous.Match{
 		{PeerCandidates: []netip.AddrPort{ap("198.51.100.20:5000")}},
 		{PeerCandidates: []netip.AddrPort{ap("[fe80::1]:5000"), ap("10.0.0.1:5000")}},
+		{PeerCandidates: []netip.AddrPort{ap("[fd00::2]:5000"), ap("10.0.0.1:5000")}},
 		{},
 	} {
 		if bothIPv6(v6, m) {

@@ -102,6 +102,10 @@ func (c *Conn) handleProbe(p []byte, from netip.AddrPort) {
 	if learned {
 		c.log.Debug("learned a peer candidate from its probe", "addr", from.String())
 	}
+	if c.holding.Load() && !relaying {
+		c.openHold(from) // sends our probe there, among others
+		return
+	}
 	if !confirmed && isNew {
 		// Open our NAT toward it, and tell it about us, once: the punch
 		// routine probes every candidate anyway, and answering every

@@ -54,3 +54,67 @@ func TestHoldSendsLatestAtEnd(t *testing.T) {
 		}
 	})
 }
+
+// TestHoldOpensTowardProbingPeer: a probe with our pairing id that comes
+// during the hold ends it for its source at once: that address gets our
+// probe and the kept datagram, and later datagrams too, while another
+// candidate that sent nothing gets nothing until the hold ends.
+func TestHoldOpensTowardProbingPeer(t *testing.T) {
+	forEachNet(t, func(t *testing.T, n testNet) {
+		const hold = 3 * time.Second
+		pairing := [16]byte{7}
+		peer, peerAddr := n.listen(t)
+		defer peer.Close()
+		quiet, quietAddr := n.listen(t)
+		defer quiet.Close()
+		sock, addr := n.listen(t)
+		start := time.Now()
+		c := New(sock, netip.MustParseAddrPort("127.0.0.1:9"), pairing, []netip.AddrPort{peerAddr, quietAddr}, nil, Options{ProbeDelay: hold})
+		defer c.Close()
+		go func() {
+			buf := make([]byte, 2048)
+			for {
+				if _, _, err := c.Recv(buf); err != nil {
+					return
+				}
+			}
+		}()
+		if err := c.Send([]byte{0x01, 'a'}); err != nil { // kept
+			t.Fatal(err)
+		}
+		probe := make([]byte, probeLen)
+		probe[0] = ProbeType
+		copy(probe[1:], pairing[:])
+		if _, err := peer.WriteToUDPAddrPort(probe, addr); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 2048)
+		read := func(want byte) []byte {
+			t.Helper()
+			_ = peer.SetReadDeadline(time.Now().Add(hold / 2))
+			for {
+				k, _, err := peer.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					t.Fatalf("after %v, within the hold: no datagram of type %#x to the probing peer: %v", time.Since(start), want, err)
+				}
+				if buf[0] == want {
+					return append([]byte(nil), buf[:k]...)
+				}
+			}
+		}
+		read(ProbeType)
+		if got := read(0x01); string(got) != "\x01a" {
+			t.Fatalf("the kept datagram arrived as %q", got)
+		}
+		if err := c.Send([]byte{0x01, 'b'}); err != nil {
+			t.Fatal(err)
+		}
+		if got := read(0x01); string(got) != "\x01b" {
+			t.Fatalf("a datagram sent after the probe arrived as %q", got)
+		}
+		_ = quiet.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if k, _, err := quiet.ReadFromUDPAddrPort(buf); err == nil && time.Since(start) < hold {
+			t.Fatalf("the candidate that sent nothing got %q within the hold", buf[:k])
+		}
+	})
+}

@@ -84,6 +84,10 @@ type Conn struct {
 	holding   atomic.Bool
 	held      []byte // guarded by mu
 	holdTimer *time.Timer
+	// holdOpen, during the hold, is the address the peer's first probe
+	// came from: its NAT sends to us from there, so our datagrams to it
+	// go out at once (hold.go).
+	holdOpen atomic.Pointer[netip.AddrPort]
 
 	stopPunch context.CancelFunc
 	punchDone chan struct{}

@@ -37,7 +37,7 @@ func (c *Conn) Send(b []byte) error {
 // or the amplification bound (amplify.go) forbids it: those are lost
 // without an error, as the network would lose them.
 func (c *Conn) write(b []byte, to netip.AddrPort) error {
-	if c.holding.Load() {
+	if c.heldBackFrom(to) {
 		return nil // held back: lost, as a datagram the network dropped
 	}
 	if !c.spend(to, len(b)) {
