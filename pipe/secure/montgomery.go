@@ -36,12 +36,32 @@ type montgomery struct {
 	t   []uint64 // scratch of 2s words for mul
 	// rows is mul's loop: montRowsGo, or the same in assembly.
 	rows func(t, x, y, n []uint64, n0 uint64) uint64
-	base []uint64 // scratch for exp's base in Montgomery form
+	// sqrRows, where there is assembly for s words, squares x into t
+	// and reduces it (sqr); nil: sqr is mul(z, x, x).
+	sqrRows func(t, x, n []uint64, n0 uint64) uint64
+	base    []uint64 // scratch for exp's base in Montgomery form
+}
+
+// montImpl is an implementation of montgomery's loops: mul's rows, and
+// sqr's, which may be nil (sqr is then mul).
+type montImpl struct {
+	rows    func(t, x, y, n []uint64, n0 uint64) uint64
+	sqrRows func(t, x, n []uint64, n0 uint64) uint64
+}
+
+// goMont is the implementation in Go, the reference for the others.
+var goMont = montImpl{rows: montRowsGo}
+
+// fastMont returns the assembly implementation for s words, if this
+// processor runs one.
+func fastMont(s int) (montImpl, bool) {
+	rows, sqr := fastMontRows(s), fastMontSqr(s)
+	return montImpl{rows, sqr}, rows != nil && sqr != nil
 }
 
 // newMontgomery returns the arithmetic modulo n, which must be odd and
-// above 1, with rows for its loop (fastMontRows or montRowsGo).
-func newMontgomery(n *big.Int, rows func(t, x, y, n []uint64, n0 uint64) uint64) *montgomery {
+// above 1, with impl's loops.
+func newMontgomery(n *big.Int, impl montImpl) *montgomery {
 	s := (n.BitLen() + 63) / 64
 	m := &montgomery{
 		n:    toWords(n, s),
@@ -50,7 +70,7 @@ func newMontgomery(n *big.Int, rows func(t, x, y, n []uint64, n0 uint64) uint64)
 		t:    make([]uint64, 2*s),
 		base: make([]uint64, s),
 	}
-	m.rows = rows
+	m.rows, m.sqrRows = impl.rows, impl.sqrRows
 	// n0 = −n⁻¹ mod 2^64 by Newton's iteration: each step doubles the
 	// correct low bits of inv (n·n ≡ 1 mod 8 gives 3 to start from).
 	inv := m.n[0]
@@ -73,6 +93,20 @@ func toWords(x *big.Int, s int) []uint64 {
 		w[pos/8] |= uint64(c) << (8 * (pos % 8))
 	}
 	return w
+}
+
+// sqr sets z = x²·R⁻¹ mod n, for x < n; z may be x. The square's
+// products x[i]·x[j], i ≠ j, are the same in pairs: computed once and
+// doubled, they make a squaring about a fifth cheaper than mul.
+func (m *montgomery) sqr(z, x []uint64) {
+	if m.sqrRows == nil {
+		m.mul(z, x, x)
+		return
+	}
+	s := len(m.n)
+	t := m.t[:2*s]
+	carry := m.sqrRows(t, x[:s], m.n, m.n0)
+	m.reduceInto(z[:s], t[s:], carry)
 }
 
 // mul sets z = x·y·R⁻¹ mod n, for x, y < n; z may be x or y.
@@ -164,7 +198,7 @@ func equalWords(x, y []uint64) bool {
 func (m *montgomery) exp2(z []uint64, e *big.Int) {
 	copy(z, m.one)
 	for i := e.BitLen() - 1; i >= 0; i-- {
-		m.mul(z, z, z)
+		m.sqr(z, z)
 		if e.Bit(i) == 1 {
 			m.double(z, z)
 		}
@@ -181,7 +215,7 @@ func (m *montgomery) exp(z []uint64, a *big.Int, e *big.Int) {
 	m.mul(m.base, toWords(a, s), m.rr)
 	odd[0] = append([]uint64(nil), m.base...)
 	sq := make([]uint64, s)
-	m.mul(sq, m.base, m.base)
+	m.sqr(sq, m.base)
 	for k := 1; k < len(odd); k++ {
 		odd[k] = make([]uint64, s)
 		m.mul(odd[k], odd[k-1], sq)
@@ -189,7 +223,7 @@ func (m *montgomery) exp(z []uint64, a *big.Int, e *big.Int) {
 	copy(z, m.one)
 	for i := e.BitLen() - 1; i >= 0; {
 		if e.Bit(i) == 0 {
-			m.mul(z, z, z)
+			m.sqr(z, z)
 			i--
 			continue
 		}
@@ -201,7 +235,7 @@ func (m *montgomery) exp(z []uint64, a *big.Int, e *big.Int) {
 		}
 		var w uint
 		for k := i; k >= j; k-- {
-			m.mul(z, z, z)
+			m.sqr(z, z)
 			w = w<<1 | e.Bit(k)
 		}
 		m.mul(z, z, odd[w>>1])

@@ -39,40 +39,44 @@ func randomBelow(t testing.TB, n *big.Int) *big.Int {
 
 var montgomerySizes = []int{2, 3, 17, 63, 64, 65, 127, 128, 129, 511, 1023, 1024, 1025, 1535, 1536, 2047, 2048}
 
-// rowsImplementations are the rows of mul for s words to test: the Go
+// implementations are montgomery's loops for s words to test: the Go
 // ones, and the assembly where this machine runs it.
-func rowsImplementations(s int) map[string]func(t, x, y, n []uint64, n0 uint64) uint64 {
-	impls := map[string]func(t, x, y, n []uint64, n0 uint64) uint64{"go": montRowsGo}
-	if rows := fastMontRows(s); rows != nil {
-		impls["asm"] = rows
+func implementations(s int) map[string]montImpl {
+	impls := map[string]montImpl{"go": goMont}
+	if impl, ok := fastMont(s); ok {
+		impls["asm"] = impl
 	}
 	return impls
 }
 
-// TestMontgomeryArithmetic checks mul, double, exp2 and exp against
+// TestMontgomeryArithmetic checks mul, sqr, double, exp2 and exp against
 // math/big on random odd moduli of many sizes (full and partial top
 // words; the assembly's sizes among them), with operands at the edges
 // (0, 1, n−1), for each implementation of mul's rows.
 func TestMontgomeryArithmetic(t *testing.T) {
-	if _, ok := rowsImplementations(16)["asm"]; !ok {
+	if _, ok := implementations(16)["asm"]; !ok {
 		t.Log("no assembly on this machine: testing the Go rows only")
 	}
 	for _, bits := range montgomerySizes {
-		for name, rows := range rowsImplementations((bits + 63) / 64) {
+		for name, impl := range implementations((bits + 63) / 64) {
 			t.Run(fmt.Sprintf("%d-bits/%s", bits, name), func(t *testing.T) {
-				testMontgomery(t, bits, rows)
+				testMontgomery(t, bits, impl)
 			})
 		}
 	}
 }
 
-func testMontgomery(t *testing.T, bits int, rows func(t, x, y, n []uint64, n0 uint64) uint64) {
-	for range 6 {
+func testMontgomery(t *testing.T, bits int, impl montImpl) {
+	for k := range 7 {
 		n := randomOdd(t, bits)
+		if k == 0 {
+			// All ones: the operands near n carry through every word.
+			n = new(big.Int).Sub(new(big.Int).Lsh(bigOne, uint(bits)), bigOne)
+		}
 		if n.Cmp(bigOne) == 0 {
 			continue
 		}
-		m := newMontgomery(n, rows)
+		m := newMontgomery(n, impl)
 		s := len(m.n)
 		r := new(big.Int).Lsh(bigOne, uint(64*s))
 		rInv := new(big.Int).ModInverse(r, n)
@@ -100,6 +104,11 @@ func testMontgomery(t *testing.T, bits int, rows func(t, x, y, n []uint64, n0 ui
 			want.Mul(want, rInv).Mod(want, n)
 			if got := fromWords(z); got.Cmp(want) != 0 {
 				t.Fatalf("n=%x: mul(z, z, z) for %x = %x, want %x", n, x, got, want)
+			}
+			copy(z, toWords(x, s))
+			m.sqr(z, z)
+			if got := fromWords(z); got.Cmp(want) != 0 {
+				t.Fatalf("n=%x: sqr(z, z) for %x = %x, want %x", n, x, got, want)
 			}
 			copy(z, toWords(x, s))
 			m.double(z, z)
@@ -184,9 +193,9 @@ func TestMillerRabinAgrees(t *testing.T) {
 		// and the assembly where it has n's size.
 		ways := map[string]*millerRabin{"math/big": newMillerRabin(n)}
 		ways["math/big"].m = nil
-		for name, rows := range rowsImplementations((n.BitLen() + 63) / 64) {
+		for name, impl := range implementations((n.BitLen() + 63) / 64) {
 			mr := newMillerRabin(n)
-			mr.useMontgomery(rows)
+			mr.useMontgomery(impl)
 			ways[name] = mr
 		}
 		bases := []*big.Int{bigTwo, new(big.Int).Sub(n, bigTwo)}
@@ -208,7 +217,7 @@ func TestMillerRabinAgrees(t *testing.T) {
 // Montgomery form against math/big's Exp.
 func BenchmarkMillerRabin1024(b *testing.B) {
 	n := randomOdd(b, 1024)
-	if fastMontRows(16) == nil {
+	if _, ok := fastMont(16); !ok {
 		b.Skip("no assembly on this machine")
 	}
 	b.Run("montgomery", func(b *testing.B) {

@@ -309,15 +309,15 @@ func newMillerRabin(n *big.Int) *millerRabin {
 	nm1 := new(big.Int).Sub(n, bigOne)
 	s := nm1.TrailingZeroBits()
 	mr := &millerRabin{n: n, nm1: nm1, d: new(big.Int).Rsh(nm1, s), s: s}
-	if rows := fastMontRows((n.BitLen() + 63) / 64); rows != nil {
-		mr.useMontgomery(rows)
+	if impl, ok := fastMont((n.BitLen() + 63) / 64); ok {
+		mr.useMontgomery(impl)
 	}
 	return mr
 }
 
-// useMontgomery makes the rounds use Montgomery arithmetic with rows.
-func (mr *millerRabin) useMontgomery(rows func(t, x, y, n []uint64, n0 uint64) uint64) {
-	m := newMontgomery(mr.n, rows)
+// useMontgomery makes the rounds use Montgomery arithmetic with impl.
+func (mr *millerRabin) useMontgomery(impl montImpl) {
+	m := newMontgomery(mr.n, impl)
 	mr.m, mr.minus, mr.y = m, make([]uint64, len(m.n)), make([]uint64, len(m.n))
 	var b uint64
 	for i := range m.n {
@@ -341,7 +341,7 @@ func (mr *millerRabin) passes(a *big.Int) bool {
 		return true
 	}
 	for range mr.s - 1 {
-		mr.m.mul(y, y, y)
+		mr.m.sqr(y, y)
 		switch {
 		case equalWords(y, mr.minus):
 			return true

@@ -25,6 +25,7 @@ func main() {
 	fmt.Fprintln(w, `#include "textflag.h"`)
 	for _, s := range sizes {
 		montRows(w, s)
+		montSqr(w, s)
 	}
 }
 
@@ -53,29 +54,12 @@ func montRows(w io.Writer, s int) {
 	p("MOVQ $%d, R12", s)
 	p("XORQ R13, R13")
 	fmt.Fprintf(w, "row%d:\n", s)
-	// pass writes t[i:i+s] += src·DX, leaving the carry word in the
-	// returned register.
-	pass := func(src string) string {
-		p("XORQ AX, AX // zero, and CF = OF = 0")
-		p("XORQ R9, R9")
-		hi, next := "R9", "R10"
-		for j := range s {
-			p("MULXQ %d(%s), R8, %s", 8*j, src, next)
-			p("ADCXQ %s, R8", hi)
-			p("ADOXQ %d(DI), R8", 8*j)
-			p("MOVQ R8, %d(DI)", 8*j)
-			hi, next = next, hi
-		}
-		p("ADCXQ AX, %s", hi)
-		p("ADOXQ AX, %s", hi)
-		return hi
-	}
 	p("MOVQ (BX), DX")
-	c1 := pass("SI")
+	c1 := pass(w, s, "SI")
 	p("MOVQ %s, %d(DI) // t[i+s] = the product's carry", c1, 8*s)
 	p("MOVQ (DI), DX")
 	p("IMULQ R11, DX // q")
-	c2 := pass("CX")
+	c2 := pass(w, s, "CX")
 	p("MOVQ %d(DI), R8", 8*s)
 	p("ADDQ R13, R8")
 	p("MOVQ $0, R13")
@@ -88,5 +72,107 @@ func montRows(w io.Writer, s int) {
 	p("DECQ R12")
 	p("JNZ row%d", s)
 	p("MOVQ R13, carry+40(FP)")
+	p("RET")
+}
+
+// emit writes one instruction line.
+func emit(w io.Writer, format string, args ...any) { fmt.Fprintf(w, "\t"+format+"\n", args...) }
+
+// pass writes t[i:i+s] += src[0:s]·DX for DI = &t[i], leaving the carry
+// word in the register it returns (AX must be free: it becomes zero).
+func pass(w io.Writer, s int, src string) string {
+	p := func(format string, args ...any) { emit(w, format, args...) }
+	p("XORQ AX, AX // zero, and CF = OF = 0")
+	p("XORQ R9, R9")
+	hi, next := "R9", "R10"
+	for j := range s {
+		p("MULXQ %d(%s), R8, %s", 8*j, src, next)
+		p("ADCXQ %s, R8", hi)
+		p("ADOXQ %d(DI), R8", 8*j)
+		p("MOVQ R8, %d(DI)", 8*j)
+		hi, next = next, hi
+	}
+	p("ADCXQ AX, %s", hi)
+	p("ADOXQ AX, %s", hi)
+	return hi
+}
+
+// montSqr writes
+//
+//	func montSqrADX<s>(t, x, n *uint64, n0 uint64) (carry uint64)
+//
+// which sets t (2s words) to x² and then reduces it as montgomery.sqr
+// does: the products x[i]·x[j] for i < j once, doubled, plus the squares
+// x[i]², then s rows of t[i:i+s] += q·n with q = t[i]·n0 mod 2^64 and the
+// carries into t[i+s] (a running carry of 0 or 1 between rows). It
+// returns the last running carry: the result is t[s:2s] with it, below 2n.
+//
+// Registers as montRows, with SI = x throughout.
+func montSqr(w io.Writer, s int) {
+	p := func(format string, args ...any) { emit(w, format, args...) }
+	fmt.Fprintf(w, "\n// func montSqrADX%d(t, x, n *uint64, n0 uint64) (carry uint64)\n", s)
+	fmt.Fprintln(w, "// Requires: ADX, BMI2")
+	fmt.Fprintf(w, "TEXT ·montSqrADX%d(SB), NOSPLIT, $0-40\n", s)
+	p("MOVQ t+0(FP), DI")
+	p("MOVQ x+8(FP), SI")
+	p("MOVQ n+16(FP), CX")
+	p("MOVQ n0+24(FP), R11")
+	p("XORQ AX, AX")
+	for j := range 2 * s {
+		p("MOVQ AX, %d(DI)", 8*j)
+	}
+	// The products below the diagonal: row i adds x[i+1:s]·x[i] to
+	// t[2i+1:i+s] and puts its carry word in t[i+s], not yet written.
+	for i := 0; i < s-1; i++ {
+		p("MOVQ %d(SI), DX", 8*i)
+		p("XORQ AX, AX")
+		p("XORQ R9, R9")
+		hi, next := "R9", "R10"
+		for j := i + 1; j < s; j++ {
+			p("MULXQ %d(SI), R8, %s", 8*j, next)
+			p("ADCXQ %s, R8", hi)
+			p("ADOXQ %d(DI), R8", 8*(i+j))
+			p("MOVQ R8, %d(DI)", 8*(i+j))
+			hi, next = next, hi
+		}
+		p("ADCXQ AX, %s", hi)
+		p("ADOXQ AX, %s", hi)
+		p("MOVQ %s, %d(DI)", hi, 8*(i+s))
+	}
+	// Doubled, and the squares added: one carry chain from t[0] up (it
+	// ends with no carry, as x² < 2^(128s)).
+	p("XORQ AX, AX")
+	for j := range 2 * s {
+		p("MOVQ %d(DI), R8", 8*j)
+		p("ADCXQ R8, R8")
+		p("MOVQ R8, %d(DI)", 8*j)
+	}
+	p("XORQ AX, AX")
+	for i := range s {
+		p("MOVQ %d(SI), DX", 8*i)
+		p("MULXQ DX, R8, R9")
+		p("ADCXQ %d(DI), R8", 16*i)
+		p("MOVQ R8, %d(DI)", 16*i)
+		p("ADCXQ %d(DI), R9", 16*i+8)
+		p("MOVQ R9, %d(DI)", 16*i+8)
+	}
+	// The reduction rows.
+	p("MOVQ $%d, R12", s)
+	p("XORQ R13, R13")
+	fmt.Fprintf(w, "sqrReduce%d:\n", s)
+	p("MOVQ (DI), DX")
+	p("IMULQ R11, DX // q")
+	c2 := pass(w, s, "CX")
+	p("MOVQ %d(DI), R8", 8*s)
+	p("ADDQ R13, R8")
+	p("MOVQ $0, R13")
+	p("ADCQ $0, R13")
+	p("ADDQ %s, R8", c2)
+	p("ADCQ $0, R13")
+	p("MOVQ R8, %d(DI)", 8*s)
+	p("ADDQ $8, DI")
+	p("DECQ R12")
+	p("JNZ sqrReduce%d", s)
+	p("MOVQ R13, carry+32(FP)")
 	p("RET")
 }
