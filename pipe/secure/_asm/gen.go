@@ -42,7 +42,7 @@ func main() {
 // left, R13 = running carry, AX = 0, DX = MULX's factor, R8 = low words,
 // R9 and R10 = high words in turn.
 func montRows(w io.Writer, s int) {
-	p := func(format string, args ...any) { fmt.Fprintf(w, "\t"+format+"\n", args...) }
+	p := func(format string, args ...any) { emit(w, format, args...) }
 	fmt.Fprintf(w, "\n// func montRowsADX%d(t, x, y, n *uint64, n0 uint64) (carry uint64)\n", s)
 	fmt.Fprintln(w, "// Requires: ADX, BMI2")
 	fmt.Fprintf(w, "TEXT ·montRowsADX%d(SB), NOSPLIT, $0-48\n", s)
@@ -57,17 +57,7 @@ func montRows(w io.Writer, s int) {
 	p("MOVQ (BX), DX")
 	c1 := pass(w, s, "SI")
 	p("MOVQ %s, %d(DI) // t[i+s] = the product's carry", c1, 8*s)
-	p("MOVQ (DI), DX")
-	p("IMULQ R11, DX // q")
-	c2 := pass(w, s, "CX")
-	p("MOVQ %d(DI), R8", 8*s)
-	p("ADDQ R13, R8")
-	p("MOVQ $0, R13")
-	p("ADCQ $0, R13")
-	p("ADDQ %s, R8", c2)
-	p("ADCQ $0, R13")
-	p("MOVQ R8, %d(DI)", 8*s)
-	p("ADDQ $8, DI")
+	reduceRow(w, s)
 	p("ADDQ $8, BX")
 	p("DECQ R12")
 	p("JNZ row%d", s)
@@ -160,6 +150,19 @@ func montSqr(w io.Writer, s int) {
 	p("MOVQ $%d, R12", s)
 	p("XORQ R13, R13")
 	fmt.Fprintf(w, "sqrReduce%d:\n", s)
+	reduceRow(w, s)
+	p("DECQ R12")
+	p("JNZ sqrReduce%d", s)
+	p("MOVQ R13, carry+32(FP)")
+	p("RET")
+}
+
+// reduceRow writes one reduction row for DI = &t[i]: t[i:i+s] += q·n
+// with q = t[i]·n0 mod 2^64 (R11 = n0, CX = n), the carry word and the
+// running carry (R13, 0 or 1) added to t[i+s], the new running carry
+// left in R13, and DI moved to &t[i+1].
+func reduceRow(w io.Writer, s int) {
+	p := func(format string, args ...any) { emit(w, format, args...) }
 	p("MOVQ (DI), DX")
 	p("IMULQ R11, DX // q")
 	c2 := pass(w, s, "CX")
@@ -171,8 +174,4 @@ func montSqr(w io.Writer, s int) {
 	p("ADCQ $0, R13")
 	p("MOVQ R8, %d(DI)", 8*s)
 	p("ADDQ $8, DI")
-	p("DECQ R12")
-	p("JNZ sqrReduce%d", s)
-	p("MOVQ R13, carry+32(FP)")
-	p("RET")
 }
