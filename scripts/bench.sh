@@ -243,9 +243,9 @@ done
 echo
 printf "%-38s %-20s %s\n" "(c) ${LOSSY_MB} MiB, 40 ms RTT, 1% loss" "$(stat_col "$work/lossy" 1 %.1f) MB/s" "(TCP BBR 16, CUBIC 0.46)"
 echo
-echo "CPU s/GiB is user+sys per side for the whole run (p2pcat's includes its ~0.1 s RSA key)."
-echo "Setup steps (b'): on loopback the two RSA keys, generated at once on the cores, are most of"
-echo "the setup (keys_ready); the key starts right after the flags, so that the password prompt"
+echo "CPU s/GiB is user+sys per side for the whole run (p2pcat's includes its RSA key, ~0.02-0.04 s)."
+echo "Setup steps (b'): on loopback the two RSA keys, generated at once on the cores, are the"
+echo "largest step (keys_ready); the key starts right after the flags, so that the password prompt"
 echo "and the rendezvous run beside it. The rendezvous takes two requests per"
 echo "side, Hello (its Challenge proves the address) and Find, so two round trips to the server;"
 echo "the peers then need two round trips for the handshake and half of one for the first byte."
