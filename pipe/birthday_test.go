@@ -43,7 +43,7 @@ func TestBirthdayRoles(t *testing.T) {
 }
 
 // TestBothIPv6: a global IPv6 address offered by both sides counts; IPv4,
-// link-local, unique local (fd00::/8, routed nowhere beyond a LAN) or an
+// link-local, unique local (fc00::/7, routed nowhere beyond a LAN) or an
 // IPv6 offer on one side only does not.
 func TestBothIPv6(t *testing.T) {
 	ap := netip.MustParseAddrPort

@@ -15,7 +15,7 @@ import (
 // handshake sends its current message again anyway.
 
 // holdBack keeps b when the hold is on, and reports whether it did; b
-// then goes to the address the hold is open for, if any, at once.
+// then goes at once to the addresses the hold is open for, if any.
 func (c *Conn) holdBack(b []byte) bool {
 	if !c.holding.Load() {
 		return false
@@ -26,38 +26,12 @@ func (c *Conn) holdBack(b []byte) bool {
 		return false
 	}
 	c.held = append(c.held[:0], b...)
+	open := slices.Clone(c.holdOpen)
 	c.mu.Unlock()
-	if open := c.holdOpen.Load(); open != nil {
-		_ = c.write(b, *open)
+	for _, to := range open {
+		_ = c.write(b, to)
 	}
 	return true
-}
-
-// heldBackFrom reports whether the hold keeps datagrams to to back: it is
-// on, and not open for to.
-func (c *Conn) heldBackFrom(to netip.AddrPort) bool {
-	if !c.holding.Load() {
-		return false
-	}
-	open := c.holdOpen.Load()
-	return open == nil || *open != to
-}
-
-// openHold ends the hold for from, where a probe of the peer came from
-// (the first such address only): it gets a probe and the kept datagram
-// now.
-func (c *Conn) openHold(from netip.AddrPort) {
-	if !c.holding.Load() || !c.holdOpen.CompareAndSwap(nil, &from) {
-		return
-	}
-	c.log.Debug("hold: a probe of the peer came, so its NAT is open toward us: sending to it now", "addr", from.String())
-	_ = c.write(c.probe(), from)
-	c.mu.Lock()
-	b := slices.Clone(c.held)
-	c.mu.Unlock()
-	if b != nil {
-		_ = c.write(b, from)
-	}
 }
 
 // sendHeld ends the hold, at holdUntil, and sends the datagram kept
@@ -74,4 +48,39 @@ func (c *Conn) sendHeld() {
 	if b != nil {
 		_ = c.Send(b) // on a closed Conn: nothing, as any send
 	}
+}
+
+// heldBackFrom reports whether the hold keeps datagrams to to back: it is
+// on, and not open for to.
+func (c *Conn) heldBackFrom(to netip.AddrPort) bool {
+	if !c.holding.Load() {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.holding.Load() && !slices.Contains(c.holdOpen, to)
+}
+
+// openHold ends the hold for from, where a probe of the peer came from,
+// if it is an address we may send to (a candidate, or one learned from a
+// probe): it gets the kept datagram and a probe now, within its
+// anti-amplification budget (the datagram first: to an address learned
+// from one probe the budget may not cover both).
+func (c *Conn) openHold(from netip.AddrPort) {
+	if !c.holding.Load() || !c.isKnown(from) {
+		return
+	}
+	c.mu.Lock()
+	if !c.holding.Load() || slices.Contains(c.holdOpen, from) || len(c.holdOpen) >= MaxCandidates {
+		c.mu.Unlock()
+		return
+	}
+	c.holdOpen = append(c.holdOpen, from)
+	b := slices.Clone(c.held)
+	c.mu.Unlock()
+	c.log.Debug("hold: a probe of the peer came, so its NAT is open toward us: sending to it now", "addr", from.String())
+	if b != nil {
+		_ = c.write(b, from)
+	}
+	_ = c.write(c.probe(), from)
 }

@@ -56,8 +56,8 @@ func TestHoldSendsLatestAtEnd(t *testing.T) {
 }
 
 // TestHoldOpensTowardProbingPeer: a probe with our pairing id that comes
-// during the hold ends it for its source at once: that address gets our
-// probe and the kept datagram, and later datagrams too, while another
+// during the hold ends it for its source at once: that address gets the
+// kept datagram and our probe, and later datagrams too, while another
 // candidate that sent nothing gets nothing until the hold ends.
 func TestHoldOpensTowardProbingPeer(t *testing.T) {
 	forEachNet(t, func(t *testing.T, n testNet) {
@@ -102,10 +102,10 @@ func TestHoldOpensTowardProbingPeer(t *testing.T) {
 				}
 			}
 		}
-		read(ProbeType)
 		if got := read(0x01); string(got) != "\x01a" {
 			t.Fatalf("the kept datagram arrived as %q", got)
 		}
+		read(ProbeType)
 		if err := c.Send([]byte{0x01, 'b'}); err != nil {
 			t.Fatal(err)
 		}

@@ -84,10 +84,11 @@ type Conn struct {
 	holding   atomic.Bool
 	held      []byte // guarded by mu
 	holdTimer *time.Timer
-	// holdOpen, during the hold, is the address the peer's first probe
-	// came from: its NAT sends to us from there, so our datagrams to it
-	// go out at once (hold.go).
-	holdOpen atomic.Pointer[netip.AddrPort]
+	// holdOpen, during the hold, are the known addresses a probe of the
+	// peer came from (at most MaxCandidates): its NAT sends to us from
+	// there, so our datagrams to them go out at once (hold.go). Guarded
+	// by mu.
+	holdOpen []netip.AddrPort
 
 	stopPunch context.CancelFunc
 	punchDone chan struct{}

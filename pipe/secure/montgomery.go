@@ -32,7 +32,7 @@ type montgomery struct {
 	n   []uint64 // little-endian words
 	n0  uint64   // −n⁻¹ mod 2^64
 	one []uint64 // R mod n: 1 in Montgomery form
-	rr  []uint64 // R² mod n: converts into Montgomery form
+	rr  []uint64 // R² mod n: converts into Montgomery form (toMont)
 	t   []uint64 // scratch of 2s words for mul
 	// rows is mul's loop: montRowsGo, or the same in assembly.
 	rows func(t, x, y, n []uint64, n0 uint64) uint64
@@ -66,7 +66,6 @@ func newMontgomery(n *big.Int, impl montImpl) *montgomery {
 	m := &montgomery{
 		n:    toWords(n, s),
 		one:  make([]uint64, s),
-		rr:   make([]uint64, s),
 		t:    make([]uint64, 2*s),
 		base: make([]uint64, s),
 	}
@@ -80,8 +79,29 @@ func newMontgomery(n *big.Int, impl montImpl) *montgomery {
 	m.n0 = -inv
 	r := new(big.Int).Lsh(bigOne, uint(64*s))
 	copy(m.one, toWords(new(big.Int).Mod(r, n), s))
-	copy(m.rr, toWords(r.Mod(r.Mul(r, r), n), s))
 	return m
+}
+
+// toMont sets z to a·R mod n, for 0 ≤ a < n. R² mod n is computed at the
+// first call: base 2, which rejects nearly every candidate, never needs it.
+func (m *montgomery) toMont(z []uint64, a *big.Int) {
+	s := len(m.n)
+	if m.rr == nil {
+		r := new(big.Int).Lsh(bigOne, uint(64*s))
+		m.rr = toWords(r.Mod(r.Mul(r, r), fromWordsBig(m.n)), s)
+	}
+	m.mul(z, toWords(a, s), m.rr)
+}
+
+// fromWordsBig is toWords' inverse.
+func fromWordsBig(w []uint64) *big.Int {
+	b := make([]byte, 8*len(w))
+	for i, v := range w {
+		for k := range 8 {
+			b[len(b)-1-8*i-k] = byte(v >> (8 * k))
+		}
+	}
+	return new(big.Int).SetBytes(b)
 }
 
 // toWords returns x (0 ≤ x < 2^(64s)) as s little-endian words.
@@ -212,7 +232,7 @@ func (m *montgomery) exp(z []uint64, a *big.Int, e *big.Int) {
 	s := len(m.n)
 	// odd[k] = a^(2k+1) in Montgomery form
 	var odd [1 << (expWindow - 1)][]uint64
-	m.mul(m.base, toWords(a, s), m.rr)
+	m.toMont(m.base, a)
 	odd[0] = append([]uint64(nil), m.base...)
 	sq := make([]uint64, s)
 	m.sqr(sq, m.base)
