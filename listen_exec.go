@@ -66,7 +66,7 @@ func newExecSession(command, session string, stderr io.Writer, log *slog.Logger)
 	e := &execSession{command: command, session: session, log: log, exited: make(chan struct{}), stop: make(chan struct{})}
 	e.cmd = exec.Command("/bin/sh", "-c", command)
 	e.cmd.Stderr = stderr
-	e.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	ownProcessGroup(e.cmd)
 	var err1, err2 error
 	e.cmdIn, e.toCmd, err1 = os.Pipe()
 	e.fromCmd, e.cmdOut, err2 = os.Pipe()
@@ -147,14 +147,13 @@ func (e *execSession) finish() {
 
 // kill stops the command's process group: SIGTERM, then SIGKILL.
 func (e *execSession) kill() {
-	pgid := e.cmd.Process.Pid
-	syscall.Kill(-pgid, syscall.SIGTERM)
+	signalGroup(e.cmd, false)
 	t := time.NewTimer(killGrace)
 	defer t.Stop()
 	select {
 	case <-e.exited:
 	case <-t.C:
-		syscall.Kill(-pgid, syscall.SIGKILL)
+		signalGroup(e.cmd, true)
 		<-e.exited
 	}
 }

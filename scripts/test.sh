@@ -52,6 +52,11 @@ fi
 step "go vet"
 go vet ./...
 
+step "cross-build (the binary on other systems: no Linux-only call outside a build-tagged file)"
+for target in windows/amd64 darwin/arm64 linux/arm64; do
+	GOOS=${target%/*} GOARCH=${target#*/} go build -o /dev/null . || { echo "p2pcat does not build for $target"; exit 1; }
+done
+
 step "go test -race"
 go test -race -count=1 -timeout 20m ./...
 
