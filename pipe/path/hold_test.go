@@ -71,14 +71,7 @@ func TestHoldOpensTowardProbingPeer(t *testing.T) {
 		start := time.Now()
 		c := New(sock, netip.MustParseAddrPort("127.0.0.1:9"), pairing, []netip.AddrPort{peerAddr, quietAddr}, nil, Options{ProbeDelay: hold})
 		defer c.Close()
-		go func() {
-			buf := make([]byte, 2048)
-			for {
-				if _, _, err := c.Recv(buf); err != nil {
-					return
-				}
-			}
-		}()
+		received(c)                                       // handles the probe
 		if err := c.Send([]byte{0x01, 'a'}); err != nil { // kept
 			t.Fatal(err)
 		}

@@ -34,17 +34,7 @@ func TestPortUnreachableReported(t *testing.T) {
 			if tc.oneByOne {
 				c.testOnlyOneByOne()
 			}
-			got := make(chan []byte, 1)
-			go func() {
-				buf := make([]byte, 64<<10)
-				for {
-					n, _, err := c.Recv(buf)
-					if err != nil {
-						return
-					}
-					got <- append([]byte(nil), buf[:n]...)
-				}
-			}()
+			got := received(c)
 			select {
 			case <-c.Refused():
 			case <-time.After(10 * time.Second):
@@ -79,14 +69,7 @@ func TestPortUnreachableOtherAddressIgnored(t *testing.T) {
 	sock := listenLoopback4(t)
 	c := New(sock, netip.MustParseAddrPort("127.0.0.1:1"), [16]byte{15}, []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:9")}, nil, Options{})
 	defer c.Close()
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			if _, _, err := c.Recv(buf); err != nil {
-				return
-			}
-		}
-	}()
+	received(c)
 	closed := closedLoopbackPort(t)
 	for range 5 {
 		_, _ = sock.WriteToUDPAddrPort([]byte{0x01}, closed)

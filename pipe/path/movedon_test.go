@@ -26,17 +26,7 @@ func TestMovedOnNotice(t *testing.T) {
 	sock := listenLoopback4(t)
 	c := New(sock, serverAddr, id, []netip.AddrPort{peer.LocalAddr().(*net.UDPAddr).AddrPort()}, nil, Options{Relay: true})
 	defer c.Close()
-	got := make(chan []byte, 4)
-	go func() {
-		buf := make([]byte, 64<<10)
-		for {
-			n, _, err := c.Recv(buf)
-			if err != nil {
-				return
-			}
-			got <- append([]byte(nil), buf[:n]...)
-		}
-	}()
+	got := received(c)
 	to := sock.LocalAddr().(*net.UDPAddr)
 	relayed := func(pairing [16]byte, payload []byte) []byte {
 		return append(wire.AppendRelayHeader(nil, pairing), payload...)

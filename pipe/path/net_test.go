@@ -68,6 +68,23 @@ func forEachNet(t *testing.T, f func(t *testing.T, n testNet)) {
 // machine (two cores, the race detector) may be slow to run it.
 const exitGrace = 2 * time.Second
 
+// received runs c's receive loop until c closes (it handles probes and
+// the relay's datagrams on the way) and returns what the loop delivers.
+func received(c *Conn) <-chan []byte {
+	got := make(chan []byte, 64)
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, _, err := c.Recv(buf)
+			if err != nil {
+				return
+			}
+			got <- append([]byte(nil), buf[:n]...)
+		}
+	}()
+	return got
+}
+
 // checkGoroutinesEnd fails t unless every goroutine the package's own code
 // started during t (the punch routine) has returned by the end of t's
 // cleanups, within exitGrace. It compares goroutine ids in runtime.Stack

@@ -29,21 +29,18 @@ import (
 
 // montgomery is the arithmetic modulo an odd n of s words, with R = 2^(64s).
 type montgomery struct {
-	n   []uint64 // little-endian words
-	n0  uint64   // −n⁻¹ mod 2^64
-	one []uint64 // R mod n: 1 in Montgomery form
-	rr  []uint64 // R² mod n: converts into Montgomery form (toMont)
-	t   []uint64 // scratch of 2s words for mul
-	// rows is mul's loop: montRowsGo, or the same in assembly.
-	rows func(t, x, y, n []uint64, n0 uint64) uint64
-	// sqrRows, where there is assembly for s words, squares x into t
-	// and reduces it (sqr); nil: sqr is mul(z, x, x).
-	sqrRows func(t, x, n []uint64, n0 uint64) uint64
-	base    []uint64 // scratch for exp's base in Montgomery form
+	montImpl
+	nBig *big.Int
+	n    []uint64 // little-endian words
+	n0   uint64   // −n⁻¹ mod 2^64
+	one  []uint64 // R mod n: 1 in Montgomery form
+	rr   []uint64 // R² mod n: converts into Montgomery form (toMont)
+	t    []uint64 // scratch of 2s words for mul and sqr
 }
 
-// montImpl is an implementation of montgomery's loops: mul's rows, and
-// sqr's, which may be nil (sqr is then mul).
+// montImpl is an implementation of montgomery's loops: rows, mul's loop
+// (montRowsGo, or the same in assembly), and sqrRows, which squares x
+// into t and reduces it, or is nil (sqr is then mul).
 type montImpl struct {
 	rows    func(t, x, y, n []uint64, n0 uint64) uint64
 	sqrRows func(t, x, n []uint64, n0 uint64) uint64
@@ -63,13 +60,7 @@ func fastMont(s int) (montImpl, bool) {
 // above 1, with impl's loops.
 func newMontgomery(n *big.Int, impl montImpl) *montgomery {
 	s := (n.BitLen() + 63) / 64
-	m := &montgomery{
-		n:    toWords(n, s),
-		one:  make([]uint64, s),
-		t:    make([]uint64, 2*s),
-		base: make([]uint64, s),
-	}
-	m.rows, m.sqrRows = impl.rows, impl.sqrRows
+	m := &montgomery{montImpl: impl, nBig: n, n: toWords(n, s), t: make([]uint64, 2*s)}
 	// n0 = −n⁻¹ mod 2^64 by Newton's iteration: each step doubles the
 	// correct low bits of inv (n·n ≡ 1 mod 8 gives 3 to start from).
 	inv := m.n[0]
@@ -78,7 +69,7 @@ func newMontgomery(n *big.Int, impl montImpl) *montgomery {
 	}
 	m.n0 = -inv
 	r := new(big.Int).Lsh(bigOne, uint(64*s))
-	copy(m.one, toWords(new(big.Int).Mod(r, n), s))
+	m.one = toWords(r.Mod(r, n), s)
 	return m
 }
 
@@ -88,20 +79,9 @@ func (m *montgomery) toMont(z []uint64, a *big.Int) {
 	s := len(m.n)
 	if m.rr == nil {
 		r := new(big.Int).Lsh(bigOne, uint(64*s))
-		m.rr = toWords(r.Mod(r.Mul(r, r), fromWordsBig(m.n)), s)
+		m.rr = toWords(r.Mod(r.Mul(r, r), m.nBig), s)
 	}
 	m.mul(z, toWords(a, s), m.rr)
-}
-
-// fromWordsBig is toWords' inverse.
-func fromWordsBig(w []uint64) *big.Int {
-	b := make([]byte, 8*len(w))
-	for i, v := range w {
-		for k := range 8 {
-			b[len(b)-1-8*i-k] = byte(v >> (8 * k))
-		}
-	}
-	return new(big.Int).SetBytes(b)
 }
 
 // toWords returns x (0 ≤ x < 2^(64s)) as s little-endian words.
@@ -204,16 +184,6 @@ func (m *montgomery) double(z, x []uint64) {
 	m.reduceInto(z, z, c)
 }
 
-// equal reports whether x and y are the same s words.
-func equalWords(x, y []uint64) bool {
-	for i := range x {
-		if x[i] != y[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // exp2 sets z to 2^e in Montgomery form (2^e·R mod n), for e > 0.
 func (m *montgomery) exp2(z []uint64, e *big.Int) {
 	copy(z, m.one)
@@ -232,10 +202,10 @@ func (m *montgomery) exp(z []uint64, a *big.Int, e *big.Int) {
 	s := len(m.n)
 	// odd[k] = a^(2k+1) in Montgomery form
 	var odd [1 << (expWindow - 1)][]uint64
-	m.toMont(m.base, a)
-	odd[0] = append([]uint64(nil), m.base...)
+	odd[0] = make([]uint64, s)
+	m.toMont(odd[0], a)
 	sq := make([]uint64, s)
-	m.sqr(sq, m.base)
+	m.sqr(sq, odd[0])
 	for k := 1; k < len(odd); k++ {
 		odd[k] = make([]uint64, s)
 		m.mul(odd[k], odd[k-1], sq)

@@ -10,6 +10,15 @@ import (
 	"testing"
 )
 
+// fromWordsBig is toWords' inverse.
+func fromWordsBig(w []uint64) *big.Int {
+	x := new(big.Int)
+	for i := len(w) - 1; i >= 0; i-- {
+		x.Lsh(x, 64).Or(x, new(big.Int).SetUint64(w[i]))
+	}
+	return x
+}
+
 // randomOdd returns a random odd number of exactly bits bits (bits ≥ 2).
 func randomOdd(t testing.TB, bits int) *big.Int {
 	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(bigOne, uint(bits-1)))

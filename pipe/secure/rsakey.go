@@ -52,6 +52,7 @@ import (
 	"math/big"
 	"math/bits"
 	"runtime"
+	"slices"
 	"sync"
 )
 
@@ -231,9 +232,11 @@ func randomPrime(ctx context.Context, bits int) (*big.Int, error) {
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			// The session's other goroutines (the rendezvous, punching)
-			// run between two exponentiations: with both searches on the
-			// process's Ps they would wait for a preemption, up to 10 ms.
+			// The session's other runnable goroutines run between two
+			// exponentiations: with both searches on the process's Ps they
+			// would wait for a preemption, up to 10 ms. (One woken by the
+			// network can still wait up to that long, for the runtime's
+			// background poll, while both searches keep the Ps busy.)
 			runtime.Gosched()
 			ok, err := probablyPrime(c, rounds)
 			if err != nil {
@@ -337,15 +340,15 @@ func (mr *millerRabin) passes(a *big.Int) bool {
 	} else {
 		mr.m.exp(y, a, mr.d)
 	}
-	if equalWords(y, mr.m.one) || equalWords(y, mr.minus) {
+	if slices.Equal(y, mr.m.one) || slices.Equal(y, mr.minus) {
 		return true
 	}
 	for range mr.s - 1 {
 		mr.m.sqr(y, y)
 		switch {
-		case equalWords(y, mr.minus):
+		case slices.Equal(y, mr.minus):
 			return true
-		case equalWords(y, mr.m.one):
+		case slices.Equal(y, mr.m.one):
 			return false // a non-trivial square root of 1
 		}
 	}
