@@ -170,6 +170,7 @@ func (a *attempt) birthday(ctx context.Context, udp *net.UDPConn) *net.UDPConn {
 		log.Info("birthday punching: the peer's NAT maps each destination to a new port; probing many of its ports", "peer", a.match.PeerObserved.String())
 	case birthdayDial:
 		if sock := a.dialBirthday(ctx); sock != nil {
+			a.opts.RebindRelay = true
 			udp.Close()
 			return sock
 		}

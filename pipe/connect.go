@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/p2pcat/p2pcat/internal/udpio"
 	"github.com/p2pcat/p2pcat/pipe/path"
 	"github.com/p2pcat/p2pcat/pipe/secure"
 	"github.com/p2pcat/p2pcat/rendezvous"
@@ -29,7 +30,10 @@ import (
 // again from fresh ports and punch with one side holding back its first
 // packets, then the other: on a NAT that lets the peer's early probe claim
 // the port mapping (conntrack's port clash), the side behind it must send
-// first, and neither side can tell which one that is. The last attempt
+// first, and neither side can tell which one that is. Where both sides'
+// NATs kept their ports, those attempts first try a timed crossing
+// (crossing.go): many fresh socket pairs whose first probes leave both
+// sides at one moment, for when both NATs clash. The last attempt
 // offers the relay after relayAfter (at once with RelayOnly, which is a
 // single attempt); a direct path found later still takes over.
 //
@@ -54,8 +58,8 @@ import (
 // its part of the handshake (attempt.handshake); plan.failed says whether
 // another attempt follows. What each attempt tries is decided in one function,
 // plan.attempt: a new way to connect (relay first, birthday-paradox
-// punching from many ports) is a change there, plus the path.Options that
-// carry it to pipe/path.
+// punching from many ports, the timed crossing) is a change there, plus
+// the path.Options that carry it to pipe/path.
 
 // Punch attempts.
 const (
@@ -108,6 +112,9 @@ const silentPeer = 2 * time.Second
 // that completed it.
 func (cfg *Config) connect(ctx context.Context, keys <-chan keyResult) (_ *secure.Conn, _ *path.Conn, _ time.Duration, err error) {
 	pl := newPlan(cfg)
+	// The server's answers arrive stamped by the kernel (Match.Received,
+	// which a timed crossing starts from) from the first Find on.
+	defer udpio.HoldStamps()()
 	var hs *secure.Handshaker // the run's one handshake, from the first attempt on
 	defer func() { err = closeHandshake(ctx, hs, err) }()
 	for n := 0; ; n++ {
@@ -197,6 +204,9 @@ func (pl *plan) start(ctx context.Context, n int) (*attempt, error) {
 	pl.ours = ours
 	a := pl.attempt(n, match)
 	udp = a.birthday(ctx, udp) // birthday.go: the spray's options, or the socket that met the peer
+	if a.crossing {
+		udp = a.cross(ctx, udp) // crossing.go: the socket whose first probes crossed the peer's
+	}
 	a.punch(udp)
 	a.watchSilence()
 	return a, nil
@@ -221,6 +231,7 @@ func (pl *plan) attempt(n int, m rendezvous.Match) *attempt {
 	}
 	return &attempt{
 		cfg: cfg, n: n, last: last, connectBy: pl.connectBy, match: m, ours: pl.ours,
+		crossing:   pl.crosses(n, m),
 		candidates: append([]netip.AddrPort{m.PeerObserved}, m.PeerCandidates...),
 		opts: path.Options{
 			NoOffload: cfg.NoOffload, ProbeDelay: probeDelay,
@@ -371,6 +382,8 @@ type attempt struct {
 	// birthdayPunching: the attempt punches the birthday way (birthday.go), whose
 	// first packets from the peer may take most of a second to come.
 	birthdayPunching bool
+	crossing         bool // the attempt tries a timed crossing (crossing.go)
+	crossMissed      bool // it did, nothing crossed, and another attempt follows: this one is over
 	// unheard is closed when the attempt is over for silence (watchSilence,
 	// silence.go); nil when it does not end that way. stopWatch ends the
 	// watch (any number of times).

@@ -30,6 +30,11 @@ func (a *attempt) watchSilence() {
 	var once sync.Once
 	a.unheard = over
 	a.stopWatch = func() { once.Do(func() { close(done) }) }
+	if a.crossMissed {
+		a.cfg.Logger.Debug("punch attempt: nothing crossed", "attempt", a.n+1)
+		close(over) // the attempt's reads have not begun: nothing to cut
+		return
+	}
 	go a.watch(over, done)
 }
 

@@ -231,6 +231,12 @@ type Match struct {
 	// PeerName is the peer's name as it gave it to the server; always set
 	// (also for normal finds), and always a wire.ValidName.
 	PeerName string
+	// Received is when the server's matched answer arrived (read from
+	// the socket). The server sends both sides' answers together, so the
+	// two sides' Received are about as far apart as the difference of
+	// their one-way times from the server (a timed crossing starts from
+	// it: pipe/path/crossing.go).
+	Received time.Time
 }
 
 // check validates fr before anything is sent, and returns the flags its
@@ -279,6 +285,14 @@ func (c *Client) Find(ctx context.Context, fr FindRequest) (_ Match, err error) 
 		return Match{}, err
 	}
 	ex := c.newExchange(ctx)
+	if udp, ok := c.Conn.(*net.UDPConn); ok {
+		// The matched answer's arrival, to the microsecond (Match.Received).
+		stop, ok := udpio.StampReceives(udp)
+		defer stop()
+		if ok {
+			ex.stamped, ex.oob = udp, make([]byte, udpio.StampSpace)
+		}
+	}
 	ex.authErr = fmt.Errorf("%w: wrong session key for registered session %q", ErrSessionKeyRefused, fr.Session)
 	ch, err := ex.challenge(fr.Session)
 	if err != nil {
@@ -405,7 +419,7 @@ func (f *finding) match(r *wire.FindResp) (Match, error) {
 		PairingID: r.PairingID, Role: r.Role, Observed: r.Observed,
 		PeerObserved: r.PeerObserved, PeerCandidates: r.PeerCandidates,
 		Server: f.c.Server, ServerID: f.serverID, Relay: r.Relay,
-		PeerName: r.PeerName,
+		PeerName: r.PeerName, Received: f.ex.arrived,
 	}
 	if r.Relay {
 		m.RelayToken = r.RelayToken
@@ -440,6 +454,12 @@ type exchange struct {
 	// (strayWoke is when it last did); Find sets it once it has a cookie.
 	wakeOnStray bool
 	strayWoke   time.Time
+	// stamped, when set, is the socket read with its kernel receive
+	// timestamps on (into oob); arrived is when the last answer arrived:
+	// its timestamp, or else heardAt.
+	stamped *net.UDPConn
+	oob     []byte
+	arrived time.Time
 }
 
 func (c *Client) newExchange(ctx context.Context) *exchange {
@@ -610,7 +630,7 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 			return nil, err
 		}
 		ex.c.Conn.SetReadDeadline(deadline)
-		n, from, err := ex.c.Conn.ReadFromUDPAddrPort(ex.buf)
+		n, from, stamp, err := ex.read()
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if err := ex.ctx.Err(); err != nil {
@@ -659,8 +679,26 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 			continue
 		}
 		ex.heardAt, ex.heardAny = time.Now(), true
+		ex.arrived = ex.heardAt
+		if !stamp.IsZero() {
+			ex.arrived = stamp
+		}
 		return msg, nil
 	}
+}
+
+// read reads the next datagram into ex.buf, with its kernel receive time
+// when the socket is stamped (zero otherwise).
+func (ex *exchange) read() (n int, from netip.AddrPort, stamp time.Time, err error) {
+	if ex.stamped == nil {
+		n, from, err = ex.c.Conn.ReadFromUDPAddrPort(ex.buf)
+		return n, from, time.Time{}, err
+	}
+	n, oobn, _, from, err := ex.stamped.ReadMsgUDPAddrPort(ex.buf, ex.oob)
+	if err == nil {
+		stamp, _ = udpio.ReceiveTime(ex.oob[:oobn])
+	}
+	return n, from, stamp, err
 }
 
 // strayWakes reports whether a datagram from another address than the

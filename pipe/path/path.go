@@ -157,6 +157,10 @@ type Options struct {
 	// there. This keeps a router that lets an unsolicited packet claim a
 	// port mapping (a port clash) from being claimed by our first packets.
 	LowTTLFirst bool
+	// RebindRelay: the socket is not the one the server paired (a timed
+	// crossing's or a birthday punch's), so New moves our end of the
+	// relay to it (RelayBind) at once.
+	RebindRelay bool
 }
 
 // lowTTL is the TTL (IPv6 hop limit) of LowTTLFirst's probes: past a home
@@ -211,6 +215,9 @@ func New(sock Socket, server netip.AddrPort, pairingID [16]byte, candidates []ne
 	}
 	if opt.Relay || opt.RelayOnly {
 		c.allowRelay(opt)
+		if opt.RebindRelay && c.relayAllowed {
+			c.sendRelayBind(nil)
+		}
 	}
 	if !c.relayOnly {
 		for _, a := range candidates {
