@@ -20,7 +20,8 @@ import (
 // Each case is a fresh lab with a rendezvous server on the "internet"
 // (198.51.100.1) and two clients, each public or behind its own NAT (or
 // both behind one). The groups of cases run side by side, from one pool of
-// labs: "cases", the matrix of NAT types (testNATMatrix), "cases-delay",
+// labs: "cases", the matrix of NAT types (testNATMatrix), after
+// "cases-alone", its cases that run one at a time first, "cases-delay",
 // the same matrix with a delay between the clients (natLabDelay),
 // "recovery", sessions broken while they run (recoveryJobs),
 // "nat-check", and "lab", checks of the labs' delay and IPv6 filtering
@@ -36,10 +37,17 @@ func TestNATLab(t *testing.T) {
 		return func(t *testing.T) {
 			t.Parallel()
 			start := time.Now()
-			testNATMatrix(t, script, slots, delay, table)
+			testNATMatrix(t, script, slots, delay, false, table)
 			table.logRuns(t, delay, time.Since(start))
 		}
 	}
+	// The cases that need a quiet machine run first, one lab at a time:
+	// the parallel groups below start when this function returns.
+	t.Run("cases-alone", func(t *testing.T) {
+		start := time.Now()
+		testNATMatrix(t, script, make(chan struct{}, 1), 0, true, table)
+		table.logRuns(t, 0, time.Since(start))
+	})
 	t.Run("cases", matrix(0))
 	if delay := natLabDelay(t); delay > 0 {
 		t.Run("cases-delay", matrix(delay))

@@ -297,3 +297,56 @@ func TestRelayEndedEndsRecv(t *testing.T) {
 		t.Fatalf("RelayError() = %v", err)
 	}
 }
+
+// TestRelayRebind: a path on another socket than the one the server
+// paired (a timed crossing's, a birthday punch's) moves our end of the
+// relay to it at once with RebindRelay, so the relay carries it both
+// ways; without it, the server drops what the new socket sends.
+func TestRelayRebind(t *testing.T) {
+	for _, rebind := range []bool{true, false} {
+		srv := rendezvoustest.Start(t, server.Config{})
+		ua, ub, ma, mb := pairThroughServer(t, srv)
+		ua.Close()
+		moved, _ := listen(t)
+		opt := Options{RelayOnly: true}
+		optA := endOf(opt, ma)
+		optA.RebindRelay = rebind
+		a := New(moved, srv.Addr, ma.PairingID, nil, nil, optA)
+		b := New(ub, srv.Addr, mb.PairingID, nil, nil, endOf(opt, mb))
+		if !rebind {
+			a.Send([]byte("from a socket the relay does not know"))
+			b.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			buf := make([]byte, 2048)
+			if n, _, err := b.Recv(buf); err == nil {
+				t.Errorf("without RebindRelay the relay carried %q from an unbound socket", buf[:n])
+			}
+			a.Close()
+			b.Close()
+			continue
+		}
+		// The bind takes a round trip (Challenge, then the bind with its
+		// cookie): send until a datagram comes through.
+		deadline := time.Now().Add(5 * time.Second)
+		var got []byte
+		for time.Now().Before(deadline) {
+			a.Send([]byte("moved"))
+			b.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+			buf := make([]byte, 2048)
+			if n, _, err := b.Recv(buf); err == nil {
+				got = buf[:n]
+				break
+			}
+		}
+		if string(got) != "moved" {
+			t.Fatalf("the relay carried nothing from the rebound socket (got %q)", got)
+		}
+		b.SetReadDeadline(time.Time{})
+		b.Confirm(srv.Addr)
+		b.Send([]byte("back"))
+		if p, from := recvTimeout(t, a, 5*time.Second); string(p) != "back" || from != srv.Addr {
+			t.Fatalf("a got %q from %s, want \"back\" from the relay", p, from)
+		}
+		a.Close()
+		b.Close()
+	}
+}
