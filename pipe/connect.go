@@ -273,10 +273,13 @@ func (pl *plan) relayFirst(n int, m rendezvous.Match) bool {
 // cannot tell, or when the side offered its public address itself
 // (--stun).
 func (pl *plan) behindNAT(m rendezvous.Match) bool {
-	rewritten := func(observed netip.AddrPort, own []netip.AddrPort) bool {
-		return observed.IsValid() && len(own) > 0 && !slices.Contains(own, observed)
-	}
 	return rewritten(m.Observed, pl.ours.offered) || rewritten(m.PeerObserved, m.PeerCandidates)
+}
+
+// rewritten reports whether the server saw a side at an address that is
+// not among the side's own (a NAT rewrote it); false when it cannot tell.
+func rewritten(observed netip.AddrPort, own []netip.AddrPort) bool {
+	return observed.IsValid() && len(own) > 0 && !slices.Contains(own, observed)
 }
 
 // portMoved reports whether the server saw a side at a port that none of

@@ -4,7 +4,6 @@ import (
 	"context"
 	"net"
 	"net/netip"
-	"slices"
 	"time"
 
 	"github.com/p2pcat/p2pcat/pipe/path"
@@ -45,9 +44,6 @@ func (pl *plan) crosses(n int, m rendezvous.Match) bool {
 	if n == 0 || cfg.Relay == RelayOnly || cfg.PeerAddr.IsValid() {
 		return false
 	}
-	rewritten := func(observed netip.AddrPort, own []netip.AddrPort) bool {
-		return observed.IsValid() && len(own) > 0 && !slices.Contains(own, observed)
-	}
 	switch {
 	case !rewritten(m.Observed, pl.ours.offered) || !rewritten(m.PeerObserved, m.PeerCandidates):
 		return false // a side without a NAT filters nothing: plain punching does it
@@ -68,7 +64,7 @@ func (a *attempt) cross(ctx context.Context, udp *net.UDPConn) *net.UDPConn {
 	m := a.match
 	x := path.Crossing{
 		At:    m.Received.Add(crossDelay),
-		Ports: path.CrossPorts(m.Observed.Port()), PeerPorts: path.CrossPorts(m.PeerObserved.Port()),
+		Ports: path.CrossPorts(m.Observed.Port(), m.PairingID), PeerPorts: path.CrossPorts(m.PeerObserved.Port(), m.PairingID),
 		Lead: m.Role == wire.RoleInitiator,
 	}
 	start := time.Now()
@@ -82,8 +78,8 @@ func (a *attempt) cross(ctx context.Context, udp *net.UDPConn) *net.UDPConn {
 	log.Info("timed crossing: probed the peer from many sockets at the agreed moment",
 		"sockets", res.Sockets, "probes", res.Probes, "crossed", res.Heard, "moment", x.At.UTC().Format("15:04:05.000000"), "late", res.Late.Round(time.Microsecond).String(), "took", res.Took.Round(time.Millisecond).String())
 	if a.opts.RelayAfter > 0 {
-		// The relay's moment counts from the attempt's start, not from
-		// the path's: a pair with no direct path waits no longer.
+		// The relay's moment counts from before the crossing, not from
+		// the path's start: a pair with no direct path waits no longer.
 		a.opts.RelayAfter = max(time.Millisecond, a.opts.RelayAfter-time.Since(start))
 	}
 	if res.Sock == nil {

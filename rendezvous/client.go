@@ -680,8 +680,10 @@ func (ex *exchange) receive(deadline time.Time) (wire.Message, error) {
 		}
 		ex.heardAt, ex.heardAny = time.Now(), true
 		ex.arrived = ex.heardAt
-		if !stamp.IsZero() {
-			ex.arrived = stamp
+		if d := ex.heardAt.Sub(stamp); !stamp.IsZero() && d >= 0 && d < time.Second {
+			// As an offset from now, which keeps the monotonic clock
+			// reading (a step of the wall clock moves nothing).
+			ex.arrived = ex.heardAt.Add(-d)
 		}
 		return msg, nil
 	}

@@ -175,8 +175,34 @@ func (b *birthday) send(ctx context.Context, socks []*net.UDPConn, wait time.Dur
 // if it is the first), ctx ends or the socket closes.
 func (b *birthday) listen(ctx context.Context, i int, s *net.UDPConn) {
 	defer b.wg.Done()
-	stop := context.AfterFunc(ctx, func() { s.SetReadDeadline(time.Now()) })
-	defer stop()
+	readProbes(ctx, s, func(p []byte, from netip.AddrPort) bool {
+		if from.Addr() != b.peer.Addr() || !isProbe(p, b.probe) {
+			return true
+		}
+		b.once.Do(func() {
+			b.from = from
+			b.won <- i
+		})
+		return false
+	})
+}
+
+// readProbes reads probe-sized datagrams from s and hands each to take,
+// with its source unmapped, until take returns false, ctx ends or s
+// closes. ctx's end sets a past read deadline on s; readProbes waits for
+// that wake-up to be over, so nothing touches s's deadline after it
+// returns.
+func readProbes(ctx context.Context, s *net.UDPConn, take func(p []byte, from netip.AddrPort) bool) {
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		s.SetReadDeadline(time.Now())
+	})
+	defer func() {
+		if !stop() {
+			<-fired
+		}
+	}()
 	buf := make([]byte, probeLen+1)
 	for {
 		n, from, err := s.ReadFromUDPAddrPort(buf)
@@ -186,12 +212,7 @@ func (b *birthday) listen(ctx context.Context, i int, s *net.UDPConn) {
 			}
 			continue // an ICMP error surfacing on the socket
 		}
-		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		if from.Addr() == b.peer.Addr() && isProbe(buf[:n], b.probe) {
-			b.once.Do(func() {
-				b.from = from
-				b.won <- i
-			})
+		if !take(buf[:n], netip.AddrPortFrom(from.Addr().Unmap(), from.Port())) {
 			return
 		}
 	}

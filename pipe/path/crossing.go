@@ -2,14 +2,12 @@ package path
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -27,24 +25,28 @@ import (
 // derive alike from the server's pairing answer (pipe/crossing.go), over
 // CrossSockets fresh tuples: each side opens CrossSockets sockets on the
 // ports CrossPorts derives from its primary port, and tuple i joins our
-// i-th socket to the peer's i-th port. Every probe is the first packet
-// of its socket: the first packets of a flow take the routers' slow path,
-// which keeps them in flight longest. The sends go in bursts (tupleOf,
-// Crossing.sprayAt), and one side (Crossing.Lead) sends each tuple
-// crossStep·(i−CrossSockets/2) earlier or later than the other: a vernier
-// over the error of the two clocks.
+// i-th socket to the peer's i-th port. Every probe is the first packet of
+// its socket: in the NAT lab one socket probing many ports of the peer
+// crossed with its first probe only, fresh sockets with any of theirs.
+// The sends go in bursts (tupleOf, Crossing.sendAt), and one side
+// (Crossing.Lead) sends each tuple crossStep·(i−CrossSockets/2) earlier or
+// later than the other: a vernier over the error of the two clocks.
 //
-// A tuple whose two probes crossed carries both, so both sides hear the
-// same tuples; each takes the one sent first (the lowest send slot) that
-// it heard within crossGrace of the first it heard, and closes every other
-// socket. That is the same tuple on both sides unless a probe was lost
-// after the tuple opened; then the attempt finds no path and the next one
-// starts over.
+// A tuple whose two probes crossed is open both ways. The leading side
+// takes the one sent first (the lowest send slot) among those it heard by
+// crossGrace after the first, and starts its path there; the other side
+// answers each tuple's first crossing probe once (so that a tuple whose
+// first packet one router dropped, in the race of the two directions'
+// conntrack entries, is heard by the leader too) and takes the tuple on
+// which the leader's first plain probe arrives. Each closes every other
+// socket.
 //
 // The bounds, which nothing raises: CrossSockets sockets on each side,
-// each sending one probe, to the one peer IP the server saw, to the port
-// of its tuple, all within CrossDuration; then the sockets wait at most
-// the budget their caller gives.
+// each sending one probe (on the follower, one more answering the first
+// the peer's tuple sent it), to the one peer IP the server saw, to the
+// port of its tuple, all within CrossDuration; then the sockets wait at
+// most the budget their caller gives, and crossGrace or crossFollow
+// after it.
 const (
 	CrossSockets = 48
 	// The sends go in crossBursts bursts, crossBurstGap apart, of
@@ -69,15 +71,18 @@ const (
 	crossFollow = 100 * time.Millisecond
 )
 
-// CrossDuration is how long a crossing's sends take from Crossing.At.
-const CrossDuration = crossBursts*crossBurstGap + CrossSockets/2*crossStep
+// CrossDuration is how long after Crossing.At a crossing's last send goes
+// (the leader's: its vernier puts the last tuple latest).
+const CrossDuration = (crossBursts-1)*crossBurstGap + (perBurst-1)*crossSpacing + (CrossSockets-1-CrossSockets/2)*crossStep
 
 // perBurst is how many tuples a burst sends.
 const perBurst = CrossSockets / crossBursts
 
 // Crossing is one side's plan of a timed crossing.
 type Crossing struct {
-	// At is the moment of the first send, by this side's clock.
+	// At is the moment the schedule counts from, by this side's clock:
+	// the non-leading side's first send (the leader's vernier moves each
+	// of its sends around its moment).
 	At time.Time
 	// Ports are ours (CrossPorts of our public port), PeerPorts the
 	// peer's (of its public port): tuple i joins Ports[i] to
@@ -105,20 +110,29 @@ func (x Crossing) sendAt(k int) time.Time {
 
 // CrossPorts returns the CrossSockets ports a side opens for a timed
 // crossing, from the public port of its primary socket (the same as its
-// own when its NAT keeps ports): the ones after it, or before it when
-// they would pass 65535. Both sides compute each other's alike, from the
-// port the server saw.
-func CrossPorts(primary uint16) []uint16 {
+// own when its NAT keeps ports) and the pairing id: a run of
+// CrossSockets ports, crossRunOf(pairingID) runs after it, or before it
+// when that would pass 65535. Each attempt's pairing (and so its run)
+// differs, so that a retry from a fixed port (--port) does not meet the
+// conntrack entries its last crossing left. Both sides compute each
+// other's alike, from the port the server saw.
+func CrossPorts(primary uint16, pairingID [16]byte) []uint16 {
+	off := 1 + crossRunOf(pairingID)*CrossSockets
+	step := 1
+	if int(primary)+off+CrossSockets-1 > 65535 {
+		step = -1
+	}
 	ports := make([]uint16, CrossSockets)
 	for i := range ports {
-		if int(primary)+CrossSockets <= 65535 {
-			ports[i] = primary + 1 + uint16(i)
-		} else {
-			ports[i] = primary - 1 - uint16(i)
-		}
+		ports[i] = uint16(int(primary) + step*(off+i))
 	}
 	return ports
 }
+
+// crossRuns is how many runs of ports a crossing may take (crossRunOf).
+const crossRuns = 8
+
+func crossRunOf(pairingID [16]byte) int { return int(pairingID[0] % crossRuns) }
 
 // CrossResult is the outcome of CrossPunch.
 type CrossResult struct {
@@ -134,10 +148,12 @@ type CrossResult struct {
 // CrossPunch is one side of a timed crossing with the peer at ip: it
 // opens a socket on each of x.Ports (one that is taken is left out),
 // sends each one's crossing probe at its moment, and returns the tuple
-// the two sides take, within budget (counted from the call): the leading
-// side's choice, the earliest it heard, and on the other side the tuple
-// the leader's first plain probe (its path's) arrives on. It closes every
-// other socket and leaves no goroutine behind.
+// the two sides take: the leading side's choice, the earliest it heard,
+// crossGrace after the first it heard; on the other side the tuple the
+// leader's first plain probe (its path's) arrives on, within budget
+// (counted from the call) or, when a tuple crossed, crossFollow more. It
+// closes every other socket and leaves no goroutine behind; ctx ends it
+// early.
 func CrossPunch(ctx context.Context, ip netip.Addr, pairingID [16]byte, x Crossing, budget time.Duration, log *slog.Logger) (CrossResult, error) {
 	start := time.Now()
 	if len(x.Ports) != CrossSockets || len(x.PeerPorts) != CrossSockets {
@@ -148,7 +164,7 @@ func CrossPunch(ctx context.Context, ip netip.Addr, pairingID [16]byte, x Crossi
 		network = "udp6"
 	}
 	c := &crossing{lead: x.Lead, socks: make([]*net.UDPConn, CrossSockets), heard: make(map[int]bool),
-		first: make(chan struct{}), chosen: make(chan int, 1), probe: newProbe(pairingID)}
+		first: make(chan struct{}), chosen: make(chan struct{}), choice: -1, probe: newProbe(pairingID)}
 	c.mark = crossProbe(c.probe)
 	opened := 0
 	for i, p := range x.Ports {
@@ -160,61 +176,41 @@ func CrossPunch(ctx context.Context, ip netip.Addr, pairingID [16]byte, x Crossi
 	if opened == 0 {
 		return CrossResult{}, fmt.Errorf("opening sockets for a timed crossing: none of the ports %d-%d is free", x.Ports[0], x.Ports[len(x.Ports)-1])
 	}
-	parent := ctx
-	ctx, cancel := context.WithDeadline(ctx, start.Add(budget))
-	defer cancel()
+	// The readers run past the budget by what a side may wait after it.
+	extra := crossGrace
+	if !x.Lead {
+		extra = crossFollow
+	}
+	readCtx, stopReading := context.WithDeadline(ctx, start.Add(budget+extra))
+	defer stopReading()
 	for i, s := range c.socks {
 		if s != nil {
 			c.wg.Add(1)
-			go c.listen(ctx, i, netip.AddrPortFrom(ip, x.PeerPorts[i]))
+			go c.listen(readCtx, i, netip.AddrPortFrom(ip, x.PeerPorts[i]))
 		}
 	}
+	waitCtx, stopWaiting := context.WithDeadline(ctx, start.Add(budget))
+	defer stopWaiting()
+	settled := c.first // the leader sends no more once it heard a tuple
+	if !x.Lead {
+		settled = c.chosen // the other side, once it knows the leader's choice
+	}
 	res := CrossResult{Sockets: opened}
-	res.Probes, res.Late = sendTimed(CrossSockets, x.sendAt, func(k int) error {
+	res.Probes, res.Late = sendTimed(waitCtx, CrossSockets, x.sendAt, func(k int) error {
 		i := tupleOf(k)
 		if c.socks[i] == nil {
 			return net.ErrClosed
 		}
 		_, err := c.socks[i].WriteToUDPAddrPort(c.mark, netip.AddrPortFrom(ip, x.PeerPorts[i]))
 		return err
-	}, c.settled)
-	winner := -1
-	if x.Lead {
-		select {
-		case <-c.first:
-			// The earliest tuple heard within the grace, by send slot.
-			t := time.NewTimer(crossGrace)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-			}
-			t.Stop()
-			winner = c.earliest()
-		case <-ctx.Done():
-		}
-	} else {
-		select {
-		case winner = <-c.chosen:
-		case <-ctx.Done():
-			if c.firstHeard.Load() && parent.Err() == nil {
-				// A tuple crossed: the leader's choice comes after its
-				// grace, and its path's first probe after that.
-				t := time.NewTimer(crossFollow)
-				select {
-				case winner = <-c.chosen:
-				case <-t.C:
-				case <-parent.Done():
-				}
-				t.Stop()
-			}
-		}
-	}
+	}, settled)
+	winner := c.settle(ctx, waitCtx)
 	for i, s := range c.socks {
 		if s != nil && i != winner {
 			s.Close()
 		}
 	}
-	cancel()
+	stopReading()
 	c.wg.Wait()
 	c.mu.Lock()
 	res.Heard = len(c.heard)
@@ -226,6 +222,56 @@ func CrossPunch(ctx context.Context, ip netip.Addr, pairingID [16]byte, x Crossi
 		RaiseBuffers(res.Sock, 8<<20, log)
 	}
 	return res, nil
+}
+
+// settle waits for this side's tuple after the sends, and returns it (-1:
+// none): the leader's earliest heard, crossGrace after the first; the
+// follower's choice of the leader's, until waitCtx ends or, when a tuple
+// crossed, crossFollow after that. ctx ends every wait.
+func (c *crossing) settle(ctx, waitCtx context.Context) int {
+	if c.lead {
+		select {
+		case <-c.first:
+		case <-waitCtx.Done():
+			return -1
+		}
+		c.mu.Lock()
+		grace := crossGrace - time.Since(c.firstAt)
+		c.mu.Unlock()
+		wait(ctx, grace)
+		return c.earliest()
+	}
+	select {
+	case <-c.chosen:
+	case <-waitCtx.Done():
+		if isClosed(c.first) && ctx.Err() == nil {
+			// A tuple crossed: the leader's choice comes after its grace,
+			// and its path's first probe after that.
+			t := time.NewTimer(crossFollow)
+			defer t.Stop()
+			select {
+			case <-c.chosen:
+			case <-t.C:
+			case <-ctx.Done():
+			}
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.choice
+}
+
+// wait waits d, or until ctx ends.
+func wait(ctx context.Context, d time.Duration) {
+	if d <= 0 {
+		return
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // crossProbe is the crossing's probe: the pairing's, with crossMark in its
@@ -241,27 +287,18 @@ const crossMark = 0x01
 
 // crossing is the state CrossPunch's readers share.
 type crossing struct {
-	lead         bool
-	socks        []*net.UDPConn // by tuple; nil: the port was taken
-	probe, mark  []byte         // the plain probe and the crossing's
-	wg           sync.WaitGroup
-	mu           sync.Mutex
-	heard        map[int]bool  // tuples whose peer crossing probe arrived
-	first        chan struct{} // closed at the first crossing probe heard
-	firstOnce    sync.Once
-	firstHeard   atomic.Bool
-	chosen       chan int // the follower's: the tuple the leader's plain probe came on
-	chosenOnce   sync.Once
-	chosenClosed atomic.Bool
-}
-
-// settled reports whether the timed sends can stop: the leader heard a
-// tuple, the follower knows the leader's choice.
-func (c *crossing) settled() bool {
-	if c.lead {
-		return c.firstHeard.Load()
-	}
-	return c.chosenClosed.Load()
+	lead        bool
+	socks       []*net.UDPConn // by tuple; nil: the port was taken
+	probe, mark []byte         // the plain probe and the crossing's
+	wg          sync.WaitGroup
+	first       chan struct{} // closed at the first crossing probe heard
+	chosen      chan struct{} // the follower's: closed when the leader's choice came
+	firstOnce   sync.Once
+	chosenOnce  sync.Once
+	mu          sync.Mutex
+	heard       map[int]bool // tuples whose peer crossing probe arrived
+	firstAt     time.Time    // when the first did
+	choice      int          // the follower's: the tuple the leader's plain probe came on, -1 before
 }
 
 // listen reads tuple i's socket, whose peer end is from, until ctx ends or
@@ -273,39 +310,37 @@ func (c *crossing) settled() bool {
 func (c *crossing) listen(ctx context.Context, i int, from netip.AddrPort) {
 	defer c.wg.Done()
 	s := c.socks[i]
-	stop := context.AfterFunc(ctx, func() { s.SetReadDeadline(time.Now()) })
-	defer stop()
-	buf := make([]byte, probeLen+1)
 	answered := false
-	for {
-		n, got, err := s.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
-				return
-			}
-			continue // an ICMP error surfacing on the socket
-		}
-		if netip.AddrPortFrom(got.Addr().Unmap(), got.Port()) != from {
-			continue
+	readProbes(ctx, s, func(p []byte, got netip.AddrPort) bool {
+		if got != from {
+			return true
 		}
 		switch {
-		case isProbe(buf[:n], c.mark):
+		case isProbe(p, c.mark):
 			c.mu.Lock()
 			c.heard[i] = true
 			c.mu.Unlock()
-			c.firstOnce.Do(func() { c.firstHeard.Store(true); close(c.first) })
+			c.firstOnce.Do(func() {
+				c.mu.Lock()
+				c.firstAt = time.Now()
+				c.mu.Unlock()
+				close(c.first)
+			})
 			if !c.lead && !answered {
 				answered = true
 				s.WriteToUDPAddrPort(c.mark, from)
 			}
-		case isProbe(buf[:n], c.probe) && !c.lead:
+		case isProbe(p, c.probe) && !c.lead:
 			c.chosenOnce.Do(func() {
-				c.chosen <- i
-				c.chosenClosed.Store(true)
+				c.mu.Lock()
+				c.choice = i
+				c.mu.Unlock()
+				close(c.chosen)
 			})
-			return
+			return false
 		}
-	}
+		return true
+	})
 }
 
 // earliest returns the heard tuple sent first, -1 when none was.
@@ -324,25 +359,32 @@ func (c *crossing) earliest() int {
 // (in increasing order), as close to it as the clock allows: it sleeps on
 // the runtime's timers until a millisecond before, in the kernel until
 // crossSpin before, then spins. A send whose moment has passed goes at
-// once. It stops early when done reports true (asked before each send),
-// and returns the sends that succeeded and the latest one's delay.
-func sendTimed(n int, at func(int) time.Time, send func(int) error, done func() bool) (sent int, late time.Duration) {
+// once. It stops early when ctx ends or stop is closed, and returns the
+// sends that succeeded and the latest one's delay.
+func sendTimed(ctx context.Context, n int, at func(int) time.Time, send func(int) error, stop <-chan struct{}) (sent int, late time.Duration) {
 	restore := preciseThread()
 	defer restore()
+	stopped := func() bool { return ctx.Err() != nil || isClosed(stop) }
 	for k := range n {
-		if done() {
-			break
-		}
 		due := at(k)
 		if d := time.Until(due) - time.Millisecond - crossSpin; d > 0 {
-			time.Sleep(d)
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			case <-stop:
+			}
+			t.Stop()
+		}
+		if stopped() {
+			break
 		}
 		if d := time.Until(due) - crossSpin; d > 0 {
 			sleepPrecise(d)
 		}
 		for time.Now().Before(due) {
 		}
-		if done() {
+		if stopped() {
 			break
 		}
 		late = max(late, time.Since(due))
@@ -351,4 +393,13 @@ func sendTimed(n int, at func(int) time.Time, send func(int) error, done func() 
 		}
 	}
 	return sent, late
+}
+
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
 }

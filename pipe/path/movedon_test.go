@@ -46,7 +46,7 @@ func TestMovedOnNotice(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the relayed datagram never came")
 	}
-	if isClosedChan(c.MovedOn()) {
+	if isClosed(c.MovedOn()) {
 		t.Fatal("MovedOn fired for a probe of another pairing")
 	}
 	if _, err := server.WriteToUDP(relayed(id, probeFor(id)), to); err != nil {
@@ -148,15 +148,6 @@ func probeFor(id [16]byte) []byte {
 	p[0] = ProbeType
 	copy(p[1:], id[:])
 	return p
-}
-
-func isClosedChan(c <-chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
 }
 
 // waitFor polls cond for up to 10 s.

@@ -215,7 +215,7 @@ func New(sock Socket, server netip.AddrPort, pairingID [16]byte, candidates []ne
 	}
 	if opt.Relay || opt.RelayOnly {
 		c.allowRelay(opt)
-		if opt.RebindRelay && c.relayAllowed {
+		if opt.RebindRelay {
 			c.sendRelayBind(nil)
 		}
 	}

@@ -306,7 +306,6 @@ func TestRelayRebind(t *testing.T) {
 	for _, rebind := range []bool{true, false} {
 		srv := rendezvoustest.Start(t, server.Config{})
 		ua, ub, ma, mb := pairThroughServer(t, srv)
-		ua.Close()
 		moved, _ := listen(t)
 		opt := Options{RelayOnly: true}
 		optA := endOf(opt, ma)
@@ -321,9 +320,18 @@ func TestRelayRebind(t *testing.T) {
 				t.Errorf("without RebindRelay the relay carried %q from an unbound socket", buf[:n])
 			}
 			a.Close()
+			// The relay itself works: from the socket it paired.
+			paired := New(ua, srv.Addr, ma.PairingID, nil, nil, endOf(opt, ma))
+			paired.Send([]byte("paired"))
+			b.SetReadDeadline(time.Now().Add(5 * time.Second))
+			if n, _, err := b.Recv(buf); err != nil || string(buf[:n]) != "paired" {
+				t.Errorf("from the paired socket the relay carried %q, %v; want \"paired\"", buf[:n], err)
+			}
+			paired.Close()
 			b.Close()
 			continue
 		}
+		ua.Close()
 		// a reads all along, as the secure layer does: the bind takes a
 		// round trip (the server's Challenge, which a's reads answer with
 		// the bind and its cookie).
