@@ -5,7 +5,10 @@
 //   - the Client (client.go): Find, which waits for the pairing with the
 //     peer (or, for a listener, with whoever finds it: FindRequest.AnyPeer),
 //     and Register, which reserves a session; their errors (ErrSessionKeyRefused,
-//     ErrPeerNotFound, ...) from which the CLI picks exit codes;
+//     ErrPeerNotFound, ...) from which the CLI picks exit codes; both run
+//     over an exchange (exchange.go): one conversation with the server, its
+//     re-sends, and which datagram is its answer (with the kernel's receive
+//     time, Match.Received);
 //   - session keys (sessionkey.go): their text form, the verifier the server
 //     stores, and the signatures that Find and Register carry (the server
 //     checks them with VerifyFindFlags and VerifyRegister from here);
