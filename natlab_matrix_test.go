@@ -70,7 +70,7 @@ var natExpectations = []natCase{
 	{a: "samelan", b: "samelan", want: wantDirect, goal: wantDirect},
 	{a: "symmetric", b: "public", want: wantDirect, goal: wantDirect},
 	// Birthday punching finds the port with a probability (about 98% an
-	// attempt with 256 sockets and 1024 probes), so these rows run
+	// attempt with 384 sockets and 1024 probes), so these rows run
 	// birthdayRuns times and pass with 9 in 10 direct, the bar:
 	// one run that ends relayed is chance, not a fault.
 	{a: "symmetric", b: "cone", want: wantDirect, goal: wantDirect, runs: birthdayRuns},
